@@ -1,0 +1,133 @@
+//! The `linechat` binary: flags and environment -> [`Config`] -> [`linechat::server::serve`].
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use linechat::{Config, StoreKind};
+
+/// A chat-room server that speaks a plain-text line protocol over TCP.
+///
+/// Try it with `nc 127.0.0.1 7777`. Every flag can also be set by the environment variable
+/// shown with it.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "LINECHAT_LISTEN", default_value = "127.0.0.1:7777")]
+    listen: SocketAddr,
+
+    /// Where history is kept.
+    #[arg(long, env = "LINECHAT_STORE", value_enum, default_value_t = Store::Memory)]
+    store: Store,
+
+    /// Messages a plain JOIN replays.
+    #[arg(long, env = "LINECHAT_HISTORY_ON_JOIN", default_value_t = 50)]
+    history_on_join: usize,
+
+    /// Most messages in one HISTORY page or JOIN ... LAST n.
+    #[arg(long, env = "LINECHAT_MAX_PAGE", default_value_t = 500)]
+    max_page: usize,
+
+    /// Messages the memory store keeps per room.
+    #[arg(long, env = "LINECHAT_MEMORY_HISTORY", default_value_t = 10_000)]
+    memory_history: usize,
+
+    /// Longest accepted line in bytes, without its CR/LF.
+    #[arg(long, env = "LINECHAT_MAX_LINE", default_value_t = 4096)]
+    max_line: usize,
+
+    /// Live messages queued for one client before it is disconnected as too slow.
+    #[arg(long, env = "LINECHAT_OUTBOUND_QUEUE", default_value_t = 1024)]
+    outbound_queue: usize,
+
+    /// Seconds shutdown waits for each client to take its last lines.
+    #[arg(long, env = "LINECHAT_SHUTDOWN_GRACE", default_value_t = 5)]
+    shutdown_grace: u64,
+
+    /// Seconds a connection may be silent before TCP keepalive probes check the peer.
+    #[arg(long, env = "LINECHAT_KEEPALIVE", default_value_t = 60)]
+    keepalive: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Store {
+    /// In memory: bounded per room, gone on restart.
+    Memory,
+}
+
+impl Cli {
+    fn into_config(self) -> Config {
+        Config {
+            listen: self.listen,
+            store: match self.store {
+                Store::Memory => StoreKind::Memory,
+            },
+            history_on_join: self.history_on_join,
+            max_page: self.max_page,
+            memory_history: self.memory_history,
+            max_line: self.max_line.max(1),
+            outbound_queue: self.outbound_queue.max(1),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            keepalive: Duration::from_secs(self.keepalive.max(1)),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LINECHAT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Cli::parse().into_config();
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        "linechat listening on {} (store: {:?}); try: nc {} {}",
+        config.listen,
+        config.store,
+        config.listen.ip(),
+        config.listen.port()
+    );
+    match linechat::server::serve(listener, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,517 @@
+//! The wire protocol: parsing client commands and formatting server lines.
+//!
+//! Pure functions, no I/O, so that every rule here is unit-tested and fuzzed. PROTOCOL.md is
+//! the specification; this module is its implementation.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+
+/// Longest nick in bytes (all nick characters are ASCII).
+pub const MAX_NICK: usize = 32;
+/// Longest room name in bytes (all room characters are ASCII).
+pub const MAX_ROOM: usize = 64;
+
+/// A message id: unique and increasing within one room, starting at 1.
+pub type MessageId = u64;
+
+/// What `JOIN` replays before going live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The server's default number of recent messages (`--history-on-join`).
+    Default,
+    /// The last N messages.
+    Last(usize),
+    /// Every message with an id greater than this one (catch-up after a reconnect).
+    Since(MessageId),
+    /// Nothing: only live messages from now on.
+    None,
+}
+
+/// A page request: `HISTORY <room> [BEFORE <id>] [AFTER <id>] [LIMIT <n>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryArgs {
+    pub before: Option<MessageId>,
+    pub after: Option<MessageId>,
+    pub limit: Option<usize>,
+}
+
+/// One parsed client command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Nick(String),
+    Join { room: String, replay: Replay },
+    Say(String),
+    History { room: String, args: HistoryArgs },
+    Part(Option<String>),
+    Who(Option<String>),
+    Rooms,
+    Ping(Option<String>),
+    Help,
+    Quit(Option<String>),
+}
+
+/// Stable error codes: the second word of an `ERR` line. PROTOCOL.md lists each one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    UnknownCommand,
+    MissingArgument,
+    TooManyArguments,
+    BadArgument,
+    BadNick,
+    BadRoom,
+    BadText,
+    NickInUse,
+    NoNick,
+    NotInRoom,
+    LineTooLong,
+    BadUtf8,
+    StoreUnavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownCommand => "UNKNOWN_COMMAND",
+            ErrorCode::MissingArgument => "MISSING_ARGUMENT",
+            ErrorCode::TooManyArguments => "TOO_MANY_ARGUMENTS",
+            ErrorCode::BadArgument => "BAD_ARGUMENT",
+            ErrorCode::BadNick => "BAD_NICK",
+            ErrorCode::BadRoom => "BAD_ROOM",
+            ErrorCode::BadText => "BAD_TEXT",
+            ErrorCode::NickInUse => "NICK_IN_USE",
+            ErrorCode::NoNick => "NO_NICK",
+            ErrorCode::NotInRoom => "NOT_IN_ROOM",
+            ErrorCode::LineTooLong => "LINE_TOO_LONG",
+            ErrorCode::BadUtf8 => "BAD_UTF8",
+            ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
+        }
+    }
+}
+
+/// A refusal: its code and the human text that follows it on the `ERR` line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} {text}", code.as_str())]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub text: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
+        ProtocolError {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
+fn err<T>(code: ErrorCode, text: impl Into<String>) -> Result<T, ProtocolError> {
+    Err(ProtocolError::new(code, text))
+}
+
+/// Checks a nick: 1 to 32 characters of `A-Z a-z 0-9 _ -`.
+pub fn validate_nick(nick: &str) -> Result<(), ProtocolError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if nick.is_empty() || nick.len() > MAX_NICK || !nick.chars().all(ok_char) {
+        return err(
+            ErrorCode::BadNick,
+            format!("a nick is 1 to {MAX_NICK} characters of A-Z a-z 0-9 _ -"),
+        );
+    }
+    Ok(())
+}
+
+/// Checks a room name: 1 to 64 characters of `A-Z a-z 0-9 _ - .`.
+pub fn validate_room(room: &str) -> Result<(), ProtocolError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    if room.is_empty() || room.len() > MAX_ROOM || !room.chars().all(ok_char) {
+        return err(
+            ErrorCode::BadRoom,
+            format!("a room name is 1 to {MAX_ROOM} characters of A-Z a-z 0-9 _ - ."),
+        );
+    }
+    Ok(())
+}
+
+/// Checks message text: not blank, and no control characters except tab.
+pub fn validate_text(text: &str) -> Result<(), ProtocolError> {
+    if text.trim_matches([' ', '\t']).is_empty() {
+        return err(ErrorCode::MissingArgument, "SAY needs some text");
+    }
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        return err(
+            ErrorCode::BadText,
+            "text may not contain control characters (tab is allowed)",
+        );
+    }
+    Ok(())
+}
+
+/// Splits off the first space-separated word; the rest keeps its spacing.
+fn split_word(s: &str) -> (&str, &str) {
+    match s.find(' ') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, ""),
+    }
+}
+
+/// Parses one line (already stripped of CR/LF and checked as UTF-8).
+///
+/// Returns `Ok(None)` for a blank line, which is ignored.
+pub fn parse(line: &str) -> Result<Option<Command>, ProtocolError> {
+    let trimmed = line.trim_start_matches(' ');
+    if trimmed.trim_end_matches(' ').is_empty() {
+        return Ok(None);
+    }
+    let (word, rest) = split_word(trimmed);
+    let verb = word.to_ascii_uppercase();
+    // Commands whose last argument is the rest of the line.
+    match verb.as_str() {
+        "SAY" => {
+            validate_text(rest)?;
+            return Ok(Some(Command::Say(rest.to_string())));
+        }
+        "PING" => return Ok(Some(Command::Ping(non_blank(rest)))),
+        "QUIT" => {
+            let reason = non_blank(rest);
+            if let Some(r) = &reason {
+                validate_text(r)?;
+            }
+            return Ok(Some(Command::Quit(reason)));
+        }
+        _ => {}
+    }
+    let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
+    let command = match verb.as_str() {
+        "NICK" => {
+            let [nick] = exact::<1>(&verb, &args, "NICK <name>")?;
+            validate_nick(nick)?;
+            Command::Nick(nick.to_string())
+        }
+        "JOIN" => parse_join(&args)?,
+        "HISTORY" => parse_history(&args)?,
+        "PART" => Command::Part(optional_room(&verb, &args)?),
+        "WHO" => Command::Who(optional_room(&verb, &args)?),
+        "ROOMS" => {
+            exact::<0>(&verb, &args, "ROOMS")?;
+            Command::Rooms
+        }
+        "HELP" => Command::Help,
+        _ => {
+            return err(
+                ErrorCode::UnknownCommand,
+                format!("unknown command {word}; HELP lists the commands"),
+            )
+        }
+    };
+    Ok(Some(command))
+}
+
+fn non_blank(s: &str) -> Option<String> {
+    let s = s.trim_matches(' ');
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn exact<'a, const N: usize>(
+    verb: &str,
+    args: &[&'a str],
+    usage: &str,
+) -> Result<[&'a str; N], ProtocolError> {
+    if args.len() < N {
+        return err(ErrorCode::MissingArgument, format!("usage: {usage}"));
+    }
+    if args.len() > N {
+        return err(
+            ErrorCode::TooManyArguments,
+            format!("{verb} takes {N} argument(s); usage: {usage}"),
+        );
+    }
+    Ok(std::array::from_fn(|i| args[i]))
+}
+
+fn optional_room(verb: &str, args: &[&str]) -> Result<Option<String>, ProtocolError> {
+    match args {
+        [] => Ok(None),
+        [room] => {
+            validate_room(room)?;
+            Ok(Some(room.to_string()))
+        }
+        _ => err(
+            ErrorCode::TooManyArguments,
+            format!("usage: {verb} [room]"),
+        ),
+    }
+}
+
+fn number<T: std::str::FromStr>(keyword: &str, value: Option<&&str>) -> Result<T, ProtocolError> {
+    let Some(value) = value else {
+        return err(
+            ErrorCode::MissingArgument,
+            format!("{keyword} needs a number after it"),
+        );
+    };
+    value.parse().map_err(|_| {
+        ProtocolError::new(
+            ErrorCode::BadArgument,
+            format!("{keyword} takes a whole number, not {value}"),
+        )
+    })
+}
+
+const JOIN_USAGE: &str = "JOIN <room> [LAST <n> | SINCE <id> | NONE]";
+
+fn parse_join(args: &[&str]) -> Result<Command, ProtocolError> {
+    let Some((room, bounds)) = args.split_first() else {
+        return err(ErrorCode::MissingArgument, format!("usage: {JOIN_USAGE}"));
+    };
+    validate_room(room)?;
+    let replay = match bounds {
+        [] => Replay::Default,
+        [word, rest @ ..] => {
+            let keyword = word.to_ascii_uppercase();
+            let (replay, used) = match keyword.as_str() {
+                "LAST" => (Replay::Last(number("LAST", rest.first())?), 2),
+                "SINCE" => (Replay::Since(number("SINCE", rest.first())?), 2),
+                "NONE" => (Replay::None, 1),
+                _ => {
+                    return err(
+                        ErrorCode::BadArgument,
+                        format!("unknown replay bound {word}; usage: {JOIN_USAGE}"),
+                    )
+                }
+            };
+            if bounds.len() > used {
+                return err(
+                    ErrorCode::TooManyArguments,
+                    format!("usage: {JOIN_USAGE}"),
+                );
+            }
+            replay
+        }
+    };
+    Ok(Command::Join {
+        room: room.to_string(),
+        replay,
+    })
+}
+
+const HISTORY_USAGE: &str = "HISTORY <room> [BEFORE <id>] [AFTER <id>] [LIMIT <n>]";
+
+fn parse_history(args: &[&str]) -> Result<Command, ProtocolError> {
+    let Some((room, mut rest)) = args.split_first() else {
+        return err(ErrorCode::MissingArgument, format!("usage: {HISTORY_USAGE}"));
+    };
+    validate_room(room)?;
+    let mut h = HistoryArgs::default();
+    while let [word, tail @ ..] = rest {
+        let keyword = word.to_ascii_uppercase();
+        let slot_is_set = match keyword.as_str() {
+            "BEFORE" => h.before.replace(number("BEFORE", tail.first())?).is_some(),
+            "AFTER" => h.after.replace(number("AFTER", tail.first())?).is_some(),
+            "LIMIT" => h.limit.replace(number("LIMIT", tail.first())?).is_some(),
+            _ => {
+                return err(
+                    ErrorCode::BadArgument,
+                    format!("unknown HISTORY bound {word}; usage: {HISTORY_USAGE}"),
+                )
+            }
+        };
+        if slot_is_set {
+            return err(
+                ErrorCode::BadArgument,
+                format!("{keyword} given twice; usage: {HISTORY_USAGE}"),
+            );
+        }
+        rest = &tail[1..];
+    }
+    Ok(Command::History {
+        room: room.to_string(),
+        args: h,
+    })
+}
+
+/// Formats a time in milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds.
+pub fn format_time(millis: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(millis) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => "1970-01-01T00:00:00.000Z".to_string(),
+    }
+}
+
+/// Which of the two message lines to format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// `MSG`: delivered live.
+    Live,
+    /// `HIST`: replayed from the store.
+    Stored,
+}
+
+/// `MSG|HIST <room> <id> <time> <nick> <text>\n`, formatted once and shared as `Bytes`.
+pub fn message_line(
+    kind: MessageKind,
+    room: &str,
+    id: MessageId,
+    millis: i64,
+    nick: &str,
+    text: &str,
+) -> Bytes {
+    let word = match kind {
+        MessageKind::Live => "MSG",
+        MessageKind::Stored => "HIST",
+    };
+    let mut s = String::with_capacity(48 + room.len() + nick.len() + text.len());
+    let _ = writeln!(
+        s,
+        "{word} {room} {id} {} {nick} {text}",
+        format_time(millis)
+    );
+    Bytes::from(s)
+}
+
+/// `ERR <CODE> <text>\n`.
+pub fn error_line(e: &ProtocolError) -> Bytes {
+    Bytes::from(format!("ERR {} {}\n", e.code.as_str(), e.text))
+}
+
+/// Any other server line: the words joined by single spaces, then LF.
+pub fn line(words: &[&str]) -> Bytes {
+    let mut s = words.join(" ");
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// The `HELP` text, one `HELP` line each.
+pub const HELP: &[&str] = &[
+    "NICK <name>              choose your name (1-32 of A-Z a-z 0-9 _ -)",
+    "JOIN <room> [LAST <n> | SINCE <id> | NONE]   join a room; replays history first",
+    "SAY <text>               say text in your current room (the one you joined last)",
+    "HISTORY <room> [BEFORE <id>] [AFTER <id>] [LIMIT <n>]   page through a room's history",
+    "PART [room]              leave a room (default: your current room)",
+    "WHO [room]               list a room's members",
+    "ROOMS                    list rooms with members",
+    "PING [token]             the server answers PONG [token]",
+    "QUIT [reason]            the server answers BYE and closes",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(line: &str) -> Command {
+        parse(line).unwrap().unwrap()
+    }
+
+    fn code(line: &str) -> ErrorCode {
+        parse(line).unwrap_err().code
+    }
+
+    #[test]
+    fn verbs_are_case_insensitive_and_spacing_is_forgiving() {
+        assert_eq!(ok("nick alice"), Command::Nick("alice".into()));
+        assert_eq!(ok("  NiCk   alice  "), Command::Nick("alice".into()));
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(parse("   ").unwrap(), None);
+    }
+
+    #[test]
+    fn say_keeps_the_rest_of_the_line_verbatim() {
+        assert_eq!(ok("SAY hi  there "), Command::Say("hi  there ".into()));
+        assert_eq!(ok("say \tx"), Command::Say("\tx".into()));
+        assert_eq!(code("SAY"), ErrorCode::MissingArgument);
+        assert_eq!(code("SAY    "), ErrorCode::MissingArgument);
+        assert_eq!(code("SAY a\u{0}b"), ErrorCode::BadText);
+        assert_eq!(code("SAY a\rb"), ErrorCode::BadText);
+    }
+
+    #[test]
+    fn join_bounds() {
+        let join = |room: &str, replay| Command::Join {
+            room: room.into(),
+            replay,
+        };
+        assert_eq!(ok("JOIN 4"), join("4", Replay::Default));
+        assert_eq!(ok("JOIN 4 last 10"), join("4", Replay::Last(10)));
+        assert_eq!(ok("JOIN a.b SINCE 7"), join("a.b", Replay::Since(7)));
+        assert_eq!(ok("JOIN x none"), join("x", Replay::None));
+        assert_eq!(code("JOIN"), ErrorCode::MissingArgument);
+        assert_eq!(code("JOIN 4 LAST"), ErrorCode::MissingArgument);
+        assert_eq!(code("JOIN 4 LAST x"), ErrorCode::BadArgument);
+        assert_eq!(code("JOIN 4 LAST -1"), ErrorCode::BadArgument);
+        assert_eq!(code("JOIN 4 SOON"), ErrorCode::BadArgument);
+        assert_eq!(code("JOIN 4 NONE 1"), ErrorCode::TooManyArguments);
+        assert_eq!(code("JOIN bad/room"), ErrorCode::BadRoom);
+        assert_eq!(code(&format!("JOIN {}", "r".repeat(65))), ErrorCode::BadRoom);
+    }
+
+    #[test]
+    fn history_bounds() {
+        let Command::History { room, args } = ok("history 4 before 10 AFTER 2 limit 5") else {
+            panic!()
+        };
+        assert_eq!(room, "4");
+        assert_eq!(
+            args,
+            HistoryArgs {
+                before: Some(10),
+                after: Some(2),
+                limit: Some(5)
+            }
+        );
+        assert_eq!(code("HISTORY"), ErrorCode::MissingArgument);
+        assert_eq!(code("HISTORY 4 BEFORE"), ErrorCode::MissingArgument);
+        assert_eq!(code("HISTORY 4 BEFORE 1 BEFORE 2"), ErrorCode::BadArgument);
+        assert_eq!(code("HISTORY 4 UNTIL 2"), ErrorCode::BadArgument);
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_nick(&"a".repeat(32)).is_ok());
+        assert_eq!(code(&format!("NICK {}", "a".repeat(33))), ErrorCode::BadNick);
+        assert_eq!(code("NICK al!ce"), ErrorCode::BadNick);
+        assert_eq!(code("NICK é"), ErrorCode::BadNick);
+        assert_eq!(code("NICK"), ErrorCode::MissingArgument);
+        assert_eq!(code("NICK a b"), ErrorCode::TooManyArguments);
+        assert_eq!(code("PART a b"), ErrorCode::TooManyArguments);
+        assert_eq!(code("ROOMS x"), ErrorCode::TooManyArguments);
+        assert_eq!(code("FLY"), ErrorCode::UnknownCommand);
+    }
+
+    #[test]
+    fn ping_and_quit_take_the_rest() {
+        assert_eq!(ok("PING"), Command::Ping(None));
+        assert_eq!(ok("PING a b"), Command::Ping(Some("a b".into())));
+        assert_eq!(ok("QUIT"), Command::Quit(None));
+        assert_eq!(ok("QUIT gone home"), Command::Quit(Some("gone home".into())));
+    }
+
+    #[test]
+    fn message_lines() {
+        let l = message_line(MessageKind::Live, "4", 7, 1_795_507_200_123, "bob", "hi there");
+        assert_eq!(&l[..], b"MSG 4 7 2026-11-24T08:00:00.123Z bob hi there\n");
+        let h = message_line(MessageKind::Stored, "4", 7, 0, "bob", "x");
+        assert_eq!(&h[..], b"HIST 4 7 1970-01-01T00:00:00.000Z bob x\n");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC*") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_on_command_like_input(
+            verb in "(?i)(nick|join|say|history|part|who|rooms|ping|help|quit|x)",
+            args in proptest::collection::vec("[a-zA-Z0-9 ._\\-]{0,12}", 0..6),
+        ) {
+            let line = format!("{verb} {}", args.join(" "));
+            let _ = parse(&line);
+        }
+
+        #[test]
+        fn say_round_trips(text in "[^\\p{Cc}]*[^\\p{Cc} \t][^\\p{Cc}]*") {
+            proptest::prop_assert_eq!(parse(&format!("SAY {text}")).unwrap(), Some(Command::Say(text)));
+        }
+    }
+}

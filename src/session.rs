@@ -1,0 +1,626 @@
+//! One connection: read lines, apply commands, write replies and live traffic.
+//!
+//! A session is one task that waits on whichever comes first: shutdown, its own queue
+//! overflowing (too slow), room traffic, acks of its `SAY`s, the socket becoming writable, or
+//! the next input line. Output goes through an [`Outbox`] of shared `Bytes` written with
+//! vectored writes, so many queued lines leave in one syscall and nothing is copied per
+//! recipient. Input is only read while the outbox is small: a client that does not read its
+//! replies stops being read, rather than making the server buffer without bound.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{Frame, LineCodec};
+use crate::hub::Hub;
+use crate::protocol::{
+    self, Command, ErrorCode, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay,
+};
+use crate::rooms::{ConnHandle, Outbound};
+use crate::store::writer::AckResult;
+use crate::store::{NewMessage, Page, StoreError, StoredMessage};
+
+/// Pending output above which the session stops reading input and taking room traffic.
+const OUTBOX_HIGH: usize = 64 * 1024;
+/// Most `SAY`s in flight to the writer for one connection (pipelined clients).
+const MAX_IN_FLIGHT: usize = 256;
+/// Most buffers handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Serves one accepted connection until it closes.
+pub async fn run(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    let (read, write) = stream.into_split();
+    let reader = FramedRead::new(read, LineCodec::new(hub.config.max_line));
+    let (tx, rx) = mpsc::channel(hub.config.outbound_queue.max(1));
+    let handle = ConnHandle {
+        id: hub.next_conn_id(),
+        tx,
+        too_slow: CancellationToken::new(),
+    };
+    tracing::debug!(%peer, conn = handle.id, "connected");
+    let mut session = Session {
+        hub,
+        handle,
+        shutdown,
+        nick: None,
+        joined: Vec::new(),
+        out: Outbox::default(),
+        socket: write,
+        acks: FuturesOrdered::new(),
+    };
+    let end = session.serve(reader, rx).await;
+    session.leave_everything();
+    match end {
+        End::TooSlow => tracing::info!(%peer, "closed: too slow (outbound queue full)"),
+        End::Io(e) => tracing::debug!(%peer, error = %e, "closed: socket error"),
+        other => tracing::debug!(%peer, reason = ?other, "closed"),
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    Quit,
+    Eof,
+    Shutdown,
+    TooSlow,
+    Io(io::Error),
+}
+
+/// One room this connection is in.
+struct Joined {
+    room: Arc<str>,
+    /// Live messages with ids up to here were already replayed (or predate the join).
+    floor: MessageId,
+}
+
+struct Session {
+    hub: Arc<Hub>,
+    handle: ConnHandle,
+    shutdown: CancellationToken,
+    nick: Option<Arc<str>>,
+    /// In join order: the last one is the current room.
+    joined: Vec<Joined>,
+    out: Outbox,
+    socket: OwnedWriteHalf,
+    /// Acks of submitted `SAY`s, answered in the order they were said.
+    acks: FuturesOrdered<oneshot::Receiver<AckResult>>,
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        mut reader: FramedRead<OwnedReadHalf, LineCodec>,
+        mut rx: mpsc::Receiver<Outbound>,
+    ) -> End {
+        self.out.push(protocol::line(&[
+            "HELLO",
+            "linechat",
+            env!("CARGO_PKG_VERSION"),
+            "- type NICK <name> to choose a name, then JOIN <room>, then SAY <text>. HELP lists every command.",
+        ]));
+        let too_slow = self.handle.too_slow.clone();
+        let shutdown = self.shutdown.clone();
+        loop {
+            let room_for_output = self.out.bytes < OUTBOX_HIGH;
+            let can_read = room_for_output && self.acks.len() < MAX_IN_FLIGHT;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.close("server shutting down").await;
+                    return End::Shutdown;
+                }
+                _ = too_slow.cancelled() => {
+                    self.out.drop_unstarted();
+                    self.close("too slow").await;
+                    return End::TooSlow;
+                }
+                written = self.out.write_some(&mut self.socket), if !self.out.is_empty() => {
+                    if let Err(e) = written {
+                        return End::Io(e);
+                    }
+                }
+                Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.answer_ack(ack),
+                Some(item) = rx.recv(), if room_for_output => {
+                    self.on_room_traffic(item);
+                    while self.out.bytes < OUTBOX_HIGH {
+                        match rx.try_recv() {
+                            Ok(item) => self.on_room_traffic(item),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                frame = reader.next(), if can_read => match frame {
+                    Some(Ok(frame)) => match self.on_frame(frame).await {
+                        Ok(None) => {}
+                        Ok(Some(reason)) => {
+                            self.close(&reason).await;
+                            return End::Quit;
+                        }
+                        Err(e) => return End::Io(e),
+                    },
+                    Some(Err(e)) => return End::Io(e),
+                    None => {
+                        // Half-closed by the client: answer what it sent, then close.
+                        self.close("end of input").await;
+                        return End::Eof;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Says `BYE <reason>` after answering every `SAY` in flight, then closes the socket.
+    async fn close(&mut self, reason: &str) {
+        self.settle_acks().await;
+        self.out.push(protocol::line(&["BYE", reason]));
+        let grace = self.hub.config.shutdown_grace;
+        let _ = tokio::time::timeout(grace, async {
+            self.out.flush(&mut self.socket).await?;
+            self.socket.shutdown().await
+        })
+        .await;
+    }
+
+    fn leave_everything(&mut self) {
+        for j in self.joined.drain(..) {
+            self.hub.rooms.leave(&j.room, self.handle.id);
+        }
+        if let Some(nick) = &self.nick {
+            self.hub.nicks.release(nick, self.handle.id);
+        }
+    }
+
+    fn on_room_traffic(&mut self, item: Outbound) {
+        match item {
+            Outbound::Presence(line) => self.out.push(line),
+            Outbound::Message(m) => {
+                let wanted = self
+                    .joined
+                    .iter()
+                    .any(|j| j.room == m.room && m.id > j.floor);
+                if wanted {
+                    self.out.push(m.line.clone());
+                }
+            }
+        }
+    }
+
+    fn answer_ack(&mut self, ack: Result<AckResult, oneshot::error::RecvError>) {
+        let line = match ack {
+            Ok(Ok(ack)) => protocol::line(&[
+                "OK",
+                "SAY",
+                &ack.id.to_string(),
+                &protocol::format_time(ack.millis),
+            ]),
+            Ok(Err(e)) => store_error(&e),
+            Err(_) => store_error(&StoreError::Unavailable("the writer has stopped".into())),
+        };
+        self.out.push(line);
+    }
+
+    /// Waits for every `SAY` in flight, so replies keep the order of the commands.
+    async fn settle_acks(&mut self) {
+        while let Some(ack) = self.acks.next().await {
+            self.answer_ack(ack);
+        }
+    }
+
+    fn refuse(&mut self, e: ProtocolError) {
+        self.out.push(protocol::error_line(&e));
+    }
+
+    /// Handles one input frame. `Some(reason)` means: close with `BYE <reason>`.
+    async fn on_frame(&mut self, frame: Frame) -> io::Result<Option<String>> {
+        let line = match frame {
+            Frame::TooLong => {
+                self.refuse(ProtocolError::new(
+                    ErrorCode::LineTooLong,
+                    format!(
+                        "lines are at most {} bytes; the line was discarded",
+                        self.hub.config.max_line
+                    ),
+                ));
+                return Ok(None);
+            }
+            Frame::Line(bytes) => bytes,
+        };
+        let Ok(text) = std::str::from_utf8(&line) else {
+            self.refuse(ProtocolError::new(
+                ErrorCode::BadUtf8,
+                "the line is not valid UTF-8; it was discarded",
+            ));
+            return Ok(None);
+        };
+        let command = match protocol::parse(text) {
+            Ok(Some(command)) => command,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.refuse(e);
+                return Ok(None);
+            }
+        };
+        if !matches!(command, Command::Say(_)) {
+            self.settle_acks().await;
+        }
+        let result = match command {
+            Command::Say(text) => self.say(text).await,
+            Command::Nick(nick) => self.nick(nick),
+            Command::Join { room, replay } => self.join(room, replay).await?,
+            Command::History { room, args } => self.history(room, args).await,
+            Command::Part(room) => self.part(room),
+            Command::Who(room) => self.who(room),
+            Command::Rooms => {
+                self.rooms();
+                Ok(())
+            }
+            Command::Ping(token) => {
+                let mut words = vec!["PONG"];
+                words.extend(token.as_deref());
+                self.out.push(protocol::line(&words));
+                Ok(())
+            }
+            Command::Help => {
+                for h in protocol::HELP {
+                    self.out.push(protocol::line(&["HELP", h]));
+                }
+                self.out.push(protocol::line(&["OK", "HELP"]));
+                Ok(())
+            }
+            Command::Quit(reason) => return Ok(Some(reason.unwrap_or_else(|| "goodbye".into()))),
+        };
+        if let Err(e) = result {
+            self.refuse(e);
+        }
+        Ok(None)
+    }
+
+    fn require_nick(&self) -> Result<Arc<str>, ProtocolError> {
+        self.nick.clone().ok_or_else(|| {
+            ProtocolError::new(ErrorCode::NoNick, "choose a name first: NICK <name>")
+        })
+    }
+
+    fn current_room(&self) -> Option<&Arc<str>> {
+        self.joined.last().map(|j| &j.room)
+    }
+
+    async fn say(&mut self, text: String) -> Result<(), ProtocolError> {
+        let nick = self.require_nick()?;
+        let Some(room) = self.current_room().cloned() else {
+            return Err(ProtocolError::new(
+                ErrorCode::NotInRoom,
+                "join a room first: JOIN <room>",
+            ));
+        };
+        let message = NewMessage { room, nick, text };
+        let ack = self.hub.writer.submit(message, self.handle.id).await;
+        self.acks.push_back(ack);
+        Ok(())
+    }
+
+    fn nick(&mut self, nick: String) -> Result<(), ProtocolError> {
+        let old = self.nick.clone();
+        if old.as_deref() != Some(nick.as_str()) {
+            if !self.hub.nicks.claim(&nick, old.as_deref(), self.handle.id) {
+                return Err(ProtocolError::new(
+                    ErrorCode::NickInUse,
+                    format!("{nick} is in use; choose another"),
+                ));
+            }
+            let new: Arc<str> = nick.as_str().into();
+            if let Some(old) = &old {
+                let rooms: Vec<Arc<str>> = self.joined.iter().map(|j| j.room.clone()).collect();
+                self.hub.rooms.rename(&rooms, self.handle.id, old, &new);
+            }
+            self.nick = Some(new);
+        }
+        self.out.push(protocol::line(&["OK", "NICK", &nick]));
+        Ok(())
+    }
+
+    /// Joins (or re-joins) a room: subscribe first, then replay, so that replay and live
+    /// traffic meet without a gap; live messages up to the replayed id are dropped later.
+    async fn join(&mut self, room: String, replay: Replay) -> io::Result<Result<(), ProtocolError>> {
+        let nick = match self.require_nick() {
+            Ok(nick) => nick,
+            Err(e) => return Ok(Err(e)),
+        };
+        let room: Arc<str> = room.into();
+        let existing = self.joined.iter().position(|j| j.room == room);
+        let newly_joined = self.hub.rooms.join(&room, &nick, &self.handle);
+        let (replayed, floor) = match self.replay(&room, replay).await {
+            Ok(done) => done,
+            Err(Replayed::Io(e)) => return Err(e),
+            Err(Replayed::Store(e)) => {
+                if newly_joined {
+                    self.hub.rooms.leave(&room, self.handle.id);
+                }
+                self.out.push(store_error(&e));
+                return Ok(Ok(()));
+            }
+        };
+        let floor = match existing {
+            Some(i) => self.joined.remove(i).floor.max(floor),
+            None => floor,
+        };
+        self.joined.push(Joined {
+            room: room.clone(),
+            floor,
+        });
+        self.out.push(protocol::line(&[
+            "OK",
+            "JOIN",
+            &room,
+            &replayed.to_string(),
+            &floor.to_string(),
+        ]));
+        Ok(Ok(()))
+    }
+
+    /// Replays history for a JOIN. Returns how many lines were sent and the id up to which
+    /// the client is now caught up.
+    async fn replay(&mut self, room: &Arc<str>, replay: Replay) -> Result<(usize, MessageId), Replayed> {
+        let store = self.hub.store.clone();
+        let max_page = self.hub.config.max_page;
+        let newest = |limit: usize| Page::Newest {
+            before: None,
+            limit: limit.min(max_page),
+        };
+        let page = match replay {
+            Replay::Default => newest(self.hub.config.history_on_join),
+            Replay::Last(n) => newest(n),
+            Replay::None => return Ok((0, store.latest_id(room).await?)),
+            Replay::Since(since) => return self.replay_since(room, since).await,
+        };
+        let messages = store.page(room, page).await?;
+        let floor = match messages.last() {
+            Some(m) => m.id,
+            // Nothing replayed: with LAST 0 the room may still have messages.
+            None => store.latest_id(room).await?,
+        };
+        self.push_stored(room, &messages);
+        Ok((messages.len(), floor))
+    }
+
+    /// Replays everything after `since`, a page at a time, flushing between pages so that a
+    /// long catch-up never sits in memory whole.
+    async fn replay_since(&mut self, room: &Arc<str>, since: MessageId) -> Result<(usize, MessageId), Replayed> {
+        let store = self.hub.store.clone();
+        let limit = self.hub.config.max_page.max(1);
+        let mut cursor = since;
+        let mut replayed = 0;
+        loop {
+            let page = Page::Oldest {
+                after: cursor,
+                before: None,
+                limit,
+            };
+            let messages = store.page(room, page).await?;
+            self.push_stored(room, &messages);
+            replayed += messages.len();
+            let Some(last) = messages.last() else {
+                // Caught up. If `since` is beyond the room's end (a reset store), start live
+                // from the real end rather than hide messages up to `since`.
+                let floor = if cursor > since {
+                    cursor
+                } else {
+                    since.min(store.latest_id(room).await?)
+                };
+                return Ok((replayed, floor));
+            };
+            cursor = last.id;
+            if messages.len() < limit {
+                return Ok((replayed, cursor));
+            }
+            self.flush_unless_stopping().await?;
+        }
+    }
+
+    fn push_stored(&mut self, room: &str, messages: &[StoredMessage]) {
+        for m in messages {
+            self.out.push(protocol::message_line(
+                MessageKind::Stored,
+                room,
+                m.id,
+                m.millis,
+                &m.nick,
+                &m.text,
+            ));
+        }
+    }
+
+    /// Writes out everything pending, unless shutdown or a too-slow verdict comes first (the
+    /// main loop then says `BYE`).
+    async fn flush_unless_stopping(&mut self) -> io::Result<()> {
+        tokio::select! {
+            written = self.out.flush(&mut self.socket) => written,
+            _ = self.shutdown.cancelled() => Ok(()),
+            _ = self.handle.too_slow.cancelled() => Ok(()),
+        }
+    }
+
+    async fn history(&mut self, room: String, args: HistoryArgs) -> Result<(), ProtocolError> {
+        let limit = args
+            .limit
+            .unwrap_or(self.hub.config.history_on_join)
+            .min(self.hub.config.max_page);
+        let page = match args.after {
+            Some(after) => Page::Oldest {
+                after,
+                before: args.before,
+                limit,
+            },
+            None => Page::Newest {
+                before: args.before,
+                limit,
+            },
+        };
+        match self.hub.store.page(&room, page).await {
+            Ok(messages) => {
+                self.push_stored(&room, &messages);
+                self.out.push(protocol::line(&[
+                    "OK",
+                    "HISTORY",
+                    &room,
+                    &messages.len().to_string(),
+                ]));
+            }
+            Err(e) => self.out.push(store_error(&e)),
+        }
+        Ok(())
+    }
+
+    fn part(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
+        let index = match &room {
+            Some(room) => self.joined.iter().position(|j| *j.room == **room),
+            None => self.joined.len().checked_sub(1),
+        };
+        let Some(index) = index else {
+            let text = match room {
+                Some(room) => format!("you are not in {room}"),
+                None => "you are not in any room".to_string(),
+            };
+            return Err(ProtocolError::new(ErrorCode::NotInRoom, text));
+        };
+        let gone = self.joined.remove(index);
+        self.hub.rooms.leave(&gone.room, self.handle.id);
+        self.out.push(protocol::line(&["OK", "PART", &gone.room]));
+        Ok(())
+    }
+
+    fn who(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
+        let room: Arc<str> = match room {
+            Some(room) => room.into(),
+            None => self.current_room().cloned().ok_or_else(|| {
+                ProtocolError::new(ErrorCode::MissingArgument, "usage: WHO <room>")
+            })?,
+        };
+        let members = self.hub.rooms.members(&room);
+        for nick in &members {
+            self.out.push(protocol::line(&["MEMBER", &room, nick]));
+        }
+        self.out.push(protocol::line(&[
+            "OK",
+            "WHO",
+            &room,
+            &members.len().to_string(),
+        ]));
+        Ok(())
+    }
+
+    fn rooms(&mut self) {
+        let rooms = self.hub.rooms.list();
+        for (room, members) in &rooms {
+            self.out
+                .push(protocol::line(&["ROOM", room, &members.to_string()]));
+        }
+        self.out
+            .push(protocol::line(&["OK", "ROOMS", &rooms.len().to_string()]));
+    }
+}
+
+/// Why a replay stopped early.
+enum Replayed {
+    Store(StoreError),
+    Io(io::Error),
+}
+
+impl From<StoreError> for Replayed {
+    fn from(e: StoreError) -> Self {
+        Replayed::Store(e)
+    }
+}
+
+impl From<io::Error> for Replayed {
+    fn from(e: io::Error) -> Self {
+        Replayed::Io(e)
+    }
+}
+
+fn store_error(e: &StoreError) -> Bytes {
+    protocol::error_line(&ProtocolError::new(
+        ErrorCode::StoreUnavailable,
+        e.to_string(),
+    ))
+}
+
+/// Lines waiting to be written, as shared buffers.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Bytes>,
+    /// Bytes not yet written.
+    bytes: usize,
+    /// True once the front buffer is partly written.
+    started: bool,
+}
+
+impl Outbox {
+    fn push(&mut self, line: Bytes) {
+        self.bytes += line.len();
+        self.queue.push_back(line);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Drops everything not yet begun, keeping a partly written line so the stream stays
+    /// line-aligned (used before `BYE too slow`).
+    fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.started);
+        self.queue.truncate(keep);
+        self.bytes = self.queue.iter().map(Bytes::len).sum();
+    }
+
+    /// One vectored write of as many queued buffers as fit. Cancel-safe: the queue only
+    /// advances after a write returns.
+    async fn write_some(&mut self, socket: &mut OwnedWriteHalf) -> io::Result<()> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for (slot, buf) in slices.iter_mut().zip(&self.queue) {
+            *slot = IoSlice::new(buf);
+            count += 1;
+        }
+        let written = socket.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.advance(written);
+        Ok(())
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let front = self.queue.front_mut().expect("wrote more than queued");
+            if written >= front.len() {
+                written -= front.len();
+                self.queue.pop_front();
+                self.started = false;
+            } else {
+                front.advance(written);
+                self.started = true;
+                written = 0;
+            }
+        }
+    }
+
+    async fn flush(&mut self, socket: &mut OwnedWriteHalf) -> io::Result<()> {
+        while !self.is_empty() {
+            self.write_some(socket).await?;
+        }
+        Ok(())
+    }
+}

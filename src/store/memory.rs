@@ -1,0 +1,167 @@
+//! In-memory history: the last `capacity` messages of each room, lost on restart.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{HistoryStore, NewMessage, Page, StoreError, StoredMessage};
+use crate::protocol::MessageId;
+
+/// A bounded per-room log. Ids keep counting after old messages are evicted.
+pub struct MemoryStore {
+    capacity: usize,
+    rooms: Mutex<HashMap<String, RoomLog>>,
+}
+
+#[derive(Default)]
+struct RoomLog {
+    last_id: MessageId,
+    /// Oldest first; ids strictly increasing.
+    messages: VecDeque<StoredMessage>,
+}
+
+impl MemoryStore {
+    /// Keeps at most `capacity` messages per room (at least one).
+    pub fn new(capacity: usize) -> Self {
+        MemoryStore {
+            capacity: capacity.max(1),
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl RoomLog {
+    /// Index of the first message with id > `id`.
+    fn first_after(&self, id: MessageId) -> usize {
+        self.messages.partition_point(|m| m.id <= id)
+    }
+
+    /// Index of the first message with id >= `id` (the end if `None`).
+    fn first_at_or_after(&self, id: Option<MessageId>) -> usize {
+        match id {
+            Some(id) => self.messages.partition_point(|m| m.id < id),
+            None => self.messages.len(),
+        }
+    }
+
+    fn page(&self, page: Page) -> Vec<StoredMessage> {
+        let (start, end) = match page {
+            Page::Newest { before, limit } => {
+                let end = self.first_at_or_after(before);
+                (end.saturating_sub(limit), end)
+            }
+            Page::Oldest {
+                after,
+                before,
+                limit,
+            } => {
+                let start = self.first_after(after);
+                let end = self.first_at_or_after(before).max(start);
+                (start, end.min(start.saturating_add(limit)))
+            }
+        };
+        self.messages.range(start..end).cloned().collect()
+    }
+}
+
+#[async_trait]
+impl HistoryStore for MemoryStore {
+    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
+        let millis = now_millis();
+        let mut rooms = self.rooms.lock().expect("memory store lock");
+        let stored = batch
+            .iter()
+            .map(|m| {
+                let log = rooms.entry(m.room.to_string()).or_default();
+                log.last_id += 1;
+                let stored = StoredMessage {
+                    id: log.last_id,
+                    millis,
+                    nick: m.nick.clone(),
+                    text: m.text.clone(),
+                };
+                if log.messages.len() >= self.capacity {
+                    log.messages.pop_front();
+                }
+                log.messages.push_back(stored.clone());
+                stored
+            })
+            .collect();
+        Ok(stored)
+    }
+
+    async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
+        let rooms = self.rooms.lock().expect("memory store lock");
+        Ok(rooms.get(room).map(|log| log.page(page)).unwrap_or_default())
+    }
+
+    async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {
+        let rooms = self.rooms.lock().expect("memory store lock");
+        Ok(rooms.get(room).map_or(0, |log| log.last_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    async fn filled(n: usize, capacity: usize) -> MemoryStore {
+        let store = MemoryStore::new(capacity);
+        let batch: Vec<NewMessage> = (1..=n)
+            .map(|i| NewMessage {
+                room: Arc::from("r"),
+                nick: Arc::from("n"),
+                text: format!("m{i}"),
+            })
+            .collect();
+        store.append(&batch).await.unwrap();
+        store
+    }
+
+    async fn ids(store: &MemoryStore, page: Page) -> Vec<MessageId> {
+        store
+            .page("r", page)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pages_both_ways() {
+        let s = filled(10, 100).await;
+        let newest = |before, limit| Page::Newest { before, limit };
+        let oldest = |after, before, limit| Page::Oldest {
+            after,
+            before,
+            limit,
+        };
+        assert_eq!(ids(&s, newest(None, 3)).await, vec![8, 9, 10]);
+        assert_eq!(ids(&s, newest(Some(8), 3)).await, vec![5, 6, 7]);
+        assert_eq!(ids(&s, newest(Some(2), 3)).await, vec![1]);
+        assert_eq!(ids(&s, oldest(0, None, 3)).await, vec![1, 2, 3]);
+        assert_eq!(ids(&s, oldest(8, None, 3)).await, vec![9, 10]);
+        assert_eq!(ids(&s, oldest(3, Some(6), 10)).await, vec![4, 5]);
+        assert_eq!(ids(&s, oldest(6, Some(3), 10)).await, Vec::<u64>::new());
+        assert_eq!(s.latest_id("r").await.unwrap(), 10);
+        assert_eq!(s.latest_id("other").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn bounded_per_room_and_ids_keep_counting() {
+        let s = filled(10, 4).await;
+        assert_eq!(
+            ids(&s, Page::Newest { before: None, limit: 100 }).await,
+            vec![7, 8, 9, 10]
+        );
+        assert_eq!(s.latest_id("r").await.unwrap(), 10);
+    }
+}

@@ -1,0 +1,69 @@
+//! Message history: the [`HistoryStore`] trait, its implementations, and the batched writer
+//! that every `SAY` goes through.
+
+pub mod memory;
+pub mod writer;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::protocol::MessageId;
+
+pub use memory::MemoryStore;
+pub use writer::{Ack, Writer};
+
+/// A message to be stored: who said what, where.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: Arc<str>,
+    pub nick: Arc<str>,
+    pub text: String,
+}
+
+/// A stored message: the store gave it its id and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub millis: i64,
+    pub nick: Arc<str>,
+    pub text: String,
+}
+
+/// Which slice of a room's history to read. Results are always oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The newest `limit` messages with id < `before` (all ids if `None`).
+    Newest {
+        before: Option<MessageId>,
+        limit: usize,
+    },
+    /// The oldest `limit` messages with `after` < id (< `before` if given).
+    Oldest {
+        after: MessageId,
+        before: Option<MessageId>,
+        limit: usize,
+    },
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the message store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where history lives. Ids are unique and increasing within a room.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    /// Stores a batch of messages atomically, returning them in the same order with ids and
+    /// times. Ids within one room follow the batch order.
+    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Reads one page of a room's history, oldest first. An unknown room has no history.
+    async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// The newest id in a room, 0 if it has none.
+    async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError>;
+}

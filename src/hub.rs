@@ -12,8 +12,9 @@ use crate::store::{HistoryStore, MemoryStore, Writer};
 
 /// Messages waiting for the writer before `SAY` waits too.
 const WRITER_QUEUE: usize = 8192;
-/// Most messages stored in one append.
-const WRITER_BATCH: usize = 1024;
+/// Most messages stored in one append. Kept well below the default outbound queue, so that
+/// one batch fanned out at once never overflows a member that is keeping up.
+const WRITER_BATCH: usize = 256;
 
 /// Shared server state.
 pub struct Hub {

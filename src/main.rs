@@ -92,12 +92,12 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        "linechat listening on {} (store: {:?}); try: nc {} {}",
-        config.listen,
+        "linechat listening on {addr} (store: {:?}); try: nc {} {}",
         config.store,
-        config.listen.ip(),
-        config.listen.port()
+        addr.ip(),
+        addr.port()
     );
     match linechat::server::serve(listener, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -70,6 +70,23 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in PROTOCOL.md's order.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::UnknownCommand,
+        ErrorCode::MissingArgument,
+        ErrorCode::TooManyArguments,
+        ErrorCode::BadArgument,
+        ErrorCode::BadNick,
+        ErrorCode::BadRoom,
+        ErrorCode::BadText,
+        ErrorCode::NickInUse,
+        ErrorCode::NoNick,
+        ErrorCode::NotInRoom,
+        ErrorCode::LineTooLong,
+        ErrorCode::BadUtf8,
+        ErrorCode::StoreUnavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::UnknownCommand => "UNKNOWN_COMMAND",
@@ -237,10 +254,7 @@ fn optional_room(verb: &str, args: &[&str]) -> Result<Option<String>, ProtocolEr
             validate_room(room)?;
             Ok(Some(room.to_string()))
         }
-        _ => err(
-            ErrorCode::TooManyArguments,
-            format!("usage: {verb} [room]"),
-        ),
+        _ => err(ErrorCode::TooManyArguments, format!("usage: {verb} [room]")),
     }
 }
 
@@ -282,10 +296,7 @@ fn parse_join(args: &[&str]) -> Result<Command, ProtocolError> {
                 }
             };
             if bounds.len() > used {
-                return err(
-                    ErrorCode::TooManyArguments,
-                    format!("usage: {JOIN_USAGE}"),
-                );
+                return err(ErrorCode::TooManyArguments, format!("usage: {JOIN_USAGE}"));
             }
             replay
         }
@@ -300,7 +311,10 @@ const HISTORY_USAGE: &str = "HISTORY <room> [BEFORE <id>] [AFTER <id>] [LIMIT <n
 
 fn parse_history(args: &[&str]) -> Result<Command, ProtocolError> {
     let Some((room, mut rest)) = args.split_first() else {
-        return err(ErrorCode::MissingArgument, format!("usage: {HISTORY_USAGE}"));
+        return err(
+            ErrorCode::MissingArgument,
+            format!("usage: {HISTORY_USAGE}"),
+        );
     };
     validate_room(room)?;
     let mut h = HistoryArgs::default();
@@ -442,7 +456,10 @@ mod tests {
         assert_eq!(code("JOIN 4 SOON"), ErrorCode::BadArgument);
         assert_eq!(code("JOIN 4 NONE 1"), ErrorCode::TooManyArguments);
         assert_eq!(code("JOIN bad/room"), ErrorCode::BadRoom);
-        assert_eq!(code(&format!("JOIN {}", "r".repeat(65))), ErrorCode::BadRoom);
+        assert_eq!(
+            code(&format!("JOIN {}", "r".repeat(65))),
+            ErrorCode::BadRoom
+        );
     }
 
     #[test]
@@ -468,7 +485,10 @@ mod tests {
     #[test]
     fn names() {
         assert!(validate_nick(&"a".repeat(32)).is_ok());
-        assert_eq!(code(&format!("NICK {}", "a".repeat(33))), ErrorCode::BadNick);
+        assert_eq!(
+            code(&format!("NICK {}", "a".repeat(33))),
+            ErrorCode::BadNick
+        );
         assert_eq!(code("NICK al!ce"), ErrorCode::BadNick);
         assert_eq!(code("NICK é"), ErrorCode::BadNick);
         assert_eq!(code("NICK"), ErrorCode::MissingArgument);
@@ -483,12 +503,22 @@ mod tests {
         assert_eq!(ok("PING"), Command::Ping(None));
         assert_eq!(ok("PING a b"), Command::Ping(Some("a b".into())));
         assert_eq!(ok("QUIT"), Command::Quit(None));
-        assert_eq!(ok("QUIT gone home"), Command::Quit(Some("gone home".into())));
+        assert_eq!(
+            ok("QUIT gone home"),
+            Command::Quit(Some("gone home".into()))
+        );
     }
 
     #[test]
     fn message_lines() {
-        let l = message_line(MessageKind::Live, "4", 7, 1_795_507_200_123, "bob", "hi there");
+        let l = message_line(
+            MessageKind::Live,
+            "4",
+            7,
+            1_795_507_200_123,
+            "bob",
+            "hi there",
+        );
         assert_eq!(&l[..], b"MSG 4 7 2026-11-24T08:00:00.123Z bob hi there\n");
         let h = message_line(MessageKind::Stored, "4", 7, 0, "bob", "x");
         assert_eq!(&h[..], b"HIST 4 7 1970-01-01T00:00:00.000Z bob x\n");

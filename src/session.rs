@@ -160,9 +160,12 @@ impl Session {
         }
     }
 
-    /// Says `BYE <reason>` after answering every `SAY` in flight, then closes the socket.
+    /// Says `BYE <reason>` after answering every `SAY` in flight and leaving every room, then
+    /// closes the socket.
     async fn close(&mut self, reason: &str) {
         self.settle_acks().await;
+        // Leave first, so the rooms stop queueing for us while the last lines drain.
+        self.leave_everything();
         self.out.push(protocol::line(&["BYE", reason]));
         let grace = self.hub.config.shutdown_grace;
         let _ = tokio::time::timeout(grace, async {
@@ -332,7 +335,11 @@ impl Session {
 
     /// Joins (or re-joins) a room: subscribe first, then replay, so that replay and live
     /// traffic meet without a gap; live messages up to the replayed id are dropped later.
-    async fn join(&mut self, room: String, replay: Replay) -> io::Result<Result<(), ProtocolError>> {
+    async fn join(
+        &mut self,
+        room: String,
+        replay: Replay,
+    ) -> io::Result<Result<(), ProtocolError>> {
         let nick = match self.require_nick() {
             Ok(nick) => nick,
             Err(e) => return Ok(Err(e)),
@@ -371,7 +378,11 @@ impl Session {
 
     /// Replays history for a JOIN. Returns how many lines were sent and the id up to which
     /// the client is now caught up.
-    async fn replay(&mut self, room: &Arc<str>, replay: Replay) -> Result<(usize, MessageId), Replayed> {
+    async fn replay(
+        &mut self,
+        room: &Arc<str>,
+        replay: Replay,
+    ) -> Result<(usize, MessageId), Replayed> {
         let store = self.hub.store.clone();
         let max_page = self.hub.config.max_page;
         let newest = |limit: usize| Page::Newest {
@@ -396,7 +407,11 @@ impl Session {
 
     /// Replays everything after `since`, a page at a time, flushing between pages so that a
     /// long catch-up never sits in memory whole.
-    async fn replay_since(&mut self, room: &Arc<str>, since: MessageId) -> Result<(usize, MessageId), Replayed> {
+    async fn replay_since(
+        &mut self,
+        room: &Arc<str>,
+        since: MessageId,
+    ) -> Result<(usize, MessageId), Replayed> {
         let store = self.hub.store.clone();
         let limit = self.hub.config.max_page.max(1);
         let mut cursor = since;

@@ -97,7 +97,10 @@ impl HistoryStore for MemoryStore {
 
     async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
         let rooms = self.rooms.lock().expect("memory store lock");
-        Ok(rooms.get(room).map(|log| log.page(page)).unwrap_or_default())
+        Ok(rooms
+            .get(room)
+            .map(|log| log.page(page))
+            .unwrap_or_default())
     }
 
     async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {
@@ -159,7 +162,14 @@ mod tests {
     async fn bounded_per_room_and_ids_keep_counting() {
         let s = filled(10, 4).await;
         assert_eq!(
-            ids(&s, Page::Newest { before: None, limit: 100 }).await,
+            ids(
+                &s,
+                Page::Newest {
+                    before: None,
+                    limit: 100
+                }
+            )
+            .await,
             vec![7, 8, 9, 10]
         );
         assert_eq!(s.latest_id("r").await.unwrap(), 10);

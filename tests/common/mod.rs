@@ -1,0 +1,230 @@
+//! Test helpers: an in-process server on port 0 and a line-oriented client over real TCP.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use linechat::Config;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Guards against hangs only; no test asserts on time.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(config: Config) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(linechat::server::serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Runs a graceful shutdown and waits for the server to return.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("server stops")
+            .unwrap()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// A client that has chosen `nick`.
+    pub async fn login(&self, nick: &str) -> Client {
+        let mut c = self.client().await;
+        c.send(&format!("NICK {nick}")).await;
+        c.expect(&format!("OK NICK {nick}")).await;
+        c
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct Client {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    writer: OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects and reads the greeting.
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        let mut c = Client {
+            lines: BufReader::new(r).lines(),
+            writer: w,
+        };
+        let hello = c.line().await;
+        assert!(hello.starts_with("HELLO "), "greeting: {hello}");
+        c
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\n").as_bytes()).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// The next line; panics at end of stream.
+    pub async fn line(&mut self) -> String {
+        match self.try_line().await {
+            Some(line) => line,
+            None => panic!("connection closed while a line was expected"),
+        }
+    }
+
+    /// The next line, or `None` at end of stream.
+    pub async fn try_line(&mut self) -> Option<String> {
+        tokio::time::timeout(PATIENCE, self.lines.next_line())
+            .await
+            .expect("a line within the patience window")
+            .expect("read")
+    }
+
+    /// Reads one line and checks it equals `want`.
+    pub async fn expect(&mut self, want: &str) {
+        let got = self.line().await;
+        assert_eq!(got, want);
+    }
+
+    /// Reads one line and checks it starts with `prefix`; returns it.
+    pub async fn expect_prefix(&mut self, prefix: &str) -> String {
+        let got = self.line().await;
+        assert!(got.starts_with(prefix), "wanted {prefix:?}..., got {got:?}");
+        got
+    }
+
+    /// Reads one line and checks it is `ERR <code> ...`.
+    pub async fn expect_err(&mut self, code: &str) -> String {
+        self.expect_prefix(&format!("ERR {code} ")).await
+    }
+
+    /// Sends PING and checks that PONG is the very next line: proves nothing else was queued.
+    pub async fn expect_nothing_pending(&mut self) {
+        self.send("PING sync").await;
+        self.expect("PONG sync").await;
+    }
+
+    /// Reads lines up to and including one starting with `prefix`; returns those before it
+    /// and the matching line.
+    pub async fn until(&mut self, prefix: &str) -> (Vec<String>, String) {
+        let mut before = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line.starts_with(prefix) {
+                return (before, line);
+            }
+            before.push(line);
+        }
+    }
+
+    /// Joins a room with optional replay bounds; returns the replayed `HIST` lines.
+    pub async fn join(&mut self, room_and_bounds: &str) -> Vec<String> {
+        self.send(&format!("JOIN {room_and_bounds}")).await;
+        let (hist, ok) = self.until("OK JOIN ").await;
+        assert!(hist.iter().all(|l| l.starts_with("HIST ")), "{hist:?}");
+        let _ = ok;
+        hist
+    }
+
+    /// Says `text` and returns the acknowledged id (skipping presence and live lines).
+    pub async fn say(&mut self, text: &str) -> u64 {
+        self.send(&format!("SAY {text}")).await;
+        let (skipped, ok) = self.until("OK SAY ").await;
+        assert!(
+            skipped.iter().all(|l| !l.starts_with("ERR ")),
+            "{skipped:?}"
+        );
+        ok.split(' ').nth(2).unwrap().parse().unwrap()
+    }
+
+    /// Half-closes and reads everything up to the server's close.
+    pub async fn finish(mut self) -> Vec<String> {
+        self.writer.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        while let Some(line) = self.try_line().await {
+            rest.push(line);
+        }
+        rest
+    }
+}
+
+/// A parsed `MSG` or `HIST` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub kind: String,
+    pub room: String,
+    pub id: u64,
+    pub time: String,
+    pub nick: String,
+    pub text: String,
+}
+
+pub fn parse_message(line: &str) -> Message {
+    let mut parts = line.splitn(6, ' ');
+    let mut next = || {
+        parts
+            .next()
+            .unwrap_or_else(|| panic!("short line {line:?}"))
+    };
+    let kind = next().to_string();
+    assert!(kind == "MSG" || kind == "HIST", "not a message: {line:?}");
+    Message {
+        kind,
+        room: next().to_string(),
+        id: next().parse().unwrap(),
+        time: next().to_string(),
+        nick: next().to_string(),
+        text: next().to_string(),
+    }
+}
+
+/// Checks RFC 3339 UTC with milliseconds: `2026-11-24T08:00:00.123Z`.
+pub fn is_rfc3339_millis(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            23 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+pub fn config() -> Config {
+    Config::default()
+}

@@ -1,0 +1,130 @@
+//! Every error code over real TCP, with the connection staying usable after each.
+
+mod common;
+
+use common::{Client, TestServer};
+use linechat::protocol::ErrorCode;
+use linechat::Config;
+
+/// Sends `line`, expects `ERR <code> <text>`, then proves the connection still works.
+async fn refused(c: &mut Client, seen: &mut Vec<&'static str>, line: &[u8], code: &'static str) {
+    let mut raw = line.to_vec();
+    raw.push(b'\n');
+    c.send_raw(&raw).await;
+    let err = c.expect_err(code).await;
+    assert!(err.len() > code.len() + 5, "ERR has human text: {err:?}");
+    c.expect_nothing_pending().await;
+    seen.push(code);
+}
+
+#[tokio::test]
+async fn every_error_code_is_reachable_and_the_connection_lives_on() {
+    let config = Config {
+        max_line: 64,
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut c = server.client().await;
+    let seen = &mut Vec::new();
+
+    refused(&mut c, seen, b"DANCE", "UNKNOWN_COMMAND").await;
+    refused(&mut c, seen, b"NICK", "MISSING_ARGUMENT").await;
+    refused(&mut c, seen, b"JOIN", "MISSING_ARGUMENT").await;
+    refused(&mut c, seen, b"HISTORY", "MISSING_ARGUMENT").await;
+    refused(&mut c, seen, b"HISTORY r LIMIT", "MISSING_ARGUMENT").await;
+    refused(&mut c, seen, b"WHO", "MISSING_ARGUMENT").await;
+    refused(&mut c, seen, b"NICK a b", "TOO_MANY_ARGUMENTS").await;
+    refused(&mut c, seen, b"ROOMS now", "TOO_MANY_ARGUMENTS").await;
+    refused(&mut c, seen, b"PART a b", "TOO_MANY_ARGUMENTS").await;
+    refused(&mut c, seen, b"JOIN r NONE extra", "TOO_MANY_ARGUMENTS").await;
+    refused(&mut c, seen, b"JOIN r LAST ten", "BAD_ARGUMENT").await;
+    refused(&mut c, seen, b"JOIN r LATER", "BAD_ARGUMENT").await;
+    refused(&mut c, seen, b"HISTORY r BEFORE -3", "BAD_ARGUMENT").await;
+    refused(&mut c, seen, b"HISTORY r SOON 3", "BAD_ARGUMENT").await;
+    refused(&mut c, seen, b"HISTORY r LIMIT 1 LIMIT 2", "BAD_ARGUMENT").await;
+    refused(&mut c, seen, b"NICK bad!name", "BAD_NICK").await;
+    refused(&mut c, seen, b"NICK nul\x00byte", "BAD_NICK").await;
+    refused(
+        &mut c,
+        seen,
+        b"NICK aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "BAD_NICK",
+    )
+    .await;
+    refused(&mut c, seen, b"JOIN room/with/slash", "BAD_ROOM").await;
+    refused(&mut c, seen, b"WHO r\x01", "BAD_ROOM").await;
+    refused(&mut c, seen, b"SAY before nick", "NO_NICK").await;
+    refused(&mut c, seen, b"JOIN r", "NO_NICK").await;
+    refused(&mut c, seen, &[b'x'; 65], "LINE_TOO_LONG").await;
+    refused(&mut c, seen, b"SAY caf\xc3", "BAD_UTF8").await;
+    refused(&mut c, seen, b"\xff\xfe", "BAD_UTF8").await;
+
+    let _holder = server.login("taken").await;
+    refused(&mut c, seen, b"NICK TAKEN", "NICK_IN_USE").await;
+    c.send("NICK me").await;
+    c.expect("OK NICK me").await;
+    refused(&mut c, seen, b"SAY nowhere to say it", "NOT_IN_ROOM").await;
+    refused(&mut c, seen, b"PART", "NOT_IN_ROOM").await;
+    c.join("r").await;
+    refused(&mut c, seen, b"PART elsewhere", "NOT_IN_ROOM").await;
+    refused(&mut c, seen, b"SAY bell\x07", "BAD_TEXT").await;
+    refused(&mut c, seen, b"SAY esc\x1b[31m", "BAD_TEXT").await;
+    refused(&mut c, seen, b"SAY    ", "MISSING_ARGUMENT").await;
+    // After all that, the connection still chats.
+    assert_eq!(c.say("still here").await, 1);
+
+    // STORE_UNAVAILABLE needs a store that can fail (PostgreSQL); the memory store cannot.
+    for code in ErrorCode::ALL {
+        let code = code.as_str();
+        assert!(
+            seen.contains(&code) || code == "STORE_UNAVAILABLE",
+            "{code} was never provoked"
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_long_line_is_not_buffered_whole_and_the_next_line_works() {
+    let config = Config {
+        max_line: 100,
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut c = server.login("big").await;
+    // A megabyte without a newline, in pieces: refused once, discarded as it streams.
+    let chunk = vec![b'y'; 64 * 1024];
+    for _ in 0..16 {
+        c.send_raw(&chunk).await;
+    }
+    c.send_raw(b"\nPING after\n").await;
+    c.expect_err("LINE_TOO_LONG").await;
+    c.expect("PONG after").await;
+    // Exactly at the limit is fine (CRLF not counted).
+    let ok = format!("PING {}\r\n", "z".repeat(95));
+    c.send_raw(ok.as_bytes()).await;
+    c.expect(&format!("PONG {}", "z".repeat(95))).await;
+    server.stop().await.unwrap();
+}
+
+#[test]
+fn protocol_md_lists_exactly_the_error_codes() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md"))
+        .expect("PROTOCOL.md at the top level");
+    let listed: Vec<&str> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '_') && w.contains('_'))
+        .collect();
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    for code in &codes {
+        assert!(listed.contains(code), "PROTOCOL.md does not list {code}");
+    }
+    for code in &listed {
+        assert!(
+            codes.contains(code),
+            "PROTOCOL.md lists {code}, which the server never sends"
+        );
+    }
+}

@@ -84,10 +84,17 @@ impl Decoder for LineCodec {
                 return Ok(Some(Frame::Line(line)));
             }
             if buf.len() >= self.max_frame() {
-                // No LF within reach: the line is too long whatever comes next.
-                self.discarding = true;
+                // No LF within reach: the line is too long whatever comes next. Drop it up to
+                // its LF if that has arrived (keeping the lines behind it), else drop what we
+                // have and the rest as it comes.
                 self.scanned = 0;
-                buf.clear();
+                match memchr(b'\n', &buf[window..]) {
+                    Some(i) => buf.advance(window + i + 1),
+                    None => {
+                        self.discarding = true;
+                        buf.clear();
+                    }
+                }
                 return Ok(Some(Frame::TooLong));
             }
             self.scanned = buf.len();
@@ -110,6 +117,9 @@ impl Decoder for LineCodec {
         }
         // A last line without LF (`printf 'QUIT' | nc`) still counts.
         let line = strip_terminator(buf.split());
+        if line.len() > self.max_len {
+            return Ok(Some(Frame::TooLong));
+        }
         Ok(Some(Frame::Line(line)))
     }
 }
@@ -164,6 +174,23 @@ mod tests {
         assert!(buf.is_empty(), "discarded bytes are not kept");
         buf.extend_from_slice(b"end\nPING\n");
         assert_eq!(c.decode(&mut buf).unwrap(), Some(line("PING")));
+    }
+
+    #[test]
+    fn too_long_keeps_the_lines_behind_it() {
+        let mut c = LineCodec::new(8);
+        assert_eq!(
+            decode_all(&mut c, b"0123456789abcdef\nPING a\nPING b\n"),
+            vec![Frame::TooLong, line("PING a"), line("PING b")]
+        );
+    }
+
+    #[test]
+    fn eof_line_is_length_checked() {
+        let mut c = LineCodec::new(4);
+        let mut buf = BytesMut::from(&b"12345"[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        assert_eq!(c.decode_eof(&mut buf).unwrap(), Some(Frame::TooLong));
     }
 
     #[test]

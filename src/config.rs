@@ -11,6 +11,15 @@ pub enum StoreKind {
     Memory,
 }
 
+impl StoreKind {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+        }
+    }
+}
+
 /// Everything the server needs to know to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -26,8 +35,8 @@ pub struct Config {
     pub max_line: usize,
     /// Live messages and presence lines queued for one connection before it is too slow.
     pub outbound_queue: usize,
-    /// How long shutdown waits for each client to take its last lines and `BYE`.
-    pub shutdown_grace: Duration,
+    /// How long a closing connection gets to take its last lines and `BYE`.
+    pub close_grace: Duration,
     /// Idle time before TCP keepalive probes start (dead-peer detection).
     pub keepalive: Duration,
 }
@@ -42,7 +51,7 @@ impl Default for Config {
             memory_history: 10_000,
             max_line: 4096,
             outbound_queue: 1024,
-            shutdown_grace: Duration::from_secs(5),
+            close_grace: Duration::from_secs(5),
             keepalive: Duration::from_secs(60),
         }
     }

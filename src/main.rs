@@ -42,9 +42,10 @@ struct Cli {
     #[arg(long, env = "LINECHAT_OUTBOUND_QUEUE", default_value_t = 1024)]
     outbound_queue: usize,
 
-    /// Seconds shutdown waits for each client to take its last lines.
-    #[arg(long, env = "LINECHAT_SHUTDOWN_GRACE", default_value_t = 5)]
-    shutdown_grace: u64,
+    /// Seconds a closing connection (shutdown, QUIT, too slow, end of input) gets to take its
+    /// last lines and BYE before the socket is closed anyway.
+    #[arg(long, env = "LINECHAT_CLOSE_GRACE", default_value_t = 5)]
+    close_grace: u64,
 
     /// Seconds a connection may be silent before TCP keepalive probes check the peer.
     #[arg(long, env = "LINECHAT_KEEPALIVE", default_value_t = 60)]
@@ -65,11 +66,11 @@ impl Cli {
                 Store::Memory => StoreKind::Memory,
             },
             history_on_join: self.history_on_join,
-            max_page: self.max_page,
+            max_page: self.max_page.max(1),
             memory_history: self.memory_history,
             max_line: self.max_line.max(1),
             outbound_queue: self.outbound_queue.max(1),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            close_grace: Duration::from_secs(self.close_grace),
             keepalive: Duration::from_secs(self.keepalive.max(1)),
         }
     }
@@ -83,6 +84,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Cli::parse().into_config();
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
@@ -94,8 +96,8 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        "linechat listening on {addr} (store: {:?}); try: nc {} {}",
-        config.store,
+        "linechat listening on {addr} (store: {}); try: nc {} {}",
+        config.store.name(),
         addr.ip(),
         addr.port()
     );

@@ -151,11 +151,9 @@ pub fn validate_room(room: &str) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Checks message text: not blank, and no control characters except tab.
+/// Checks free text (a message, a PING token, a QUIT reason): no control characters except
+/// tab.
 pub fn validate_text(text: &str) -> Result<(), ProtocolError> {
-    if text.trim_matches([' ', '\t']).is_empty() {
-        return err(ErrorCode::MissingArgument, "SAY needs some text");
-    }
     if text.chars().any(|c| c.is_control() && c != '\t') {
         return err(
             ErrorCode::BadText,
@@ -186,17 +184,14 @@ pub fn parse(line: &str) -> Result<Option<Command>, ProtocolError> {
     // Commands whose last argument is the rest of the line.
     match verb.as_str() {
         "SAY" => {
+            if is_blank(rest) {
+                return err(ErrorCode::MissingArgument, "usage: SAY <text>");
+            }
             validate_text(rest)?;
             return Ok(Some(Command::Say(rest.to_string())));
         }
-        "PING" => return Ok(Some(Command::Ping(non_blank(rest)))),
-        "QUIT" => {
-            let reason = non_blank(rest);
-            if let Some(r) = &reason {
-                validate_text(r)?;
-            }
-            return Ok(Some(Command::Quit(reason)));
-        }
+        "PING" => return Ok(Some(Command::Ping(free_text(rest)?))),
+        "QUIT" => return Ok(Some(Command::Quit(free_text(rest)?))),
         _ => {}
     }
     let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
@@ -225,9 +220,18 @@ pub fn parse(line: &str) -> Result<Option<Command>, ProtocolError> {
     Ok(Some(command))
 }
 
-fn non_blank(s: &str) -> Option<String> {
-    let s = s.trim_matches(' ');
-    (!s.is_empty()).then(|| s.to_string())
+fn is_blank(s: &str) -> bool {
+    s.trim_matches([' ', '\t']).is_empty()
+}
+
+/// An optional free-text argument: trimmed, `None` if blank.
+fn free_text(s: &str) -> Result<Option<String>, ProtocolError> {
+    let s = s.trim_matches([' ', '\t']);
+    if s.is_empty() {
+        return Ok(None);
+    }
+    validate_text(s)?;
+    Ok(Some(s.to_string()))
 }
 
 fn exact<'a, const N: usize>(
@@ -265,7 +269,9 @@ fn number<T: std::str::FromStr>(keyword: &str, value: Option<&&str>) -> Result<T
             format!("{keyword} needs a number after it"),
         );
     };
-    value.parse().map_err(|_| {
+    // Plain decimal digits only: no sign, no spaces.
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| value.parse().ok()).flatten().ok_or_else(|| {
         ProtocolError::new(
             ErrorCode::BadArgument,
             format!("{keyword} takes a whole number, not {value}"),
@@ -506,6 +512,14 @@ mod tests {
         assert_eq!(
             ok("QUIT gone home"),
             Command::Quit(Some("gone home".into()))
+        );
+        assert_eq!(ok("QUIT \t "), Command::Quit(None));
+        assert_eq!(code("QUIT bye\u{7}"), ErrorCode::BadText);
+        assert_eq!(code("PING \u{1b}x"), ErrorCode::BadText);
+        assert_eq!(code("JOIN 4 SINCE +5"), ErrorCode::BadArgument);
+        assert_eq!(
+            code("JOIN 4 LAST 99999999999999999999999"),
+            ErrorCode::BadArgument
         );
     }
 

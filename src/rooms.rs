@@ -32,8 +32,8 @@ pub struct LiveMessage {
 pub enum Outbound {
     /// A live message; its room and id let the session drop what its replay already showed.
     Message(Arc<LiveMessage>),
-    /// A presence line (`JOINED`, `LEFT`, `NICK`).
-    Presence(Bytes),
+    /// A presence line (`JOINED`, `LEFT`, `NICK`) about a room.
+    Presence { room: Arc<str>, line: Bytes },
 }
 
 /// How the registry reaches one connection.
@@ -64,10 +64,13 @@ struct Room {
 }
 
 impl Room {
-    fn broadcast(members: &HashMap<ConnId, Member>, except: ConnId, line: &Bytes) {
+    fn broadcast(members: &HashMap<ConnId, Member>, except: ConnId, room: &Arc<str>, line: Bytes) {
         for (id, m) in members {
             if *id != except {
-                m.conn.deliver(Outbound::Presence(line.clone()));
+                m.conn.deliver(Outbound::Presence {
+                    room: room.clone(),
+                    line: line.clone(),
+                });
             }
         }
     }
@@ -93,7 +96,7 @@ impl Rooms {
             return false;
         }
         let line = protocol::line(&["JOINED", room, nick]);
-        Room::broadcast(&members, conn.id, &line);
+        Room::broadcast(&members, conn.id, room, line);
         members.insert(
             conn.id,
             Member {
@@ -107,7 +110,7 @@ impl Rooms {
     /// Removes a member and tells the others (`LEFT`). Returns false if it was not there.
     pub fn leave(&self, room: &str, conn: ConnId) -> bool {
         let mut rooms = self.rooms.lock().expect("rooms lock");
-        let Some(entry) = rooms.get(room) else {
+        let Some((name, entry)) = rooms.get_key_value(room) else {
             return false;
         };
         let mut members = entry.members.lock().expect("room lock");
@@ -115,7 +118,7 @@ impl Rooms {
             return false;
         };
         let line = protocol::line(&["LEFT", room, &gone.nick]);
-        Room::broadcast(&members, conn, &line);
+        Room::broadcast(&members, conn, name, line);
         if members.is_empty() {
             drop(members);
             rooms.remove(room);
@@ -134,7 +137,7 @@ impl Rooms {
             if let Some(m) = members.get_mut(&conn) {
                 m.nick = new.clone();
                 let line = protocol::line(&["NICK", room, old, new]);
-                Room::broadcast(&members, conn, &line);
+                Room::broadcast(&members, conn, room, line);
             }
         }
     }

@@ -167,7 +167,7 @@ impl Session {
         // Leave first, so the rooms stop queueing for us while the last lines drain.
         self.leave_everything();
         self.out.push(protocol::line(&["BYE", reason]));
-        let grace = self.hub.config.shutdown_grace;
+        let grace = self.hub.config.close_grace;
         let _ = tokio::time::timeout(grace, async {
             self.out.flush(&mut self.socket).await?;
             self.socket.shutdown().await
@@ -186,7 +186,12 @@ impl Session {
 
     fn on_room_traffic(&mut self, item: Outbound) {
         match item {
-            Outbound::Presence(line) => self.out.push(line),
+            Outbound::Presence { room, line } => {
+                // Lines queued before a PART are not for us any more.
+                if self.joined.iter().any(|j| j.room == room) {
+                    self.out.push(line);
+                }
+            }
             Outbound::Message(m) => {
                 let wanted = self
                     .joined
@@ -226,27 +231,12 @@ impl Session {
 
     /// Handles one input frame. `Some(reason)` means: close with `BYE <reason>`.
     async fn on_frame(&mut self, frame: Frame) -> io::Result<Option<String>> {
-        let line = match frame {
-            Frame::TooLong => {
-                self.refuse(ProtocolError::new(
-                    ErrorCode::LineTooLong,
-                    format!(
-                        "lines are at most {} bytes; the line was discarded",
-                        self.hub.config.max_line
-                    ),
-                ));
-                return Ok(None);
-            }
-            Frame::Line(bytes) => bytes,
-        };
-        let Ok(text) = std::str::from_utf8(&line) else {
-            self.refuse(ProtocolError::new(
-                ErrorCode::BadUtf8,
-                "the line is not valid UTF-8; it was discarded",
-            ));
-            return Ok(None);
-        };
-        let command = match protocol::parse(text) {
+        let command = self.decode(frame);
+        // Replies keep command order: anything but another SAY waits for the SAYs in flight.
+        if !matches!(command, Ok(Some(Command::Say(_)))) {
+            self.settle_acks().await;
+        }
+        let command = match command {
             Ok(Some(command)) => command,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -254,9 +244,6 @@ impl Session {
                 return Ok(None);
             }
         };
-        if !matches!(command, Command::Say(_)) {
-            self.settle_acks().await;
-        }
         let result = match command {
             Command::Say(text) => self.say(text).await,
             Command::Nick(nick) => self.nick(nick),
@@ -287,6 +274,29 @@ impl Session {
             self.refuse(e);
         }
         Ok(None)
+    }
+
+    /// Turns an input frame into a command: `Ok(None)` for a blank line.
+    fn decode(&self, frame: Frame) -> Result<Option<Command>, ProtocolError> {
+        let line = match frame {
+            Frame::TooLong => {
+                return Err(ProtocolError::new(
+                    ErrorCode::LineTooLong,
+                    format!(
+                        "lines are at most {} bytes; the line was discarded",
+                        self.hub.config.max_line
+                    ),
+                ))
+            }
+            Frame::Line(bytes) => bytes,
+        };
+        let text = std::str::from_utf8(&line).map_err(|_| {
+            ProtocolError::new(
+                ErrorCode::BadUtf8,
+                "the line is not valid UTF-8; it was discarded",
+            )
+        })?;
+        protocol::parse(text)
     }
 
     fn require_nick(&self) -> Result<Arc<str>, ProtocolError> {
@@ -358,13 +368,15 @@ impl Session {
                 return Ok(Ok(()));
             }
         };
-        let floor = match existing {
-            Some(i) => self.joined.remove(i).floor.max(floor),
+        // Re-joining keeps the live feed as it was: messages already queued for us still
+        // arrive, even if the fresh replay showed them too.
+        let live_floor = match existing {
+            Some(i) => self.joined.remove(i).floor,
             None => floor,
         };
         self.joined.push(Joined {
             room: room.clone(),
-            floor,
+            floor: live_floor,
         });
         self.out.push(protocol::line(&[
             "OK",
@@ -436,10 +448,9 @@ impl Session {
                 return Ok((replayed, floor));
             };
             cursor = last.id;
-            if messages.len() < limit {
+            if messages.len() < limit || !self.flush_unless_stopping().await? {
                 return Ok((replayed, cursor));
             }
-            self.flush_unless_stopping().await?;
         }
     }
 
@@ -456,13 +467,13 @@ impl Session {
         }
     }
 
-    /// Writes out everything pending, unless shutdown or a too-slow verdict comes first (the
+    /// Writes out everything pending. False if shutdown or a too-slow verdict came first (the
     /// main loop then says `BYE`).
-    async fn flush_unless_stopping(&mut self) -> io::Result<()> {
+    async fn flush_unless_stopping(&mut self) -> io::Result<bool> {
         tokio::select! {
-            written = self.out.flush(&mut self.socket) => written,
-            _ = self.shutdown.cancelled() => Ok(()),
-            _ = self.handle.too_slow.cancelled() => Ok(()),
+            written = self.out.flush(&mut self.socket) => written.map(|()| true),
+            _ = self.shutdown.cancelled() => Ok(false),
+            _ = self.handle.too_slow.cancelled() => Ok(false),
         }
     }
 

@@ -105,7 +105,7 @@ async fn a_slow_reader_never_stalls_the_room() {
     const PER_CHUNK: usize = 50;
     let config = Config {
         outbound_queue: 64,
-        shutdown_grace: Duration::from_secs(60),
+        close_grace: Duration::from_secs(60),
         ..Config::default()
     };
     let server = TestServer::start_with(config).await;

@@ -1,6 +1,7 @@
 //! Server settings. `main.rs` fills them from flags and environment variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Which [`HistoryStore`](crate::store::HistoryStore) keeps messages.
@@ -9,6 +10,8 @@ pub enum StoreKind {
     /// In memory: bounded per room, gone on restart.
     #[default]
     Memory,
+    /// In PostgreSQL: durable; `database_url`, or a private cluster under `data_dir`.
+    Postgres,
 }
 
 impl StoreKind {
@@ -16,6 +19,7 @@ impl StoreKind {
     pub fn name(self) -> &'static str {
         match self {
             StoreKind::Memory => "memory",
+            StoreKind::Postgres => "postgres",
         }
     }
 }
@@ -39,6 +43,18 @@ pub struct Config {
     pub close_grace: Duration,
     /// Idle time before TCP keepalive probes start (dead-peer detection).
     pub keepalive: Duration,
+    /// PostgreSQL to use; `None` runs a private cluster under `data_dir`.
+    pub database_url: Option<String>,
+    /// Where the private cluster lives (zero-config mode).
+    pub data_dir: PathBuf,
+    /// Where the PostgreSQL programs are, if not found by searching.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Most connections in the database pool.
+    pub pool_size: u32,
+    /// Longest one database operation may take before it counts as unavailable.
+    pub db_timeout: Duration,
+    /// How long start-up retries an unreachable database (zero: forever).
+    pub db_startup_timeout: Duration,
 }
 
 impl Default for Config {
@@ -53,6 +69,12 @@ impl Default for Config {
             outbound_queue: 1024,
             close_grace: Duration::from_secs(5),
             keepalive: Duration::from_secs(60),
+            database_url: None,
+            data_dir: PathBuf::from("linechat-data"),
+            pg_bin_dir: None,
+            pool_size: 8,
+            db_timeout: Duration::from_secs(5),
+            db_startup_timeout: Duration::from_secs(60),
         }
     }
 }

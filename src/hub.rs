@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, StoreKind};
+use crate::config::Config;
 use crate::rooms::{ConnId, Rooms};
-use crate::store::{HistoryStore, MemoryStore, Writer};
+use crate::store::{HistoryStore, Writer};
 
 /// Messages waiting for the writer before `SAY` waits too.
 const WRITER_QUEUE: usize = 8192;
@@ -27,11 +27,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the configured store and starts its writer.
-    pub fn start(config: Config) -> (Arc<Hub>, JoinHandle<()>) {
-        let store: Arc<dyn HistoryStore> = match config.store {
-            StoreKind::Memory => Arc::new(MemoryStore::new(config.memory_history)),
-        };
+    /// Starts the writer for `store`.
+    pub fn start(config: Config, store: Arc<dyn HistoryStore>) -> (Arc<Hub>, JoinHandle<()>) {
         let rooms = Arc::new(Rooms::new());
         let (writer, writer_task) =
             Writer::spawn(store.clone(), rooms.clone(), WRITER_QUEUE, WRITER_BATCH);

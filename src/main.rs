@@ -1,10 +1,12 @@
 //! The `linechat` binary: flags and environment -> [`Config`] -> [`linechat::server::serve`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use linechat::server::Server;
 use linechat::{Config, StoreKind};
 
 /// A chat-room server that speaks a plain-text line protocol over TCP.
@@ -19,8 +21,35 @@ struct Cli {
     listen: SocketAddr,
 
     /// Where history is kept.
-    #[arg(long, env = "LINECHAT_STORE", value_enum, default_value_t = Store::Memory)]
+    #[arg(long, env = "LINECHAT_STORE", value_enum, default_value_t = Store::Postgres)]
     store: Store,
+
+    /// PostgreSQL connection string (`postgresql://user@host/db` or `host=... dbname=...`).
+    /// Without it, the server runs its own PostgreSQL under --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+
+    /// Where the server's own PostgreSQL cluster lives when no --database-url is given.
+    #[arg(long, env = "LINECHAT_DATA_DIR", default_value = "linechat-data")]
+    data_dir: PathBuf,
+
+    /// Directory of the PostgreSQL programs (initdb, pg_ctl, postgres), if searching PATH,
+    /// `pg_config --bindir` and /usr/lib/postgresql/*/bin should not decide.
+    #[arg(long, env = "LINECHAT_PG_BIN_DIR")]
+    pg_bin_dir: Option<PathBuf>,
+
+    /// Most connections in the database pool.
+    #[arg(long, env = "LINECHAT_POOL_SIZE", default_value_t = 8)]
+    pool_size: u32,
+
+    /// Seconds one database operation may take before SAY, JOIN or HISTORY get
+    /// ERR STORE_UNAVAILABLE.
+    #[arg(long, env = "LINECHAT_DB_TIMEOUT", default_value_t = 5)]
+    db_timeout: u64,
+
+    /// Seconds start-up keeps retrying an unreachable database before giving up (0: forever).
+    #[arg(long, env = "LINECHAT_DB_STARTUP_TIMEOUT", default_value_t = 60)]
+    db_startup_timeout: u64,
 
     /// Messages a plain JOIN replays.
     #[arg(long, env = "LINECHAT_HISTORY_ON_JOIN", default_value_t = 50)]
@@ -54,6 +83,8 @@ struct Cli {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Store {
+    /// PostgreSQL: durable history (the default).
+    Postgres,
     /// In memory: bounded per room, gone on restart.
     Memory,
 }
@@ -64,6 +95,7 @@ impl Cli {
             listen: self.listen,
             store: match self.store {
                 Store::Memory => StoreKind::Memory,
+                Store::Postgres => StoreKind::Postgres,
             },
             history_on_join: self.history_on_join,
             max_page: self.max_page.max(1),
@@ -72,6 +104,12 @@ impl Cli {
             outbound_queue: self.outbound_queue.max(1),
             close_grace: Duration::from_secs(self.close_grace),
             keepalive: Duration::from_secs(self.keepalive.max(1)),
+            database_url: self.database_url,
+            data_dir: self.data_dir,
+            pg_bin_dir: self.pg_bin_dir,
+            pool_size: self.pool_size.max(1),
+            db_timeout: Duration::from_secs(self.db_timeout.max(1)),
+            db_startup_timeout: Duration::from_secs(self.db_startup_timeout),
         }
     }
 }
@@ -87,29 +125,36 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Cli::parse().into_config();
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listen = config.listen;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    // Open the store first (it may start PostgreSQL), unless we are told to stop meanwhile.
+    let server = tokio::select! {
+        started = Server::start(config) => match started {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ = &mut shutdown => return ExitCode::SUCCESS,
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!("cannot listen on {}: {e}", config.listen);
+            tracing::error!("cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().unwrap_or(config.listen);
+    let addr = listener.local_addr().unwrap_or(listen);
     tracing::info!(
-        "linechat listening on {addr} (store: {}); try: nc {} {}",
-        config.store.name(),
+        "linechat listening on {addr}; try: nc {} {}",
         addr.ip(),
         addr.port()
     );
-    match linechat::server::serve(listener, config, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    server.serve(listener, shutdown).await;
+    ExitCode::SUCCESS
 }
-
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -1,56 +1,147 @@
-//! The accept loop and graceful shutdown.
+//! Start-up (the store, and the private PostgreSQL cluster in zero-config mode), the accept
+//! loop, and graceful shutdown.
 
 use std::future::Future;
 use std::io;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
 use crate::session;
+use crate::store::cluster::{self, ClusterError, LocalCluster, Search};
+use crate::store::postgres::{self, PgSettings};
+use crate::store::{HistoryStore, MemoryStore, PgStore, StoreError};
 
-/// Serves clients on `listener` until `shutdown` completes; then stops accepting, says
-/// `BYE` to every client (after answering what each one already sent), and returns.
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot run the local PostgreSQL: {0}")]
+    Cluster(#[from] ClusterError),
+    #[error("cannot open the message store: {0}")]
+    Store(#[from] StoreError),
+    #[error("--database-url is not a PostgreSQL connection string: {0}")]
+    DatabaseUrl(String),
+}
+
+/// A server whose store is open, ready to serve a listener.
+pub struct Server {
+    hub: Arc<Hub>,
+    writer_task: JoinHandle<()>,
+    /// The private cluster, in zero-config mode; stopped after the last session.
+    cluster: Option<LocalCluster>,
+}
+
+impl Server {
+    /// Opens the configured store: memory, the PostgreSQL at `database_url`, or a private
+    /// cluster under `data_dir` that this server runs and stops.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let mut cluster = None;
+        let store: Arc<dyn HistoryStore> = match config.store {
+            StoreKind::Memory => Arc::new(MemoryStore::new(config.memory_history)),
+            StoreKind::Postgres => {
+                let pg_config = match &config.database_url {
+                    Some(url) => tokio_postgres::Config::from_str(url)
+                        .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
+                    None => {
+                        let local = start_cluster(&config).await?;
+                        postgres::ensure_database(&local.pg_config("postgres"), cluster::DATABASE)
+                            .await?;
+                        let pg_config = local.pg_config(cluster::DATABASE);
+                        cluster = Some(local);
+                        pg_config
+                    }
+                };
+                tracing::info!("using PostgreSQL at {}", postgres::describe(&pg_config));
+                let store = PgStore::connect(PgSettings {
+                    config: pg_config,
+                    pool_size: config.pool_size,
+                    timeout: config.db_timeout,
+                    startup_timeout: config.db_startup_timeout,
+                })
+                .await?;
+                Arc::new(store)
+            }
+        };
+        let (hub, writer_task) = Hub::start(config, store);
+        Ok(Server {
+            hub,
+            writer_task,
+            cluster,
+        })
+    }
+
+    /// Serves clients on `listener` until `shutdown` completes; then stops accepting, says
+    /// `BYE` to every client (after answering what each one already sent), lets the writer
+    /// finish, stops the private cluster if there is one, and returns.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let Server {
+            hub,
+            writer_task,
+            cluster,
+        } = self;
+        let stopping = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        if let Err(e) = tune(&stream, &hub.config) {
+                            tracing::debug!(%peer, error = %e, "could not set socket options");
+                        }
+                        sessions.spawn(session::run(hub.clone(), stream, peer, stopping.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tracing::info!(clients = sessions.len(), "shutting down");
+        stopping.cancel();
+        sessions.close();
+        sessions.wait().await;
+        // Sessions are gone; dropping the last writer handle lets the writer finish its queue.
+        drop(hub);
+        let _ = writer_task.await;
+        if let Some(mut cluster) = cluster {
+            let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
+            if let Ok(Err(e)) = stopped {
+                tracing::warn!("could not stop PostgreSQL: {e}");
+            }
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Starts (or creates, or adopts) the private cluster under `config.data_dir`.
+async fn start_cluster(config: &Config) -> Result<LocalCluster, ClusterError> {
+    let data_dir = config.data_dir.clone();
+    let search = Search::from_env(config.pg_bin_dir.clone());
+    tokio::task::spawn_blocking(move || LocalCluster::start(&data_dir, &search))
+        .await
+        .map_err(|e| ClusterError::Io(io::Error::other(e)))?
+}
+
+/// Opens the store and serves `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    let (hub, writer_task) = Hub::start(config);
-    let stopping = CancellationToken::new();
-    let sessions = TaskTracker::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if let Err(e) = tune(&stream, &hub.config) {
-                        tracing::debug!(%peer, error = %e, "could not set socket options");
-                    }
-                    sessions.spawn(session::run(hub.clone(), stream, peer, stopping.clone()));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    tracing::info!(clients = sessions.len(), "shutting down");
-    stopping.cancel();
-    sessions.close();
-    sessions.wait().await;
-    // Sessions are gone; dropping the last writer handle lets the writer finish its queue.
-    drop(hub);
-    let _ = writer_task.await;
-    tracing::info!("stopped");
+) -> Result<(), StartError> {
+    Server::start(config).await?.serve(listener, shutdown).await;
     Ok(())
 }
 

@@ -333,6 +333,15 @@ impl Session {
                 ));
             }
             let new: Arc<str> = nick.as_str().into();
+            // Recorded in the background: a name is for live connections and must not wait
+            // on the database (the first message records its sender anyway).
+            let store = self.hub.store.clone();
+            let recorded = new.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.record_user(&recorded).await {
+                    tracing::warn!(nick = %recorded, "could not record the user: {e}");
+                }
+            });
             if let Some(old) = &old {
                 let rooms: Vec<Arc<str>> = self.joined.iter().map(|j| j.room.clone()).collect();
                 self.hub.rooms.rename(&rooms, self.handle.id, old, &new);
@@ -355,6 +364,10 @@ impl Session {
             Err(e) => return Ok(Err(e)),
         };
         let room: Arc<str> = room.into();
+        if let Err(e) = self.hub.store.record_room(&room).await {
+            self.out.push(store_error(&e));
+            return Ok(Ok(()));
+        }
         let existing = self.joined.iter().position(|j| j.room == room);
         let newly_joined = self.hub.rooms.join(&room, &nick, &self.handle);
         let (replayed, floor) = match self.replay(&room, replay).await {

@@ -203,7 +203,7 @@ async fn shutdown_says_bye_to_everyone_after_answering_them() {
 /// Starts the real binary on a free port; returns it and its address.
 fn start_binary() -> (std::process::Child, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_linechat"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--store", "memory"])
         .env("LINECHAT_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -215,7 +215,7 @@ fn start_binary() -> (std::process::Child, std::net::SocketAddr) {
     let addr = loop {
         let line = lines.next().expect("server logs").unwrap();
         if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split(' ').next().unwrap().parse().unwrap();
+            break rest.split(';').next().unwrap().parse().unwrap();
         }
     };
     // Keep draining the log so the server never blocks on a full pipe.

@@ -1,7 +1,9 @@
 //! Message history: the [`HistoryStore`] trait, its implementations, and the batched writer
 //! that every `SAY` goes through.
 
+pub mod cluster;
 pub mod memory;
+pub mod postgres;
 pub mod writer;
 
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use async_trait::async_trait;
 use crate::protocol::MessageId;
 
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use writer::{Ack, Writer};
 
 /// A message to be stored: who said what, where.
@@ -66,4 +69,14 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// The newest id in a room, 0 if it has none.
     async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError>;
+
+    /// Records that a user of this name exists (on `NICK`). Stores without users ignore it.
+    async fn record_user(&self, _nick: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Records that a room of this name exists (on `JOIN`). Stores without rooms ignore it.
+    async fn record_room(&self, _room: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -1,6 +1,8 @@
 //! Test helpers: an in-process server on port 0 and a line-oriented client over real TCP.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -29,7 +31,10 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(linechat::server::serve(listener, config, async {
+        let server = linechat::server::Server::start(config)
+            .await
+            .expect("server starts");
+        let task = tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
         }));
         TestServer {
@@ -40,13 +45,12 @@ impl TestServer {
     }
 
     /// Runs a graceful shutdown and waits for the server to return.
-    pub async fn stop(mut self) -> std::io::Result<()> {
+    pub async fn stop(mut self) -> Result<(), tokio::task::JoinError> {
         let _ = self.stop.take().unwrap().send(());
         let task = self.task.take().unwrap();
         tokio::time::timeout(PATIENCE, task)
             .await
             .expect("server stops")
-            .unwrap()
     }
 
     pub async fn client(&self) -> Client {
@@ -227,4 +231,90 @@ pub fn is_rfc3339_millis(t: &str) -> bool {
 
 pub fn config() -> Config {
     Config::default()
+}
+
+/// Several members join a room while a talker keeps it busy, each with a different replay
+/// bound. Each must see the room's messages exactly once: `HIST` up to the id in `OK JOIN`,
+/// then `MSG` for every later message, with no gap and no duplicate.
+pub async fn check_replay_seam(server: &TestServer) {
+    const TOTAL: usize = 3000;
+    let mut talker = server.login("talker").await;
+    talker.join("busy").await;
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
+    let talking = tokio::spawn(async move {
+        let mut acked: Vec<u64> = Vec::with_capacity(TOTAL);
+        // Pipelined chunks: the room stays busy while the joiners come in.
+        for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(50) {
+            let batch: String = chunk.iter().map(|i| format!("SAY m{i}\n")).collect();
+            talker.send_raw(batch.as_bytes()).await;
+            for _ in chunk {
+                let (_, ok) = talker.until("OK SAY ").await;
+                let id: u64 = ok.split(' ').nth(2).unwrap().parse().unwrap();
+                assert!(acked.last().is_none_or(|&last| id > last), "{ok}");
+                acked.push(id);
+            }
+            let _ = progress_tx.send(acked.len());
+        }
+        (talker, acked)
+    });
+
+    let mut joiners = Vec::new();
+    for (n, bound) in ["", "SINCE 0", "LAST 7", "", "SINCE 0", "NONE"]
+        .iter()
+        .enumerate()
+    {
+        let threshold = TOTAL * n / 8;
+        progress.wait_for(|&p| p >= threshold).await.unwrap();
+        let mut c = server.login(&format!("j{n}")).await;
+        c.send(&format!("JOIN busy {bound}")).await;
+        joiners.push((c, *bound));
+    }
+    let (mut talker, acked) = talking.await.unwrap();
+    let text_of = |id: u64| format!("m{}", acked.iter().position(|&a| a == id).unwrap());
+    let mut mid_flow = 0;
+    for (c, bound) in &mut joiners {
+        let (hist, ok) = c.until("OK JOIN busy").await;
+        let floor: u64 = ok.rsplit(' ').next().unwrap().parse().unwrap();
+        // Where the floor sits among the acked ids: everything up to it came before the join.
+        let caught_up = acked.iter().take_while(|&&id| id <= floor).count();
+        if 0 < caught_up && caught_up < TOTAL {
+            mid_flow += 1;
+        }
+        let replayed: Vec<u64> = hist.iter().map(|l| parse_message(l).id).collect();
+        for line in &hist {
+            let m = parse_message(line);
+            assert_eq!(m.text, text_of(m.id));
+        }
+        let expected_from = match *bound {
+            "SINCE 0" => 0,
+            "" => caught_up.saturating_sub(50),
+            "LAST 7" => caught_up.saturating_sub(7),
+            _ => caught_up,
+        };
+        assert_eq!(
+            replayed,
+            acked[expected_from..caught_up],
+            "JOIN {bound}: replay"
+        );
+        let mut live = Vec::new();
+        while live.len() < TOTAL - caught_up {
+            let line = c.line().await;
+            if line.starts_with("MSG ") {
+                let m = parse_message(&line);
+                assert_eq!(m.text, text_of(m.id));
+                live.push(m.id);
+            }
+        }
+        assert_eq!(
+            live,
+            acked[caught_up..],
+            "JOIN {bound}: live continues the replay"
+        );
+        c.expect_nothing_pending().await;
+    }
+    assert!(
+        mid_flow > 0,
+        "at least one member joined while the room was busy"
+    );
+    talker.expect_nothing_pending().await;
 }

@@ -1,0 +1,511 @@
+//! Durable history in PostgreSQL, through a bb8 pool of tokio-postgres connections.
+//!
+//! Every statement is prepared once per connection (when the pool opens it) and run with
+//! parameters: no SQL is ever built from data. A batch of messages is stored by one
+//! multi-row `INSERT ... SELECT FROM unnest(...)` in one transaction, so the batched writer
+//! pays one commit per batch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bb8::{ManageConnection, Pool};
+use bb8_postgres::PostgresConnectionManager;
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use super::{HistoryStore, NewMessage, Page, StoreError, StoredMessage};
+use crate::protocol::MessageId;
+
+/// The schema, as numbered migrations (see the file's header).
+pub const SCHEMA: &str = include_str!("../../schema.sql");
+
+/// Key for the advisory lock that serialises migrations between servers.
+const MIGRATION_LOCK: i64 = 0x6c69_6e65_6368_6174; // "linechat"
+
+/// Stores a batch; the rows come back in insertion order of ids.
+pub const INSERT_MESSAGES: &str = "INSERT INTO messages (room_id, user_id, body) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) \
+     RETURNING id, created_at";
+/// The newest `$3` messages of room `$1` with id < `$2`, newest first.
+pub const PAGE_NEWEST: &str = "SELECT m.id, m.created_at, u.name, m.body \
+     FROM messages m JOIN users u ON u.id = m.user_id \
+     WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1) AND m.id < $2 \
+     ORDER BY m.id DESC LIMIT $3";
+/// The oldest `$4` messages of room `$1` with `$2` < id < `$3`, oldest first.
+pub const PAGE_OLDEST: &str = "SELECT m.id, m.created_at, u.name, m.body \
+     FROM messages m JOIN users u ON u.id = m.user_id \
+     WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1) AND m.id > $2 AND m.id < $3 \
+     ORDER BY m.id LIMIT $4";
+/// The newest id in room `$1` (0 if none).
+pub const LATEST_ID: &str = "SELECT coalesce(max(m.id), 0) FROM messages m \
+     WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1)";
+const UPSERT_USER: &str = "INSERT INTO users (name) VALUES ($1) \
+     ON CONFLICT (name) DO UPDATE SET last_seen_at = now() RETURNING id";
+const UPSERT_ROOM: &str = "INSERT INTO rooms (name) VALUES ($1) \
+     ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id";
+
+/// Settings for [`PgStore::connect`].
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub config: tokio_postgres::Config,
+    /// Most connections the pool opens.
+    pub pool_size: u32,
+    /// Longest a single store operation (including waiting for a connection) may take.
+    pub timeout: Duration,
+    /// How long start-up keeps retrying an unreachable database (zero: forever).
+    pub startup_timeout: Duration,
+}
+
+/// The statements every pooled connection has prepared.
+struct Statements {
+    insert_messages: Statement,
+    page_newest: Statement,
+    page_oldest: Statement,
+    latest_id: Statement,
+    upsert_user: Statement,
+    upsert_room: Statement,
+}
+
+/// A pooled connection with its prepared statements.
+pub struct PgConnection {
+    client: Client,
+    statements: Statements,
+}
+
+/// bb8-postgres's manager, plus preparing our statements on every new connection.
+pub struct PgManager {
+    inner: PostgresConnectionManager<NoTls>,
+}
+
+impl ManageConnection for PgManager {
+    type Connection = PgConnection;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<PgConnection, tokio_postgres::Error> {
+        let client = self.inner.connect().await?;
+        let statements = Statements {
+            insert_messages: client.prepare(INSERT_MESSAGES).await?,
+            page_newest: client.prepare(PAGE_NEWEST).await?,
+            page_oldest: client.prepare(PAGE_OLDEST).await?,
+            latest_id: client.prepare(LATEST_ID).await?,
+            upsert_user: client.prepare(UPSERT_USER).await?,
+            upsert_room: client.prepare(UPSERT_ROOM).await?,
+        };
+        Ok(PgConnection { client, statements })
+    }
+
+    async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), tokio_postgres::Error> {
+        conn.client.simple_query("").await.map(drop)
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+/// History in PostgreSQL.
+pub struct PgStore {
+    pool: Pool<PgManager>,
+    timeout: Duration,
+    /// Ids of names already in `users` / `rooms`: filled only after a commit, so an id here
+    /// always exists in the database.
+    user_ids: Mutex<HashMap<Arc<str>, i64>>,
+    room_ids: Mutex<HashMap<Arc<str>, i64>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn to_db_id(id: MessageId) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+impl PgStore {
+    /// Connects and migrates, retrying with backoff while the database is unreachable.
+    pub async fn connect(settings: PgSettings) -> Result<PgStore, StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match Self::try_connect(&settings).await {
+                Ok(store) => return Ok(store),
+                Err(e) => {
+                    let waited = started.elapsed();
+                    if !settings.startup_timeout.is_zero() && waited >= settings.startup_timeout {
+                        return Err(unavailable(format!(
+                            "gave up after {}s: {e}",
+                            waited.as_secs()
+                        )));
+                    }
+                    tracing::warn!(
+                        "cannot use PostgreSQL at {}: {e}; retrying in {:.1}s",
+                        describe(&settings.config),
+                        delay.as_secs_f32()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn try_connect(settings: &PgSettings) -> Result<PgStore, StoreError> {
+        let manager = PgManager {
+            inner: PostgresConnectionManager::new(settings.config.clone(), NoTls),
+        };
+        // Migrate on a plain connection first: the pool's connections prepare statements
+        // against the tables.
+        {
+            let client = manager.inner.connect().await.map_err(unavailable)?;
+            migrate(&client).await?;
+        }
+        let pool = Pool::builder()
+            .max_size(settings.pool_size.max(1))
+            .connection_timeout(settings.timeout)
+            .build(manager)
+            .await
+            .map_err(unavailable)?;
+        Ok(PgStore {
+            pool,
+            timeout: settings.timeout,
+            user_ids: Mutex::new(HashMap::new()),
+            room_ids: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(format!(
+                "{what} took longer than {}s",
+                self.timeout.as_secs_f32()
+            ))),
+        }
+    }
+
+    async fn connection(&self) -> Result<bb8::PooledConnection<'_, PgManager>, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => unavailable(e),
+            bb8::RunError::TimedOut => unavailable("no database connection could be made in time"),
+        })
+    }
+
+    async fn append_inner(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut conn = self.connection().await?;
+        let PgConnection { client, statements } = &mut *conn;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let mut new_users: Vec<(Arc<str>, i64)> = Vec::new();
+        let mut new_rooms: Vec<(Arc<str>, i64)> = Vec::new();
+        let mut user_ids = Vec::with_capacity(batch.len());
+        let mut room_ids = Vec::with_capacity(batch.len());
+        for m in batch {
+            user_ids.push(
+                resolve(
+                    &tx,
+                    &statements.upsert_user,
+                    &self.user_ids,
+                    &mut new_users,
+                    &m.nick,
+                )
+                .await?,
+            );
+            room_ids.push(
+                resolve(
+                    &tx,
+                    &statements.upsert_room,
+                    &self.room_ids,
+                    &mut new_rooms,
+                    &m.room,
+                )
+                .await?,
+            );
+        }
+        let bodies: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
+        let rows = tx
+            .query(
+                &statements.insert_messages,
+                &[&room_ids, &user_ids, &bodies],
+            )
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        remember(&self.user_ids, new_users);
+        remember(&self.room_ids, new_rooms);
+        // Identity values are drawn in insertion order, which is the batch order.
+        let mut stored: Vec<(i64, DateTime<Utc>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        stored.sort_unstable_by_key(|(id, _)| *id);
+        if stored.len() != batch.len() {
+            return Err(unavailable(
+                "the database returned the wrong number of rows",
+            ));
+        }
+        Ok(batch
+            .iter()
+            .zip(stored)
+            .map(|(m, (id, at))| StoredMessage {
+                id: id as MessageId,
+                millis: at.timestamp_millis(),
+                nick: m.nick.clone(),
+                text: m.text.clone(),
+            })
+            .collect())
+    }
+
+    async fn record(
+        &self,
+        which: fn(&Statements) -> &Statement,
+        cache: &Mutex<HashMap<Arc<str>, i64>>,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.connection().await?;
+        let row = conn
+            .client
+            .query_one(which(&conn.statements), &[&name])
+            .await
+            .map_err(unavailable)?;
+        cache
+            .lock()
+            .expect("id cache")
+            .insert(name.into(), row.get(0));
+        Ok(())
+    }
+}
+
+/// The id for `name`: cached, made earlier in this batch, or upserted now.
+async fn resolve(
+    tx: &tokio_postgres::Transaction<'_>,
+    upsert: &Statement,
+    cache: &Mutex<HashMap<Arc<str>, i64>>,
+    made: &mut Vec<(Arc<str>, i64)>,
+    name: &Arc<str>,
+) -> Result<i64, StoreError> {
+    let cached = cache.lock().expect("id cache").get(name).copied();
+    if let Some(id) = cached.or_else(|| made.iter().find(|(n, _)| n == name).map(|(_, id)| *id)) {
+        return Ok(id);
+    }
+    let row = tx
+        .query_one(upsert, &[&&**name])
+        .await
+        .map_err(unavailable)?;
+    let id = row.get(0);
+    made.push((name.clone(), id));
+    Ok(id)
+}
+
+fn remember(cache: &Mutex<HashMap<Arc<str>, i64>>, made: Vec<(Arc<str>, i64)>) {
+    if !made.is_empty() {
+        cache.lock().expect("id cache").extend(made);
+    }
+}
+
+fn stored_message(row: &Row) -> StoredMessage {
+    let id: i64 = row.get(0);
+    let at: DateTime<Utc> = row.get(1);
+    let nick: &str = row.get(2);
+    StoredMessage {
+        id: id as MessageId,
+        millis: at.timestamp_millis(),
+        nick: nick.into(),
+        text: row.get(3),
+    }
+}
+
+#[async_trait]
+impl HistoryStore for PgStore {
+    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
+        self.with_timeout("storing messages", self.append_inner(batch))
+            .await
+    }
+
+    async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
+        self.with_timeout("reading history", async {
+            let conn = self.connection().await?;
+            let s = &conn.statements;
+            let rows = match page {
+                Page::Newest { before, limit } => {
+                    let before = before.map_or(i64::MAX, to_db_id);
+                    let limit = limit as i64;
+                    let mut rows = conn
+                        .client
+                        .query(&s.page_newest, &[&room, &before, &limit])
+                        .await
+                        .map_err(unavailable)?;
+                    rows.reverse();
+                    rows
+                }
+                Page::Oldest {
+                    after,
+                    before,
+                    limit,
+                } => {
+                    let after = to_db_id(after);
+                    let before = before.map_or(i64::MAX, to_db_id);
+                    let limit = limit as i64;
+                    conn.client
+                        .query(&s.page_oldest, &[&room, &after, &before, &limit])
+                        .await
+                        .map_err(unavailable)?
+                }
+            };
+            Ok(rows.iter().map(stored_message).collect())
+        })
+        .await
+    }
+
+    async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {
+        self.with_timeout("reading history", async {
+            let conn = self.connection().await?;
+            let row = conn
+                .client
+                .query_one(&conn.statements.latest_id, &[&room])
+                .await
+                .map_err(unavailable)?;
+            let id: i64 = row.get(0);
+            Ok(id as MessageId)
+        })
+        .await
+    }
+
+    async fn record_user(&self, nick: &str) -> Result<(), StoreError> {
+        self.with_timeout("recording a user", async {
+            self.record(|s| &s.upsert_user, &self.user_ids, nick).await
+        })
+        .await
+    }
+
+    async fn record_room(&self, room: &str) -> Result<(), StoreError> {
+        let known = self.room_ids.lock().expect("id cache").contains_key(room);
+        if known {
+            return Ok(());
+        }
+        self.with_timeout("recording a room", async {
+            self.record(|s| &s.upsert_room, &self.room_ids, room).await
+        })
+        .await
+    }
+}
+
+/// Brings the schema up to date: applies each `-- migration N` section of schema.sql newer
+/// than the recorded version, in one transaction, under an advisory lock so that two servers
+/// starting together do not race.
+pub async fn migrate(client: &Client) -> Result<(), StoreError> {
+    let run = async {
+        // Quiet the "already exists, skipping" notices of an up-to-date database.
+        client
+            .batch_execute("BEGIN; SET LOCAL client_min_messages = warning")
+            .await?;
+        client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (
+                     version    integer PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await?;
+        let row = client
+            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .await?;
+        let current: i32 = row.get(0);
+        for (version, sql) in migrations() {
+            if version > current {
+                tracing::info!(version, "applying schema migration");
+                client.batch_execute(&sql).await?;
+                client
+                    .execute(
+                        "INSERT INTO schema_version (version) VALUES ($1)",
+                        &[&version],
+                    )
+                    .await?;
+            }
+        }
+        client.batch_execute("COMMIT").await
+    };
+    match run.await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(unavailable(format!("schema migration failed: {e}")))
+        }
+    }
+}
+
+/// The numbered sections of schema.sql, in order: each starts at a line `-- migration N`.
+pub fn migrations() -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = Vec::new();
+    for line in SCHEMA.lines() {
+        let header = line
+            .strip_prefix("-- migration ")
+            .and_then(|n| n.trim().parse::<i32>().ok());
+        match (header, out.last_mut()) {
+            (Some(version), _) => out.push((version, String::new())),
+            (None, Some((_, body))) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// Creates database `name` if it does not exist, connecting through `admin` (a config for a
+/// database that exists, such as `postgres`).
+pub async fn ensure_database(admin: &tokio_postgres::Config, name: &str) -> Result<(), StoreError> {
+    let (client, connection) = admin.connect(NoTls).await.map_err(unavailable)?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(unavailable)?
+        .is_some();
+    if !exists {
+        // CREATE DATABASE takes no parameters; the name is a quoted identifier.
+        let ident = format!("\"{}\"", name.replace('"', "\"\""));
+        client
+            .batch_execute(&format!("CREATE DATABASE {ident}"))
+            .await
+            .map_err(unavailable)?;
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// A short description of where a config points, without any password.
+pub fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("(default)");
+    format!("{host}:{port}/{db}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_sections_are_numbered_in_order() {
+        let m = migrations();
+        assert!(!m.is_empty());
+        for (i, (version, sql)) in m.iter().enumerate() {
+            assert_eq!(*version, i as i32 + 1);
+            assert!(sql.contains("CREATE"), "{sql}");
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! PostgreSQL for tests: one private cluster per test binary, started by the same code as the
+//! server's zero-config mode, and a fresh database per test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use linechat::store::cluster::{LocalCluster, Search};
+use linechat::{Config, StoreKind};
+
+struct Shared {
+    cluster: LocalCluster,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+/// A temp directory the `postgres` user can reach, unique to this process.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "linechat-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Stops a data dir's cluster and removes the dir once this test process is gone, however it
+/// ends. The watchdog is meant to outlive us, so it is never waited for.
+#[allow(clippy::zombie_processes)]
+fn watchdog(cluster: &LocalCluster, dir: &Path) {
+    let mut stop = cluster.command("pg_ctl");
+    stop.arg("stop")
+        .arg("-m")
+        .arg("immediate")
+        .arg("-D")
+        .arg(cluster.pgdata());
+    let mut argv = vec![stop.get_program().to_owned()];
+    argv.extend(stop.get_args().map(|a| a.to_owned()));
+    Command::new("sh")
+        .arg("-c")
+        .arg(r#"while kill -0 "$WATCH_PID" 2>/dev/null; do sleep 0.5; done; "$@" >/dev/null 2>&1; rm -rf "$WATCH_DIR""#)
+        .arg("watchdog")
+        .args(argv)
+        .env("WATCH_PID", std::process::id().to_string())
+        .env("WATCH_DIR", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the cluster watchdog");
+}
+
+/// Starts a cluster in `dir` that is stopped when this test process exits.
+pub fn start_cluster(dir: &Path) -> LocalCluster {
+    let cluster = LocalCluster::start(dir, &Search::from_env(None))
+        .expect("PostgreSQL for the tests (install the postgresql package)");
+    watchdog(&cluster, dir);
+    cluster
+}
+
+fn shared() -> &'static LocalCluster {
+    &SHARED
+        .get_or_init(|| Shared {
+            cluster: start_cluster(&temp_dir("tests")),
+        })
+        .cluster
+}
+
+/// A new, empty database in the shared cluster; returns its connection string.
+pub async fn fresh_database() -> String {
+    let cluster = tokio::task::spawn_blocking(shared).await.unwrap();
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::Relaxed)
+    );
+    linechat::store::postgres::ensure_database(&cluster.pg_config("postgres"), &name)
+        .await
+        .expect("create a test database");
+    cluster.url(&name)
+}
+
+/// A server config on a fresh database.
+pub async fn config() -> Config {
+    Config {
+        store: StoreKind::Postgres,
+        database_url: Some(fresh_database().await),
+        ..Config::default()
+    }
+}
+
+/// A plain client connection to a database, for checking what is stored.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}

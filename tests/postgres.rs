@@ -1,0 +1,561 @@
+//! The PostgreSQL store, against a real PostgreSQL: one private cluster for this test binary,
+//! a fresh database per test, and the real binary in zero-config mode for restarts and kills.
+
+mod common;
+
+use std::io::{BufRead, BufReader as StdBufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{parse_message, pg, Client, TestServer};
+use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
+use linechat::Config;
+
+async fn pg_server() -> (TestServer, String) {
+    let config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    (TestServer::start_with(config).await, url)
+}
+
+fn ids(lines: &[String]) -> Vec<u64> {
+    lines.iter().map(|l| parse_message(l).id).collect()
+}
+
+/// Says each text, pipelined, and returns the acked ids in order.
+async fn say_all(c: &mut Client, texts: &[String]) -> Vec<u64> {
+    let batch: String = texts.iter().map(|t| format!("SAY {t}\n")).collect();
+    c.send_raw(batch.as_bytes()).await;
+    let mut acked = Vec::new();
+    for _ in texts {
+        let (_, ok) = c.until("OK SAY ").await;
+        acked.push(ok.split(' ').nth(2).unwrap().parse().unwrap());
+    }
+    acked
+}
+
+#[tokio::test]
+async fn chat_history_and_paging_through_postgres() {
+    let (server, url) = pg_server().await;
+    let mut alice = server.login("alice").await;
+    let mut bob = server.login("bob").await;
+    alice.join("4").await;
+    bob.join("4").await;
+    alice.expect("JOINED 4 bob").await;
+    bob.join("other").await;
+    // Two rooms interleaved: ids increase within each room.
+    let mut in_4 = Vec::new();
+    for i in 0..30 {
+        in_4.push(alice.say(&format!("four {i}")).await);
+        let (_, msg) = bob.until("MSG 4 ").await;
+        assert_eq!(parse_message(&msg).id, *in_4.last().unwrap());
+        bob.say(&format!("other {i}")).await;
+    }
+    assert!(in_4.windows(2).all(|w| w[0] < w[1]));
+
+    let mut late = server.login("late").await;
+    let hist = late.join("4 LAST 10").await;
+    assert_eq!(ids(&hist), in_4[20..]);
+    assert_eq!(parse_message(&hist[0]).text, "four 20");
+    late.send(&format!("HISTORY 4 BEFORE {} LIMIT 15", in_4[20]))
+        .await;
+    let (page, ok) = late.until("OK HISTORY").await;
+    assert_eq!(
+        (ids(&page), ok.as_str()),
+        (in_4[5..20].to_vec(), "OK HISTORY 4 15")
+    );
+    late.send(&format!("HISTORY 4 BEFORE {} LIMIT 15", in_4[5]))
+        .await;
+    let (page, _) = late.until("OK HISTORY").await;
+    assert_eq!(ids(&page), in_4[..5]);
+    late.send(&format!("HISTORY 4 AFTER {} LIMIT 12", in_4[3]))
+        .await;
+    let (page, _) = late.until("OK HISTORY").await;
+    assert_eq!(ids(&page), in_4[4..16]);
+    late.send(&format!("HISTORY 4 AFTER {} BEFORE {}", in_4[3], in_4[6]))
+        .await;
+    let (page, _) = late.until("OK HISTORY").await;
+    assert_eq!(ids(&page), in_4[4..6]);
+    late.send(&format!("JOIN 4 SINCE {}", in_4[25])).await;
+    let (since, ok) = late.until("OK JOIN").await;
+    assert_eq!(ids(&since), in_4[26..]);
+    assert_eq!(ok, format!("OK JOIN 4 4 {}", in_4[29]));
+
+    // NICK recorded the users, JOIN the rooms, and every message references both.
+    let db = pg::connect(&url).await;
+    let users: Vec<String> = db
+        .query("SELECT name FROM users ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(users, ["alice", "bob", "late"]);
+    let rooms: Vec<String> = db
+        .query("SELECT name FROM rooms ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rooms, ["4", "other"]);
+    let row = db
+        .query_one(
+            "SELECT count(*) FROM messages m JOIN users u ON u.id = m.user_id \
+             JOIN rooms r ON r.id = m.room_id WHERE r.name = '4' AND u.name = 'alice'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 30);
+    let versions: Vec<i32> = db
+        .query("SELECT version FROM schema_version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1]);
+    server.stop().await.unwrap();
+
+    // A second start on the same database migrates nothing and keeps everything.
+    let config = Config {
+        store: linechat::StoreKind::Postgres,
+        database_url: Some(url),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut again = server.login("again").await;
+    assert_eq!(ids(&again.join("4 LAST 30").await), in_4);
+    let rows = db
+        .query("SELECT version FROM schema_version", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn awkward_payloads_round_trip_byte_for_byte() {
+    let (server, url) = pg_server().await;
+    let mut a = server.login("a").await;
+    let mut b = server.login("b").await;
+    a.join("r").await;
+    b.join("r").await;
+    a.expect("JOINED r b").await;
+    let payloads = [
+        "'); DROP TABLE messages; --",
+        "quote \" double \" and 'single'",
+        "semi;colons;;; and back\\slashes \\n \\\\",
+        "emoji 🎉👩‍💻🇳🇱 and CJK 你好",
+        "RTL שלום עולם مرحبا",
+        "  leading and trailing spaces  ",
+        "tab\tseparated\tvalues",
+        "$1 $$ %s %d {} ${var}",
+        "combining e\u{301} and zero\u{200b}width",
+    ];
+    for p in payloads {
+        let id = a.say(p).await;
+        let m = parse_message(&b.line().await);
+        assert_eq!((m.id, m.text.as_str()), (id, p));
+    }
+    let mut c = server.login("c").await;
+    let hist = c.join("r").await;
+    let texts: Vec<String> = hist.iter().map(|l| parse_message(l).text).collect();
+    assert_eq!(texts, payloads);
+    let db = pg::connect(&url).await;
+    let stored: Vec<String> = db
+        .query("SELECT body FROM messages ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, payloads);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_pipelining_clients_are_batched_in_order() {
+    const CLIENTS: usize = 8;
+    const EACH: usize = 250;
+    let (server, url) = pg_server().await;
+    let mut listener = server.login("listener").await;
+    listener.join("r NONE").await;
+    let mut talkers = Vec::new();
+    for i in 0..CLIENTS {
+        let mut c = server.login(&format!("t{i}")).await;
+        c.join("r NONE").await;
+        talkers.push(c);
+    }
+    let runs = talkers.into_iter().enumerate().map(|(i, mut c)| {
+        tokio::spawn(async move {
+            let texts: Vec<String> = (0..EACH).map(|n| format!("{i}:{n}")).collect();
+            let acked = say_all(&mut c, &texts).await;
+            assert!(acked.windows(2).all(|w| w[0] < w[1]), "acks in order");
+            (c, acked)
+        })
+    });
+    let results = futures::future::join_all(runs).await;
+    let mut all: Vec<u64> = results
+        .iter()
+        .flat_map(|r| r.as_ref().unwrap().1.clone())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), CLIENTS * EACH, "every id unique");
+    // The listener sees them all, in id order, each sender's in its own order.
+    let mut next = [0usize; CLIENTS];
+    let mut last = 0;
+    let mut got = 0;
+    while got < CLIENTS * EACH {
+        let line = listener.line().await;
+        if !line.starts_with("MSG ") {
+            continue;
+        }
+        let m = parse_message(&line);
+        assert!(m.id > last);
+        last = m.id;
+        let (sender, n) = m.text.split_once(':').unwrap();
+        let sender: usize = sender.parse().unwrap();
+        assert_eq!(n, next[sender].to_string());
+        next[sender] += 1;
+        got += 1;
+    }
+    // The writer batched: far fewer transactions than messages.
+    let db = pg::connect(&url).await;
+    let row = db
+        .query_one(
+            "SELECT count(DISTINCT created_at), count(*) FROM messages",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (commits, messages): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(messages as usize, CLIENTS * EACH);
+    assert!(
+        commits < messages,
+        "{commits} transactions for {messages} messages"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn replay_and_live_meet_without_a_seam_in_postgres() {
+    let (server, _) = pg_server().await;
+    common::check_replay_seam(&server).await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn replay_from_a_room_of_100000_messages_uses_the_index() {
+    let (server, url) = pg_server().await;
+    let mut seed = server.login("seed").await;
+    seed.join("big").await;
+    seed.say("first").await;
+    // Another busy room first, so that the big room's ids are not simply the table's.
+    seed.join("noise").await;
+    seed.say("noise").await;
+    db_bulk(&url, "noise", 20_000).await;
+    seed.join("big").await;
+    let db = pg::connect(&url).await;
+    db.batch_execute(
+        "INSERT INTO messages (room_id, user_id, body)
+         SELECT r.id, u.id, 'bulk ' || g
+         FROM rooms r, users u, generate_series(1, 99999) g
+         WHERE r.name = 'big' AND u.name = 'seed';
+         ANALYZE messages;",
+    )
+    .await
+    .unwrap();
+    let newest: i64 = db
+        .query_one("SELECT max(id) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let newest = newest as u64;
+
+    let mut c = server.login("reader").await;
+    c.send("JOIN big").await;
+    let (hist, ok) = c.until("OK JOIN").await;
+    assert_eq!(hist.len(), 50);
+    assert_eq!(ok, format!("OK JOIN big 50 {newest}"));
+    assert_eq!(parse_message(hist.last().unwrap()).text, "bulk 99999");
+    c.send(&format!("JOIN big SINCE {}", newest - 1200)).await;
+    let (hist, ok) = c.until("OK JOIN").await;
+    assert_eq!(ids(&hist), ((newest - 1199)..=newest).collect::<Vec<_>>());
+    assert_eq!(ok, format!("OK JOIN big 1200 {newest}"));
+    c.send("HISTORY big AFTER 0 LIMIT 3").await;
+    let (hist, _) = c.until("OK HISTORY").await;
+    let texts: Vec<String> = hist.iter().map(|l| parse_message(l).text).collect();
+    assert_eq!(texts, ["first", "bulk 1", "bulk 2"]);
+    c.send("HISTORY noise LIMIT 2").await;
+    let (hist, _) = c.until("OK HISTORY").await;
+    let texts: Vec<String> = hist.iter().map(|l| parse_message(l).text).collect();
+    assert_eq!(texts, ["bulk 19999", "bulk 20000"]);
+
+    // Each history query is an index scan on (room_id, id), never a scan of the table.
+    let plans = [
+        (
+            PAGE_NEWEST,
+            "'big', 9223372036854775807::bigint, 50::bigint",
+        ),
+        (
+            PAGE_OLDEST,
+            "'big', 500::bigint, 9223372036854775807::bigint, 50::bigint",
+        ),
+        (LATEST_ID, "'big'"),
+    ];
+    for (query, args) in plans {
+        db.batch_execute(&format!("PREPARE q AS {query}"))
+            .await
+            .unwrap();
+        let plan: Vec<String> = db
+            .query(&format!("EXPLAIN EXECUTE q({args})"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        db.batch_execute("DEALLOCATE q").await.unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("messages_room_id_id"), "{query}\n{plan}");
+        assert!(!plan.contains("Seq Scan on messages"), "{query}\n{plan}");
+    }
+    server.stop().await.unwrap();
+}
+
+/// Adds `n` messages to `room` straight into the database.
+async fn db_bulk(url: &str, room: &str, n: i32) {
+    let db = pg::connect(url).await;
+    db.execute(
+        "INSERT INTO messages (room_id, user_id, body)
+         SELECT r.id, (SELECT min(id) FROM users), 'bulk ' || g
+         FROM rooms r, generate_series(1, $2) g WHERE r.name = $1",
+        &[&room, &n],
+    )
+    .await
+    .unwrap();
+}
+
+/// The database stops under a live server: SAY, JOIN and HISTORY get STORE_UNAVAILABLE,
+/// connections stay up, and once the database is back the server recovers by itself with
+/// every acknowledged message in place.
+#[tokio::test]
+async fn database_stopped_and_started_under_a_live_server() {
+    let dir = pg::temp_dir("outage");
+    let cluster = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || pg::start_cluster(&dir)
+    })
+    .await
+    .unwrap();
+    linechat::store::postgres::ensure_database(&cluster.pg_config("postgres"), "linechat")
+        .await
+        .unwrap();
+    let config = Config {
+        store: linechat::StoreKind::Postgres,
+        database_url: Some(cluster.url("linechat")),
+        db_timeout: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut a = server.login("a").await;
+    let mut b = server.login("b").await;
+    a.join("r").await;
+    b.join("r").await;
+    a.expect("JOINED r b").await;
+    let mut acked = vec![a.say("before").await];
+    let (_, msg) = b.until("MSG ").await;
+    assert_eq!(parse_message(&msg).id, acked[0]);
+
+    let stop = move || {
+        let mut c = cluster.command("pg_ctl");
+        c.arg("stop")
+            .arg("-m")
+            .arg("fast")
+            .arg("-D")
+            .arg(cluster.pgdata());
+        assert!(c.output().unwrap().status.success());
+        cluster.detach();
+    };
+    tokio::task::spawn_blocking(stop).await.unwrap();
+
+    a.send("SAY during").await;
+    a.expect_err("STORE_UNAVAILABLE").await;
+    a.send("HISTORY r").await;
+    a.expect_err("STORE_UNAVAILABLE").await;
+    b.send("JOIN elsewhere").await;
+    b.expect_err("STORE_UNAVAILABLE").await;
+    // Live connections stay up and the rest of the protocol works.
+    a.expect_nothing_pending().await;
+    b.expect_nothing_pending().await;
+    b.send("WHO r").await;
+    b.expect("MEMBER r a").await;
+    b.expect("MEMBER r b").await;
+    b.expect("OK WHO r 2").await;
+
+    let restart = {
+        let dir = dir.clone();
+        move || {
+            let cluster = pg::start_cluster(&dir);
+            cluster.detach();
+        }
+    };
+    tokio::task::spawn_blocking(restart).await.unwrap();
+    // Recovery needs no help: keep saying until the store takes messages again.
+    let mut refused = 0;
+    loop {
+        a.send("SAY after").await;
+        let (_, reply) = a.until("").await;
+        if reply.starts_with("OK SAY ") {
+            acked.push(reply.split(' ').nth(2).unwrap().parse().unwrap());
+            break;
+        }
+        assert!(reply.starts_with("ERR STORE_UNAVAILABLE"), "{reply}");
+        refused += 1;
+        assert!(refused < 60, "the server did not recover");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    acked.push(a.say("and again").await);
+    // b got the acked messages live, and nothing that was refused.
+    let mut live = vec![acked[0]];
+    while live.len() < acked.len() {
+        let line = b.line().await;
+        if line.starts_with("MSG ") {
+            let m = parse_message(&line);
+            assert_ne!(m.text, "during");
+            live.push(m.id);
+        }
+    }
+    assert_eq!(live, acked);
+    let mut c = server.login("c").await;
+    let hist = c.join("r").await;
+    assert_eq!(ids(&hist), acked);
+    server.stop().await.unwrap();
+    stop_data_dir(&dir);
+}
+
+/// Stops whatever cluster runs in `dir` (tests clean up after themselves).
+fn stop_data_dir(dir: &Path) {
+    let cluster = linechat::store::cluster::LocalCluster::start(
+        dir,
+        &linechat::store::cluster::Search::from_env(None),
+    );
+    if let Ok(mut cluster) = cluster {
+        let _ = cluster.stop();
+    }
+}
+
+/// The real binary in zero-config mode on `data_dir`.
+struct Binary {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Binary {
+    fn start(data_dir: &Path) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_linechat"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("LINECHAT_LOG", "info")
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = StdBufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server logs where it listens")
+                .unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split(';').next().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Binary { child, addr }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn wait(mut self) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || self.child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+/// Zero-config mode end to end: history survives a clean restart, and a SIGKILL right after
+/// the acks loses nothing and duplicates nothing.
+#[tokio::test]
+async fn zero_config_history_survives_restart_and_sigkill() {
+    let dir = pg::temp_dir("zeroconf");
+    let server = Binary::start(&dir);
+    let mut c = Client::connect(server.addr).await;
+    c.send("NICK writer").await;
+    c.expect("OK NICK writer").await;
+    c.join("4").await;
+    let texts: Vec<String> = (0..300).map(|i| format!("durable {i}")).collect();
+    let mut acked = say_all(&mut c, &texts).await;
+    // Killed the moment the last ack is read: no chance to flush or shut down.
+    server.signal("-KILL");
+    assert!(!server.wait().await.success());
+
+    let server = Binary::start(&dir);
+    let mut c = Client::connect(server.addr).await;
+    c.send("NICK reader").await;
+    c.expect("OK NICK reader").await;
+    let hist = c.join("4 SINCE 0").await;
+    assert_eq!(ids(&hist), acked, "every acked message, once, in order");
+    let stored: Vec<String> = hist.iter().map(|l| parse_message(l).text).collect();
+    assert_eq!(stored, texts);
+    acked.push(c.say("after the crash").await);
+    server.signal("-TERM");
+    c.expect("BYE server shutting down").await;
+    assert!(server.wait().await.success(), "SIGTERM exits 0");
+    assert!(
+        !dir.join("pgdata/postmaster.pid").exists(),
+        "a clean shutdown stops the private PostgreSQL"
+    );
+
+    let server = Binary::start(&dir);
+    let mut c = Client::connect(server.addr).await;
+    c.send("NICK third").await;
+    c.expect("OK NICK third").await;
+    assert_eq!(ids(&c.join("4 LAST 500").await), acked);
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+}
+
+#[tokio::test]
+async fn missing_postgresql_programs_say_what_to_install() {
+    let dir = pg::temp_dir("nobin");
+    let output = Command::new(env!("CARGO_BIN_EXE_linechat"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--pg-bin-dir",
+            "/nonexistent/bin",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
+    assert!(stderr.contains("--store memory"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/bin"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,401 @@
+//! Driving a server: connecting clients, sending at full speed or a fixed rate, receiving
+//! and timing every delivery.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::report::{Percentiles, Progress};
+use crate::target::{Event, Parser, Target};
+
+/// Digits of the send time (nanoseconds since the run's epoch) that open every payload.
+const STAMP: usize = 16;
+/// Connections opened at once.
+const CONNECT_PARALLELISM: usize = 64;
+
+/// What one messaging run does.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Load {
+    pub rooms: usize,
+    /// Clients per room, senders included.
+    pub clients: usize,
+    /// Senders per room.
+    pub senders: usize,
+    /// Messages per sender.
+    pub messages: u64,
+    /// Messages per second per sender; 0 means as fast as possible.
+    pub rate: f64,
+    /// Payload bytes (at least the 16-digit send time).
+    pub size: usize,
+    /// Unacknowledged messages a sender may have in flight (targets that ack).
+    pub window: u64,
+}
+
+impl Load {
+    /// Deliveries the run expects: every message reaches every other member of its room.
+    pub fn expected(&self) -> u64 {
+        (self.rooms * self.senders) as u64 * self.messages * (self.clients as u64 - 1)
+    }
+}
+
+/// What a messaging run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadResult {
+    pub connections: usize,
+    pub messages_sent: u64,
+    pub messages_acked: u64,
+    pub expected_deliveries: u64,
+    pub deliveries: u64,
+    pub lost_deliveries: u64,
+    /// From the first send to the last delivery (or ack, when nobody receives).
+    pub seconds: f64,
+    pub deliveries_per_sec: f64,
+    pub messages_per_sec: f64,
+    /// Offered load: deliveries per second the senders asked for (rate mode), else measured.
+    pub offered_deliveries_per_sec: f64,
+    pub latency_us: Percentiles,
+    pub connect_us: Percentiles,
+}
+
+/// Counters shared by every task of a run.
+#[derive(Default)]
+struct Shared {
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    /// Nanoseconds since the epoch of the last delivery or ack.
+    last_event_ns: AtomicU64,
+}
+
+/// Flow control between a sender's writer and the reader that sees its acks.
+#[derive(Default)]
+struct Window {
+    acked: AtomicU64,
+    moved: Notify,
+}
+
+pub fn payload(epoch: Instant, size: usize) -> Vec<u8> {
+    let ns = epoch.elapsed().as_nanos() as u64;
+    let mut p = format!("{ns:0STAMP$}").into_bytes();
+    if size > STAMP + 1 {
+        p.push(b' ');
+        p.resize(size, b'x');
+    }
+    p
+}
+
+fn stamp(payload: &[u8]) -> Option<u64> {
+    let digits = payload.get(..STAMP)?;
+    let mut v: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u64::from(d - b'0');
+    }
+    Some(v)
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// A unique prefix for this process's names, so runs never collide on nicks.
+pub fn run_tag() -> String {
+    format!("b{}", std::process::id() % 100_000)
+}
+
+/// Opens `count` connections: connection `i` joins room `room_of(i)`. Returns them in order
+/// with their connect-and-join times.
+pub async fn connect_all(
+    target: Target,
+    addr: &str,
+    count: usize,
+    room_of: impl Fn(usize) -> String,
+    progress: &Progress,
+) -> Result<(Vec<(TcpStream, Vec<u8>)>, Histogram<u64>)> {
+    let limit = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
+    let mut set = JoinSet::new();
+    let tag = run_tag();
+    for i in 0..count {
+        let permit = limit.clone().acquire_owned().await?;
+        let (addr, room, name) = (addr.to_string(), room_of(i), format!("{tag}_{i}"));
+        set.spawn(async move {
+            let started = Instant::now();
+            let stream = target.connect(&addr, &name, &room).await;
+            drop(permit);
+            (i, stream, started.elapsed())
+        });
+    }
+    let mut streams: Vec<Option<(TcpStream, Vec<u8>)>> = (0..count).map(|_| None).collect();
+    let mut times = new_histogram();
+    progress.start("connecting", count as u64);
+    while let Some(joined) = set.join_next().await {
+        let (i, stream, took) = joined?;
+        streams[i] = Some(stream.with_context(|| format!("connection {i}"))?);
+        times.saturating_record(took.as_micros() as u64);
+        progress.inc(1);
+    }
+    progress.finish();
+    Ok((streams.into_iter().map(Option::unwrap).collect(), times))
+}
+
+/// Runs one messaging load and waits for every delivery, or until nothing has arrived for
+/// `patience`.
+pub async fn run(
+    target: Target,
+    addr: &str,
+    load: &Load,
+    patience: Duration,
+    progress: &Progress,
+) -> Result<LoadResult> {
+    let count = load.rooms * load.clients;
+    let (streams, connect_times) = connect_all(
+        target,
+        addr,
+        count,
+        |i| room_name(i / load.clients),
+        progress,
+    )
+    .await?;
+    let epoch = Instant::now();
+    let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut readers = JoinSet::new();
+    let mut senders = JoinSet::new();
+    let go = Arc::new(Notify::new());
+    // Write halves stay open until the run ends: dropping one would half-close it.
+    let mut open_writes: Vec<OwnedWriteHalf> = Vec::new();
+    for (i, (stream, leftover)) in streams.into_iter().enumerate() {
+        let (read, write) = stream.into_split();
+        let is_sender = i % load.clients < load.senders;
+        let window = Arc::new(Window::default());
+        readers.spawn(receive(
+            target,
+            read,
+            leftover,
+            shared.clone(),
+            is_sender.then(|| window.clone()),
+            epoch,
+            stop_rx.clone(),
+        ));
+        if is_sender {
+            let room = room_name(i / load.clients);
+            let (load, go) = (load.clone(), go.clone());
+            senders.spawn(async move {
+                go.notified().await;
+                send(target, write, &room, &load, window, epoch).await
+            });
+        } else {
+            open_writes.push(write);
+        }
+    }
+    // Give every sender task a moment to wait on `go`, then start them together.
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started_ns = epoch.elapsed().as_nanos() as u64;
+    go.notify_waiters();
+
+    let expected = load.expected();
+    let sent_total = (load.rooms * load.senders) as u64 * load.messages;
+    let want_acks = if target.acks() { sent_total } else { 0 };
+    progress.start("delivering", expected.max(want_acks));
+    let mut last_seen = (0, 0);
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while let Some(done) = senders.try_join_next() {
+            open_writes.push(done??);
+        }
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        let acked = shared.acked.load(Ordering::Relaxed);
+        progress.set(if expected > 0 { delivered } else { acked });
+        // Every sender has returned its write half: everything was sent.
+        let all_sent = open_writes.len() == count;
+        if delivered >= expected && acked >= want_acks && all_sent {
+            break;
+        }
+        if (delivered, acked) != last_seen {
+            last_seen = (delivered, acked);
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= patience {
+            break;
+        }
+    }
+    progress.finish();
+    let _ = stop_tx.send(true);
+    senders.abort_all();
+    drop(open_writes);
+    let mut latency = new_histogram();
+    while let Some(h) = readers.join_next().await {
+        if let Ok(h) = h {
+            latency.add(h).expect("same bounds");
+        }
+    }
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    let acked = shared.acked.load(Ordering::Relaxed);
+    let last_ns = shared.last_event_ns.load(Ordering::Relaxed);
+    let seconds = (last_ns.saturating_sub(started_ns)) as f64 / 1e9;
+    let per_sec = |n: u64| {
+        if seconds > 0.0 {
+            n as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    let offered = if load.rate > 0.0 {
+        load.rate * (load.rooms * load.senders) as f64 * (load.clients - 1) as f64
+    } else {
+        per_sec(delivered)
+    };
+    Ok(LoadResult {
+        connections: count,
+        messages_sent: sent_total,
+        messages_acked: acked,
+        expected_deliveries: expected,
+        deliveries: delivered,
+        lost_deliveries: expected.saturating_sub(delivered),
+        seconds,
+        deliveries_per_sec: per_sec(delivered),
+        messages_per_sec: per_sec(if target.acks() { acked } else { sent_total }),
+        offered_deliveries_per_sec: offered,
+        latency_us: Percentiles::of(&latency),
+        connect_us: Percentiles::of(&connect_times),
+    })
+}
+
+pub fn room_name(room: usize) -> String {
+    format!("bench{room}")
+}
+
+/// Publishes `load.messages` payloads, at `load.rate` or as fast as the window allows.
+async fn send(
+    target: Target,
+    mut write: OwnedWriteHalf,
+    room: &str,
+    load: &Load,
+    window: Arc<Window>,
+    epoch: Instant,
+) -> Result<OwnedWriteHalf> {
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut sent = 0u64;
+    while sent < load.messages {
+        // How many may go now: the window, and in rate mode what is due.
+        let mut allowed = load.messages - sent;
+        if target.acks() {
+            loop {
+                let moved = window.moved.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                let in_flight = sent - window.acked.load(Ordering::Acquire);
+                if in_flight < load.window {
+                    allowed = allowed.min(load.window - in_flight);
+                    break;
+                }
+                moved.await;
+            }
+        }
+        if load.rate > 0.0 {
+            let due = (start.elapsed().as_secs_f64() * load.rate) as u64 + 1;
+            if due <= sent {
+                let next = start + Duration::from_secs_f64(sent as f64 / load.rate);
+                tokio::time::sleep_until(next.into()).await;
+                continue;
+            }
+            allowed = allowed.min(due - sent);
+        }
+        allowed = allowed.min(256);
+        out.clear();
+        for _ in 0..allowed {
+            target.publish(room, &payload(epoch, load.size), &mut out);
+        }
+        write.write_all(&out).await.context("send")?;
+        sent += allowed;
+    }
+    Ok(write)
+}
+
+/// Reads one connection until told to stop, counting and timing deliveries and acks.
+async fn receive(
+    target: Target,
+    mut read: OwnedReadHalf,
+    leftover: Vec<u8>,
+    shared: Arc<Shared>,
+    window: Option<Arc<Window>>,
+    epoch: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> Histogram<u64> {
+    let mut hist = new_histogram();
+    let mut buf = vec![0u8; 256 * 1024];
+    buf[..leftover.len()].copy_from_slice(&leftover);
+    let mut filled = leftover.len();
+    let mut parser = Parser::default();
+    loop {
+        let n = tokio::select! {
+            n = read.read(&mut buf[filled..]) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = stop.changed() => break,
+        };
+        let now = epoch.elapsed().as_nanos() as u64;
+        filled += n;
+        let (mut delivered, mut acked) = (0u64, 0u64);
+        let mut start = 0;
+        while let Some(len) = buf[start..filled].iter().position(|&b| b == b'\n') {
+            match parser.line(target, &buf[start..start + len]) {
+                Event::Payload(p) => {
+                    delivered += 1;
+                    if let Some(sent) = stamp(p) {
+                        hist.saturating_record(now.saturating_sub(sent) / 1000);
+                    }
+                }
+                Event::Ack => acked += 1,
+                Event::Ping | Event::Other => {}
+            }
+            start += len + 1;
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        if delivered > 0 {
+            shared.delivered.fetch_add(delivered, Ordering::Relaxed);
+        }
+        if acked > 0 {
+            shared.acked.fetch_add(acked, Ordering::Relaxed);
+            if let Some(w) = &window {
+                w.acked.fetch_add(acked, Ordering::Release);
+                w.moved.notify_one();
+            }
+        }
+        if delivered > 0 || acked > 0 {
+            shared.last_event_ns.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+    hist
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_carries_its_send_time() {
+        let epoch = Instant::now() - Duration::from_secs(3);
+        let p = payload(epoch, 64);
+        assert_eq!(p.len(), 64);
+        let ns = stamp(&p).unwrap();
+        assert!(ns >= 3_000_000_000);
+        assert_eq!(stamp(&payload(epoch, 0)).map(|_| ()), Some(()));
+    }
+}

@@ -1,0 +1,452 @@
+//! linechat-bench: drives a running linechat (or NATS) server over real TCP and reports
+//! throughput, latency, lost deliveries, connect time and server memory.
+//!
+//! Run the load generator on a core of its own, away from the server:
+//! `taskset -c 1 linechat-bench fanout --server-pid $(pgrep -n linechat)`.
+
+mod load;
+mod plot;
+mod replay;
+mod report;
+mod system;
+mod target;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+use load::Load;
+use report::{micros, table, thousands, Percentiles, Progress};
+use target::Target;
+
+/// Benchmark a linechat server (or NATS, for comparison) over real TCP.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// What to measure (each sets the defaults below; any flag overrides them).
+    #[arg(value_enum)]
+    scenario: Scenario,
+
+    /// The kind of server at --addr.
+    #[arg(long, value_enum, default_value_t = Target::Linechat)]
+    target: Target,
+
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    addr: String,
+
+    /// The server's process id, to report its memory (RSS).
+    #[arg(long)]
+    server_pid: Option<u32>,
+
+    /// Rooms (subjects, for NATS).
+    #[arg(long)]
+    rooms: Option<usize>,
+    /// Clients per room, senders included.
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Senders per room.
+    #[arg(long)]
+    senders: Option<usize>,
+    /// Messages per sender.
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Messages per second per sender (0: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds to send at --rate (sets --messages).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Payload bytes; each payload starts with its send time.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Unacknowledged messages per sender (linechat acks every message).
+    #[arg(long, default_value_t = 256)]
+    window: u64,
+
+    /// idle: connections to open.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// replay: messages the room holds.
+    #[arg(long)]
+    history: Option<u64>,
+    /// replay: messages each JOIN replays.
+    #[arg(long)]
+    replay: Option<usize>,
+    /// replay: JOINs to time.
+    #[arg(long)]
+    joins: Option<usize>,
+
+    /// latency: per-sender rates to sweep for --plot (offered load on the x axis).
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<f64>,
+    /// Draw latency percentiles against offered load into this SVG file (latency scenario).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Also read series from earlier --json outputs of latency sweeps, for one combined plot.
+    #[arg(long)]
+    plot_with: Vec<PathBuf>,
+
+    /// Seconds without any progress before giving up on missing deliveries.
+    #[arg(long, default_value_t = 20)]
+    patience: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Scenario {
+    /// 10 rooms x 50 clients, 2 senders x 2,000 messages of 64 bytes, full speed.
+    Fanout,
+    /// 1 room x 500 clients, 1 sender x 5,000 messages.
+    Bigroom,
+    /// 10 rooms x 50 clients, 1 sender per room at 200 messages/s for 10 s.
+    Latency,
+    /// 5,000 idle connections over 50 rooms: server memory per connection.
+    Idle,
+    /// JOIN latency in a room of 1,000,000 messages, replaying 100 (linechat only).
+    Replay,
+    /// Acknowledged (stored) messages per second from many concurrent senders.
+    Persist,
+}
+
+impl Cli {
+    fn load(&self) -> Load {
+        let (rooms, clients, senders, messages, rate) = match self.scenario {
+            Scenario::Fanout => (10, 50, 2, 2000, 0.0),
+            Scenario::Bigroom => (1, 500, 1, 5000, 0.0),
+            Scenario::Latency => (10, 50, 1, 2000, 200.0),
+            Scenario::Persist => (50, 1, 1, 2000, 0.0),
+            Scenario::Idle | Scenario::Replay => (0, 0, 0, 0, 0.0),
+        };
+        let rate = self.rate.unwrap_or(rate);
+        let messages = match (self.duration, self.messages) {
+            (_, Some(m)) => m,
+            (Some(d), None) if rate > 0.0 => (d * rate).round() as u64,
+            _ => messages,
+        };
+        let clients = self.clients.unwrap_or(clients).max(1);
+        Load {
+            rooms: self.rooms.unwrap_or(rooms),
+            clients,
+            senders: self.senders.unwrap_or(senders).min(clients),
+            messages,
+            rate,
+            size: self.size.unwrap_or(64),
+            window: self.window.max(1),
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("linechat-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<()> {
+    system::raise_fd_limit();
+    let progress = Progress::new(!cli.json);
+    let rss_before = cli.server_pid.map(system::rss_kib).transpose()?;
+    let mut out = json!({
+        "scenario": cli.scenario,
+        "target": cli.target,
+        "addr": cli.addr,
+    });
+    match cli.scenario {
+        Scenario::Fanout | Scenario::Bigroom | Scenario::Persist => {
+            let load = cli.load();
+            let result = load::run(cli.target, &cli.addr, &load, patience(cli), &progress).await?;
+            let rss_after = cli.server_pid.map(system::rss_kib).transpose()?;
+            out["load"] = json!(load);
+            out["result"] = json!(result);
+            out["server_rss_kib"] = json!(rss_after);
+            if !cli.json {
+                print_load(cli, &load, &result, rss_before, rss_after);
+            }
+        }
+        Scenario::Latency => {
+            let base = cli.load();
+            let rates = if cli.sweep.is_empty() {
+                vec![base.rate]
+            } else {
+                cli.sweep.clone()
+            };
+            let mut points = Vec::new();
+            for rate in rates {
+                let duration = cli.duration.unwrap_or(10.0);
+                let load = Load {
+                    rate,
+                    messages: cli.messages.unwrap_or((duration * rate).round() as u64),
+                    ..base.clone()
+                };
+                let result =
+                    load::run(cli.target, &cli.addr, &load, patience(cli), &progress).await?;
+                if !cli.json {
+                    let rss = cli.server_pid.map(system::rss_kib).transpose()?;
+                    print_load(cli, &load, &result, rss_before, rss);
+                }
+                points.push(json!({"rate": rate, "load": load, "result": result}));
+            }
+            out["points"] = json!(points);
+            if let Some(path) = &cli.plot {
+                let mut series = series_of(&out);
+                for other in &cli.plot_with {
+                    let text = std::fs::read_to_string(other)?;
+                    series.extend(series_of(&serde_json::from_str(&text)?));
+                }
+                let title = format!(
+                    "latency vs offered load: {} rooms x {} clients, {} sender(s) per room",
+                    base.rooms, base.clients, base.senders
+                );
+                std::fs::write(path, plot::svg(&title, &series))?;
+                if !cli.json {
+                    println!("plot written to {}", path.display());
+                }
+            }
+        }
+        Scenario::Idle => {
+            let connections = cli.connections.unwrap_or(5000);
+            let rooms = cli.rooms.unwrap_or(50).max(1);
+            let started = Instant::now();
+            let (streams, connect) = load::connect_all(
+                cli.target,
+                &cli.addr,
+                connections,
+                |i| load::room_name(i % rooms),
+                &progress,
+            )
+            .await?;
+            let took = started.elapsed();
+            // Let the server settle (buffers freed, tasks parked) before measuring.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let rss_after = cli.server_pid.map(system::rss_kib).transpose()?;
+            let per_conn = match (rss_before, rss_after) {
+                (Some(b), Some(a)) => {
+                    Some((a.saturating_sub(b)) as f64 * 1024.0 / connections as f64)
+                }
+                _ => None,
+            };
+            drop(streams);
+            let connect = Percentiles::of(&connect);
+            out["connections"] = json!(connections);
+            out["rooms"] = json!(rooms);
+            out["connect_seconds"] = json!(took.as_secs_f64());
+            out["connect_us"] = json!(connect);
+            out["server_rss_before_kib"] = json!(rss_before);
+            out["server_rss_after_kib"] = json!(rss_after);
+            out["rss_bytes_per_connection"] = json!(per_conn);
+            if !cli.json {
+                let mut rows = vec![
+                    (
+                        "connections".into(),
+                        format!("{connections} over {rooms} rooms"),
+                    ),
+                    (
+                        "connect + join".into(),
+                        format!(
+                            "{:.2} s in all; each p50 {} p99 {} max {}",
+                            took.as_secs_f64(),
+                            micros(connect.p50),
+                            micros(connect.p99),
+                            micros(connect.max)
+                        ),
+                    ),
+                ];
+                if let (Some(b), Some(a), Some(p)) = (rss_before, rss_after, per_conn) {
+                    rows.push(("server RSS".into(), format!("{b} KiB -> {a} KiB")));
+                    rows.push((
+                        "RSS per connection".into(),
+                        format!("{:.2} KiB ({p:.0} bytes)", p / 1024.0),
+                    ));
+                }
+                table(&title(cli), &rows);
+            }
+        }
+        Scenario::Replay => {
+            if cli.target != Target::Linechat {
+                bail!("replay needs stored history: NATS core keeps none (n/a)");
+            }
+            let history = cli.history.unwrap_or(1_000_000);
+            let replay = cli.replay.unwrap_or(100);
+            let joins = cli.joins.unwrap_or(500);
+            let result = replay::run(
+                &cli.addr,
+                history,
+                replay,
+                joins,
+                cli.size.unwrap_or(64),
+                &progress,
+            )
+            .await?;
+            out["result"] = json!(result);
+            if !cli.json {
+                let j = &result.join_us;
+                table(
+                    &title(cli),
+                    &[
+                        (
+                            "room".into(),
+                            format!("{} holding {} messages", result.room, history),
+                        ),
+                        (
+                            "filled".into(),
+                            if result.filled > 0 {
+                                format!(
+                                    "{} messages in {:.1} s ({} /s acknowledged)",
+                                    result.filled,
+                                    result.fill_seconds,
+                                    thousands(result.filled as f64 / result.fill_seconds)
+                                )
+                            } else {
+                                "already full".into()
+                            },
+                        ),
+                        (
+                            format!("JOIN ... LAST {replay} ({joins} joins)"),
+                            format!(
+                                "p50 {} p99 {} p99.9 {} max {}",
+                                micros(j.p50),
+                                micros(j.p99),
+                                micros(j.p999),
+                                micros(j.max)
+                            ),
+                        ),
+                    ],
+                );
+            }
+        }
+    }
+    if cli.json {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+fn patience(cli: &Cli) -> Duration {
+    Duration::from_secs(cli.patience.max(1))
+}
+
+fn title(cli: &Cli) -> String {
+    format!(
+        "{:?} against {:?} at {}",
+        cli.scenario, cli.target, cli.addr
+    )
+    .to_lowercase()
+}
+
+/// Latency series (p50, p99, p99.9 against offered load) from a latency run's JSON.
+fn series_of(run: &serde_json::Value) -> Vec<plot::Series> {
+    let target = run["target"].as_str().unwrap_or("?").to_string();
+    let points = run["points"].as_array().cloned().unwrap_or_default();
+    [("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")]
+        .iter()
+        .map(|(label, key)| plot::Series {
+            name: format!("{target} {label}"),
+            points: points
+                .iter()
+                .map(|p| {
+                    (
+                        p["result"]["offered_deliveries_per_sec"]
+                            .as_f64()
+                            .unwrap_or(0.0),
+                        p["result"]["latency_us"][key].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn print_load(
+    cli: &Cli,
+    load: &Load,
+    r: &load::LoadResult,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+) {
+    let mut rows = vec![
+        (
+            "shape".into(),
+            format!(
+                "{} rooms x {} clients, {} sender(s) x {} messages of {} bytes, {}",
+                load.rooms,
+                load.clients,
+                load.senders,
+                load.messages,
+                load.size,
+                if load.rate > 0.0 {
+                    format!("{} msg/s per sender", load.rate)
+                } else {
+                    "full speed".into()
+                }
+            ),
+        ),
+        (
+            "deliveries".into(),
+            format!(
+                "{} of {} ({} lost) in {:.2} s",
+                r.deliveries, r.expected_deliveries, r.lost_deliveries, r.seconds
+            ),
+        ),
+        ("deliveries/s".into(), thousands(r.deliveries_per_sec)),
+        (
+            if cli.target.acks() {
+                "messages acknowledged/s".into()
+            } else {
+                "messages sent/s".into()
+            },
+            format!(
+                "{} ({} of {})",
+                thousands(r.messages_per_sec),
+                if cli.target.acks() {
+                    r.messages_acked
+                } else {
+                    r.messages_sent
+                },
+                r.messages_sent
+            ),
+        ),
+        (
+            "latency".into(),
+            format!(
+                "p50 {} p99 {} p99.9 {} max {}",
+                micros(r.latency_us.p50),
+                micros(r.latency_us.p99),
+                micros(r.latency_us.p999),
+                micros(r.latency_us.max)
+            ),
+        ),
+        (
+            "connect + join".into(),
+            format!(
+                "{} connections, each p50 {} p99 {}",
+                r.connections,
+                micros(r.connect_us.p50),
+                micros(r.connect_us.p99)
+            ),
+        ),
+    ];
+    if let (Some(b), Some(a)) = (rss_before, rss_after) {
+        rows.push((
+            "server RSS".into(),
+            format!(
+                "{b} KiB before, {a} KiB after ({:.1} KiB per connection)",
+                a.saturating_sub(b) as f64 / r.connections.max(1) as f64
+            ),
+        ));
+    }
+    table(&title(cli), &rows);
+}

@@ -1,0 +1,176 @@
+//! What the bench talks to: linechat's line protocol, or NATS's for comparison. Each target
+//! knows its handshake, how to publish a payload, and how to find payloads and acks in the
+//! bytes a connection receives.
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// A linechat server.
+    Linechat,
+    /// A NATS server (core pub/sub), through a small SUB/PUB adapter.
+    Nats,
+}
+
+/// One thing found in the received stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A delivered message's payload.
+    Payload(&'a [u8]),
+    /// The server acknowledged one published message (linechat's `OK SAY`).
+    Ack,
+    /// Something the bench must answer (NATS `PING`).
+    Ping,
+    /// Anything else (presence lines, `+OK`, ...).
+    Other,
+}
+
+impl Target {
+    /// Connects, names the connection `name` and subscribes it to `room` (linechat: `JOIN
+    /// room NONE`, live traffic only). Returns the stream and any bytes already read past the
+    /// handshake (presence lines of others joining).
+    pub async fn connect(self, addr: &str, name: &str, room: &str) -> Result<(TcpStream, Vec<u8>)> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut stream = BufReader::new(stream);
+        let mut line = String::new();
+        stream.read_line(&mut line).await?;
+        match self {
+            Target::Linechat => {
+                if !line.starts_with("HELLO") {
+                    bail!("not a linechat server: {line:?}");
+                }
+                let hello = format!("NICK {name}\nJOIN {room} NONE\n");
+                stream.get_mut().write_all(hello.as_bytes()).await?;
+                expect_line(&mut stream, "OK NICK").await?;
+                expect_line(&mut stream, "OK JOIN").await?;
+            }
+            Target::Nats => {
+                if !line.starts_with("INFO") {
+                    bail!("not a NATS server: {line:?}");
+                }
+                let hello = format!(
+                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false,\"name\":\"{name}\"}}\r\nSUB {room} 1\r\nPING\r\n"
+                );
+                stream.get_mut().write_all(hello.as_bytes()).await?;
+                expect_line(&mut stream, "PONG").await?;
+            }
+        }
+        let leftover = stream.buffer().to_vec();
+        Ok((stream.into_inner(), leftover))
+    }
+
+    /// Appends one published message to `out`.
+    pub fn publish(self, room: &str, payload: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Target::Linechat => {
+                out.extend_from_slice(b"SAY ");
+                out.extend_from_slice(payload);
+                out.push(b'\n');
+            }
+            Target::Nats => {
+                out.extend_from_slice(format!("PUB {room} {}\r\n", payload.len()).as_bytes());
+                out.extend_from_slice(payload);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// True if this target acknowledges each published message.
+    pub fn acks(self) -> bool {
+        self == Target::Linechat
+    }
+}
+
+async fn expect_line(stream: &mut BufReader<TcpStream>, prefix: &str) -> Result<()> {
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line).await? == 0 {
+            bail!("closed while waiting for {prefix}");
+        }
+        if line.starts_with(prefix) {
+            return Ok(());
+        }
+        if line.starts_with("ERR") || line.starts_with("-ERR") || line.starts_with("BYE") {
+            bail!("server said {}", line.trim_end());
+        }
+    }
+}
+
+/// Splits received bytes into events. Keeps state across reads for NATS, whose payload comes
+/// on the line after its `MSG` header.
+#[derive(Default)]
+pub struct Parser {
+    /// NATS: the next line is a payload.
+    payload_next: bool,
+}
+
+impl Parser {
+    /// Parses one complete line (without its LF).
+    pub fn line<'a>(&mut self, target: Target, line: &'a [u8]) -> Event<'a> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match target {
+            Target::Linechat => {
+                if line.starts_with(b"MSG ") {
+                    // MSG <room> <id> <time> <nick> <text>
+                    let mut spaces = 0;
+                    for (i, &b) in line.iter().enumerate() {
+                        if b == b' ' {
+                            spaces += 1;
+                            if spaces == 5 {
+                                return Event::Payload(&line[i + 1..]);
+                            }
+                        }
+                    }
+                    Event::Other
+                } else if line.starts_with(b"OK SAY ") {
+                    Event::Ack
+                } else {
+                    Event::Other
+                }
+            }
+            Target::Nats => {
+                if self.payload_next {
+                    self.payload_next = false;
+                    Event::Payload(line)
+                } else if line.starts_with(b"MSG ") {
+                    self.payload_next = true;
+                    Event::Other
+                } else if line == b"PING" {
+                    Event::Ping
+                } else {
+                    Event::Other
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_payloads_and_acks() {
+        let mut p = Parser::default();
+        let t = Target::Linechat;
+        assert_eq!(
+            p.line(
+                t,
+                b"MSG r 1 2026-11-24T08:00:00.000Z bob 0000000000001234 xx"
+            ),
+            Event::Payload(b"0000000000001234 xx")
+        );
+        assert_eq!(p.line(t, b"OK SAY 5 2026-11-24T08:00:00.000Z"), Event::Ack);
+        assert_eq!(p.line(t, b"JOINED r x"), Event::Other);
+        let t = Target::Nats;
+        assert_eq!(p.line(t, b"MSG r 1 4\r"), Event::Other);
+        assert_eq!(p.line(t, b"abcd\r"), Event::Payload(b"abcd"));
+        assert_eq!(p.line(t, b"PING\r"), Event::Ping);
+    }
+}

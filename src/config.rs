@@ -37,8 +37,8 @@ pub struct Config {
     pub memory_history: usize,
     /// Longest accepted line in bytes, without its CR/LF.
     pub max_line: usize,
-    /// Live messages and presence lines queued for one connection before it is too slow.
-    pub outbound_queue: usize,
+    /// Bytes of live traffic queued for one connection before it is too slow.
+    pub outbound_limit: usize,
     /// How long a closing connection gets to take its last lines and `BYE`.
     pub close_grace: Duration,
     /// Idle time before TCP keepalive probes start (dead-peer detection).
@@ -66,7 +66,7 @@ impl Default for Config {
             max_page: 500,
             memory_history: 10_000,
             max_line: 4096,
-            outbound_queue: 1024,
+            outbound_limit: 1024 * 1024,
             close_grace: Duration::from_secs(5),
             keepalive: Duration::from_secs(60),
             database_url: None,

@@ -67,9 +67,9 @@ struct Cli {
     #[arg(long, env = "LINECHAT_MAX_LINE", default_value_t = 4096)]
     max_line: usize,
 
-    /// Live messages queued for one client before it is disconnected as too slow.
-    #[arg(long, env = "LINECHAT_OUTBOUND_QUEUE", default_value_t = 1024)]
-    outbound_queue: usize,
+    /// Bytes of live traffic queued for one client before it is disconnected as too slow.
+    #[arg(long, env = "LINECHAT_OUTBOUND_LIMIT", default_value_t = 1024 * 1024)]
+    outbound_limit: usize,
 
     /// Seconds a closing connection (shutdown, QUIT, too slow, end of input) gets to take its
     /// last lines and BYE before the socket is closed anyway.
@@ -101,7 +101,7 @@ impl Cli {
             max_page: self.max_page.max(1),
             memory_history: self.memory_history,
             max_line: self.max_line.max(1),
-            outbound_queue: self.outbound_queue.max(1),
+            outbound_limit: self.outbound_limit.max(1),
             close_grace: Duration::from_secs(self.close_grace),
             keepalive: Duration::from_secs(self.keepalive.max(1)),
             database_url: self.database_url,

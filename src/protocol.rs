@@ -3,9 +3,7 @@
 //! Pure functions, no I/O, so that every rule here is unit-tested and fuzzed. PROTOCOL.md is
 //! the specification; this module is its implementation.
 
-use std::fmt::Write as _;
-
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// Longest nick in bytes (all nick characters are ASCII).
 pub const MAX_NICK: usize = 32;
@@ -377,17 +375,41 @@ pub fn message_line(
     nick: &str,
     text: &str,
 ) -> Bytes {
-    let word = match kind {
-        MessageKind::Live => "MSG",
-        MessageKind::Stored => "HIST",
+    let mut out = BytesMut::with_capacity(48 + room.len() + nick.len() + text.len());
+    write_message_line(&mut out, kind, room, id, &format_time(millis), nick, text);
+    out.freeze()
+}
+
+/// Appends a message line to `out`, with its time already formatted.
+pub fn write_message_line(
+    out: &mut BytesMut,
+    kind: MessageKind,
+    room: &str,
+    id: MessageId,
+    time: &str,
+    nick: &str,
+    text: &str,
+) {
+    let word: &[u8] = match kind {
+        MessageKind::Live => b"MSG ",
+        MessageKind::Stored => b"HIST ",
     };
-    let mut s = String::with_capacity(48 + room.len() + nick.len() + text.len());
-    let _ = writeln!(
-        s,
-        "{word} {room} {id} {} {nick} {text}",
-        format_time(millis)
-    );
-    Bytes::from(s)
+    let mut digits = itoa::Buffer::new();
+    for part in [
+        word,
+        room.as_bytes(),
+        b" ",
+        digits.format(id).as_bytes(),
+        b" ",
+        time.as_bytes(),
+        b" ",
+        nick.as_bytes(),
+        b" ",
+        text.as_bytes(),
+        b"\n",
+    ] {
+        out.extend_from_slice(part);
+    }
 }
 
 /// `ERR <CODE> <text>\n`.

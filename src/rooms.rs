@@ -1,10 +1,17 @@
 //! The room registry: who is in which room, and fan-out of messages and presence lines.
 //!
-//! Delivery never waits: each member has a bounded queue, and a member whose queue is full is
-//! told to go (`too_slow` is cancelled; its session says `BYE too slow` and leaves). So one
-//! slow reader never stalls a room or the writer that publishes into it.
+//! Delivery never waits: each member's queue is bounded in bytes, and a member whose queue is
+//! over budget is told to go (`too_slow` is cancelled; its session says `BYE too slow` and
+//! leaves). So one slow reader never stalls a room or the writer that publishes into it.
+//!
+//! Messages travel as [`LiveBatch`]es: all the messages of one room that the writer stored
+//! together, formatted once into one buffer. A member gets the whole batch with one queue
+//! operation and usually writes it with one syscall; the few members that must skip some of
+//! it (their own messages) take zero-copy slices.
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -16,40 +23,97 @@ use crate::protocol::{self, MessageId};
 /// Identifies one connection for the server's lifetime.
 pub type ConnId = u64;
 
-/// A live message as every recipient gets it: formatted once, shared by reference.
+/// Consecutive live messages of one room, formatted once and shared by every recipient.
 #[derive(Debug)]
-pub struct LiveMessage {
+pub struct LiveBatch {
     pub room: Arc<str>,
+    /// The `MSG ...\n` lines of every message, concatenated.
+    pub bytes: Bytes,
+    /// One entry per message, in id order.
+    pub messages: Vec<BatchEntry>,
+    /// The sender of every message, if they all have the same one.
+    pub only_sender: Option<ConnId>,
+}
+
+/// Where one message sits in a [`LiveBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchEntry {
     pub id: MessageId,
-    /// The whole `MSG ...\n` line.
-    pub line: Bytes,
     /// The sender, who gets `OK SAY` instead of its own `MSG`.
     pub sender: ConnId,
+    /// Where the message's line ends in `bytes`.
+    pub end: usize,
+}
+
+impl LiveBatch {
+    /// The byte ranges a member should get: messages newer than `floor` that `me` did not
+    /// send, with neighbouring ranges merged (usually the whole batch in one range).
+    pub fn ranges_for(&self, me: ConnId, floor: MessageId) -> Vec<Range<usize>> {
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        let mut start = 0;
+        for m in &self.messages {
+            if m.id > floor && m.sender != me {
+                match ranges.last_mut() {
+                    Some(last) if last.end == start => last.end = m.end,
+                    _ => ranges.push(start..m.end),
+                }
+            }
+            start = m.end;
+        }
+        ranges
+    }
 }
 
 /// What a session's outbound queue carries.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A live message; its room and id let the session drop what its replay already showed.
-    Message(Arc<LiveMessage>),
+    /// Live messages; their room and ids let the session drop what its replay already showed.
+    Messages(Arc<LiveBatch>),
     /// A presence line (`JOINED`, `LEFT`, `NICK`) about a room.
     Presence { room: Arc<str>, line: Bytes },
+}
+
+impl Outbound {
+    /// What the item counts against the connection's budget.
+    pub fn cost(&self) -> usize {
+        match self {
+            Outbound::Messages(b) => b.bytes.len(),
+            Outbound::Presence { line, .. } => line.len(),
+        }
+    }
 }
 
 /// How the registry reaches one connection.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
-    pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled when the connection's queue overflowed.
+    pub tx: mpsc::UnboundedSender<Outbound>,
+    /// Bytes sent on `tx` and not yet taken by the session; bounded by `limit`.
+    pub queued: Arc<AtomicUsize>,
+    pub limit: usize,
+    /// Cancelled when the connection's queue went over its budget.
     pub too_slow: CancellationToken,
 }
 
 impl ConnHandle {
     fn deliver(&self, item: Outbound) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(item) {
+        let cost = item.cost();
+        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
+        // An empty queue always takes the item, so one large batch never counts as slowness;
+        // the queue is bounded by the limit plus one batch.
+        if (before > 0 && before + cost > self.limit) || self.too_slow.is_cancelled() {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
             self.too_slow.cancel();
+            return;
         }
+        if self.tx.send(item).is_err() {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+        }
+    }
+
+    /// The session took an item off its queue.
+    pub fn taken(&self, item: &Outbound) {
+        self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
     }
 }
 
@@ -142,15 +206,16 @@ impl Rooms {
         }
     }
 
-    /// Delivers a live message to every member of its room but the sender.
-    pub fn publish(&self, msg: Arc<LiveMessage>) {
-        let Some(room) = self.get(&msg.room) else {
+    /// Delivers a batch of live messages to every member of its room (the session of each
+    /// member skips its own messages).
+    pub fn publish(&self, batch: Arc<LiveBatch>) {
+        let Some(room) = self.get(&batch.room) else {
             return;
         };
         let members = room.members.lock().expect("room lock");
         for (id, m) in members.iter() {
-            if *id != msg.sender {
-                m.conn.deliver(Outbound::Message(msg.clone()));
+            if batch.only_sender != Some(*id) {
+                m.conn.deliver(Outbound::Messages(batch.clone()));
             }
         }
     }

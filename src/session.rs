@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -41,10 +42,12 @@ const MAX_IOVECS: usize = 64;
 pub async fn run(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let (read, write) = stream.into_split();
     let reader = FramedRead::new(read, LineCodec::new(hub.config.max_line));
-    let (tx, rx) = mpsc::channel(hub.config.outbound_queue.max(1));
+    let (tx, rx) = mpsc::unbounded_channel();
     let handle = ConnHandle {
         id: hub.next_conn_id(),
         tx,
+        queued: Arc::new(AtomicUsize::new(0)),
+        limit: hub.config.outbound_limit.max(1),
         too_slow: CancellationToken::new(),
     };
     tracing::debug!(%peer, conn = handle.id, "connected");
@@ -101,7 +104,7 @@ impl Session {
     async fn serve(
         &mut self,
         mut reader: FramedRead<OwnedReadHalf, LineCodec>,
-        mut rx: mpsc::Receiver<Outbound>,
+        mut rx: mpsc::UnboundedReceiver<Outbound>,
     ) -> End {
         self.out.push(protocol::line(&[
             "HELLO",
@@ -185,6 +188,7 @@ impl Session {
     }
 
     fn on_room_traffic(&mut self, item: Outbound) {
+        self.handle.taken(&item);
         match item {
             Outbound::Presence { room, line } => {
                 // Lines queued before a PART are not for us any more.
@@ -192,13 +196,17 @@ impl Session {
                     self.out.push(line);
                 }
             }
-            Outbound::Message(m) => {
-                let wanted = self
-                    .joined
-                    .iter()
-                    .any(|j| j.room == m.room && m.id > j.floor);
-                if wanted {
-                    self.out.push(m.line.clone());
+            Outbound::Messages(batch) => {
+                // Batches queued before a PART are not for us any more.
+                let Some(joined) = self.joined.iter().find(|j| j.room == batch.room) else {
+                    return;
+                };
+                for range in batch.ranges_for(self.handle.id, joined.floor) {
+                    if range.len() == batch.bytes.len() {
+                        self.out.push(batch.bytes.clone());
+                    } else {
+                        self.out.push(batch.bytes.slice(range));
+                    }
                 }
             }
         }
@@ -421,10 +429,13 @@ impl Session {
             Replay::Since(since) => return self.replay_since(room, since).await,
         };
         let messages = store.page(room, page).await?;
-        let floor = match messages.last() {
-            Some(m) => m.id,
-            // Nothing replayed: with LAST 0 the room may still have messages.
-            None => store.latest_id(room).await?,
+        let floor = match (messages.last(), page) {
+            (Some(m), _) => m.id,
+            // LAST 0 asked for nothing: start after whatever the room holds now.
+            (None, Page::Newest { limit: 0, .. }) => store.latest_id(room).await?,
+            // The room was empty when read. Asking for its newest id now could name a
+            // message stored since, which would then be neither replayed nor delivered.
+            (None, _) => 0,
         };
         self.push_stored(room, &messages);
         Ok((messages.len(), floor))
@@ -439,6 +450,10 @@ impl Session {
     ) -> Result<(usize, MessageId), Replayed> {
         let store = self.hub.store.clone();
         let limit = self.hub.config.max_page.max(1);
+        // Read before the first page: every message stored after this has a greater id and
+        // reaches us live (we subscribed before), so it is a safe place to start live from
+        // if `since` turns out to be beyond the room's end.
+        let newest_before = store.latest_id(room).await?;
         let mut cursor = since;
         let mut replayed = 0;
         loop {
@@ -456,7 +471,7 @@ impl Session {
                 let floor = if cursor > since {
                     cursor
                 } else {
-                    since.min(store.latest_id(room).await?)
+                    since.min(newest_before)
                 };
                 return Ok((replayed, floor));
             };

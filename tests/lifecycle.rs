@@ -104,7 +104,6 @@ async fn a_slow_reader_never_stalls_the_room() {
     const CHUNKS: usize = 80;
     const PER_CHUNK: usize = 50;
     let config = Config {
-        outbound_queue: 64,
         close_grace: Duration::from_secs(60),
         ..Config::default()
     };

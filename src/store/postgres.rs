@@ -24,10 +24,11 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// Key for the advisory lock that serialises migrations between servers.
 const MIGRATION_LOCK: i64 = 0x6c69_6e65_6368_6174; // "linechat"
 
-/// Stores a batch; the rows come back in insertion order of ids.
+/// Stores a batch. Each row comes back with what it was stored with, so that the batch order
+/// can be checked rather than assumed.
 pub const INSERT_MESSAGES: &str = "INSERT INTO messages (room_id, user_id, body) \
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) \
-     RETURNING id, created_at";
+     RETURNING id, created_at, room_id, user_id";
 /// The newest `$3` messages of room `$1` with id < `$2`, newest first.
 pub const PAGE_NEWEST: &str = "SELECT m.id, m.created_at, u.name, m.body \
      FROM messages m JOIN users u ON u.id = m.user_id \
@@ -72,6 +73,24 @@ struct Statements {
 pub struct PgConnection {
     client: Client,
     statements: Statements,
+    /// Set while an operation runs. If the operation is cancelled (a timeout), the flag stays
+    /// set and the pool discards the connection instead of handing it on mid-query.
+    busy: bool,
+}
+
+/// Marks a connection busy for the life of an operation.
+struct Busy<'a>(&'a mut PgConnection);
+
+impl<'a> Busy<'a> {
+    fn new(conn: &'a mut PgConnection) -> Self {
+        conn.busy = true;
+        Busy(conn)
+    }
+
+    /// The operation completed: the connection is fit for reuse.
+    fn done(self) {
+        self.0.busy = false;
+    }
 }
 
 /// bb8-postgres's manager, plus preparing our statements on every new connection.
@@ -93,7 +112,11 @@ impl ManageConnection for PgManager {
             upsert_user: client.prepare(UPSERT_USER).await?,
             upsert_room: client.prepare(UPSERT_ROOM).await?,
         };
-        Ok(PgConnection { client, statements })
+        Ok(PgConnection {
+            client,
+            statements,
+            busy: false,
+        })
     }
 
     async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), tokio_postgres::Error> {
@@ -101,7 +124,21 @@ impl ManageConnection for PgManager {
     }
 
     fn has_broken(&self, conn: &mut PgConnection) -> bool {
-        conn.client.is_closed()
+        conn.busy || conn.client.is_closed()
+    }
+}
+
+/// Logs the errors of connections the pool opens in the background.
+#[derive(Debug, Clone, Copy)]
+struct LogErrors;
+
+impl bb8::ErrorSink<tokio_postgres::Error> for LogErrors {
+    fn sink(&self, e: tokio_postgres::Error) {
+        tracing::warn!("PostgreSQL connection failed: {e}");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(*self)
     }
 }
 
@@ -113,6 +150,8 @@ pub struct PgStore {
     /// always exists in the database.
     user_ids: Mutex<HashMap<Arc<str>, i64>>,
     room_ids: Mutex<HashMap<Arc<str>, i64>>,
+    /// Bounds the background `record_user` calls.
+    recorders: tokio::sync::Semaphore,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -152,8 +191,19 @@ impl PgStore {
     }
 
     async fn try_connect(settings: &PgSettings) -> Result<PgStore, StoreError> {
+        // A database that stops answering (no RST) must turn into errors, not hangs.
+        let mut config = settings.config.clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(settings.timeout);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(settings.timeout.max(Duration::from_secs(10)));
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10));
         let manager = PgManager {
-            inner: PostgresConnectionManager::new(settings.config.clone(), NoTls),
+            inner: PostgresConnectionManager::new(config, NoTls),
         };
         // Migrate on a plain connection first: the pool's connections prepare statements
         // against the tables.
@@ -164,6 +214,10 @@ impl PgStore {
         let pool = Pool::builder()
             .max_size(settings.pool_size.max(1))
             .connection_timeout(settings.timeout)
+            // A refused connection fails the operation at once instead of being retried
+            // until the timeout; the error is logged.
+            .retry_connection(false)
+            .error_sink(Box::new(LogErrors))
             .build(manager)
             .await
             .map_err(unavailable)?;
@@ -172,6 +226,7 @@ impl PgStore {
             timeout: settings.timeout,
             user_ids: Mutex::new(HashMap::new()),
             room_ids: Mutex::new(HashMap::new()),
+            recorders: tokio::sync::Semaphore::new(2),
         })
     }
 
@@ -196,59 +251,52 @@ impl PgStore {
         })
     }
 
-    async fn append_inner(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut conn = self.connection().await?;
-        let PgConnection { client, statements } = &mut *conn;
+    /// Stores a batch in one transaction. Everything up to the COMMIT is bounded by the
+    /// timeout; the COMMIT itself is awaited to its real outcome, because a COMMIT abandoned
+    /// half-way may still succeed, and then an acknowledged-looking failure would be a lie
+    /// and the next batch could commit ahead of it with smaller ids visible later.
+    async fn append_batch(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut conn = self
+            .with_timeout("waiting for a connection", self.connection())
+            .await?;
+        let busy = Busy::new(&mut conn);
+        let PgConnection {
+            client, statements, ..
+        } = &mut *busy.0;
         let tx = client.transaction().await.map_err(unavailable)?;
-        let mut new_users: Vec<(Arc<str>, i64)> = Vec::new();
-        let mut new_rooms: Vec<(Arc<str>, i64)> = Vec::new();
-        let mut user_ids = Vec::with_capacity(batch.len());
-        let mut room_ids = Vec::with_capacity(batch.len());
-        for m in batch {
-            user_ids.push(
-                resolve(
-                    &tx,
-                    &statements.upsert_user,
-                    &self.user_ids,
-                    &mut new_users,
-                    &m.nick,
-                )
-                .await?,
-            );
-            room_ids.push(
-                resolve(
-                    &tx,
-                    &statements.upsert_room,
-                    &self.room_ids,
-                    &mut new_rooms,
-                    &m.room,
-                )
-                .await?,
-            );
-        }
-        let bodies: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
-        let rows = tx
-            .query(
-                &statements.insert_messages,
-                &[&room_ids, &user_ids, &bodies],
-            )
-            .await
-            .map_err(unavailable)?;
+        let (rows, new_users, new_rooms) = self
+            .with_timeout("storing messages", async {
+                let mut new_users: Vec<(Arc<str>, i64)> = Vec::new();
+                let mut new_rooms: Vec<(Arc<str>, i64)> = Vec::new();
+                let mut user_ids = Vec::with_capacity(batch.len());
+                let mut room_ids = Vec::with_capacity(batch.len());
+                for m in batch {
+                    let upsert = &statements.upsert_user;
+                    user_ids
+                        .push(resolve(&tx, upsert, &self.user_ids, &mut new_users, &m.nick).await?);
+                    let upsert = &statements.upsert_room;
+                    room_ids
+                        .push(resolve(&tx, upsert, &self.room_ids, &mut new_rooms, &m.room).await?);
+                }
+                let bodies: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
+                let rows = tx
+                    .query(
+                        &statements.insert_messages,
+                        &[&room_ids, &user_ids, &bodies],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                let stored = in_batch_order(&rows, &room_ids, &user_ids)?;
+                Ok((stored, new_users, new_rooms))
+            })
+            .await?;
         tx.commit().await.map_err(unavailable)?;
+        busy.done();
         remember(&self.user_ids, new_users);
         remember(&self.room_ids, new_rooms);
-        // Identity values are drawn in insertion order, which is the batch order.
-        let mut stored: Vec<(i64, DateTime<Utc>)> =
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        stored.sort_unstable_by_key(|(id, _)| *id);
-        if stored.len() != batch.len() {
-            return Err(unavailable(
-                "the database returned the wrong number of rows",
-            ));
-        }
         Ok(batch
             .iter()
-            .zip(stored)
+            .zip(rows)
             .map(|(m, (id, at))| StoredMessage {
                 id: id as MessageId,
                 millis: at.timestamp_millis(),
@@ -264,12 +312,15 @@ impl PgStore {
         cache: &Mutex<HashMap<Arc<str>, i64>>,
         name: &str,
     ) -> Result<(), StoreError> {
-        let conn = self.connection().await?;
-        let row = conn
+        let mut conn = self.connection().await?;
+        let busy = Busy::new(&mut conn);
+        let row = busy
+            .0
             .client
-            .query_one(which(&conn.statements), &[&name])
+            .query_one(which(&busy.0.statements), &[&name])
             .await
             .map_err(unavailable)?;
+        busy.done();
         cache
             .lock()
             .expect("id cache")
@@ -299,6 +350,32 @@ async fn resolve(
     Ok(id)
 }
 
+/// The inserted rows as (id, time) in batch order. Identity values are drawn in insertion
+/// order, which is the order of the arrays; each row is checked against the batch anyway,
+/// so that a message can never be acknowledged with another message's id.
+fn in_batch_order(
+    rows: &[Row],
+    room_ids: &[i64],
+    user_ids: &[i64],
+) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+    let mut rows: Vec<(i64, DateTime<Utc>, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    rows.sort_unstable_by_key(|r| r.0);
+    let matches = rows.len() == room_ids.len()
+        && rows
+            .iter()
+            .zip(room_ids.iter().zip(user_ids))
+            .all(|(r, (room, user))| r.2 == *room && r.3 == *user);
+    if !matches {
+        return Err(unavailable(
+            "the stored rows do not match the batch; nothing was committed",
+        ));
+    }
+    Ok(rows.into_iter().map(|r| (r.0, r.1)).collect())
+}
+
 fn remember(cache: &Mutex<HashMap<Arc<str>, i64>>, made: Vec<(Arc<str>, i64)>) {
     if !made.is_empty() {
         cache.lock().expect("id cache").extend(made);
@@ -320,21 +397,29 @@ fn stored_message(row: &Row) -> StoredMessage {
 #[async_trait]
 impl HistoryStore for PgStore {
     async fn append(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
-        self.with_timeout("storing messages", self.append_inner(batch))
-            .await
+        let stored = self.append_batch(batch).await;
+        if stored.is_err() {
+            // The failure may be a row the cache still names (a restored or edited
+            // database): look every name up afresh next time.
+            self.user_ids.lock().expect("id cache").clear();
+            self.room_ids.lock().expect("id cache").clear();
+        }
+        stored
     }
 
     async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
         self.with_timeout("reading history", async {
-            let conn = self.connection().await?;
-            let s = &conn.statements;
+            let mut conn = self.connection().await?;
+            let busy = Busy::new(&mut conn);
+            let PgConnection {
+                client, statements, ..
+            } = &*busy.0;
             let rows = match page {
                 Page::Newest { before, limit } => {
                     let before = before.map_or(i64::MAX, to_db_id);
                     let limit = limit as i64;
-                    let mut rows = conn
-                        .client
-                        .query(&s.page_newest, &[&room, &before, &limit])
+                    let mut rows = client
+                        .query(&statements.page_newest, &[&room, &before, &limit])
                         .await
                         .map_err(unavailable)?;
                     rows.reverse();
@@ -348,12 +433,13 @@ impl HistoryStore for PgStore {
                     let after = to_db_id(after);
                     let before = before.map_or(i64::MAX, to_db_id);
                     let limit = limit as i64;
-                    conn.client
-                        .query(&s.page_oldest, &[&room, &after, &before, &limit])
+                    client
+                        .query(&statements.page_oldest, &[&room, &after, &before, &limit])
                         .await
                         .map_err(unavailable)?
                 }
             };
+            busy.done();
             Ok(rows.iter().map(stored_message).collect())
         })
         .await
@@ -361,12 +447,15 @@ impl HistoryStore for PgStore {
 
     async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {
         self.with_timeout("reading history", async {
-            let conn = self.connection().await?;
-            let row = conn
+            let mut conn = self.connection().await?;
+            let busy = Busy::new(&mut conn);
+            let row = busy
+                .0
                 .client
-                .query_one(&conn.statements.latest_id, &[&room])
+                .query_one(&busy.0.statements.latest_id, &[&room])
                 .await
                 .map_err(unavailable)?;
+            busy.done();
             let id: i64 = row.get(0);
             Ok(id as MessageId)
         })
@@ -374,6 +463,15 @@ impl HistoryStore for PgStore {
     }
 
     async fn record_user(&self, nick: &str) -> Result<(), StoreError> {
+        // Names are recorded in the background, never more than a few at a time: the
+        // writer needs the pool more, and the first message records its sender anyway.
+        let known = self.user_ids.lock().expect("id cache").contains_key(nick);
+        let Ok(_permit) = self.recorders.try_acquire() else {
+            return Ok(());
+        };
+        if known {
+            return Ok(());
+        }
         self.with_timeout("recording a user", async {
             self.record(|s| &s.upsert_user, &self.user_ids, nick).await
         })

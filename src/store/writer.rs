@@ -7,13 +7,21 @@
 //! PostgreSQL one) pays one commit per batch rather than per message.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use bytes::BytesMut;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{HistoryStore, NewMessage, StoreError};
 use crate::protocol::{self, MessageId, MessageKind};
-use crate::rooms::{ConnId, LiveMessage, Rooms};
+use crate::rooms::{BatchEntry, ConnId, LiveBatch, Rooms};
+
+/// How long batches are refused at once after the store failed one.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the sender of a stored message learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,40 +90,91 @@ async fn run(
     let mut jobs = Vec::with_capacity(max_batch);
     let mut batch = Vec::with_capacity(max_batch);
     let mut waiting = Vec::with_capacity(max_batch);
+    let mut acks = Vec::with_capacity(max_batch);
+    // Messages stored together usually share their time: format it once.
+    let mut time = (i64::MIN, String::new());
+    // After a failure, batches are refused at once for a moment instead of each waiting out
+    // the store's timeout, so that queued SAYs are answered promptly during an outage.
+    let mut refuse_until: Option<(Instant, String)> = None;
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         for job in jobs.drain(..) {
             batch.push(job.message);
             waiting.push((job.sender, job.ack));
         }
-        match store.append(&batch).await {
+        let appended = match &refuse_until {
+            Some((until, why)) if Instant::now() < *until => {
+                Err(StoreError::Unavailable(why.clone()))
+            }
+            _ => store.append(&batch).await,
+        };
+        let appended_ok = appended.is_ok();
+        match appended {
             Ok(stored) => {
+                // One shared buffer per room: formatted once, fanned out once.
+                let mut by_room: Vec<(Arc<str>, BytesMut, Vec<BatchEntry>)> = Vec::new();
                 for ((m, (sender, ack)), s) in batch.drain(..).zip(waiting.drain(..)).zip(stored) {
-                    let line = protocol::message_line(
+                    if time.0 != s.millis {
+                        time = (s.millis, protocol::format_time(s.millis));
+                    }
+                    let slot = match by_room.iter().position(|(r, _, _)| *r == m.room) {
+                        Some(i) => i,
+                        None => {
+                            by_room.push((m.room.clone(), BytesMut::new(), Vec::new()));
+                            by_room.len() - 1
+                        }
+                    };
+                    let (_, bytes, entries) = &mut by_room[slot];
+                    protocol::write_message_line(
+                        bytes,
                         MessageKind::Live,
                         &m.room,
                         s.id,
-                        s.millis,
+                        &time.1,
                         &m.nick,
                         &m.text,
                     );
-                    rooms.publish(Arc::new(LiveMessage {
-                        room: m.room,
+                    entries.push(BatchEntry {
                         id: s.id,
-                        line,
                         sender,
+                        end: bytes.len(),
+                    });
+                    acks.push((
+                        ack,
+                        Ack {
+                            id: s.id,
+                            millis: s.millis,
+                        },
+                    ));
+                }
+                for (room, bytes, messages) in by_room {
+                    let first = messages[0].sender;
+                    let only_sender = messages.iter().all(|m| m.sender == first).then_some(first);
+                    rooms.publish(Arc::new(LiveBatch {
+                        room,
+                        bytes: bytes.freeze(),
+                        messages,
+                        only_sender,
                     }));
-                    let _ = ack.send(Ok(Ack {
-                        id: s.id,
-                        millis: s.millis,
-                    }));
+                }
+                for (ack, result) in acks.drain(..) {
+                    let _ = ack.send(Ok(result));
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, messages = batch.len(), "store refused a batch");
+                if refuse_until
+                    .as_ref()
+                    .is_none_or(|(until, _)| Instant::now() >= *until)
+                {
+                    tracing::warn!(error = %e, messages = batch.len(), "store refused a batch");
+                    refuse_until = Some((Instant::now() + RETRY_AFTER, e.to_string()));
+                }
                 for (_, ack) in waiting.drain(..) {
                     let _ = ack.send(Err(StoreError::Unavailable(e.to_string())));
                 }
             }
+        }
+        if appended_ok {
+            refuse_until = None;
         }
         batch.clear();
         waiting.clear();

@@ -128,7 +128,15 @@ async fn main() -> ExitCode {
     let listen = config.listen;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    // Open the store first (it may start PostgreSQL), unless we are told to stop meanwhile.
+    // Take the port first, so that a second server fails before touching any database.
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Open the store (it may start PostgreSQL), unless we are told to stop meanwhile.
     let server = tokio::select! {
         started = Server::start(config) => match started {
             Ok(server) => server,
@@ -138,13 +146,6 @@ async fn main() -> ExitCode {
             }
         },
         _ = &mut shutdown => return ExitCode::SUCCESS,
-    };
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     let addr = listener.local_addr().unwrap_or(listen);
     tracing::info!(

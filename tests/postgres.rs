@@ -81,15 +81,23 @@ async fn chat_history_and_paging_through_postgres() {
     assert_eq!(ids(&since), in_4[26..]);
     assert_eq!(ok, format!("OK JOIN 4 4 {}", in_4[29]));
 
-    // NICK recorded the users, JOIN the rooms, and every message references both.
+    // NICK recorded the users (in the background: wait for it), JOIN the rooms, and every
+    // message references both.
     let db = pg::connect(&url).await;
-    let users: Vec<String> = db
-        .query("SELECT name FROM users ORDER BY name", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let mut users: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        users = db
+            .query("SELECT name FROM users ORDER BY name", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if users.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(users, ["alice", "bob", "late"]);
     let rooms: Vec<String> = db
         .query("SELECT name FROM rooms ORDER BY name", &[])
@@ -294,7 +302,11 @@ async fn replay_from_a_room_of_100000_messages_uses_the_index() {
     let texts: Vec<String> = hist.iter().map(|l| parse_message(l).text).collect();
     assert_eq!(texts, ["bulk 19999", "bulk 20000"]);
 
-    // Each history query is an index scan on (room_id, id), never a scan of the table.
+    // Each history query is an index scan on (room_id, id), never a scan of the table, in
+    // the generic plan that prepared statements end up using too.
+    db.batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
     let plans = [
         (
             PAGE_NEWEST,
@@ -344,6 +356,7 @@ async fn db_bulk(url: &str, room: &str, n: i32) {
 #[tokio::test]
 async fn database_stopped_and_started_under_a_live_server() {
     let dir = pg::temp_dir("outage");
+    let _cleanup = pg::DirGuard(dir.clone());
     let cluster = tokio::task::spawn_blocking({
         let dir = dir.clone();
         move || pg::start_cluster(&dir)
@@ -433,24 +446,21 @@ async fn database_stopped_and_started_under_a_live_server() {
     let hist = c.join("r").await;
     assert_eq!(ids(&hist), acked);
     server.stop().await.unwrap();
-    stop_data_dir(&dir);
 }
 
-/// Stops whatever cluster runs in `dir` (tests clean up after themselves).
-fn stop_data_dir(dir: &Path) {
-    let cluster = linechat::store::cluster::LocalCluster::start(
-        dir,
-        &linechat::store::cluster::Search::from_env(None),
-    );
-    if let Ok(mut cluster) = cluster {
-        let _ = cluster.stop();
-    }
-}
-
-/// The real binary in zero-config mode on `data_dir`.
+/// The real binary in zero-config mode on `data_dir`; killed if the test fails half-way.
 struct Binary {
-    child: Child,
+    child: Option<Child>,
     addr: std::net::SocketAddr,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Binary {
@@ -476,19 +486,24 @@ impl Binary {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        Binary { child, addr }
+        Binary {
+            child: Some(child),
+            addr,
+        }
     }
 
     fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id();
         let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
     }
 
     async fn wait(mut self) -> std::process::ExitStatus {
-        tokio::task::spawn_blocking(move || self.child.wait().unwrap())
+        let mut child = self.child.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
             .await
             .unwrap()
     }
@@ -498,7 +513,9 @@ impl Binary {
 /// the acks loses nothing and duplicates nothing.
 #[tokio::test]
 async fn zero_config_history_survives_restart_and_sigkill() {
-    let dir = pg::temp_dir("zeroconf");
+    // A space in the path, as in macOS's "Application Support".
+    let dir = pg::temp_dir("zero config");
+    let _cleanup = pg::DirGuard(dir.clone());
     let server = Binary::start(&dir);
     let mut c = Client::connect(server.addr).await;
     c.send("NICK writer").await;
@@ -519,6 +536,23 @@ async fn zero_config_history_survives_restart_and_sigkill() {
     let stored: Vec<String> = hist.iter().map(|l| parse_message(l).text).collect();
     assert_eq!(stored, texts);
     acked.push(c.say("after the crash").await);
+
+    // A second server on the same data dir is refused, and the first one carries on.
+    let output = Command::new(env!("CARGO_BIN_EXE_linechat"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another linechat server is using"),
+        "{stderr}"
+    );
+    acked.push(c.say("still here").await);
+
     server.signal("-TERM");
     c.expect("BYE server shutting down").await;
     assert!(server.wait().await.success(), "SIGTERM exits 0");

@@ -11,6 +11,8 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -63,6 +65,29 @@ impl Search {
             path,
             versioned_roots: vec![PathBuf::from("/usr/lib/postgresql")],
         }
+    }
+
+    /// Programs of major version `major`, for an existing data directory: PostgreSQL cannot
+    /// run a data directory of another major version.
+    pub fn find_version(&self, major: &str) -> Result<PathBuf, ClusterError> {
+        let found = self.find()?;
+        if major_version(&found).as_deref() == Some(major) {
+            return Ok(found);
+        }
+        let versioned = self
+            .versioned_roots
+            .iter()
+            .map(|root| root.join(major).join("bin"))
+            .find(|dir| dir.join("pg_ctl").is_file() && dir.join("postgres").is_file());
+        versioned.ok_or_else(|| ClusterError::Command {
+            what: "finding PostgreSQL".into(),
+            detail: format!(
+                "the data directory was made by PostgreSQL {major}, but the programs found in {} \
+                 are version {}; install PostgreSQL {major} (or upgrade the data with pg_upgrade)",
+                found.display(),
+                major_version(&found).unwrap_or_else(|| "unknown".into())
+            ),
+        })
     }
 
     /// The first directory that holds initdb, pg_ctl and postgres.
@@ -135,71 +160,129 @@ pub struct LocalCluster {
     log_file: PathBuf,
     as_postgres: bool,
     stopped: bool,
+    /// Held for the life of the process: one server per data dir.
+    _lock: fs::File,
 }
 
 impl LocalCluster {
     /// Starts the cluster under `data_dir`, creating it on first use. A cluster left running
-    /// by a server that was killed is adopted as it is.
+    /// by a server that was killed is adopted. Only one server at a time may use a data dir.
     pub fn start(data_dir: &Path, search: &Search) -> Result<LocalCluster, ClusterError> {
-        let bin_dir = search.find()?;
         fs::create_dir_all(data_dir)?;
         let data_dir = data_dir.canonicalize()?;
+        let lock = lock_data_dir(&data_dir)?;
+        let pgdata = data_dir.join("pgdata");
+        let bin_dir = match fs::read_to_string(pgdata.join("PG_VERSION")) {
+            Ok(version) => search.find_version(version.trim())?,
+            Err(_) => search.find()?,
+        };
         let as_postgres = is_root();
         let socket_dir = socket_dir_for(&data_dir)?;
         let cluster = LocalCluster {
             bin_dir,
-            pgdata: data_dir.join("pgdata"),
             log_file: data_dir.join("postgresql.log"),
+            pgdata,
             socket_dir,
             as_postgres,
             stopped: false,
+            _lock: lock,
         };
         if as_postgres {
-            cluster.give_to_postgres(&data_dir)?;
+            // Only what we create, never the caller's directory tree.
             cluster.give_to_postgres(&cluster.socket_dir)?;
+            if !cluster.log_file.exists() {
+                fs::write(&cluster.log_file, "")?;
+            }
+            cluster.give_to_postgres(&cluster.log_file)?;
         }
         if !cluster.pgdata.join("PG_VERSION").is_file() {
-            tracing::info!(pgdata = %cluster.pgdata.display(), "creating a PostgreSQL cluster");
-            cluster.run(
-                "initdb",
-                [
-                    OsStr::new("-D"),
-                    cluster.pgdata.as_os_str(),
-                    OsStr::new("-U"),
-                    OsStr::new(SUPERUSER),
-                    OsStr::new("-A"),
-                    OsStr::new("trust"),
-                    OsStr::new("-E"),
-                    OsStr::new("UTF8"),
-                    OsStr::new("--locale=C"),
-                ],
-            )?;
+            cluster.init()?;
         }
-        if cluster.is_running() {
+        cluster.write_settings()?;
+        let socket = cluster.socket_dir.join(format!(".s.PGSQL.{PORT}"));
+        if cluster.is_running() && socket.exists() {
             tracing::info!(pgdata = %cluster.pgdata.display(), "adopting the running PostgreSQL cluster");
         } else {
-            tracing::info!(pgdata = %cluster.pgdata.display(), "starting PostgreSQL");
-            let options = format!(
-                "-c listen_addresses='' -k {} -p {PORT}",
-                cluster.socket_dir.display()
-            );
+            let verb = if cluster.is_running() {
+                // Running, but not where we look for it (the socket moved): restart it there.
+                "restart"
+            } else {
+                "start"
+            };
+            tracing::info!(pgdata = %cluster.pgdata.display(), "{verb}ing PostgreSQL");
             cluster.run(
                 "pg_ctl",
                 [
-                    OsStr::new("start"),
+                    OsStr::new(verb),
                     OsStr::new("-w"),
                     OsStr::new("-t"),
                     OsStr::new("120"),
+                    OsStr::new("-m"),
+                    OsStr::new("fast"),
                     OsStr::new("-D"),
                     cluster.pgdata.as_os_str(),
                     OsStr::new("-l"),
                     cluster.log_file.as_os_str(),
-                    OsStr::new("-o"),
-                    OsStr::new(&options),
                 ],
             )?;
         }
+        tracing::info!(
+            "PostgreSQL socket: {} (psql -h {} -p {PORT} -U {SUPERUSER} {DATABASE})",
+            socket.display(),
+            cluster.socket_dir.display()
+        );
         Ok(cluster)
+    }
+
+    /// Runs initdb into a scratch directory and renames it into place, so that an
+    /// interrupted first start leaves nothing half-made behind.
+    fn init(&self) -> Result<(), ClusterError> {
+        tracing::info!(pgdata = %self.pgdata.display(), "creating a PostgreSQL cluster");
+        let scratch = self.pgdata.with_extension("initdb");
+        if scratch.exists() {
+            fs::remove_dir_all(&scratch)?;
+        }
+        fs::create_dir(&scratch)?;
+        set_mode(&scratch, 0o700)?;
+        if self.as_postgres {
+            self.give_to_postgres(&scratch)?;
+        }
+        self.run(
+            "initdb",
+            [
+                OsStr::new("-D"),
+                scratch.as_os_str(),
+                OsStr::new("-U"),
+                OsStr::new(SUPERUSER),
+                // Only the socket reaches the cluster, and its directory is ours alone (0700).
+                OsStr::new("-A"),
+                OsStr::new("trust"),
+                OsStr::new("-E"),
+                OsStr::new("UTF8"),
+                OsStr::new("--locale=C"),
+            ],
+        )?;
+        fs::rename(&scratch, &self.pgdata)?;
+        Ok(())
+    }
+
+    /// Where the cluster listens, written into its configuration (not passed on pg_ctl's
+    /// command line, which goes through a shell and breaks on paths with spaces).
+    fn write_settings(&self) -> Result<(), ClusterError> {
+        let dir = self.socket_dir.to_string_lossy().replace('\'', "''");
+        let settings = format!(
+            "# Written by linechat at every start; edits are lost.\n\
+             listen_addresses = ''\n\
+             port = {PORT}\n\
+             unix_socket_directories = '{dir}'\n\
+             unix_socket_permissions = 0700\n"
+        );
+        let path = self.pgdata.join("postgresql.auto.conf");
+        fs::write(&path, settings)?;
+        if self.as_postgres {
+            self.give_to_postgres(&path)?;
+        }
+        Ok(())
     }
 
     /// Connection settings for database `dbname` in this cluster.
@@ -280,9 +363,10 @@ impl LocalCluster {
         self.stopped = true;
     }
 
-    fn give_to_postgres(&self, dir: &Path) -> Result<(), ClusterError> {
+    /// Hands one file or directory (not its contents) to the postgres user.
+    fn give_to_postgres(&self, path: &Path) -> Result<(), ClusterError> {
         let mut chown = Command::new("chown");
-        chown.arg("-R").arg(format!("{POSTGRES_USER}:")).arg(dir);
+        chown.arg(format!("{POSTGRES_USER}:")).arg(path);
         run_checked("chown", chown).map(drop)
     }
 
@@ -315,6 +399,17 @@ impl Drop for LocalCluster {
     }
 }
 
+/// The major version of the programs in `bin_dir` (`pg_ctl (PostgreSQL) 15.18` -> `15`).
+fn major_version(bin_dir: &Path) -> Option<String> {
+    let out = Command::new(bin_dir.join("pg_ctl"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split(')').nth(1)?.split_whitespace().next()?;
+    Some(version.split('.').next()?.to_string())
+}
+
 fn run_checked(what: &str, mut command: Command) -> Result<Output, ClusterError> {
     let output = command.output().map_err(|e| ClusterError::Command {
         what: what.to_string(),
@@ -334,19 +429,64 @@ fn run_checked(what: &str, mut command: Command) -> Result<Output, ClusterError>
 }
 
 /// The socket lives in the data dir, unless that path is too long for a Unix socket; then
-/// in a private directory under the temp dir named after the data dir.
+/// in a directory under the temp dir named by a stable hash of the data dir. Either way only
+/// its owner may enter it (0700), which is what keeps the trust-authenticated cluster
+/// private.
 fn socket_dir_for(data_dir: &Path) -> Result<PathBuf, ClusterError> {
     let inside = data_dir.join("run");
     let dir = if inside.as_os_str().len() <= MAX_SOCKET_DIR {
         inside
     } else {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        data_dir.hash(&mut h);
-        std::env::temp_dir().join(format!("linechat-{:016x}", h.finish()))
+        let hash = fnv1a(data_dir.as_os_str().as_encoded_bytes());
+        std::env::temp_dir().join(format!("linechat-{hash:016x}"))
     };
-    fs::create_dir_all(&dir)?;
+    if !dir.exists() {
+        fs::create_dir(&dir)?;
+    }
+    let meta = fs::symlink_metadata(&dir)?;
+    let ours = is_root() || meta.uid() == unsafe { libc::geteuid() };
+    if !meta.is_dir() || !ours {
+        return Err(ClusterError::Command {
+            what: "preparing the socket directory".into(),
+            detail: format!("{} exists and is not a directory of ours", dir.display()),
+        });
+    }
+    set_mode(&dir, 0o700)?;
     Ok(dir)
+}
+
+/// FNV-1a: a hash that stays the same across builds and platforms.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ClusterError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Takes an exclusive lock on `data_dir/linechat.lock`, or says who has it.
+fn lock_data_dir(data_dir: &Path) -> Result<fs::File, ClusterError> {
+    let path = data_dir.join("linechat.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    // SAFETY: flock on a descriptor we own; the lock goes with the file.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        return Err(ClusterError::Command {
+            what: "locking the data directory".into(),
+            detail: format!(
+                "another linechat server is using {}; stop it or choose another --data-dir",
+                data_dir.display()
+            ),
+        });
+    }
+    Ok(file)
 }
 
 fn is_root() -> bool {

@@ -93,6 +93,34 @@ pub async fn config() -> Config {
     }
 }
 
+/// Stops whatever PostgreSQL runs on `dir`'s data and removes `dir` (when dropped), so that a
+/// test that fails half-way leaves nothing running.
+pub struct DirGuard(pub PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let pgdata = self.0.join("pgdata");
+        if pgdata.join("postmaster.pid").exists() {
+            if let Ok(bin) = Search::from_env(None).find() {
+                let pg_ctl = bin.join("pg_ctl");
+                // SAFETY: geteuid has no preconditions.
+                let mut stop = if unsafe { libc::geteuid() } == 0 {
+                    let mut c = Command::new("runuser");
+                    c.args(["-u", "postgres", "--"]).arg(pg_ctl);
+                    c
+                } else {
+                    Command::new(pg_ctl)
+                };
+                let _ = stop
+                    .args(["stop", "-m", "immediate", "-D"])
+                    .arg(&pgdata)
+                    .output();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A plain client connection to a database, for checking what is stored.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)

@@ -412,6 +412,17 @@ pub fn write_message_line(
     }
 }
 
+/// `OK SAY <id> <time>\n`.
+pub fn ok_say(id: MessageId, time: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(16 + 20 + time.len());
+    out.extend_from_slice(b"OK SAY ");
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(time.as_bytes());
+    out.extend_from_slice(b"\n");
+    out.freeze()
+}
+
 /// `ERR <CODE> <text>\n`.
 pub fn error_line(e: &ProtocolError) -> Bytes {
     Bytes::from(format!("ERR {} {}\n", e.code.as_str(), e.text))

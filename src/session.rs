@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -37,6 +38,9 @@ const OUTBOX_HIGH: usize = 64 * 1024;
 const MAX_IN_FLIGHT: usize = 256;
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
+/// Most input lines handled in one turn of a session's loop before it looks at its other
+/// work (writing, acks, room traffic, shutdown).
+const FRAMES_PER_TURN: usize = 64;
 
 /// Serves one accepted connection until it closes.
 pub async fn run(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
@@ -60,6 +64,7 @@ pub async fn run(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, shutdown: C
         out: Outbox::default(),
         socket: write,
         acks: FuturesOrdered::new(),
+        ack_time: (i64::MIN, String::new()),
     };
     let end = session.serve(reader, rx).await;
     session.leave_everything();
@@ -98,6 +103,8 @@ struct Session {
     socket: OwnedWriteHalf,
     /// Acks of submitted `SAY`s, answered in the order they were said.
     acks: FuturesOrdered<oneshot::Receiver<AckResult>>,
+    /// The last ack time formatted, with its milliseconds.
+    ack_time: (i64, String),
 }
 
 impl Session {
@@ -112,18 +119,22 @@ impl Session {
             env!("CARGO_PKG_VERSION"),
             "- type NICK <name> to choose a name, then JOIN <room>, then SAY <text>. HELP lists every command.",
         ]));
+        // Created once: registering a waiter anew on every turn of the loop is measurable.
         let too_slow = self.handle.too_slow.clone();
         let shutdown = self.shutdown.clone();
+        let too_slow = too_slow.cancelled();
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(too_slow, shutdown);
         loop {
             let room_for_output = self.out.bytes < OUTBOX_HIGH;
             let can_read = room_for_output && self.acks.len() < MAX_IN_FLIGHT;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     self.close("server shutting down").await;
                     return End::Shutdown;
                 }
-                _ = too_slow.cancelled() => {
+                _ = &mut too_slow => {
                     self.out.drop_unstarted();
                     self.close("too slow").await;
                     return End::TooSlow;
@@ -133,7 +144,13 @@ impl Session {
                         return End::Io(e);
                     }
                 }
-                Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.answer_ack(ack),
+                Some(ack) = self.acks.next(), if !self.acks.is_empty() => {
+                    // Acks come a batch at a time: answer all that are ready in one go.
+                    self.answer_ack(ack);
+                    while let Some(Some(ack)) = self.acks.next().now_or_never() {
+                        self.answer_ack(ack);
+                    }
+                }
                 Some(item) = rx.recv(), if room_for_output => {
                     self.on_room_traffic(item);
                     while self.out.bytes < OUTBOX_HIGH {
@@ -143,22 +160,37 @@ impl Session {
                         }
                     }
                 }
-                frame = reader.next(), if can_read => match frame {
-                    Some(Ok(frame)) => match self.on_frame(frame).await {
-                        Ok(None) => {}
-                        Ok(Some(reason)) => {
-                            self.close(&reason).await;
-                            return End::Quit;
+                frame = reader.next(), if can_read => {
+                    // Take the lines that are already here without going round the loop for
+                    // each (a pipelining client sends many per packet), within limits.
+                    let mut frame = frame;
+                    for turn in 1..=FRAMES_PER_TURN {
+                        match frame {
+                            Some(Ok(frame)) => match self.on_frame(frame).await {
+                                Ok(None) => {}
+                                Ok(Some(reason)) => {
+                                    self.close(&reason).await;
+                                    return End::Quit;
+                                }
+                                Err(e) => return End::Io(e),
+                            },
+                            Some(Err(e)) => return End::Io(e),
+                            None => {
+                                // Half-closed by the client: answer what it sent, then close.
+                                self.close("end of input").await;
+                                return End::Eof;
+                            }
                         }
-                        Err(e) => return End::Io(e),
-                    },
-                    Some(Err(e)) => return End::Io(e),
-                    None => {
-                        // Half-closed by the client: answer what it sent, then close.
-                        self.close("end of input").await;
-                        return End::Eof;
+                        let full = self.out.bytes >= OUTBOX_HIGH || self.acks.len() >= MAX_IN_FLIGHT;
+                        if full || turn == FRAMES_PER_TURN {
+                            break;
+                        }
+                        match reader.next().now_or_never() {
+                            Some(next) => frame = next,
+                            None => break,
+                        }
                     }
-                },
+                }
             }
         }
     }
@@ -214,12 +246,13 @@ impl Session {
 
     fn answer_ack(&mut self, ack: Result<AckResult, oneshot::error::RecvError>) {
         let line = match ack {
-            Ok(Ok(ack)) => protocol::line(&[
-                "OK",
-                "SAY",
-                &ack.id.to_string(),
-                &protocol::format_time(ack.millis),
-            ]),
+            Ok(Ok(ack)) => {
+                // Acks of one batch share a time: format it once.
+                if self.ack_time.0 != ack.millis {
+                    self.ack_time = (ack.millis, protocol::format_time(ack.millis));
+                }
+                protocol::ok_say(ack.id, &self.ack_time.1)
+            }
             Ok(Err(e)) => store_error(&e),
             Err(_) => store_error(&StoreError::Unavailable("the writer has stopped".into())),
         };

@@ -5,8 +5,63 @@
 //! `ERR BAD_UTF8` and the connection lives on. A line longer than the maximum is never buffered
 //! whole: the decoder reports [`Frame::TooLong`] once and then discards input up to the next LF.
 
+use std::io;
+
 use bytes::{Buf, BytesMut};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::Decoder;
+
+/// Bytes requested from the socket per read.
+const READ_CHUNK: usize = 4096;
+
+/// Frames from a socket. Unlike a `FramedRead`, it holds no buffer between lines: an idle
+/// connection costs no read memory, which is most of what thousands of idle connections
+/// would otherwise cost.
+pub struct LineReader {
+    read: OwnedReadHalf,
+    codec: LineCodec,
+    buf: BytesMut,
+    eof: bool,
+}
+
+impl LineReader {
+    pub fn new(read: OwnedReadHalf, max_len: usize) -> Self {
+        LineReader {
+            read,
+            codec: LineCodec::new(max_len),
+            buf: BytesMut::new(),
+            eof: false,
+        }
+    }
+
+    /// The next frame; `None` at end of input. Cancel-safe: nothing is lost if the future is
+    /// dropped before it completes.
+    pub async fn next(&mut self) -> Option<io::Result<Frame>> {
+        loop {
+            if self.eof {
+                return self.codec.decode_eof(&mut self.buf).transpose();
+            }
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                self.buf = BytesMut::new();
+            }
+            if let Err(e) = self.read.readable().await {
+                return Some(Err(e));
+            }
+            self.buf.reserve(READ_CHUNK);
+            match self.read.try_read_buf(&mut self.buf) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
 
 /// One unit of client input.
 #[derive(Debug, PartialEq, Eq)]

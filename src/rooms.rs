@@ -1,22 +1,21 @@
 //! The room registry: who is in which room, and fan-out of messages and presence lines.
 //!
 //! Delivery never waits: each member's queue is bounded in bytes, and a member whose queue is
-//! over budget is told to go (`too_slow` is cancelled; its session says `BYE too slow` and
-//! leaves). So one slow reader never stalls a room or the writer that publishes into it.
+//! over budget is told to go (its inbox is marked too slow; its session says `BYE too slow`
+//! and leaves). So one slow reader never stalls a room or the writer that publishes into it.
 //!
 //! Messages travel as [`LiveBatch`]es: all the messages of one room that the writer stored
 //! together, formatted once into one buffer. A member gets the whole batch with one queue
 //! operation and usually writes it with one syscall; the few members that must skip some of
 //! it (their own messages) take zero-copy slices.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::protocol::{self, MessageId};
 
@@ -83,37 +82,76 @@ impl Outbound {
     }
 }
 
+/// A connection's queue of room traffic, bounded in bytes. Unlike a channel it holds no
+/// memory while empty, which matters with thousands of idle connections.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    items: Mutex<VecDeque<Outbound>>,
+    /// Bytes queued and not yet taken by the session.
+    queued: AtomicUsize,
+    /// Signalled when items arrive, and when the connection is found too slow.
+    pub ready: Notify,
+    /// Set once the queue went over its budget.
+    too_slow: AtomicBool,
+}
+
+impl Inbox {
+    /// Moves queued items into `take` while `more()` says so; returns how many.
+    pub fn take_while(&self, mut take: impl FnMut(Outbound) -> bool) -> usize {
+        let mut items = self.items.lock().expect("inbox lock");
+        let mut n = 0;
+        while let Some(item) = items.pop_front() {
+            self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
+            n += 1;
+            if !take(item) {
+                break;
+            }
+        }
+        if items.is_empty() && items.capacity() > 16 {
+            // Give back what a burst made it grow to.
+            *items = VecDeque::new();
+        }
+        n
+    }
+
+    /// True once the connection was found too slow.
+    pub fn is_too_slow(&self) -> bool {
+        self.too_slow.load(Ordering::Relaxed)
+    }
+
+    /// Empties the queue for good (the connection is closing).
+    pub fn close(&self) {
+        let mut items = self.items.lock().expect("inbox lock");
+        *items = VecDeque::new();
+        self.queued.store(usize::MAX / 2, Ordering::Relaxed);
+    }
+}
+
 /// How the registry reaches one connection.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
-    pub tx: mpsc::UnboundedSender<Outbound>,
-    /// Bytes sent on `tx` and not yet taken by the session; bounded by `limit`.
-    pub queued: Arc<AtomicUsize>,
+    pub inbox: Arc<Inbox>,
+    /// Bytes of queued traffic above which the connection is too slow.
     pub limit: usize,
-    /// Cancelled when the connection's queue went over its budget.
-    pub too_slow: CancellationToken,
 }
 
 impl ConnHandle {
     fn deliver(&self, item: Outbound) {
         let cost = item.cost();
-        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
+        let before = self.inbox.queued.fetch_add(cost, Ordering::Relaxed);
         // An empty queue always takes the item, so one large batch never counts as slowness;
         // the queue is bounded by the limit plus one batch.
-        if (before > 0 && before + cost > self.limit) || self.too_slow.is_cancelled() {
-            self.queued.fetch_sub(cost, Ordering::Relaxed);
-            self.too_slow.cancel();
+        if before > 0 && before + cost > self.limit {
+            self.inbox.queued.fetch_sub(cost, Ordering::Relaxed);
+            self.inbox.too_slow.store(true, Ordering::Relaxed);
+            // Every waiter (the main loop, or a flush in progress), and a permit for later.
+            self.inbox.ready.notify_waiters();
+            self.inbox.ready.notify_one();
             return;
         }
-        if self.tx.send(item).is_err() {
-            self.queued.fetch_sub(cost, Ordering::Relaxed);
-        }
-    }
-
-    /// The session took an item off its queue.
-    pub fn taken(&self, item: &Outbound) {
-        self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
+        self.inbox.items.lock().expect("inbox lock").push_back(item);
+        self.inbox.ready.notify_one();
     }
 }
 

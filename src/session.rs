@@ -10,25 +10,23 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{Frame, LineCodec};
+use crate::codec::{Frame, LineReader};
 use crate::hub::Hub;
 use crate::protocol::{
     self, Command, ErrorCode, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay,
 };
-use crate::rooms::{ConnHandle, Outbound};
+use crate::rooms::{ConnHandle, Inbox, Outbound};
 use crate::store::writer::AckResult;
 use crate::store::{NewMessage, Page, StoreError, StoredMessage};
 
@@ -45,14 +43,11 @@ const FRAMES_PER_TURN: usize = 64;
 /// Serves one accepted connection until it closes.
 pub async fn run(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let (read, write) = stream.into_split();
-    let reader = FramedRead::new(read, LineCodec::new(hub.config.max_line));
-    let (tx, rx) = mpsc::unbounded_channel();
+    let reader = LineReader::new(read, hub.config.max_line);
     let handle = ConnHandle {
         id: hub.next_conn_id(),
-        tx,
-        queued: Arc::new(AtomicUsize::new(0)),
+        inbox: Arc::new(Inbox::default()),
         limit: hub.config.outbound_limit.max(1),
-        too_slow: CancellationToken::new(),
     };
     tracing::debug!(%peer, conn = handle.id, "connected");
     let mut session = Session {
@@ -63,11 +58,11 @@ pub async fn run(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, shutdown: C
         joined: Vec::new(),
         out: Outbox::default(),
         socket: write,
-        acks: FuturesOrdered::new(),
-        ack_time: (i64::MIN, String::new()),
+        acks: Acks::default(),
     };
-    let end = session.serve(reader, rx).await;
+    let end = session.serve(reader).await;
     session.leave_everything();
+    session.handle.inbox.close();
     match end {
         End::TooSlow => tracing::info!(%peer, "closed: too slow (outbound queue full)"),
         End::Io(e) => tracing::debug!(%peer, error = %e, "closed: socket error"),
@@ -102,17 +97,11 @@ struct Session {
     out: Outbox,
     socket: OwnedWriteHalf,
     /// Acks of submitted `SAY`s, answered in the order they were said.
-    acks: FuturesOrdered<oneshot::Receiver<AckResult>>,
-    /// The last ack time formatted, with its milliseconds.
-    ack_time: (i64, String),
+    acks: Acks,
 }
 
 impl Session {
-    async fn serve(
-        &mut self,
-        mut reader: FramedRead<OwnedReadHalf, LineCodec>,
-        mut rx: mpsc::UnboundedReceiver<Outbound>,
-    ) -> End {
+    async fn serve(&mut self, mut reader: LineReader) -> End {
         self.out.push(protocol::line(&[
             "HELLO",
             "linechat",
@@ -120,24 +109,27 @@ impl Session {
             "- type NICK <name> to choose a name, then JOIN <room>, then SAY <text>. HELP lists every command.",
         ]));
         // Created once: registering a waiter anew on every turn of the loop is measurable.
-        let too_slow = self.handle.too_slow.clone();
         let shutdown = self.shutdown.clone();
-        let too_slow = too_slow.cancelled();
+        let inbox = self.handle.inbox.clone();
         let shutdown = shutdown.cancelled();
-        tokio::pin!(too_slow, shutdown);
+        let traffic = inbox.ready.notified();
+        tokio::pin!(shutdown, traffic);
         loop {
+            if inbox.is_too_slow() {
+                self.out.drop_unstarted();
+                Box::pin(self.close("too slow")).await;
+                return End::TooSlow;
+            }
+            if self.out.bytes < OUTBOX_HIGH {
+                self.take_room_traffic();
+            }
             let room_for_output = self.out.bytes < OUTBOX_HIGH;
             let can_read = room_for_output && self.acks.len() < MAX_IN_FLIGHT;
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
-                    self.close("server shutting down").await;
+                    Box::pin(self.close("server shutting down")).await;
                     return End::Shutdown;
-                }
-                _ = &mut too_slow => {
-                    self.out.drop_unstarted();
-                    self.close("too slow").await;
-                    return End::TooSlow;
                 }
                 written = self.out.write_some(&mut self.socket), if !self.out.is_empty() => {
                     if let Err(e) = written {
@@ -150,15 +142,11 @@ impl Session {
                     while let Some(Some(ack)) = self.acks.next().now_or_never() {
                         self.answer_ack(ack);
                     }
+                    self.acks.release_if_empty();
                 }
-                Some(item) = rx.recv(), if room_for_output => {
-                    self.on_room_traffic(item);
-                    while self.out.bytes < OUTBOX_HIGH {
-                        match rx.try_recv() {
-                            Ok(item) => self.on_room_traffic(item),
-                            Err(_) => break,
-                        }
-                    }
+                _ = &mut traffic => {
+                    // Handled at the top of the loop; wait for the next signal afresh.
+                    traffic.set(inbox.ready.notified());
                 }
                 frame = reader.next(), if can_read => {
                     // Take the lines that are already here without going round the loop for
@@ -166,10 +154,13 @@ impl Session {
                     let mut frame = frame;
                     for turn in 1..=FRAMES_PER_TURN {
                         match frame {
-                            Some(Ok(frame)) => match self.on_frame(frame).await {
+                            // Boxed: the handlers' futures are large and rarely pending, and
+                            // keeping them out of the session's own future keeps idle
+                            // connections small.
+                            Some(Ok(frame)) => match Box::pin(self.on_frame(frame)).await {
                                 Ok(None) => {}
                                 Ok(Some(reason)) => {
-                                    self.close(&reason).await;
+                                    Box::pin(self.close(&reason)).await;
                                     return End::Quit;
                                 }
                                 Err(e) => return End::Io(e),
@@ -177,7 +168,7 @@ impl Session {
                             Some(Err(e)) => return End::Io(e),
                             None => {
                                 // Half-closed by the client: answer what it sent, then close.
-                                self.close("end of input").await;
+                                Box::pin(self.close("end of input")).await;
                                 return End::Eof;
                             }
                         }
@@ -219,8 +210,16 @@ impl Session {
         }
     }
 
+    /// Moves room traffic from the inbox to the outbox while the outbox has room.
+    fn take_room_traffic(&mut self) {
+        let inbox = self.handle.inbox.clone();
+        inbox.take_while(|item| {
+            self.on_room_traffic(item);
+            self.out.bytes < OUTBOX_HIGH
+        });
+    }
+
     fn on_room_traffic(&mut self, item: Outbound) {
-        self.handle.taken(&item);
         match item {
             Outbound::Presence { room, line } => {
                 // Lines queued before a PART are not for us any more.
@@ -246,13 +245,7 @@ impl Session {
 
     fn answer_ack(&mut self, ack: Result<AckResult, oneshot::error::RecvError>) {
         let line = match ack {
-            Ok(Ok(ack)) => {
-                // Acks of one batch share a time: format it once.
-                if self.ack_time.0 != ack.millis {
-                    self.ack_time = (ack.millis, protocol::format_time(ack.millis));
-                }
-                protocol::ok_say(ack.id, &self.ack_time.1)
-            }
+            Ok(Ok(ack)) => protocol::ok_say(ack.id, self.acks.time(ack.millis)),
             Ok(Err(e)) => store_error(&e),
             Err(_) => store_error(&StoreError::Unavailable("the writer has stopped".into())),
         };
@@ -264,6 +257,7 @@ impl Session {
         while let Some(ack) = self.acks.next().await {
             self.answer_ack(ack);
         }
+        self.acks.release_if_empty();
     }
 
     fn refuse(&mut self, e: ProtocolError) {
@@ -428,6 +422,10 @@ impl Session {
             Some(i) => self.joined.remove(i).floor,
             None => floor,
         };
+        if self.joined.is_empty() {
+            // Most connections are in one room: no room for four.
+            self.joined.reserve_exact(1);
+        }
         self.joined.push(Joined {
             room: room.clone(),
             floor: live_floor,
@@ -534,7 +532,11 @@ impl Session {
         tokio::select! {
             written = self.out.flush(&mut self.socket) => written.map(|()| true),
             _ = self.shutdown.cancelled() => Ok(false),
-            _ = self.handle.too_slow.cancelled() => Ok(false),
+            _ = async {
+                while !self.handle.inbox.is_too_slow() {
+                    self.handle.inbox.ready.notified().await;
+                }
+            } => Ok(false),
         }
     }
 
@@ -618,6 +620,60 @@ impl Session {
     }
 }
 
+/// Acks of submitted `SAY`s, in the order they were said. Allocated only while some are
+/// pending, so that a quiet connection carries none of it.
+#[derive(Default)]
+struct Acks(Option<Box<PendingAcks>>);
+
+#[derive(Default)]
+struct PendingAcks {
+    queue: FuturesOrdered<oneshot::Receiver<AckResult>>,
+    /// The last ack time formatted, with its milliseconds: acks of a batch share it.
+    time: (i64, String),
+}
+
+type AckOutcome = Result<AckResult, oneshot::error::RecvError>;
+
+impl Acks {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |p| p.queue.len())
+    }
+
+    /// `millis` formatted, reusing the last formatting when the time is the same.
+    fn time(&mut self, millis: i64) -> &str {
+        let pending = self.0.get_or_insert_with(Default::default);
+        if pending.time.0 != millis || pending.time.1.is_empty() {
+            pending.time = (millis, protocol::format_time(millis));
+        }
+        &pending.time.1
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, ack: oneshot::Receiver<AckResult>) {
+        self.0
+            .get_or_insert_with(Default::default)
+            .queue
+            .push_back(ack);
+    }
+
+    /// The next ack in order; `None` when none are pending.
+    async fn next(&mut self) -> Option<AckOutcome> {
+        match &mut self.0 {
+            Some(pending) => pending.queue.next().await,
+            None => None,
+        }
+    }
+
+    fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+}
+
 /// Why a replay stopped early.
 enum Replayed {
     Store(StoreError),
@@ -672,15 +728,19 @@ impl Outbox {
     }
 
     /// One vectored write of as many queued buffers as fit. Cancel-safe: the queue only
-    /// advances after a write returns.
+    /// advances after a write returns. The iovec array lives on the stack of each poll, not
+    /// in the future, so a session waiting to write stays small.
     async fn write_some(&mut self, socket: &mut OwnedWriteHalf) -> io::Result<()> {
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let mut count = 0;
-        for (slot, buf) in slices.iter_mut().zip(&self.queue) {
-            *slot = IoSlice::new(buf);
-            count += 1;
-        }
-        let written = socket.write_vectored(&slices[..count]).await?;
+        let written = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, buf) in slices.iter_mut().zip(&self.queue) {
+                *slot = IoSlice::new(buf);
+                count += 1;
+            }
+            std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -690,6 +750,12 @@ impl Outbox {
 
     fn advance(&mut self, mut written: usize) {
         self.bytes -= written;
+        if written > 0 && self.bytes == 0 {
+            // All sent: give the queue's memory back (idle connections keep none).
+            self.queue = VecDeque::new();
+            self.started = false;
+            return;
+        }
         while written > 0 {
             let front = self.queue.front_mut().expect("wrote more than queued");
             if written >= front.len() {

@@ -90,6 +90,9 @@ struct Cli {
     /// Also read series from earlier --json outputs of latency sweeps, for one combined plot.
     #[arg(long)]
     plot_with: Vec<PathBuf>,
+    /// Only draw --plot from the --plot-with files; run nothing.
+    #[arg(long, requires = "plot")]
+    plot_only: bool,
 
     /// Seconds without any progress before giving up on missing deliveries.
     #[arg(long, default_value_t = 20)]
@@ -158,6 +161,16 @@ async fn main() -> ExitCode {
 
 async fn run(cli: &Cli) -> Result<()> {
     system::raise_fd_limit();
+    if cli.plot_only {
+        let mut series = Vec::new();
+        for other in &cli.plot_with {
+            let text = std::fs::read_to_string(other)?;
+            series.extend(series_of(&serde_json::from_str(&text)?));
+        }
+        let path = cli.plot.as_ref().expect("clap requires --plot");
+        std::fs::write(path, plot::svg("latency against offered load", &series))?;
+        return Ok(());
+    }
     let progress = Progress::new(!cli.json);
     let rss_before = cli.server_pid.map(system::rss_kib).transpose()?;
     let mut out = json!({

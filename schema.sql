@@ -20,6 +20,12 @@ CREATE TABLE rooms (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The foreign keys below are enforced for every session but the linechat server's own, which
+-- runs with session_replication_role = replica when it may (a superuser, as in zero-config
+-- mode): it only writes room and user ids it has just read back from those tables, and the
+-- per-row checks would otherwise cost most of an insert. Deleting a referenced room or user
+-- is refused for everyone.
+--
 -- Message ids come from one identity sequence: unique everywhere, increasing within every
 -- room. The key is (room_id, id) and it is the table's only index: it serves "the last N of a
 -- room" (a backward scan), "N before / after id X in a room" (a range scan) and a room's

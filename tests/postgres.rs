@@ -116,6 +116,38 @@ async fn chat_history_and_paging_through_postgres() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 30);
+    // The foreign keys hold for everyone else: no message for a room that does not exist,
+    // and no deleting a room that has messages.
+    let err = db
+        .execute(
+            "INSERT INTO messages (room_id, user_id, body) VALUES (-1, (SELECT min(id) FROM users), 'x')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+    );
+    let err = db
+        .execute("DELETE FROM rooms WHERE name = '4'", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+    );
+    // And no message the server stored points anywhere it should not.
+    let dangling: i64 = db
+        .query_one(
+            "SELECT count(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM rooms r WHERE r.id = m.room_id) \
+             OR NOT EXISTS (SELECT 1 FROM users u WHERE u.id = m.user_id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dangling, 0);
     let versions: Vec<i32> = db
         .query("SELECT version FROM schema_version", &[])
         .await

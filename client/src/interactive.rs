@@ -1,0 +1,416 @@
+//! The interactive chat: a line editor whose input incoming messages never garble (they are
+//! printed above it), slash commands, and a printer that turns server events into text.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use rustyline::error::ReadlineError;
+use rustyline::{DefaultEditor, ExternalPrinter};
+use tokio::sync::mpsc;
+
+use crate::link::{self, Join, Link, Settings, Update};
+use crate::proto::{Event, Message};
+use crate::render::{Format, Style};
+use crate::state::State;
+use crate::Cli;
+
+const HELP: &[&str] = &[
+    "/join <room>      join a room (it becomes the one you talk in)",
+    "/part [room]      leave a room (default: the current one)",
+    "/who [room]       who is in a room",
+    "/rooms            rooms with people in them",
+    "/history [n]      the last n messages of the current room (default 20)",
+    "/nick <name>      change your name",
+    "/quit [reason]    leave",
+    "/help             this list",
+    "anything else is said in the current room",
+];
+
+fn ask(editor: &mut DefaultEditor, prompt: &str) -> Result<String> {
+    loop {
+        match editor.readline(prompt) {
+            Ok(answer) if !answer.trim().is_empty() => return Ok(answer.trim().to_string()),
+            Ok(_) => {}
+            Err(ReadlineError::Interrupted | ReadlineError::Eof) => bail!("cancelled"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What the input side needs to know: the rooms, current last.
+type Rooms = Arc<Mutex<Vec<String>>>;
+
+/// How many replies the output side has handled, so that the input side can wait for the
+/// answer to a JOIN or PART before it draws the next prompt (which names the room).
+#[derive(Default)]
+struct Replies {
+    count: Mutex<u64>,
+    moved: std::sync::Condvar,
+}
+
+impl Replies {
+    fn handled(&self) {
+        *self.count.lock().expect("replies") += 1;
+        self.moved.notify_all();
+    }
+
+    /// Waits (a little at most) until `n` replies were handled.
+    fn wait_for(&self, n: u64) {
+        let count = self.count.lock().expect("replies");
+        let _ = self
+            .moved
+            .wait_timeout_while(count, Duration::from_secs(3), |c| *c < n);
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let mut editor = DefaultEditor::new()?;
+    let mut nick = match cli.nick.clone() {
+        Some(nick) => nick,
+        None => ask(&mut editor, "Your name: ")?,
+    };
+    let room = match cli.room.clone() {
+        Some(room) => room,
+        None => ask(&mut editor, "Room to join (for example 4): ")?,
+    };
+    let state = Arc::new(Mutex::new(State::load()));
+    let (tx, updates) = mpsc::unbounded_channel();
+    let link = loop {
+        let since = state
+            .lock()
+            .expect("state")
+            .last_id(&cli.server, &nick, &room);
+        let settings = Settings {
+            server: cli.server.clone(),
+            nick: Some(nick.clone()),
+            joins: vec![Join {
+                room: room.clone(),
+                bound: since.map(|id| format!("SINCE {id}")).unwrap_or_default(),
+            }],
+            reconnect: true,
+        };
+        match link::start(settings, tx.clone()).await {
+            Ok(link) => break link,
+            Err(e) if e.to_string().contains("in use") => {
+                println!("{e}");
+                nick = ask(&mut editor, "Another name: ")?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let style = Style {
+        format: Format::Plain,
+        colour: std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        rooms: false,
+    };
+    let rooms: Rooms = Arc::new(Mutex::new(Vec::new()));
+    let replies = Arc::new(Replies::default());
+    let printer = editor.create_external_printer()?;
+    let mut view = View {
+        style,
+        printer,
+        state: state.clone(),
+        server: cli.server.clone(),
+        nick,
+        rooms: rooms.clone(),
+        replies: replies.clone(),
+        catching_up: Vec::new(),
+        who: Vec::new(),
+        listing: Vec::new(),
+        saved: Instant::now(),
+    };
+    view.say(&style.notice(&format!(
+        "* connected to {}; /help lists the commands",
+        cli.server
+    )));
+    let input_link = link.clone();
+    std::thread::spawn(move || read_input(editor, input_link, rooms, replies));
+    let closed = view.run(updates).await;
+    state.lock().expect("state").save();
+    drop(link);
+    match closed {
+        None => Ok(ExitCode::SUCCESS),
+        Some(reason) => {
+            eprintln!("linechat-client: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The input side: reads lines and turns them into commands.
+fn read_input(mut editor: DefaultEditor, link: Link, rooms: Rooms, replies: Arc<Replies>) {
+    // Replies expected so far: the first JOIN's, then one per command sent.
+    let mut expected = 1;
+    replies.wait_for(expected);
+    loop {
+        let current = rooms.lock().expect("rooms").last().cloned();
+        let prompt = match &current {
+            Some(room) => format!("[{room}] "),
+            None => "> ".to_string(),
+        };
+        match editor.readline(&prompt) {
+            Ok(line) => {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let _ = editor.add_history_entry(line.as_str());
+                match command(&line, current.as_deref()) {
+                    Input::Send(line) => {
+                        let moves = line.starts_with("JOIN ") || line.starts_with("PART");
+                        link.send(line);
+                        expected += 1;
+                        if moves {
+                            replies.wait_for(expected);
+                        }
+                    }
+                    Input::Quit(line) => {
+                        link.send(line);
+                        return;
+                    }
+                    Input::Help => {
+                        for h in HELP {
+                            println!("{h}");
+                        }
+                    }
+                    Input::Problem(text) => println!("{text}"),
+                }
+            }
+            Err(ReadlineError::Interrupted | ReadlineError::Eof) => {
+                link.send("QUIT");
+                return;
+            }
+            Err(e) => {
+                eprintln!("linechat-client: {e}");
+                link.send("QUIT");
+                return;
+            }
+        }
+    }
+}
+
+/// What a typed line means.
+#[derive(Debug, PartialEq, Eq)]
+enum Input {
+    Send(String),
+    Quit(String),
+    Help,
+    Problem(String),
+}
+
+fn command(line: &str, current: Option<&str>) -> Input {
+    let Some(slash) = line.strip_prefix('/') else {
+        return Input::Send(format!("SAY {line}"));
+    };
+    let (word, rest) = slash.split_once(' ').unwrap_or((slash, ""));
+    let rest = rest.trim();
+    let need_room = |verb: &str| match (rest.is_empty(), current) {
+        (false, _) => Input::Send(format!("{verb} {rest}")),
+        (true, Some(room)) => Input::Send(format!("{verb} {room}")),
+        (true, None) => Input::Problem(format!("! /{word} needs a room: you are in none")),
+    };
+    match word {
+        "join" if !rest.is_empty() => Input::Send(format!("JOIN {rest}")),
+        "join" => Input::Problem("! usage: /join <room>".into()),
+        "part" => need_room("PART"),
+        "who" => need_room("WHO"),
+        "rooms" => Input::Send("ROOMS".into()),
+        "history" => match (
+            rest.parse::<usize>().ok().or(rest.is_empty().then_some(20)),
+            current,
+        ) {
+            (Some(n), Some(room)) => Input::Send(format!("HISTORY {room} LIMIT {n}")),
+            (None, _) => Input::Problem("! usage: /history [n]".into()),
+            (_, None) => Input::Problem("! /history needs a room: you are in none".into()),
+        },
+        "nick" if !rest.is_empty() => Input::Send(format!("NICK {rest}")),
+        "nick" => Input::Problem("! usage: /nick <name>".into()),
+        "quit" if rest.is_empty() => Input::Quit("QUIT".into()),
+        "quit" => Input::Quit(format!("QUIT {rest}")),
+        "help" => Input::Help,
+        _ => Input::Problem(format!("! unknown command /{word}; /help lists them")),
+    }
+}
+
+/// The output side: turns updates into lines above the input.
+struct View<P: ExternalPrinter> {
+    style: Style,
+    printer: P,
+    state: Arc<Mutex<State>>,
+    server: String,
+    nick: String,
+    rooms: Rooms,
+    replies: Arc<Replies>,
+    /// Rooms being caught up on, with the messages shown so far.
+    catching_up: Vec<(String, usize)>,
+    who: Vec<String>,
+    listing: Vec<String>,
+    saved: Instant,
+}
+
+impl<P: ExternalPrinter> View<P> {
+    fn say(&mut self, line: &str) {
+        // With its line end: between two prompts the printer writes the text as it is.
+        let _ = self.printer.print(format!("{line}\n"));
+    }
+
+    fn notice(&mut self, text: &str) {
+        let line = self.style.notice(text);
+        self.say(&line);
+    }
+
+    fn show(&mut self, m: &Message) {
+        let line = self.style.message(m);
+        self.say(&line);
+        let mut state = self.state.lock().expect("state");
+        state.shown(&self.server, &self.nick, &m.room, m.id);
+        if self.saved.elapsed() > Duration::from_secs(2) {
+            state.save();
+            self.saved = Instant::now();
+        }
+    }
+
+    /// Runs until the link closes; returns why, if it was not our own QUIT.
+    async fn run(&mut self, mut updates: mpsc::UnboundedReceiver<Update>) -> Option<String> {
+        while let Some(update) = updates.recv().await {
+            match update {
+                Update::Event(event) => self.on_event(event),
+                Update::Said(m) => {
+                    self.show(&m);
+                    self.replies.handled();
+                }
+                Update::Page(m) => {
+                    let line = self.style.message(&m);
+                    self.say(&line);
+                }
+                Update::Connected { again: true } => self.notice("* reconnected"),
+                Update::Connected { again: false } => {}
+                Update::CatchingUp { room, since } => {
+                    self.notice(&format!(
+                        "--- {room}: what was said while you were away (after #{since}) ---"
+                    ));
+                    self.catching_up.push((room, 0));
+                }
+                Update::Lost { reason, retry_in } => self.notice(&format!(
+                    "* connection lost ({reason}); reconnecting in {:.1}s",
+                    retry_in.unwrap_or_default().as_secs_f32()
+                )),
+                Update::Closed(reason) => return reason,
+            }
+        }
+        None
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Message { message, .. } => {
+                if let Some(c) = self.catching_up.iter_mut().find(|c| c.0 == message.room) {
+                    c.1 += 1;
+                }
+                self.show(&message);
+            }
+            Event::Ok { command, rest } => {
+                self.on_ok(&command, &rest);
+                self.replies.handled();
+            }
+            Event::Err { code, text } => {
+                self.notice(&format!("! {code}: {text}"));
+                self.replies.handled();
+            }
+            Event::Joined { room, nick } => self.notice(&format!("* {nick} joined {room}")),
+            Event::Left { room, nick } => self.notice(&format!("* {nick} left {room}")),
+            Event::Renamed { room, old, new } => {
+                self.notice(&format!("* {old} is now {new} (in {room})"))
+            }
+            Event::Member { nick, .. } => self.who.push(nick),
+            Event::Room { room, members } => self.listing.push(format!("{room} ({members})")),
+            Event::Bye(reason) => self.notice(&format!("* the server said goodbye: {reason}")),
+            Event::Pong(_) | Event::Hello(_) | Event::Help(_) => {}
+            Event::Other(line) => self.say(&line),
+        }
+    }
+
+    fn on_ok(&mut self, command: &str, rest: &[String]) {
+        let first = rest.first().cloned().unwrap_or_default();
+        match command {
+            "JOIN" => {
+                {
+                    let mut rooms = self.rooms.lock().expect("rooms");
+                    rooms.retain(|r| *r != first);
+                    rooms.push(first.clone());
+                    self.style.rooms = rooms.len() > 1;
+                }
+                match self.catching_up.iter().position(|c| c.0 == first) {
+                    Some(i) => {
+                        let (room, n) = self.catching_up.remove(i);
+                        let what = match n {
+                            0 => "nothing new".to_string(),
+                            1 => "1 new message".to_string(),
+                            n => format!("{n} new messages"),
+                        };
+                        self.notice(&format!("--- {room}: {what}; now live ---"));
+                    }
+                    None => self.notice(&format!("* you joined {first}; you talk here now")),
+                }
+                self.state.lock().expect("state").save();
+            }
+            "PART" => {
+                let mut rooms = self.rooms.lock().expect("rooms");
+                rooms.retain(|r| *r != first);
+                self.style.rooms = rooms.len() > 1;
+                let now = rooms.last().cloned();
+                drop(rooms);
+                match now {
+                    Some(room) => self.notice(&format!("* you left {first}; you talk in {room}")),
+                    None => self.notice(&format!("* you left {first}; /join a room to talk")),
+                }
+            }
+            "NICK" => {
+                self.nick = first.clone();
+                self.notice(&format!("* you are now {first}"));
+            }
+            "WHO" => {
+                let who = std::mem::take(&mut self.who).join(", ");
+                self.notice(&format!("* in {first}: {who}"));
+            }
+            "ROOMS" => {
+                let listing = std::mem::take(&mut self.listing);
+                if listing.is_empty() {
+                    self.notice("* no room has anyone in it");
+                } else {
+                    self.notice(&format!("* rooms: {}", listing.join(", ")));
+                }
+            }
+            "HISTORY" => self.notice("--- end of history ---"),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slash_commands() {
+        let send = |s: &str| Input::Send(s.to_string());
+        assert_eq!(command("hello there", Some("4")), send("SAY hello there"));
+        assert_eq!(command("/join dev", Some("4")), send("JOIN dev"));
+        assert_eq!(command("/part", Some("4")), send("PART 4"));
+        assert_eq!(command("/who", Some("4")), send("WHO 4"));
+        assert_eq!(command("/history", Some("4")), send("HISTORY 4 LIMIT 20"));
+        assert_eq!(command("/history 5", Some("4")), send("HISTORY 4 LIMIT 5"));
+        assert_eq!(command("/nick bob", None), send("NICK bob"));
+        assert_eq!(command("/rooms", None), send("ROOMS"));
+        assert_eq!(
+            command("/quit bye all", None),
+            Input::Quit("QUIT bye all".into())
+        );
+        assert_eq!(command("/help", None), Input::Help);
+        assert!(matches!(command("/who", None), Input::Problem(_)));
+        assert!(matches!(command("/fly", None), Input::Problem(_)));
+    }
+}

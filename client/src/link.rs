@@ -1,0 +1,368 @@
+//! The connection to the server: sending commands, matching replies to them, and, when the
+//! connection drops, reconnecting with backoff and catching up on every room from the last
+//! id seen, so that the user sees each message exactly once.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::proto::{self, Event, Message};
+
+/// What the link reports to the user interface.
+#[derive(Debug)]
+pub enum Update {
+    /// A line from the server, after duplicates from catch-up were dropped.
+    Event(Event),
+    /// Our own message was stored: `OK SAY` with the text we said.
+    Said(Message),
+    /// A replayed message that came as the reply to `HISTORY` (not part of the live flow).
+    Page(Message),
+    /// Connected; `again` after a reconnect.
+    Connected { again: bool },
+    /// About to catch up on `room` from after `since`.
+    CatchingUp { room: String, since: u64 },
+    /// The connection is gone; `retry_in` is when the next attempt is, `None` if none is.
+    Lost {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
+    /// The link has stopped for good (after QUIT, or a failure it does not retry).
+    Closed(Option<String>),
+}
+
+/// How to join a room the first time.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub room: String,
+    /// The JOIN bound: "" (server default), "LAST n", "SINCE id" or "NONE".
+    pub bound: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: String,
+    pub nick: Option<String>,
+    pub joins: Vec<Join>,
+    /// Reconnect after a drop (interactive and --follow); scripts fail instead.
+    pub reconnect: bool,
+}
+
+/// What a sent line is waiting for.
+#[derive(Debug)]
+enum Pending {
+    Join,
+    History,
+    Say { room: Option<String>, text: String },
+    Quit,
+    Other,
+}
+
+/// One joined room.
+struct Room {
+    name: String,
+    /// The newest id shown from this room (0: none yet).
+    last_id: u64,
+}
+
+/// A handle for sending lines; dropping it (or sending QUIT) ends the link.
+#[derive(Clone)]
+pub struct Link {
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl Link {
+    /// Sends one protocol line (no line end).
+    pub fn send(&self, line: impl Into<String>) {
+        let _ = self.tx.send(line.into());
+    }
+}
+
+/// Connects once (so that a wrong address or a name in use is an error here, before any
+/// user interface starts) and runs the link in a task.
+pub async fn start(settings: Settings, updates: mpsc::UnboundedSender<Update>) -> Result<Link> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut state = State {
+        settings,
+        rooms: Vec::new(),
+        own: BTreeSet::new(),
+        updates,
+        outbox: rx,
+        pending: VecDeque::new(),
+        quitting: false,
+    };
+    let conn = state.connect(false).await?;
+    tokio::spawn(state.run(conn));
+    Ok(Link { tx })
+}
+
+struct State {
+    settings: Settings,
+    rooms: Vec<Room>,
+    /// Ids of our own stored messages not yet passed by `last_id` (catch-up replays them).
+    own: BTreeSet<u64>,
+    updates: mpsc::UnboundedSender<Update>,
+    outbox: mpsc::UnboundedReceiver<String>,
+    pending: VecDeque<Pending>,
+    quitting: bool,
+}
+
+type Conn = (
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+);
+
+impl State {
+    fn report(&self, update: Update) {
+        let _ = self.updates.send(update);
+    }
+
+    /// Connects, names itself and (re)joins its rooms: the first time with the requested
+    /// bounds, after a reconnect from the last id seen in each room.
+    async fn connect(&mut self, again: bool) -> Result<Conn> {
+        let addr = &self.settings.server;
+        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("cannot connect to {addr}: timed out"))?
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut line = String::new();
+        read.read_line(&mut line).await?;
+        if !line.starts_with("HELLO") {
+            bail!(
+                "{addr} is not a linechat server (it said {:?})",
+                line.trim_end()
+            );
+        }
+        self.pending.clear();
+        if let Some(nick) = &self.settings.nick {
+            write.write_all(format!("NICK {nick}\n").as_bytes()).await?;
+            loop {
+                line.clear();
+                if read.read_line(&mut line).await? == 0 {
+                    bail!("{addr} closed the connection");
+                }
+                match proto::parse(line.trim_end_matches(['\r', '\n'])) {
+                    Event::Ok { command, .. } if command == "NICK" => break,
+                    Event::Err { code, text } => {
+                        if code == "NICK_IN_USE" {
+                            bail!("the name {nick} is in use on {addr}; choose another");
+                        }
+                        bail!("{addr} refused the name {nick}: {code} {text}");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.report(Update::Connected { again });
+        let joins: Vec<(String, String)> = if again {
+            self.rooms
+                .iter()
+                .map(|r| {
+                    let bound = if r.last_id > 0 {
+                        format!("SINCE {}", r.last_id)
+                    } else {
+                        "NONE".to_string()
+                    };
+                    (r.name.clone(), bound)
+                })
+                .collect()
+        } else {
+            self.settings
+                .joins
+                .iter()
+                .map(|j| (j.room.clone(), j.bound.clone()))
+                .collect()
+        };
+        for (room, bound) in joins {
+            if let Some(since) = bound.strip_prefix("SINCE ").and_then(|s| s.parse().ok()) {
+                self.report(Update::CatchingUp {
+                    room: room.clone(),
+                    since,
+                });
+            }
+            write
+                .write_all(format!("JOIN {room} {bound}\n").as_bytes())
+                .await?;
+            self.pending.push_back(Pending::Join);
+        }
+        Ok((read, write))
+    }
+
+    async fn run(mut self, conn: Conn) {
+        let mut conn = Some(conn);
+        let mut delay = Duration::from_millis(500);
+        loop {
+            let reason = match conn.take() {
+                Some(c) => match self.serve(c).await {
+                    Ok(()) => return self.report(Update::Closed(None)),
+                    Err(e) => e.to_string(),
+                },
+                None => unreachable!(),
+            };
+            if self.quitting || !self.settings.reconnect {
+                return self.report(Update::Closed(Some(reason)));
+            }
+            // Reconnect with backoff until it works.
+            loop {
+                self.report(Update::Lost {
+                    reason: reason.clone(),
+                    retry_in: Some(delay),
+                });
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                match self.connect(true).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        delay = Duration::from_millis(500);
+                        break;
+                    }
+                    Err(e) if self.outbox.is_closed() => {
+                        return self.report(Update::Closed(Some(e.to_string())));
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Runs one connection until it ends: `Ok` after our QUIT, `Err` when it was lost.
+    async fn serve(&mut self, (mut read, mut write): Conn) -> Result<()> {
+        let mut line = String::new();
+        loop {
+            tokio::select! {
+                n = read.read_line(&mut line) => {
+                    if n? == 0 {
+                        if self.quitting {
+                            return Ok(());
+                        }
+                        bail!("the server closed the connection");
+                    }
+                    let text = line.trim_end_matches(['\r', '\n']).to_string();
+                    line.clear();
+                    let bye = self.on_line(&text);
+                    if bye && self.quitting {
+                        return Ok(());
+                    }
+                }
+                out = self.outbox.recv() => {
+                    let Some(out) = out else {
+                        // The user interface is gone: leave politely.
+                        self.quitting = true;
+                        write.write_all(b"QUIT\n").await?;
+                        continue;
+                    };
+                    let pending = self.kind_of(&out);
+                    if matches!(pending, Pending::Quit) {
+                        self.quitting = true;
+                    }
+                    self.pending.push_back(pending);
+                    write.write_all(out.as_bytes()).await?;
+                    write.write_all(b"\n").await?;
+                }
+            }
+        }
+    }
+
+    fn kind_of(&self, line: &str) -> Pending {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word.to_ascii_uppercase().as_str() {
+            "JOIN" => Pending::Join,
+            "HISTORY" => Pending::History,
+            "SAY" => Pending::Say {
+                room: self.rooms.last().map(|r| r.name.clone()),
+                text: rest.to_string(),
+            },
+            "QUIT" => Pending::Quit,
+            _ => Pending::Other,
+        }
+    }
+
+    fn room_mut(&mut self, name: &str) -> Option<&mut Room> {
+        self.rooms.iter_mut().find(|r| r.name == name)
+    }
+
+    /// Handles one server line. Returns true for `BYE`.
+    fn on_line(&mut self, line: &str) -> bool {
+        let event = proto::parse(line);
+        match &event {
+            Event::Message { live, message } => {
+                let from_history = !live && matches!(self.pending.front(), Some(Pending::History));
+                if from_history {
+                    return self.report_false(Update::Page(message.clone()));
+                }
+                let own = self.own.remove(&message.id);
+                let Some(room) = self.room_mut(&message.room) else {
+                    // A replay for a JOIN whose OK has not come yet: the room is not in our
+                    // list until then, so take it as new.
+                    return self.report_false(Update::Event(event));
+                };
+                if message.id <= room.last_id || own {
+                    return false;
+                }
+                room.last_id = message.id;
+            }
+            Event::Ok { command, rest } => {
+                let pending = self.pending.pop_front();
+                match (command.as_str(), pending) {
+                    ("JOIN", _) => {
+                        let name = rest.first().cloned().unwrap_or_default();
+                        let caught_up: u64 = rest.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+                        let last_id = match self.rooms.iter().position(|r| r.name == name) {
+                            Some(i) => self.rooms.remove(i).last_id.max(caught_up),
+                            None => caught_up,
+                        };
+                        self.rooms.push(Room { name, last_id });
+                    }
+                    ("PART", _) => {
+                        if let Some(name) = rest.first() {
+                            self.rooms.retain(|r| &r.name != name);
+                        }
+                    }
+                    ("NICK", _) => {
+                        if let Some(nick) = rest.first() {
+                            self.settings.nick = Some(nick.clone());
+                        }
+                    }
+                    ("SAY", Some(Pending::Say { room, text })) => {
+                        let id: u64 = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+                        let time = rest.get(1).cloned().unwrap_or_default();
+                        let room = room.unwrap_or_default();
+                        // Kept so that a catch-up replay does not show it a second time.
+                        if self.room_mut(&room).is_some_and(|r| id > r.last_id) {
+                            self.own.insert(id);
+                        }
+                        return self.report_false(Update::Said(Message {
+                            room,
+                            id,
+                            time,
+                            nick: self.settings.nick.clone().unwrap_or_default(),
+                            text,
+                        }));
+                    }
+                    _ => {}
+                }
+            }
+            Event::Err { .. } | Event::Pong(_) => {
+                self.pending.pop_front();
+            }
+            Event::Bye(_) => {
+                self.report(Update::Event(event));
+                return true;
+            }
+            _ => {}
+        }
+        self.report(Update::Event(event));
+        false
+    }
+
+    fn report_false(&self, update: Update) -> bool {
+        self.report(update);
+        false
+    }
+}

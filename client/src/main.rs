@@ -1,0 +1,260 @@
+//! linechat-client: a terminal client for linechat.
+//!
+//! On a terminal it is an interactive chat (line editing that incoming messages never garble,
+//! local times, coloured nicks, slash commands, reconnect with catch-up). With input from a
+//! pipe it says each line in `--room` and exits once all are acknowledged. `--history N` and
+//! `--follow` print a room's messages for scripts.
+
+mod interactive;
+mod link;
+mod proto;
+mod render;
+mod state;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use link::{Join, Settings, Update};
+use proto::Event;
+use render::{Format, Style};
+
+/// Chat on a linechat server from a terminal, or from a script.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Cli {
+    /// Server address.
+    #[arg(long, env = "LINECHAT_SERVER", default_value = "127.0.0.1:7777")]
+    server: String,
+    /// Your name (asked for when interactive and not given).
+    #[arg(long, env = "LINECHAT_NICK")]
+    nick: Option<String>,
+    /// The room to join (asked for when interactive and not given).
+    #[arg(long, env = "LINECHAT_ROOM")]
+    room: Option<String>,
+    /// Output format for scripts.
+    #[arg(long, value_enum, default_value_t = Format::Plain)]
+    format: Format,
+    /// Print the last N messages of --room and exit (with --follow: then keep printing).
+    #[arg(long, value_name = "N")]
+    history: Option<usize>,
+    /// Keep printing the live messages of --room.
+    #[arg(long)]
+    follow: bool,
+}
+
+impl Cli {
+    fn style(&self) -> Style {
+        let colour = self.format == Format::Plain
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Style {
+            format: self.format,
+            colour,
+            rooms: false,
+        }
+    }
+
+    fn room(&self) -> Result<String> {
+        match &self.room {
+            Some(room) => Ok(room.clone()),
+            None => bail!("--room is needed here (which room?)"),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = if cli.history.is_some() || cli.follow {
+        read_room(&cli).await
+    } else if std::io::stdin().is_terminal() {
+        interactive::run(cli.clone()).await
+    } else {
+        say_lines(&cli).await
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("linechat-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Scripted: each input line is said in --room; exits once every line is acknowledged.
+async fn say_lines(cli: &Cli) -> Result<ExitCode> {
+    let room = cli.room()?;
+    let Some(nick) = cli.nick.clone() else {
+        bail!("--nick is needed when input is not a terminal (who is speaking?)");
+    };
+    let style = cli.style();
+    let (tx, mut updates) = mpsc::unbounded_channel();
+    let link = link::start(
+        Settings {
+            server: cli.server.clone(),
+            nick: Some(nick),
+            joins: vec![Join {
+                room: room.clone(),
+                bound: "NONE".into(),
+            }],
+            reconnect: false,
+        },
+        tx,
+    )
+    .await?;
+    let mut input = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let (mut sent, mut answered, mut refused) = (0u64, 0u64, 0u64);
+    let mut eof = false;
+    let mut joined = false;
+    let mut stdout = std::io::stdout();
+    loop {
+        if eof && joined && answered == sent {
+            break;
+        }
+        tokio::select! {
+            line = input.next_line(), if !eof && joined => match line? {
+                Some(line) if line.trim().is_empty() => {}
+                Some(line) => {
+                    link.send(format!("SAY {line}"));
+                    sent += 1;
+                }
+                None => eof = true,
+            },
+            update = updates.recv() => match update {
+                Some(Update::Said(m)) => {
+                    answered += 1;
+                    writeln!(stdout, "{}", style.message(&m))?;
+                }
+                Some(Update::Event(Event::Message { message, .. })) => {
+                    writeln!(stdout, "{}", style.message(&message))?;
+                }
+                Some(Update::Event(Event::Ok { command, .. })) if command == "JOIN" => joined = true,
+                Some(Update::Event(Event::Err { code, text })) => {
+                    if !joined {
+                        bail!("cannot join {room}: {code} {text}");
+                    }
+                    answered += 1;
+                    refused += 1;
+                    eprintln!("linechat-client: refused: {code} {text}");
+                }
+                Some(Update::Event(Event::Bye(reason))) => bail!("the server closed: {reason}"),
+                Some(Update::Closed(reason)) => {
+                    bail!("connection lost{}", reason.map(|r| format!(": {r}")).unwrap_or_default())
+                }
+                Some(Update::Lost { reason, .. }) => bail!("connection lost: {reason}"),
+                None => bail!("connection lost"),
+                Some(_) => {}
+            },
+        }
+    }
+    stdout.flush()?;
+    link.send("QUIT");
+    // Wait for the goodbye, briefly: everything is acknowledged already.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(u) = updates.recv().await {
+            if matches!(u, Update::Closed(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `--history N` and/or `--follow`: print a room's messages.
+async fn read_room(cli: &Cli) -> Result<ExitCode> {
+    let room = cli.room()?;
+    let style = cli.style();
+    let mut stdout = std::io::stdout();
+    if !cli.follow {
+        let n = cli.history.unwrap_or(0);
+        let (tx, mut updates) = mpsc::unbounded_channel();
+        let link = link::start(
+            Settings {
+                server: cli.server.clone(),
+                nick: None,
+                joins: Vec::new(),
+                reconnect: false,
+            },
+            tx,
+        )
+        .await?;
+        // Page backwards until N messages or the start of the room.
+        let mut messages: Vec<proto::Message> = Vec::new();
+        let mut before: Option<u64> = None;
+        while messages.len() < n {
+            let want = (n - messages.len()).min(500);
+            let bound = before.map(|b| format!(" BEFORE {b}")).unwrap_or_default();
+            link.send(format!("HISTORY {room} LIMIT {want}{bound}"));
+            let mut page = Vec::new();
+            loop {
+                match updates.recv().await {
+                    Some(Update::Page(m)) => page.push(m),
+                    Some(Update::Event(Event::Ok { command, .. })) if command == "HISTORY" => break,
+                    Some(Update::Event(Event::Err { code, text })) => bail!("{code} {text}"),
+                    Some(Update::Closed(reason)) => {
+                        bail!("connection lost: {}", reason.unwrap_or_default())
+                    }
+                    None => bail!("connection lost"),
+                    Some(_) => {}
+                }
+            }
+            let got = page.len();
+            before = page.first().map(|m| m.id);
+            page.extend(messages);
+            messages = page;
+            if got == 0 {
+                break;
+            }
+        }
+        for m in &messages {
+            writeln!(stdout, "{}", style.message(m))?;
+        }
+        link.send("QUIT");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Following needs a name to join with.
+    let nick = cli
+        .nick
+        .clone()
+        .unwrap_or_else(|| format!("follow-{}", std::process::id() % 100_000));
+    let bound = match cli.history {
+        Some(n) => format!("LAST {n}"),
+        None => "NONE".into(),
+    };
+    let (tx, mut updates) = mpsc::unbounded_channel();
+    let _link = link::start(
+        Settings {
+            server: cli.server.clone(),
+            nick: Some(nick),
+            joins: vec![Join { room, bound }],
+            reconnect: true,
+        },
+        tx,
+    )
+    .await?;
+    while let Some(update) = updates.recv().await {
+        match update {
+            Update::Event(Event::Message { message, .. }) => {
+                writeln!(stdout, "{}", style.message(&message))?;
+                stdout.flush()?;
+            }
+            Update::Lost { reason, retry_in } => eprintln!(
+                "linechat-client: connection lost ({reason}); retrying in {:.1}s",
+                retry_in.unwrap_or_default().as_secs_f32()
+            ),
+            Update::Closed(reason) => bail!("connection closed: {}", reason.unwrap_or_default()),
+            _ => {}
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,460 @@
+//! linechat-client against a real server over real TCP: the scripted modes, the errors, the
+//! interactive mode in a real terminal (tmux), and reconnecting with catch-up.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_linechat-client");
+/// Guards against hangs only; nothing asserts on time.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = linechat::server::Server::start(linechat::Config::default())
+        .await
+        .unwrap();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    addr
+}
+
+/// A raw protocol client for the other side of the conversation.
+struct Peer {
+    lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    write: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Peer {
+    async fn join(addr: SocketAddr, nick: &str, room: &str) -> Peer {
+        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+        let mut p = Peer {
+            lines: BufReader::new(r).lines(),
+            write: w,
+        };
+        p.send(&format!("NICK {nick}\nJOIN {room}")).await;
+        p.until("OK JOIN").await;
+        p
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.write
+            .write_all(format!("{text}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn until(&mut self, prefix: &str) -> (Vec<String>, String) {
+        let mut before = Vec::new();
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
+                .await
+                .expect("a line in time")
+                .unwrap()
+                .expect("open connection");
+            if line.starts_with(prefix) {
+                return (before, line);
+            }
+            before.push(line);
+        }
+    }
+
+    /// The text of the next `MSG`.
+    async fn next_text(&mut self) -> String {
+        let (_, line) = self.until("MSG ").await;
+        line.splitn(6, ' ').nth(5).unwrap().to_string()
+    }
+}
+
+/// Runs the client with `args` and `input` on stdin (not a terminal: scripted mode).
+async fn client(addr: SocketAddr, args: &[&str], input: &str) -> Output {
+    let mut child = tokio::process::Command::new(CLIENT)
+        .arg("--server")
+        .arg(addr.to_string())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("LINECHAT_CLIENT_STATE", state_file("scripted"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("the client exits")
+        .unwrap()
+}
+
+fn state_file(tag: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "linechat-client-{tag}-{}-{}.json",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+fn stdout(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn piped_lines_are_said_and_the_client_exits_zero() {
+    let addr = server().await;
+    let mut listener = Peer::join(addr, "listener", "4").await;
+    let out = client(addr, &["--nick", "bot", "--room", "4"], "1\n2\n\n3\n4\n5\n").await;
+    assert!(out.status.success(), "{out:?}");
+    let lines = stdout(&out);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(line.ends_with(&format!("<bot> {}", i + 1)), "{line}");
+    }
+    for i in 1..=5 {
+        assert_eq!(listener.next_text().await, i.to_string());
+    }
+    // A third sees them as history.
+    let mut later = Peer::join(addr, "later", "4").await;
+    later.send("HISTORY 4 LIMIT 5").await;
+    let (hist, ok) = later.until("OK HISTORY").await;
+    assert_eq!(ok, "OK HISTORY 4 5");
+    assert!(hist
+        .iter()
+        .all(|l| l.starts_with("HIST 4 ") && l.contains(" bot ")));
+}
+
+#[tokio::test]
+async fn json_output_and_a_refused_line_exit_non_zero() {
+    let addr = server().await;
+    let mut other = Peer::join(addr, "other", "r").await;
+    let out = client(
+        addr,
+        &["--nick", "js", "--room", "r", "--format", "json"],
+        "fine\nbell\u{7}\n",
+    )
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused: BAD_TEXT"), "{stderr}");
+    let lines = stdout(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(
+        (v["room"].as_str(), v["nick"].as_str(), v["text"].as_str()),
+        (Some("r"), Some("js"), Some("fine"))
+    );
+    assert!(v["id"].as_u64().unwrap() > 0);
+    assert_eq!(other.next_text().await, "fine");
+}
+
+#[tokio::test]
+async fn history_prints_exactly_the_last_n_and_follow_prints_live() {
+    let addr = server().await;
+    let mut talker = Peer::join(addr, "talker", "h").await;
+    for i in 0..30 {
+        talker.send(&format!("SAY m{i}")).await;
+        talker.until("OK SAY").await;
+    }
+    let out = client(addr, &["--room", "h", "--history", "7"], "").await;
+    assert!(out.status.success(), "{out:?}");
+    let lines = stdout(&out);
+    let texts: Vec<&str> = lines
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(texts, ["m23", "m24", "m25", "m26", "m27", "m28", "m29"]);
+
+    let mut follow = tokio::process::Command::new(CLIENT)
+        .args([
+            "--server",
+            &addr.to_string(),
+            "--room",
+            "h",
+            "--follow",
+            "--history",
+            "2",
+        ])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        let line = tokio::time::timeout(PATIENCE, out.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        line.rsplit(' ').next().unwrap().to_string()
+    };
+    assert_eq!(next().await, "m28");
+    assert_eq!(next().await, "m29");
+    talker.until("JOINED h").await;
+    talker.send("SAY live one").await;
+    assert_eq!(next().await, "one");
+    follow.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_address_and_name_in_use_give_one_clear_line() {
+    let addr = server().await;
+    // A port with nobody listening.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = client(closed, &["--nick", "x", "--room", "4"], "hi\n").await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot connect to"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let _taken = Peer::join(addr, "taken", "4").await;
+    let out = client(addr, &["--nick", "taken", "--room", "4"], "hi\n").await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("taken is in use"), "{stderr}");
+}
+
+/// A TCP relay whose connections the test can cut, to make the client lose its connection.
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    refuse: Arc<AtomicBool>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(Mutex::new(Vec::new()));
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (tasks, no) = (cut.clone(), refuse.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut a, _) = listener.accept().await.unwrap();
+                if no.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    let mut b = TcpStream::connect(to).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                });
+                tasks.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Relay { addr, cut, refuse }
+    }
+
+    /// Drops every relayed connection (both sides see it close) and refuses new ones.
+    fn cut(&self) {
+        self.refuse.store(true, Ordering::SeqCst);
+        for t in self.cut.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn mend(&self) {
+        self.refuse.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_connection_reconnects_and_catches_up_without_duplicates() {
+    let addr = server().await;
+    let relay = Relay::start(addr).await;
+    let mut talker = Peer::join(addr, "talker", "c").await;
+    let mut follow = tokio::process::Command::new(CLIENT)
+        .args([
+            "--server",
+            &relay.addr.to_string(),
+            "--nick",
+            "away",
+            "--room",
+            "c",
+            "--follow",
+        ])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follow.stdout.take().unwrap()).lines();
+    talker.until("JOINED c away").await;
+    let say = async |talker: &mut Peer, text: &str| {
+        talker.send(&format!("SAY {text}")).await;
+        talker.until("OK SAY").await;
+    };
+    say(&mut talker, "one").await;
+    say(&mut talker, "two").await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = tokio::time::timeout(PATIENCE, out.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(line.rsplit(' ').next().unwrap().to_string());
+    }
+    relay.cut();
+    talker.until("LEFT c away").await;
+    // Said while the client is away.
+    say(&mut talker, "three").await;
+    say(&mut talker, "four").await;
+    relay.mend();
+    talker.until("JOINED c away").await;
+    say(&mut talker, "five").await;
+    let deadline = Instant::now() + PATIENCE;
+    while seen.len() < 5 && Instant::now() < deadline {
+        let line = tokio::time::timeout(PATIENCE, out.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(line.rsplit(' ').next().unwrap().to_string());
+    }
+    assert_eq!(seen, ["one", "two", "three", "four", "five"]);
+    follow.kill().await.unwrap();
+    let mut stderr = String::new();
+    follow
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("connection lost"), "{stderr}");
+}
+
+/// The interactive client in a real terminal (tmux): a typed line is said, and a message
+/// that arrives while a line is half-typed is shown without garbling it.
+#[tokio::test]
+async fn interactive_in_a_terminal() {
+    let addr = server().await;
+    let mut other = Peer::join(addr, "other", "4").await;
+    let session = format!("linechat-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(args)
+            .output()
+            .expect("tmux is installed")
+    };
+    let state = state_file("interactive");
+    let start = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &format!(
+            "NO_COLOR=1 LINECHAT_CLIENT_STATE={} {CLIENT} --server {addr}",
+            state.display()
+        ),
+    ]);
+    assert!(start.status.success(), "{start:?}");
+    let screen = |session: &str| {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", session]).stdout).to_string()
+    };
+    let wait_for = async |what: &str| {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let s = screen(&session);
+            if s.contains(what) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never saw {what:?} on:\n{s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // It asks for a name and a room, like the old client.
+    wait_for("Your name:").await;
+    tmux(&["send-keys", "-t", &session, "alice", "Enter"]);
+    wait_for("Room to join").await;
+    tmux(&["send-keys", "-t", &session, "4", "Enter"]);
+    wait_for("[4]").await;
+    other.until("JOINED 4 alice").await;
+
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "hello from a terminal",
+        "Enter",
+    ]);
+    assert_eq!(other.next_text().await, "hello from a terminal");
+
+    // Half a line typed, then a message arrives.
+    tmux(&["send-keys", "-t", &session, "half"]);
+    wait_for("[4] half").await;
+    other.send("SAY incoming while typing").await;
+    let s = wait_for("<other> incoming while typing").await;
+    let last = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert_eq!(
+        last.trim_end(),
+        "[4] half",
+        "the half-typed line is intact:\n{s}"
+    );
+    tmux(&["send-keys", "-t", &session, " done", "Enter"]);
+    assert_eq!(other.next_text().await, "half done");
+
+    tmux(&["send-keys", "-t", &session, "/who", "Enter"]);
+    wait_for("* in 4: alice, other").await;
+    tmux(&["send-keys", "-t", &session, "/quit", "Enter"]);
+    other.until("LEFT 4 alice").await;
+    tmux(&["kill-session", "-t", &session]);
+
+    // Said while alice is away; the next start shows them first, marked as such.
+    other.send("SAY while you were out").await;
+    other.until("OK SAY").await;
+    other.send("SAY and this too").await;
+    other.until("OK SAY").await;
+    let start = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &format!(
+            "NO_COLOR=1 LINECHAT_CLIENT_STATE={} {CLIENT} --server {addr} --nick alice --room 4",
+            state.display()
+        ),
+    ]);
+    assert!(start.status.success(), "{start:?}");
+    let s = wait_for("2 new messages; now live").await;
+    let away = s.find("while you were away").expect("marked");
+    let first = s.find("<other> while you were out").expect("shown");
+    let second = s.find("<other> and this too").expect("shown");
+    let live = s.find("2 new messages; now live").unwrap();
+    assert!(away < first && first < second && second < live, "{s}");
+    assert!(
+        !s.contains("half done"),
+        "nothing seen before is shown again:\n{s}"
+    );
+    tmux(&["send-keys", "-t", &session, "/quit", "Enter"]);
+    other.until("LEFT 4 alice").await;
+    tmux(&["kill-session", "-t", &session]);
+    let _ = std::fs::remove_file(state);
+}

@@ -368,15 +368,9 @@ impl Session {
                 ));
             }
             let new: Arc<str> = nick.as_str().into();
-            // Recorded in the background: a name is for live connections and must not wait
-            // on the database (the first message records its sender anyway).
-            let store = self.hub.store.clone();
-            let recorded = new.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.record_user(&recorded).await {
-                    tracing::warn!(nick = %recorded, "could not record the user: {e}");
-                }
-            });
+            // In the background: a name is for live connections and must not wait on the
+            // database (the first message records its sender anyway).
+            self.hub.store.record_user(&new);
             if let Some(old) = &old {
                 let rooms: Vec<Arc<str>> = self.joined.iter().map(|j| j.room.clone()).collect();
                 self.hub.rooms.rename(&rooms, self.handle.id, old, &new);

@@ -10,10 +10,10 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const W: f64 = 760.0;
+const W: f64 = 820.0;
 const H: f64 = 460.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 190.0;
+const RIGHT: f64 = 250.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 const COLOURS: [&str; 8] = [
@@ -95,8 +95,22 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         s,
         r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444"/>"##
     );
+    // One colour per target ("linechat (memory) p99" -> "linechat (memory)"), one dash per
+    // percentile.
+    let target_of = |name: &str| name.rsplit_once(' ').map_or(name, |(t, _)| t).to_string();
+    let mut targets: Vec<String> = Vec::new();
+    for s in series {
+        let t = target_of(&s.name);
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
     for (i, series) in series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+        let target = targets
+            .iter()
+            .position(|t| *t == target_of(&series.name))
+            .unwrap_or(0);
+        let colour = COLOURS[target % COLOURS.len()];
         let dash = if series.name.contains("p50") {
             ""
         } else if series.name.contains("p99.9") {

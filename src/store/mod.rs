@@ -70,10 +70,9 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// The newest id in a room, 0 if it has none.
     async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError>;
 
-    /// Records that a user of this name exists (on `NICK`). Stores without users ignore it.
-    async fn record_user(&self, _nick: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
+    /// Records that a user of this name exists (on `NICK`), in the background, when the
+    /// store has capacity to spare; never waits. Stores without users ignore it.
+    fn record_user(&self, _nick: &str) {}
 
     /// Records that a room of this name exists (on `JOIN`). Stores without rooms ignore it.
     async fn record_room(&self, _room: &str) -> Result<(), StoreError> {

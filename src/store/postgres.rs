@@ -165,7 +165,7 @@ pub struct PgStore {
     user_ids: Mutex<HashMap<Arc<str>, i64>>,
     room_ids: Mutex<HashMap<Arc<str>, i64>>,
     /// Bounds the background `record_user` calls.
-    recorders: tokio::sync::Semaphore,
+    recorders: Arc<tokio::sync::Semaphore>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -243,7 +243,7 @@ impl PgStore {
             timeout: settings.timeout,
             user_ids: Mutex::new(HashMap::new()),
             room_ids: Mutex::new(HashMap::new()),
-            recorders: tokio::sync::Semaphore::new(2),
+            recorders: Arc::new(tokio::sync::Semaphore::new(2)),
         })
     }
 
@@ -337,7 +337,7 @@ impl PgStore {
     async fn record(
         &self,
         which: fn(&Statements) -> &Statement,
-        cache: &Mutex<HashMap<Arc<str>, i64>>,
+        cache: Option<&Mutex<HashMap<Arc<str>, i64>>>,
         name: &str,
     ) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
@@ -349,10 +349,12 @@ impl PgStore {
             .await
             .map_err(unavailable)?;
         busy.done();
-        cache
-            .lock()
-            .expect("id cache")
-            .insert(name.into(), row.get(0));
+        if let Some(cache) = cache {
+            cache
+                .lock()
+                .expect("id cache")
+                .insert(name.into(), row.get(0));
+        }
         Ok(())
     }
 }
@@ -491,20 +493,38 @@ impl HistoryStore for PgStore {
         .await
     }
 
-    async fn record_user(&self, nick: &str) -> Result<(), StoreError> {
-        // Names are recorded in the background, never more than a few at a time: the
-        // writer needs the pool more, and the first message records its sender anyway.
-        let known = self.user_ids.lock().expect("id cache").contains_key(nick);
-        let Ok(_permit) = self.recorders.try_acquire() else {
-            return Ok(());
-        };
-        if known {
-            return Ok(());
+    fn record_user(&self, nick: &str) {
+        // Never more than a few at a time (the writer needs the pool more), nothing for a
+        // known name, and no task at all when there is no capacity: a flood of NICKs costs
+        // the server nothing. Not cached either: a user who never speaks should cost no
+        // memory (their first message caches the id).
+        if self.user_ids.lock().expect("id cache").contains_key(nick) {
+            return;
         }
-        self.with_timeout("recording a user", async {
-            self.record(|s| &s.upsert_user, &self.user_ids, nick).await
-        })
-        .await
+        let Ok(permit) = self.recorders.clone().try_acquire_owned() else {
+            return;
+        };
+        let (pool, nick, timeout) = (self.pool.clone(), nick.to_string(), self.timeout);
+        tokio::spawn(async move {
+            let record = async {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                let busy = Busy::new(&mut conn);
+                let done = busy
+                    .0
+                    .client
+                    .execute(&busy.0.statements.upsert_user, &[&nick])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                busy.done();
+                Ok::<u64, String>(done)
+            };
+            match tokio::time::timeout(timeout, record).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(%nick, "could not record the user: {e}"),
+                Err(_) => tracing::debug!(%nick, "recording the user timed out"),
+            }
+            drop(permit);
+        });
     }
 
     async fn record_room(&self, room: &str) -> Result<(), StoreError> {
@@ -513,7 +533,8 @@ impl HistoryStore for PgStore {
             return Ok(());
         }
         self.with_timeout("recording a room", async {
-            self.record(|s| &s.upsert_room, &self.room_ids, room).await
+            self.record(|s| &s.upsert_room, Some(&self.room_ids), room)
+                .await
         })
         .await
     }

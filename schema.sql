@@ -22,9 +22,11 @@ CREATE TABLE rooms (
 
 -- The foreign keys below are enforced for every session but the linechat server's own, which
 -- runs with session_replication_role = replica when it may (a superuser, as in zero-config
--- mode): it only writes room and user ids it has just read back from those tables, and the
--- per-row checks would otherwise cost most of an insert. Deleting a referenced room or user
--- is refused for everyone.
+-- mode): it only writes room and user ids that it has just read back from those tables or
+-- that messages already reference, and the per-row checks would otherwise cost most of an
+-- insert. Deleting a referenced room or user is refused for everyone. Replica mode turns off
+-- ordinary triggers and rules for the server's writes: a trigger added to messages must be
+-- created ENABLE ALWAYS to see them.
 --
 -- Message ids come from one identity sequence: unique everywhere, increasing within every
 -- room. The key is (room_id, id) and it is the table's only index: it serves "the last N of a

@@ -100,7 +100,8 @@ impl Inbox {
     pub fn take_while(&self, mut take: impl FnMut(Outbound) -> bool) -> usize {
         let mut items = self.items.lock().expect("inbox lock");
         let mut n = 0;
-        while let Some(item) = items.pop_front() {
+        while !self.is_too_slow() {
+            let Some(item) = items.pop_front() else { break };
             self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
             n += 1;
             if !take(item) {
@@ -138,6 +139,11 @@ pub struct ConnHandle {
 
 impl ConnHandle {
     fn deliver(&self, item: Outbound) {
+        // Once found too slow, nothing more: a later, smaller item must not slip in after
+        // the one that was refused, or the client would see a gap before what it got last.
+        if self.inbox.is_too_slow() {
+            return;
+        }
         let cost = item.cost();
         let before = self.inbox.queued.fetch_add(cost, Ordering::Relaxed);
         // An empty queue always takes the item, so one large batch never counts as slowness;

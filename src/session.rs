@@ -172,6 +172,13 @@ impl Session {
                                 return End::Eof;
                             }
                         }
+                        // Room traffic keeps flowing between the lines of a long turn.
+                        if inbox.is_too_slow() {
+                            break;
+                        }
+                        if self.out.bytes < OUTBOX_HIGH {
+                            self.take_room_traffic();
+                        }
                         let full = self.out.bytes >= OUTBOX_HIGH || self.acks.len() >= MAX_IN_FLIGHT;
                         if full || turn == FRAMES_PER_TURN {
                             break;

@@ -82,7 +82,12 @@ struct Window {
 }
 
 pub fn payload(epoch: Instant, size: usize) -> Vec<u8> {
-    let ns = epoch.elapsed().as_nanos() as u64;
+    payload_at(epoch, Instant::now(), size)
+}
+
+/// A payload stamped with `at` (nanoseconds since `epoch`), padded to `size` bytes.
+pub fn payload_at(epoch: Instant, at: Instant, size: usize) -> Vec<u8> {
+    let ns = at.saturating_duration_since(epoch).as_nanos() as u64;
     let mut p = format!("{ns:0STAMP$}").into_bytes();
     if size > STAMP + 1 {
         p.push(b' ');
@@ -314,8 +319,15 @@ async fn send(
         }
         allowed = allowed.min(256);
         out.clear();
-        for _ in 0..allowed {
-            target.publish(room, &payload(epoch, load.size), &mut out);
+        for i in 0..allowed {
+            // In rate mode a message is stamped with when it was due, not when it went out,
+            // so time spent behind schedule (or waiting for acks) counts as latency.
+            let stamp_at = if load.rate > 0.0 {
+                start + Duration::from_secs_f64((sent + i) as f64 / load.rate)
+            } else {
+                Instant::now()
+            };
+            target.publish(room, &payload_at(epoch, stamp_at, load.size), &mut out);
         }
         write.write_all(&out).await.context("send")?;
         sent += allowed;

@@ -82,12 +82,17 @@ pub async fn run(
     let mut full = false;
     loop {
         filler.line.clear();
-        filler.stream.read_line(&mut filler.line).await?;
+        if filler.stream.read_line(&mut filler.line).await? == 0 {
+            bail!("connection closed while joining {room}");
+        }
         if filler.line.starts_with("HIST ") && filler.line.trim_end().ends_with(FILLED) {
             full = true;
         }
         if filler.line.starts_with("OK JOIN") {
             break;
+        }
+        if filler.line.starts_with("ERR ") || filler.line.starts_with("BYE ") {
+            bail!("server said {}", filler.line.trim_end());
         }
     }
     let (mut filled, mut fill_seconds) = (0, 0.0);

@@ -57,6 +57,12 @@ impl Replies {
         self.moved.notify_all();
     }
 
+    /// Waiting is over for good.
+    fn give_up(&self) {
+        *self.count.lock().expect("replies") = u64::MAX / 2;
+        self.moved.notify_all();
+    }
+
     /// Waits (a little at most) until `n` replies were handled.
     fn wait_for(&self, n: u64) {
         let count = self.count.lock().expect("replies");
@@ -282,11 +288,28 @@ impl<P: ExternalPrinter> View<P> {
                     self.show(&m);
                     self.replies.handled();
                 }
+
                 Update::Page(m) => {
                     let line = self.style.message(&m);
                     self.say(&line);
                 }
-                Update::Connected { again: true } => self.notice("* reconnected"),
+                Update::Connected { again: true } => {
+                    // Replies of the old connection are gone and re-joins add new ones: the
+                    // count no longer matches, so stop waiting on it.
+                    self.replies.give_up();
+                    self.notice("* reconnected");
+                }
+                Update::HistoryReset { room, last_id } => {
+                    self.state.lock().expect("state").reset(
+                        &self.server,
+                        &self.nick,
+                        &room,
+                        last_id,
+                    );
+                    self.notice(&format!(
+                        "* the server's history of {room} was reset; what you saw before is gone"
+                    ));
+                }
                 Update::Connected { again: false } => {}
                 Update::CatchingUp { room, since } => {
                     self.notice(&format!(

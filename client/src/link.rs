@@ -25,6 +25,9 @@ pub enum Update {
     Connected { again: bool },
     /// About to catch up on `room` from after `since`.
     CatchingUp { room: String, since: u64 },
+    /// The server's history of `room` ends before the id we had seen (it was reset, as a
+    /// memory-store server is by a restart): ids start again from `last_id`.
+    HistoryReset { room: String, last_id: u64 },
     /// The connection is gone; `retry_in` is when the next attempt is, `None` if none is.
     Lost {
         reason: String,
@@ -51,21 +54,44 @@ pub struct Settings {
     pub reconnect: bool,
 }
 
+/// The room and bound of a `JOIN` line, if it is one.
+fn join_args(line: &str) -> Option<(String, String)> {
+    let (word, rest) = line.split_once(' ')?;
+    if !word.eq_ignore_ascii_case("JOIN") {
+        return None;
+    }
+    let (room, bound) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+    Some((room.to_string(), bound.trim().to_string()))
+}
+
 /// What a sent line is waiting for.
 #[derive(Debug)]
 enum Pending {
-    Join,
+    Join {
+        /// The SINCE bound sent, if any.
+        since: Option<u64>,
+        /// Re-joining after a reconnect (a refusal then means: try the connection again).
+        rejoin: bool,
+    },
     History,
-    Say { room: Option<String>, text: String },
+    Say {
+        room: Option<String>,
+        text: String,
+    },
     Quit,
     Other,
 }
 
-/// One joined room.
+/// A room joined, or being joined.
 struct Room {
     name: String,
     /// The newest id shown from this room (0: none yet).
     last_id: u64,
+    /// The server confirmed the join (`OK JOIN`). Until then a reconnect repeats the JOIN as
+    /// first asked, rather than forget the room.
+    confirmed: bool,
+    /// The bound of the first JOIN.
+    bound: String,
 }
 
 /// A handle for sending lines; dropping it (or sending QUIT) ends the link.
@@ -91,6 +117,7 @@ pub async fn start(settings: Settings, updates: mpsc::UnboundedSender<Update>) -
         own: BTreeSet::new(),
         updates,
         outbox: rx,
+        outbox_open: true,
         pending: VecDeque::new(),
         quitting: false,
     };
@@ -102,16 +129,21 @@ pub async fn start(settings: Settings, updates: mpsc::UnboundedSender<Update>) -
 struct State {
     settings: Settings,
     rooms: Vec<Room>,
-    /// Ids of our own stored messages not yet passed by `last_id` (catch-up replays them).
-    own: BTreeSet<u64>,
+    /// Our own stored messages (room, id) not yet passed by the room's `last_id`: a catch-up
+    /// replays them, and they were shown already.
+    own: BTreeSet<(String, u64)>,
     updates: mpsc::UnboundedSender<Update>,
     outbox: mpsc::UnboundedReceiver<String>,
+    /// False once every `Link` handle is gone.
+    outbox_open: bool,
     pending: VecDeque<Pending>,
     quitting: bool,
 }
 
+/// Lines from the server (read through `Lines`, whose `next_line` is cancel-safe: a line
+/// half-read when another branch of a `select!` wins is kept, not lost) and the write half.
 type Conn = (
-    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
     tokio::net::tcp::OwnedWriteHalf,
 );
 
@@ -160,27 +192,28 @@ impl State {
             }
         }
         self.report(Update::Connected { again });
-        let joins: Vec<(String, String)> = if again {
-            self.rooms
-                .iter()
-                .map(|r| {
-                    let bound = if r.last_id > 0 {
-                        format!("SINCE {}", r.last_id)
-                    } else {
-                        "NONE".to_string()
-                    };
-                    (r.name.clone(), bound)
-                })
-                .collect()
-        } else {
-            self.settings
-                .joins
-                .iter()
-                .map(|j| (j.room.clone(), j.bound.clone()))
-                .collect()
-        };
+        if !again {
+            for j in self.settings.joins.clone() {
+                self.want(&j.room, &j.bound);
+            }
+        }
+        // A confirmed room: everything after the last message seen (SINCE 0 for a room
+        // still empty). One never confirmed: the JOIN as first asked.
+        let joins: Vec<(String, String)> = self
+            .rooms
+            .iter()
+            .map(|r| {
+                let bound = if r.confirmed {
+                    format!("SINCE {}", r.last_id)
+                } else {
+                    r.bound.clone()
+                };
+                (r.name.clone(), bound)
+            })
+            .collect();
         for (room, bound) in joins {
-            if let Some(since) = bound.strip_prefix("SINCE ").and_then(|s| s.parse().ok()) {
+            let since = bound.strip_prefix("SINCE ").and_then(|s| s.parse().ok());
+            if let Some(since) = since.filter(|&s| s > 0 || !again) {
                 self.report(Update::CatchingUp {
                     room: room.clone(),
                     since,
@@ -189,9 +222,12 @@ impl State {
             write
                 .write_all(format!("JOIN {room} {bound}\n").as_bytes())
                 .await?;
-            self.pending.push_back(Pending::Join);
+            self.pending.push_back(Pending::Join {
+                since,
+                rejoin: again,
+            });
         }
-        Ok((read, write))
+        Ok((read.lines(), write))
     }
 
     async fn run(mut self, conn: Conn) {
@@ -233,31 +269,32 @@ impl State {
 
     /// Runs one connection until it ends: `Ok` after our QUIT, `Err` when it was lost.
     async fn serve(&mut self, (mut read, mut write): Conn) -> Result<()> {
-        let mut line = String::new();
         loop {
             tokio::select! {
-                n = read.read_line(&mut line) => {
-                    if n? == 0 {
+                line = read.next_line() => {
+                    let Some(line) = line? else {
                         if self.quitting {
                             return Ok(());
                         }
                         bail!("the server closed the connection");
-                    }
-                    let text = line.trim_end_matches(['\r', '\n']).to_string();
-                    line.clear();
-                    let bye = self.on_line(&text);
+                    };
+                    let bye = self.on_line(line.trim_end_matches('\r'))?;
                     if bye && self.quitting {
                         return Ok(());
                     }
                 }
-                out = self.outbox.recv() => {
+                out = self.outbox.recv(), if self.outbox_open => {
                     let Some(out) = out else {
                         // The user interface is gone: leave politely.
+                        self.outbox_open = false;
                         self.quitting = true;
                         write.write_all(b"QUIT\n").await?;
                         continue;
                     };
                     let pending = self.kind_of(&out);
+                    if let Some((room, bound)) = join_args(&out) {
+                        self.want(&room, &bound);
+                    }
                     if matches!(pending, Pending::Quit) {
                         self.quitting = true;
                     }
@@ -272,7 +309,12 @@ impl State {
     fn kind_of(&self, line: &str) -> Pending {
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         match word.to_ascii_uppercase().as_str() {
-            "JOIN" => Pending::Join,
+            "JOIN" => Pending::Join {
+                since: rest
+                    .split_once(' ')
+                    .and_then(|(_, b)| b.to_ascii_uppercase().strip_prefix("SINCE ")?.parse().ok()),
+                rejoin: false,
+            },
             "HISTORY" => Pending::History,
             "SAY" => Pending::Say {
                 room: self.rooms.last().map(|r| r.name.clone()),
@@ -283,41 +325,84 @@ impl State {
         }
     }
 
+    /// Notes a room being joined, so that a reconnect before its `OK JOIN` still joins it.
+    fn want(&mut self, room: &str, bound: &str) {
+        if !self.rooms.iter().any(|r| r.name == room) {
+            self.rooms.push(Room {
+                name: room.to_string(),
+                last_id: 0,
+                confirmed: false,
+                bound: bound.to_string(),
+            });
+        }
+    }
+
     fn room_mut(&mut self, name: &str) -> Option<&mut Room> {
         self.rooms.iter_mut().find(|r| r.name == name)
     }
 
-    /// Handles one server line. Returns true for `BYE`.
-    fn on_line(&mut self, line: &str) -> bool {
+    /// Handles one server line. Returns true for `BYE`, and an error when the connection
+    /// should be made again (a room could not be re-joined).
+    fn on_line(&mut self, line: &str) -> Result<bool> {
         let event = proto::parse(line);
         match &event {
             Event::Message { live, message } => {
                 let from_history = !live && matches!(self.pending.front(), Some(Pending::History));
                 if from_history {
-                    return self.report_false(Update::Page(message.clone()));
+                    return Ok(self.report_false(Update::Page(message.clone())));
                 }
-                let own = self.own.remove(&message.id);
+                let own = self.own.remove(&(message.room.clone(), message.id));
                 let Some(room) = self.room_mut(&message.room) else {
                     // A replay for a JOIN whose OK has not come yet: the room is not in our
                     // list until then, so take it as new.
-                    return self.report_false(Update::Event(event));
+                    return Ok(self.report_false(Update::Event(event)));
                 };
                 if message.id <= room.last_id || own {
-                    return false;
+                    return Ok(false);
                 }
                 room.last_id = message.id;
+                let (name, last) = (message.room.clone(), message.id);
+                if !self.own.is_empty() {
+                    self.own.retain(|(r, id)| *r != name || *id > last);
+                }
             }
             Event::Ok { command, rest } => {
                 let pending = self.pending.pop_front();
                 match (command.as_str(), pending) {
-                    ("JOIN", _) => {
+                    ("JOIN", pending) => {
                         let name = rest.first().cloned().unwrap_or_default();
                         let caught_up: u64 = rest.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
-                        let last_id = match self.rooms.iter().position(|r| r.name == name) {
-                            Some(i) => self.rooms.remove(i).last_id.max(caught_up),
-                            None => caught_up,
+                        let since = match pending {
+                            Some(Pending::Join { since, .. }) => since,
+                            _ => None,
                         };
-                        self.rooms.push(Room { name, last_id });
+                        let known = self.rooms.iter().position(|r| r.name == name);
+                        let bound = known
+                            .map(|i| self.rooms[i].bound.clone())
+                            .unwrap_or_default();
+                        let last_id = if since.is_some_and(|s| caught_up < s) {
+                            // The server's history ends before what we saw: start over there.
+                            self.own.retain(|(r, _)| *r != name);
+                            self.report(Update::HistoryReset {
+                                room: name.clone(),
+                                last_id: caught_up,
+                            });
+                            if let Some(i) = known {
+                                self.rooms.remove(i);
+                            }
+                            caught_up
+                        } else {
+                            match known {
+                                Some(i) => self.rooms.remove(i).last_id.max(caught_up),
+                                None => caught_up,
+                            }
+                        };
+                        self.rooms.push(Room {
+                            name,
+                            last_id,
+                            confirmed: true,
+                            bound,
+                        });
                     }
                     ("PART", _) => {
                         if let Some(name) = rest.first() {
@@ -335,30 +420,42 @@ impl State {
                         let room = room.unwrap_or_default();
                         // Kept so that a catch-up replay does not show it a second time.
                         if self.room_mut(&room).is_some_and(|r| id > r.last_id) {
-                            self.own.insert(id);
+                            self.own.insert((room.clone(), id));
                         }
-                        return self.report_false(Update::Said(Message {
+                        return Ok(self.report_false(Update::Said(Message {
                             room,
                             id,
                             time,
                             nick: self.settings.nick.clone().unwrap_or_default(),
                             text,
-                        }));
+                        })));
                     }
                     _ => {}
                 }
             }
-            Event::Err { .. } | Event::Pong(_) => {
+            Event::Err { code, text } => match self.pending.pop_front() {
+                Some(Pending::Join { rejoin: true, .. }) => {
+                    // The server undid the join (its store may be down): connect again
+                    // rather than sit in a room we are not in.
+                    bail!("could not re-join a room: {code} {text}");
+                }
+                Some(Pending::Join { rejoin: false, .. }) => {
+                    // A first join refused: the room is not ours (a confirmed one stays).
+                    self.rooms.retain(|r| r.confirmed);
+                }
+                _ => {}
+            },
+            Event::Pong(_) => {
                 self.pending.pop_front();
             }
             Event::Bye(_) => {
                 self.report(Update::Event(event));
-                return true;
+                return Ok(true);
             }
             _ => {}
         }
         self.report(Update::Event(event));
-        false
+        Ok(false)
     }
 
     fn report_false(&self, update: Update) -> bool {

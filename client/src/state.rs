@@ -57,6 +57,12 @@ impl State {
         }
     }
 
+    /// Sets the last id shown (also lower: the server's history was reset).
+    pub fn reset(&mut self, server: &str, nick: &str, room: &str, id: u64) {
+        self.last_ids.insert(key(server, nick, room), id);
+        self.dirty = true;
+    }
+
     /// Writes the file if anything changed (atomically: a temp file renamed into place).
     pub fn save(&mut self) {
         let Some(path) = &self.path else { return };

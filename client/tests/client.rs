@@ -232,10 +232,13 @@ async fn wrong_address_and_name_in_use_give_one_clear_line() {
 }
 
 /// A TCP relay whose connections the test can cut, to make the client lose its connection.
+/// It keeps what the server sent through it, so a test can wait until the client has had a
+/// reply.
 struct Relay {
     addr: SocketAddr,
     cut: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     refuse: Arc<AtomicBool>,
+    from_server: Arc<Mutex<String>>,
 }
 
 impl Relay {
@@ -244,21 +247,42 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(Mutex::new(Vec::new()));
         let refuse = Arc::new(AtomicBool::new(false));
-        let (tasks, no) = (cut.clone(), refuse.clone());
+        let from_server = Arc::new(Mutex::new(String::new()));
+        let (tasks, no, log) = (cut.clone(), refuse.clone(), from_server.clone());
         tokio::spawn(async move {
             loop {
-                let (mut a, _) = listener.accept().await.unwrap();
+                let (a, _) = listener.accept().await.unwrap();
                 if no.load(Ordering::SeqCst) {
                     continue;
                 }
+                let log = log.clone();
                 let task = tokio::spawn(async move {
-                    let mut b = TcpStream::connect(to).await.unwrap();
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    let b = TcpStream::connect(to).await.unwrap();
+                    let (mut ar, mut aw) = a.into_split();
+                    let (mut br, mut bw) = b.into_split();
+                    let up = tokio::io::copy(&mut ar, &mut bw);
+                    let down = async {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = br.read(&mut buf).await {
+                            if n == 0 || aw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            log.lock()
+                                .unwrap()
+                                .push_str(&String::from_utf8_lossy(&buf[..n]));
+                        }
+                    };
+                    tokio::select! { _ = up => {}, _ = down => {} }
                 });
                 tasks.lock().unwrap().push(task.abort_handle());
             }
         });
-        Relay { addr, cut, refuse }
+        Relay {
+            addr,
+            cut,
+            refuse,
+            from_server,
+        }
     }
 
     /// Drops every relayed connection (both sides see it close) and refuses new ones.
@@ -271,6 +295,15 @@ impl Relay {
 
     fn mend(&self) {
         self.refuse.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits until the server has sent `text` through the relay.
+    async fn relayed(&self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.from_server.lock().unwrap().contains(text) {
+            assert!(Instant::now() < deadline, "the server never sent {text:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -457,4 +490,45 @@ async fn interactive_in_a_terminal() {
     other.until("LEFT 4 alice").await;
     tmux(&["kill-session", "-t", &session]);
     let _ = std::fs::remove_file(state);
+}
+
+/// A room that was empty when the client joined: what is said while it is away still comes.
+#[tokio::test]
+async fn catch_up_in_a_room_that_was_empty() {
+    let addr = server().await;
+    let relay = Relay::start(addr).await;
+    let mut talker = Peer::join(addr, "talker", "empty").await;
+    let mut follow = tokio::process::Command::new(CLIENT)
+        .args([
+            "--server",
+            &relay.addr.to_string(),
+            "--nick",
+            "quiet",
+            "--room",
+            "empty",
+            "--follow",
+        ])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follow.stdout.take().unwrap()).lines();
+    talker.until("JOINED empty quiet").await;
+    // The client has its OK JOIN before the line is cut.
+    relay.relayed("OK JOIN empty").await;
+    relay.cut();
+    talker.until("LEFT empty quiet").await;
+    talker.send("SAY said while away").await;
+    talker.until("OK SAY").await;
+    relay.mend();
+    let line = tokio::time::timeout(PATIENCE, out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(line.ends_with("<talker> said while away"), "{line}");
+    follow.kill().await.unwrap();
 }

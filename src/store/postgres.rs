@@ -160,8 +160,9 @@ impl bb8::ErrorSink<tokio_postgres::Error> for LogErrors {
 pub struct PgStore {
     pool: Pool<PgManager>,
     timeout: Duration,
-    /// Ids of names already in `users` / `rooms`: filled only after a commit, so an id here
-    /// always exists in the database.
+    /// Ids of users and rooms that stored messages reference. Filled only after such an
+    /// insert, and a referenced row cannot be deleted (the foreign keys' delete side is
+    /// enforced for everyone), so a cached id always names an existing row.
     user_ids: Mutex<HashMap<Arc<str>, i64>>,
     room_ids: Mutex<HashMap<Arc<str>, i64>>,
     /// Bounds the background `record_user` calls.
@@ -533,8 +534,9 @@ impl HistoryStore for PgStore {
             return Ok(());
         }
         self.with_timeout("recording a room", async {
-            self.record(|s| &s.upsert_room, Some(&self.room_ids), room)
-                .await
+            // Not cached: only ids that messages reference are cached, and rows that messages
+            // reference cannot be deleted, so a cached id never goes stale.
+            self.record(|s| &s.upsert_room, None, room).await
         })
         .await
     }

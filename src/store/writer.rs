@@ -20,6 +20,9 @@ use super::{HistoryStore, NewMessage, StoreError};
 use crate::protocol::{self, MessageId, MessageKind};
 use crate::rooms::{BatchEntry, ConnId, LiveBatch, Rooms};
 
+/// Bytes after which a room's share of a batch goes out as a further block.
+const MAX_BLOCK: usize = 128 * 1024;
+
 /// How long batches are refused at once after the store failed one.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -116,7 +119,12 @@ async fn run(
                     if time.0 != s.millis {
                         time = (s.millis, protocol::format_time(s.millis));
                     }
-                    let slot = match by_room.iter().position(|(r, _, _)| *r == m.room) {
+                    // The room's open block, or a new one when it has none or it is full:
+                    // blocks stay well under a member's queue budget.
+                    let open = by_room
+                        .iter()
+                        .rposition(|(r, b, _)| *r == m.room && b.len() < MAX_BLOCK);
+                    let slot = match open {
                         Some(i) => i,
                         None => {
                             by_room.push((m.room.clone(), BytesMut::new(), Vec::new()));

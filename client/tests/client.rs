@@ -307,19 +307,23 @@ impl Relay {
     }
 }
 
-#[tokio::test]
-async fn a_dropped_connection_reconnects_and_catches_up_without_duplicates() {
-    let addr = server().await;
-    let relay = Relay::start(addr).await;
-    let mut talker = Peer::join(addr, "talker", "c").await;
-    let mut follow = tokio::process::Command::new(CLIENT)
+/// `linechat-client --follow` as `nick` in `room` through `server`; its stdout as lines.
+fn follow(
+    server: SocketAddr,
+    nick: &str,
+    room: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = tokio::process::Command::new(CLIENT)
         .args([
             "--server",
-            &relay.addr.to_string(),
+            &server.to_string(),
             "--nick",
-            "away",
+            nick,
             "--room",
-            "c",
+            room,
             "--follow",
         ])
         .env("NO_COLOR", "1")
@@ -329,7 +333,16 @@ async fn a_dropped_connection_reconnects_and_catches_up_without_duplicates() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let out = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, out)
+}
+
+#[tokio::test]
+async fn a_dropped_connection_reconnects_and_catches_up_without_duplicates() {
+    let addr = server().await;
+    let relay = Relay::start(addr).await;
+    let mut talker = Peer::join(addr, "talker", "c").await;
+    let (mut follow, mut out) = follow(relay.addr, "away", "c");
     talker.until("JOINED c away").await;
     let say = async |talker: &mut Peer, text: &str| {
         talker.send(&format!("SAY {text}")).await;
@@ -498,24 +511,7 @@ async fn catch_up_in_a_room_that_was_empty() {
     let addr = server().await;
     let relay = Relay::start(addr).await;
     let mut talker = Peer::join(addr, "talker", "empty").await;
-    let mut follow = tokio::process::Command::new(CLIENT)
-        .args([
-            "--server",
-            &relay.addr.to_string(),
-            "--nick",
-            "quiet",
-            "--room",
-            "empty",
-            "--follow",
-        ])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let (mut follow, mut out) = follow(relay.addr, "quiet", "empty");
     talker.until("JOINED empty quiet").await;
     // The client has its OK JOIN before the line is cut.
     relay.relayed("OK JOIN empty").await;

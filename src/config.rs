@@ -43,6 +43,16 @@ pub struct Config {
     pub close_grace: Duration,
     /// Idle time before TCP keepalive probes start (dead-peer detection).
     pub keepalive: Duration,
+    /// Most connections at once (0: unlimited).
+    pub max_connections: usize,
+    /// Most connections from one address (0: unlimited); loopback counts only if
+    /// `limit_loopback`.
+    pub max_per_ip: usize,
+    pub limit_loopback: bool,
+    /// How long a connection may go without choosing a name (zero: forever).
+    pub login_timeout: Duration,
+    /// Refused lines per minute before the connection is closed (0: unlimited).
+    pub max_errors: u32,
     /// PostgreSQL to use; `None` runs a private cluster under `data_dir`.
     pub database_url: Option<String>,
     /// Where the private cluster lives (zero-config mode).
@@ -69,6 +79,11 @@ impl Default for Config {
             outbound_limit: 1024 * 1024,
             close_grace: Duration::from_secs(5),
             keepalive: Duration::from_secs(60),
+            max_connections: 16_384,
+            max_per_ip: 64,
+            limit_loopback: false,
+            login_timeout: Duration::from_secs(60),
+            max_errors: 30,
             database_url: None,
             data_dir: PathBuf::from("linechat-data"),
             pg_bin_dir: None,

@@ -1,13 +1,16 @@
 //! The state every session shares: settings, rooms, nicks, the store and its writer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::rooms::{ConnId, Rooms};
+use crate::rooms::{ConnId, Inbox, Rooms};
 use crate::store::{HistoryStore, Writer};
 
 /// Messages waiting for the writer before `SAY` waits too.
@@ -23,12 +26,15 @@ pub struct Hub {
     pub nicks: Nicks,
     pub store: Arc<dyn HistoryStore>,
     pub writer: Writer,
+    /// Connections that have not chosen a name yet, with their deadlines.
+    pub logins: Arc<LoginWatch>,
     next_conn: AtomicU64,
 }
 
 impl Hub {
     /// Starts the writer for `store`.
     pub fn start(config: Config, store: Arc<dyn HistoryStore>) -> (Arc<Hub>, JoinHandle<()>) {
+        let config_login_timeout = config.login_timeout;
         let rooms = Arc::new(Rooms::new());
         let (writer, writer_task) =
             Writer::spawn(store.clone(), rooms.clone(), WRITER_QUEUE, WRITER_BATCH);
@@ -37,6 +43,7 @@ impl Hub {
             rooms,
             nicks: Nicks::default(),
             store,
+            logins: Arc::new(LoginWatch::new(config_login_timeout)),
             writer,
             next_conn: AtomicU64::new(1),
         };
@@ -76,6 +83,56 @@ impl Nicks {
         let mut owners = self.owners.lock().expect("nicks lock");
         if owners.get(&key) == Some(&conn) {
             owners.remove(&key);
+        }
+    }
+}
+
+/// The login timeout for every connection at once: one queue of deadlines (the timeout is
+/// the same for all, so arrival order is deadline order) checked by one task, instead of a
+/// timer per connection.
+pub struct LoginWatch {
+    timeout: Duration,
+    queue: Mutex<VecDeque<(Instant, Arc<Inbox>)>>,
+}
+
+impl LoginWatch {
+    fn new(timeout: Duration) -> Self {
+        LoginWatch {
+            timeout,
+            queue: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Starts the clock for a new connection.
+    pub fn watch(&self, inbox: &Arc<Inbox>) {
+        if !self.timeout.is_zero() {
+            let deadline = Instant::now() + self.timeout;
+            let mut queue = self.queue.lock().expect("login watch lock");
+            queue.push_back((deadline, inbox.clone()));
+        }
+    }
+
+    /// Checks deadlines until the watch is dropped; run as one task per server.
+    pub async fn run(self: Arc<Self>) {
+        if self.timeout.is_zero() {
+            return;
+        }
+        let tick = (self.timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = Instant::now();
+            let mut queue = self.queue.lock().expect("login watch lock");
+            while queue.front().is_some_and(|(deadline, _)| *deadline <= now) {
+                if let Some((_, inbox)) = queue.pop_front() {
+                    inbox.expire_login();
+                }
+            }
+            // Connections that chose a name need no watching: let them go now rather than
+            // at their deadline, so thousands of new connections cost no memory here.
+            queue.retain(|(_, inbox)| !inbox.is_named());
+            if queue.capacity() > 64 && queue.capacity() > 4 * queue.len() {
+                queue.shrink_to_fit();
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`codec`]: line framing with a length limit; the only place bytes become lines.
 //! - [`protocol`]: command parsing and server-line formatting; pure, no I/O.
 //! - [`server`]: the accept loop, socket options, graceful shutdown.
+//! - [`limits`]: admission (connections in all and per address).
 //! - [`session`]: one connection: read, apply, write; bounded outbound queue.
 //! - [`rooms`]: room membership, presence and fan-out of shared `Bytes`.
 //! - [`hub`]: the state sessions share (rooms, nicks, store, writer).
@@ -15,6 +16,7 @@
 pub mod codec;
 pub mod config;
 pub mod hub;
+pub mod limits;
 pub mod protocol;
 pub mod rooms;
 pub mod server;

@@ -79,6 +79,27 @@ struct Cli {
     /// Seconds a connection may be silent before TCP keepalive probes check the peer.
     #[arg(long, env = "LINECHAT_KEEPALIVE", default_value_t = 60)]
     keepalive: u64,
+
+    /// Most connections at once; more get ERR SERVER_FULL (0: unlimited).
+    #[arg(long, env = "LINECHAT_MAX_CONNECTIONS", default_value_t = 16_384)]
+    max_connections: usize,
+
+    /// Most connections from one address (0: unlimited). Loopback addresses are not counted
+    /// unless --limit-loopback is given.
+    #[arg(long, env = "LINECHAT_MAX_PER_IP", default_value_t = 64)]
+    max_per_ip: usize,
+
+    /// Count loopback connections against --max-per-ip too.
+    #[arg(long, env = "LINECHAT_LIMIT_LOOPBACK")]
+    limit_loopback: bool,
+
+    /// Seconds a connection may take to choose a name with NICK (0: no limit).
+    #[arg(long, env = "LINECHAT_LOGIN_TIMEOUT", default_value_t = 60)]
+    login_timeout: u64,
+
+    /// Refused lines per minute before a connection is closed with BYE (0: no limit).
+    #[arg(long, env = "LINECHAT_MAX_ERRORS", default_value_t = 30)]
+    max_errors: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -104,6 +125,11 @@ impl Cli {
             outbound_limit: self.outbound_limit.max(1),
             close_grace: Duration::from_secs(self.close_grace),
             keepalive: Duration::from_secs(self.keepalive.max(1)),
+            max_connections: self.max_connections,
+            max_per_ip: self.max_per_ip,
+            limit_loopback: self.limit_loopback,
+            login_timeout: Duration::from_secs(self.login_timeout),
+            max_errors: self.max_errors,
             database_url: self.database_url,
             data_dir: self.data_dir,
             pg_bin_dir: self.pg_bin_dir,
@@ -125,6 +151,8 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Cli::parse().into_config();
+    let files = raise_open_file_limit();
+    tracing::info!("open-file limit: {files} (each connection takes one)");
     let listen = config.listen;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -156,6 +184,30 @@ async fn main() -> ExitCode {
     server.serve(listener, shutdown).await;
     ExitCode::SUCCESS
 }
+/// Raises the soft open-file limit to the hard one, and returns the limit now in force.
+fn raise_open_file_limit() -> u64 {
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        limit.rlim_cur
+    }
+}
+
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

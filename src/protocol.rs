@@ -65,11 +65,12 @@ pub enum ErrorCode {
     LineTooLong,
     BadUtf8,
     StoreUnavailable,
+    ServerFull,
 }
 
 impl ErrorCode {
     /// Every code, in PROTOCOL.md's order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::UnknownCommand,
         ErrorCode::MissingArgument,
         ErrorCode::TooManyArguments,
@@ -83,6 +84,7 @@ impl ErrorCode {
         ErrorCode::LineTooLong,
         ErrorCode::BadUtf8,
         ErrorCode::StoreUnavailable,
+        ErrorCode::ServerFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +102,7 @@ impl ErrorCode {
             ErrorCode::LineTooLong => "LINE_TOO_LONG",
             ErrorCode::BadUtf8 => "BAD_UTF8",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
+            ErrorCode::ServerFull => "SERVER_FULL",
         }
     }
 }

@@ -93,6 +93,10 @@ pub struct Inbox {
     pub ready: Notify,
     /// Set once the queue went over its budget.
     too_slow: AtomicBool,
+    /// Set once the connection chose a name.
+    named: AtomicBool,
+    /// Set by the login watch when no name came in time.
+    login_expired: AtomicBool,
 }
 
 impl Inbox {
@@ -113,6 +117,28 @@ impl Inbox {
             *items = VecDeque::new();
         }
         n
+    }
+
+    /// The connection chose a name: the login watch leaves it alone.
+    pub fn named(&self) {
+        self.named.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_named(&self) -> bool {
+        self.named.load(Ordering::Relaxed)
+    }
+
+    /// True once the login watch found no name in time.
+    pub fn login_expired(&self) -> bool {
+        self.login_expired.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection as out of time to choose a name, unless it has one.
+    pub fn expire_login(&self) {
+        if !self.named.load(Ordering::Relaxed) {
+            self.login_expired.store(true, Ordering::Relaxed);
+            self.ready.notify_one();
+        }
     }
 
     /// True once the connection was found too slow.

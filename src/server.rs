@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
+use crate::limits::{Admission, Refusal};
 use crate::session;
 use crate::store::cluster::{self, ClusterError, LocalCluster, Search};
 use crate::store::postgres::{self, PgSettings};
@@ -89,16 +90,33 @@ impl Server {
         } = self;
         let stopping = CancellationToken::new();
         let sessions = TaskTracker::new();
+        let login_watch = tokio::spawn(hub.logins.clone().run());
+        let admission = Admission::new(
+            hub.config.max_connections,
+            hub.config.max_per_ip,
+            hub.config.limit_loopback,
+        );
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let ticket = match admission.admit(peer.ip()) {
+                            Ok(ticket) => ticket,
+                            Err(why) => {
+                                turn_away(stream, peer, why);
+                                continue;
+                            }
+                        };
                         if let Err(e) = tune(&stream, &hub.config) {
                             tracing::debug!(%peer, error = %e, "could not set socket options");
                         }
-                        sessions.spawn(session::run(hub.clone(), stream, peer, stopping.clone()));
+                        // The ticket is held for the session's life. (Not by wrapping the session's
+                        // future in another: that stores the future twice, doubling the memory
+                        // of every idle connection.)
+                        let session = session::run(hub.clone(), stream, peer, stopping.clone(), ticket);
+                        sessions.spawn(session);
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait instead of spinning.
@@ -109,6 +127,7 @@ impl Server {
             }
         }
         drop(listener);
+        login_watch.abort();
         tracing::info!(clients = sessions.len(), "shutting down");
         stopping.cancel();
         sessions.close();
@@ -143,6 +162,21 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     Server::start(config).await?.serve(listener, shutdown).await;
     Ok(())
+}
+
+/// Tells a connection the server cannot take it (`ERR SERVER_FULL`) and closes it. The line
+/// is written without waiting: a peer that does not read it just sees the close.
+fn turn_away(stream: TcpStream, peer: std::net::SocketAddr, why: Refusal) {
+    let text = match why {
+        Refusal::Total => {
+            "ERR SERVER_FULL the server has as many connections as it takes; try again later\n"
+        }
+        Refusal::PerIp => {
+            "ERR SERVER_FULL too many connections from your address; close one first\n"
+        }
+    };
+    let _ = stream.try_write(text.as_bytes());
+    tracing::info!(%peer, reason = ?why, "connection refused: server full");
 }
 
 /// Low latency for small lines, and TCP keepalive to find peers that vanished without a FIN

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Frame, LineReader};
 use crate::hub::Hub;
+use crate::limits::Ticket;
 use crate::protocol::{
     self, Command, ErrorCode, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay,
 };
@@ -40,8 +41,15 @@ const MAX_IOVECS: usize = 64;
 /// work (writing, acks, room traffic, shutdown).
 const FRAMES_PER_TURN: usize = 64;
 
-/// Serves one accepted connection until it closes.
-pub async fn run(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+/// Serves one accepted connection until it closes. `_place` is its place in the server's
+/// connection count, given back when the session ends.
+pub async fn run(
+    hub: Arc<Hub>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    _place: Ticket,
+) {
     let (read, write) = stream.into_split();
     let reader = LineReader::new(read, hub.config.max_line);
     let handle = ConnHandle {
@@ -59,12 +67,16 @@ pub async fn run(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, shutdown: C
         out: Outbox::default(),
         socket: write,
         acks: Acks::default(),
+        errors: (0, 0),
+        too_many_errors: false,
     };
     let end = session.serve(reader).await;
     session.leave_everything();
     session.handle.inbox.close();
     match end {
         End::TooSlow => tracing::info!(%peer, "closed: too slow (outbound queue full)"),
+        End::LoginTimeout => tracing::info!(%peer, "closed: no NICK within the login timeout"),
+        End::TooManyErrors => tracing::info!(%peer, "closed: too many errors"),
         End::Io(e) => tracing::debug!(%peer, error = %e, "closed: socket error"),
         other => tracing::debug!(%peer, reason = ?other, "closed"),
     }
@@ -77,6 +89,8 @@ enum End {
     Eof,
     Shutdown,
     TooSlow,
+    LoginTimeout,
+    TooManyErrors,
     Io(io::Error),
 }
 
@@ -98,6 +112,10 @@ struct Session {
     socket: OwnedWriteHalf,
     /// Acks of submitted `SAY`s, answered in the order they were said.
     acks: Acks,
+    /// Refused lines in the current minute: (minute, count), kept small.
+    errors: (u16, u16),
+    /// Set when the connection has erred too often: close with `BYE` at the next chance.
+    too_many_errors: bool,
 }
 
 impl Session {
@@ -114,7 +132,14 @@ impl Session {
         let shutdown = shutdown.cancelled();
         let traffic = inbox.ready.notified();
         tokio::pin!(shutdown, traffic);
+        // No timer of its own (thousands of pending timers cost memory): the hub's login
+        // watch marks the inbox if no name came in time.
+        self.hub.logins.watch(&inbox);
         loop {
+            if inbox.login_expired() {
+                Box::pin(self.close("login timeout: choose a name with NICK sooner")).await;
+                return End::LoginTimeout;
+            }
             if inbox.is_too_slow() {
                 self.out.drop_unstarted();
                 Box::pin(self.close("too slow")).await;
@@ -148,6 +173,7 @@ impl Session {
                     // Handled at the top of the loop; wait for the next signal afresh.
                     traffic.set(inbox.ready.notified());
                 }
+
                 frame = reader.next(), if can_read => {
                     // Take the lines that are already here without going round the loop for
                     // each (a pipelining client sends many per packet), within limits.
@@ -158,6 +184,10 @@ impl Session {
                             // keeping them out of the session's own future keeps idle
                             // connections small.
                             Some(Ok(frame)) => match Box::pin(self.on_frame(frame)).await {
+                                Ok(None) if self.too_many_errors => {
+                                    Box::pin(self.close("too many errors")).await;
+                                    return End::TooManyErrors;
+                                }
                                 Ok(None) => {}
                                 Ok(Some(reason)) => {
                                     Box::pin(self.close(&reason)).await;
@@ -267,7 +297,24 @@ impl Session {
         self.acks.release_if_empty();
     }
 
+    /// Sends `ERR`, counting it: past `--max-errors` in a minute the connection is closed.
     fn refuse(&mut self, e: ProtocolError) {
+        let max = self.hub.config.max_errors;
+        if max > 0 {
+            let minute = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+                / 60) as u16;
+            if self.errors.0 != minute {
+                self.errors = (minute, 0);
+            }
+            self.errors.1 = self.errors.1.saturating_add(1);
+            if u32::from(self.errors.1) > max {
+                self.too_many_errors = true;
+                return;
+            }
+        }
         self.out.push(protocol::error_line(&e));
     }
 
@@ -383,6 +430,7 @@ impl Session {
                 self.hub.rooms.rename(&rooms, self.handle.id, old, &new);
             }
             self.nick = Some(new);
+            self.handle.inbox.named();
         }
         self.out.push(protocol::line(&["OK", "NICK", &nick]));
         Ok(())

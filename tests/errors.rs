@@ -5,6 +5,7 @@ mod common;
 use common::{Client, TestServer};
 use linechat::protocol::ErrorCode;
 use linechat::Config;
+use tokio::io::AsyncReadExt;
 
 /// Sends `line`, expects `ERR <code> <text>`, then proves the connection still works.
 async fn refused(c: &mut Client, seen: &mut Vec<&'static str>, line: &[u8], code: &'static str) {
@@ -21,6 +22,8 @@ async fn refused(c: &mut Client, seen: &mut Vec<&'static str>, line: &[u8], code
 async fn every_error_code_is_reachable_and_the_connection_lives_on() {
     let config = Config {
         max_line: 64,
+        // This test errs on purpose, far more than a real client would.
+        max_errors: 0,
         ..Config::default()
     };
     let server = TestServer::start_with(config).await;
@@ -73,7 +76,23 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
     // After all that, the connection still chats.
     assert_eq!(c.say("still here").await, 1);
 
-    // STORE_UNAVAILABLE needs a store that can fail (PostgreSQL); the memory store cannot.
+    // A server that is full turns a new connection away with SERVER_FULL and closes it.
+    let full = TestServer::start_with(Config {
+        max_connections: 1,
+        ..Config::default()
+    })
+    .await;
+    let _only = full.client().await;
+    let mut turned_away = tokio::net::TcpStream::connect(full.addr).await.unwrap();
+    let mut said = String::new();
+    tokio::time::timeout(common::PATIENCE, turned_away.read_to_string(&mut said))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(said.starts_with("ERR SERVER_FULL "), "{said:?}");
+    seen.push("SERVER_FULL");
+
+    // STORE_UNAVAILABLE needs a store that can fail (PostgreSQL): tests/postgres.rs has it.
     for code in ErrorCode::ALL {
         let code = code.as_str();
         assert!(

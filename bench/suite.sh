@@ -6,7 +6,8 @@
 #   bash bench/suite.sh                 # full size, about 10 minutes
 #   RUNS=1 SCALE=tiny bash bench/suite.sh   # seconds, to check that it all works
 #
-# The servers run on core 0 and the load generator on core 1 (taskset). Needs nats-server
+# The servers run on core 0 and the load generator on core 1 (taskset); linechat runs with
+# flood control off (--rate 0), as a load generator is a flood by design. Needs nats-server
 # (apt-get install nats-server) and the PostgreSQL programs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,11 +59,11 @@ start() {
   case $target in
     memory)
       taskset -c "$SERVER_CORE" "$LINECHAT" --store memory --memory-history "$memory_history" \
-        --listen 127.0.0.1:7911 2>>"$OUT/linechat-memory.log" &
+        --rate 0 --listen 127.0.0.1:7911 2>>"$OUT/linechat-memory.log" &
       server_pid=$!; addr=127.0.0.1:7911; kind=linechat ;;
     postgres)
       taskset -c "$SERVER_CORE" "$LINECHAT" --store postgres --data-dir "$OUT/pgdata" \
-        --listen 127.0.0.1:7912 2>>"$OUT/linechat-postgres.log" &
+        --rate 0 --listen 127.0.0.1:7912 2>>"$OUT/linechat-postgres.log" &
       server_pid=$!; addr=127.0.0.1:7912; kind=linechat ;;
     nats)
       taskset -c "$SERVER_CORE" nats-server -a 127.0.0.1 -p 7913 2>>"$OUT/nats.log" &

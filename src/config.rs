@@ -53,6 +53,11 @@ pub struct Config {
     pub login_timeout: Duration,
     /// Refused lines per minute before the connection is closed (0: unlimited).
     pub max_errors: u32,
+    /// Lines a second one connection may send, on average (0: unlimited). The library's
+    /// default is unlimited; the server binary's is 20.
+    pub rate: u32,
+    /// Lines one connection may send at once, above the rate.
+    pub burst: u32,
     /// PostgreSQL to use; `None` runs a private cluster under `data_dir`.
     pub database_url: Option<String>,
     /// Where the private cluster lives (zero-config mode).
@@ -84,6 +89,8 @@ impl Default for Config {
             limit_loopback: false,
             login_timeout: Duration::from_secs(60),
             max_errors: 30,
+            rate: 0,
+            burst: 40,
             database_url: None,
             data_dir: PathBuf::from("linechat-data"),
             pg_bin_dir: None,

@@ -100,6 +100,15 @@ struct Cli {
     /// Refused lines per minute before a connection is closed with BYE (0: no limit).
     #[arg(long, env = "LINECHAT_MAX_ERRORS", default_value_t = 30)]
     max_errors: u32,
+
+    /// Lines a second one connection may send on average; more get ERR RATE_LIMITED and
+    /// are not done (0: no limit, as for benchmarks).
+    #[arg(long, env = "LINECHAT_RATE", default_value_t = 20)]
+    rate: u32,
+
+    /// Lines one connection may send at once above --rate.
+    #[arg(long, env = "LINECHAT_BURST", default_value_t = 40)]
+    burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -130,6 +139,8 @@ impl Cli {
             limit_loopback: self.limit_loopback,
             login_timeout: Duration::from_secs(self.login_timeout),
             max_errors: self.max_errors,
+            rate: self.rate,
+            burst: self.burst.max(1),
             database_url: self.database_url,
             data_dir: self.data_dir,
             pg_bin_dir: self.pg_bin_dir,

@@ -66,11 +66,12 @@ pub enum ErrorCode {
     BadUtf8,
     StoreUnavailable,
     ServerFull,
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, in PROTOCOL.md's order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::UnknownCommand,
         ErrorCode::MissingArgument,
         ErrorCode::TooManyArguments,
@@ -85,6 +86,7 @@ impl ErrorCode {
         ErrorCode::BadUtf8,
         ErrorCode::StoreUnavailable,
         ErrorCode::ServerFull,
+        ErrorCode::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +105,7 @@ impl ErrorCode {
             ErrorCode::BadUtf8 => "BAD_UTF8",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorCode::ServerFull => "SERVER_FULL",
+            ErrorCode::RateLimited => "RATE_LIMITED",
         }
     }
 }

@@ -68,6 +68,7 @@ pub async fn run(
         socket: write,
         acks: Acks::default(),
         errors: (0, 0),
+        bucket: (0, 0.0),
         too_many_errors: false,
     };
     let end = session.serve(reader).await;
@@ -114,6 +115,9 @@ struct Session {
     acks: Acks,
     /// Refused lines in the current minute: (minute, count), kept small.
     errors: (u16, u16),
+    /// Flood control: (when last refilled, in `clock_ms`, tokens left); (0, 0) before the
+    /// first line.
+    bucket: (u32, f32),
     /// Set when the connection has erred too often: close with `BYE` at the next chance.
     too_many_errors: bool,
 }
@@ -297,6 +301,30 @@ impl Session {
         self.acks.release_if_empty();
     }
 
+    /// Flood control: a token bucket of `--burst` lines refilled at `--rate` a second.
+    /// False when the line is over the limit.
+    fn take_token(&mut self) -> bool {
+        let (rate, burst) = (self.hub.config.rate, self.hub.config.burst.max(1));
+        if rate == 0 {
+            return true;
+        }
+        let now = clock_ms();
+        let (last, tokens) = self.bucket;
+        let elapsed = now.wrapping_sub(last);
+        let refilled = if self.bucket == (0, 0.0) {
+            burst as f32
+        } else {
+            (tokens + elapsed as f32 * rate as f32 / 1000.0).min(burst as f32)
+        };
+        if refilled >= 1.0 {
+            self.bucket = (now, refilled - 1.0);
+            true
+        } else {
+            self.bucket = (now, refilled);
+            false
+        }
+    }
+
     /// Sends `ERR`, counting it: past `--max-errors` in a minute the connection is closed.
     fn refuse(&mut self, e: ProtocolError) {
         let max = self.hub.config.max_errors;
@@ -320,7 +348,16 @@ impl Session {
 
     /// Handles one input frame. `Some(reason)` means: close with `BYE <reason>`.
     async fn on_frame(&mut self, frame: Frame) -> io::Result<Option<String>> {
-        let command = self.decode(frame);
+        let mut command = self.decode(frame);
+        // QUIT is never refused: leaving must always work.
+        let counted = matches!(command, Ok(Some(ref c)) if !matches!(c, Command::Quit(_)));
+        if counted && !self.take_token() {
+            let rate = self.hub.config.rate;
+            command = Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!("slow down: at most {rate} lines a second; this one was not done"),
+            ));
+        }
         // Replies keep command order: anything but another SAY waits for the SAYs in flight.
         if !matches!(command, Ok(Some(Command::Say(_)))) {
             self.settle_acks().await;
@@ -667,6 +704,13 @@ impl Session {
         self.out
             .push(protocol::line(&["OK", "ROOMS", &rooms.len().to_string()]));
     }
+}
+
+/// Milliseconds on a process-wide clock, wrapping (only differences are used).
+fn clock_ms() -> u32 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    (start.elapsed().as_millis() as u64 & u64::from(u32::MAX)) as u32 | 1
 }
 
 /// Acks of submitted `SAY`s, in the order they were said. Allocated only while some are

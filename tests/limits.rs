@@ -98,3 +98,50 @@ async fn a_client_that_errs_again_and_again_is_closed() {
     other.expect_nothing_pending().await;
     server.stop().await.unwrap();
 }
+
+/// A flood is cut down to the rate, measured by what the others in the room receive, and
+/// sustained abuse ends the connection; the room carries on.
+#[tokio::test]
+async fn a_flood_is_limited_and_the_room_only_sees_what_was_allowed() {
+    let server = TestServer::start_with(Config {
+        rate: 5,
+        burst: 10,
+        max_errors: 30,
+        ..Config::default()
+    })
+    .await;
+    let mut flooder = server.login("flooder").await;
+    flooder.join("r").await;
+    let mut other = server.login("other").await;
+    other.join("r").await;
+    let flood: String = (0..200).map(|i| format!("SAY flood {i}\n")).collect();
+    flooder.send_raw(flood.as_bytes()).await;
+    let (mut acked, mut limited) = (Vec::new(), 0);
+    loop {
+        match flooder.try_line().await {
+            Some(l) if l.starts_with("OK SAY ") => acked.push(l),
+            Some(l) if l.starts_with("ERR RATE_LIMITED ") => limited += 1,
+            Some(l) if l == "BYE too many errors" => break,
+            Some(l) if l.starts_with("JOINED ") => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The burst of 10 goes through, less the NICK and JOIN that already spent two.
+    assert!(acked.len() >= 8, "the burst goes through: {}", acked.len());
+    assert!(
+        acked.len() < 200 && limited == 30,
+        "acked {} limited {limited}",
+        acked.len()
+    );
+    // The other member got exactly the messages that were acknowledged, and nothing more.
+    let mut received = 0;
+    while received < acked.len() {
+        let line = other.line().await;
+        if line.starts_with("MSG r ") {
+            received += 1;
+        }
+    }
+    other.expect("LEFT r flooder").await;
+    other.expect_nothing_pending().await;
+    server.stop().await.unwrap();
+}

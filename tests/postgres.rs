@@ -498,7 +498,7 @@ impl Drop for Binary {
 impl Binary {
     fn start(data_dir: &Path) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_linechat"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--rate", "0", "--data-dir"])
             .arg(data_dir)
             .env("LINECHAT_LOG", "info")
             .env_remove("DATABASE_URL")

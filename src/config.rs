@@ -14,16 +14,6 @@ pub enum StoreKind {
     Postgres,
 }
 
-impl StoreKind {
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            StoreKind::Memory => "memory",
-            StoreKind::Postgres => "postgres",
-        }
-    }
-}
-
 /// Everything the server needs to know to run.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -273,12 +273,18 @@ impl Session {
                 let Some(joined) = self.joined.iter().find(|j| j.room == batch.room) else {
                     return;
                 };
-                for range in batch.ranges_for(self.handle.id, joined.floor) {
-                    if range.len() == batch.bytes.len() {
-                        self.out.push(batch.bytes.clone());
-                    } else {
-                        self.out.push(batch.bytes.slice(range));
-                    }
+                let (me, floor) = (self.handle.id, joined.floor);
+                // The usual case, without allocating: the whole block is for us.
+                if batch
+                    .messages
+                    .iter()
+                    .all(|m| m.sender != me && m.id > floor)
+                {
+                    self.out.push(batch.bytes.clone());
+                    return;
+                }
+                for range in batch.ranges_for(me, floor) {
+                    self.out.push(batch.bytes.slice(range));
                 }
             }
         }

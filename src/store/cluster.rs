@@ -305,11 +305,6 @@ impl LocalCluster {
         )
     }
 
-    /// The socket directory and port, for `psql -h DIR -p PORT`.
-    pub fn socket(&self) -> (&Path, u16) {
-        (&self.socket_dir, PORT)
-    }
-
     /// The data directory PostgreSQL runs on.
     pub fn pgdata(&self) -> &Path {
         &self.pgdata

@@ -173,16 +173,6 @@ impl Client {
         );
         ok.split(' ').nth(2).unwrap().parse().unwrap()
     }
-
-    /// Half-closes and reads everything up to the server's close.
-    pub async fn finish(mut self) -> Vec<String> {
-        self.writer.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        while let Some(line) = self.try_line().await {
-            rest.push(line);
-        }
-        rest
-    }
 }
 
 /// A parsed `MSG` or `HIST` line.
@@ -227,10 +217,6 @@ pub fn is_rfc3339_millis(t: &str) -> bool {
             23 => *c == b'Z',
             _ => c.is_ascii_digit(),
         })
-}
-
-pub fn config() -> Config {
-    Config::default()
 }
 
 /// Several members join a room while a talker keeps it busy, each with a different replay

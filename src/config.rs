@@ -27,8 +27,12 @@ pub struct Config {
     pub memory_history: usize,
     /// Longest accepted line in bytes, without its CR/LF.
     pub max_line: usize,
-    /// Bytes of live traffic queued for one connection before it is too slow.
+    /// Bytes of live traffic queued for one connection before it lags (and later catches up
+    /// from the store).
     pub outbound_limit: usize,
+    /// How long a connection may take none of the bytes waiting for it before it is closed
+    /// as too slow.
+    pub stall_timeout: Duration,
     /// How long a closing connection gets to take its last lines and `BYE`.
     pub close_grace: Duration,
     /// Idle time before TCP keepalive probes start (dead-peer detection).
@@ -73,6 +77,7 @@ impl Default for Config {
             max_line: 4096,
             outbound_limit: 1024 * 1024,
             close_grace: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(60),
             keepalive: Duration::from_secs(60),
             max_connections: 16_384,
             max_per_ip: 64,

@@ -67,9 +67,15 @@ struct Cli {
     #[arg(long, env = "LINECHAT_MAX_LINE", default_value_t = 4096)]
     max_line: usize,
 
-    /// Bytes of live traffic queued for one client before it is disconnected as too slow.
+    /// Bytes of live traffic queued for one client before it lags: no more is queued for it,
+    /// and once it reads again it gets LAGGED and the missed messages from the store.
     #[arg(long, env = "LINECHAT_OUTBOUND_LIMIT", default_value_t = 1024 * 1024)]
     outbound_limit: usize,
+
+    /// Seconds a client may take no bytes at all while the server has some for it, before it
+    /// is closed with BYE too slow (at least 1).
+    #[arg(long, env = "LINECHAT_STALL_TIMEOUT", default_value_t = 60)]
+    stall_timeout: u64,
 
     /// Seconds a closing connection (shutdown, QUIT, too slow, end of input) gets to take its
     /// last lines and BYE before the socket is closed anyway.
@@ -133,6 +139,7 @@ impl Cli {
             max_line: self.max_line.max(1),
             outbound_limit: self.outbound_limit.max(1),
             close_grace: Duration::from_secs(self.close_grace),
+            stall_timeout: Duration::from_secs(self.stall_timeout.max(1)),
             keepalive: Duration::from_secs(self.keepalive.max(1)),
             max_connections: self.max_connections,
             max_per_ip: self.max_per_ip,
@@ -219,26 +226,34 @@ fn raise_open_file_limit() -> u64 {
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed here, before the
+/// server says it is listening: a signal that came before they were would kill the process
+/// without a `BYE` to anyone.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
                 tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
+            _ => {
+                tracing::warn!("cannot handle SIGINT/SIGTERM; stop the server with SIGKILL");
+                std::future::pending::<()>().await;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

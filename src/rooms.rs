@@ -1,8 +1,8 @@
 //! The room registry: who is in which room, and fan-out of messages and presence lines.
 //!
-//! Delivery never waits: each member's queue is bounded in bytes, and a member whose queue is
-//! over budget is told to go (its inbox is marked too slow; its session says `BYE too slow`
-//! and leaves). So one slow reader never stalls a room or the writer that publishes into it.
+//! Delivery never waits: each member's queue is bounded in bytes. A member whose queue is over
+//! budget stops being queued for (it *lags*) and later catches up from the store, so one slow
+//! reader never stalls a room or the writer that publishes into it, and loses nothing.
 //!
 //! Messages travel as [`LiveBatch`]es: all the messages of one room that the writer stored
 //! together, formatted once into one buffer. A member gets the whole batch with one queue
@@ -80,43 +80,96 @@ impl Outbound {
             Outbound::Presence { line, .. } => line.len(),
         }
     }
+
+    /// The room it is about.
+    pub fn room(&self) -> &Arc<str> {
+        match self {
+            Outbound::Messages(b) => &b.room,
+            Outbound::Presence { room, .. } => room,
+        }
+    }
 }
 
 /// A connection's queue of room traffic, bounded in bytes. Unlike a channel it holds no
 /// memory while empty, which matters with thousands of idle connections.
+///
+/// When the queue would go over its budget the connection is *lagging*: from then on nothing
+/// more is queued for it, only the names of the rooms whose traffic it missed are noted. Its
+/// session drains what was queued, then [`resume`](Inbox::resume)s and replays the gap from
+/// the store. Everything queued before the gap is kept, so the client sees no hole.
 #[derive(Debug, Default)]
 pub struct Inbox {
-    items: Mutex<VecDeque<Outbound>>,
+    queue: Mutex<Queue>,
     /// Bytes queued and not yet taken by the session.
     queued: AtomicUsize,
-    /// Signalled when items arrive, and when the connection is found too slow.
+    /// Signalled when items arrive, when the connection starts lagging, and when its login
+    /// time is up.
     pub ready: Notify,
-    /// Set once the queue went over its budget.
-    too_slow: AtomicBool,
+    /// Mirrors `Queue::lagging` (changed only under the lock), for cheap checks.
+    lagging: AtomicBool,
     /// Set once the connection chose a name.
     named: AtomicBool,
     /// Set by the login watch when no name came in time.
     login_expired: AtomicBool,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// Rooms whose traffic was not queued since the connection started lagging.
+    missed: Vec<Arc<str>>,
+}
+
 impl Inbox {
-    /// Moves queued items into `take` while `more()` says so; returns how many.
+    /// Moves queued items into `take` while it says so; returns how many.
     pub fn take_while(&self, mut take: impl FnMut(Outbound) -> bool) -> usize {
-        let mut items = self.items.lock().expect("inbox lock");
+        let mut queue = self.queue.lock().expect("inbox lock");
         let mut n = 0;
-        while !self.is_too_slow() {
-            let Some(item) = items.pop_front() else { break };
+        while let Some(item) = queue.items.pop_front() {
             self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
             n += 1;
             if !take(item) {
                 break;
             }
         }
-        if items.is_empty() && items.capacity() > 16 {
+        if queue.items.is_empty() && queue.items.capacity() > 16 {
             // Give back what a burst made it grow to.
-            *items = VecDeque::new();
+            queue.items = VecDeque::new();
         }
         n
+    }
+
+    /// True while traffic is not being queued because the queue overflowed.
+    pub fn is_lagging(&self) -> bool {
+        self.lagging.load(Ordering::Relaxed)
+    }
+
+    /// True when nothing is queued and nothing was missed: every message published so far
+    /// has been taken by the session.
+    pub fn is_drained(&self) -> bool {
+        let queue = self.queue.lock().expect("inbox lock");
+        !self.lagging.load(Ordering::Relaxed) && queue.items.is_empty()
+    }
+
+    /// Ends a lag once the session has taken everything queued before it: traffic is queued
+    /// again from now on, and the rooms whose traffic was missed are returned for the session
+    /// to replay from the store. `None` while not lagging or while items are still queued.
+    pub fn resume(&self) -> Option<Vec<Arc<str>>> {
+        let mut queue = self.queue.lock().expect("inbox lock");
+        if !self.lagging.load(Ordering::Relaxed) || !queue.items.is_empty() {
+            return None;
+        }
+        self.lagging.store(false, Ordering::Relaxed);
+        Some(std::mem::take(&mut queue.missed))
+    }
+
+    /// Starts lagging again with these rooms still to replay (the replay could not finish).
+    pub fn lag(&self, rooms: Vec<Arc<str>>) {
+        let mut queue = self.queue.lock().expect("inbox lock");
+        self.lagging.store(true, Ordering::Relaxed);
+        for room in rooms {
+            queue.note_missed(&room);
+        }
     }
 
     /// The connection chose a name: the login watch leaves it alone.
@@ -141,16 +194,20 @@ impl Inbox {
         }
     }
 
-    /// True once the connection was found too slow.
-    pub fn is_too_slow(&self) -> bool {
-        self.too_slow.load(Ordering::Relaxed)
-    }
-
     /// Empties the queue for good (the connection is closing).
     pub fn close(&self) {
-        let mut items = self.items.lock().expect("inbox lock");
-        *items = VecDeque::new();
+        let mut queue = self.queue.lock().expect("inbox lock");
+        *queue = Queue::default();
+        self.lagging.store(true, Ordering::Relaxed);
         self.queued.store(usize::MAX / 2, Ordering::Relaxed);
+    }
+}
+
+impl Queue {
+    fn note_missed(&mut self, room: &Arc<str>) {
+        if !self.missed.iter().any(|r| r == room) {
+            self.missed.push(room.clone());
+        }
     }
 }
 
@@ -159,31 +216,35 @@ impl Inbox {
 pub struct ConnHandle {
     pub id: ConnId,
     pub inbox: Arc<Inbox>,
-    /// Bytes of queued traffic above which the connection is too slow.
+    /// Bytes of queued traffic above which the connection lags.
     pub limit: usize,
 }
 
 impl ConnHandle {
     fn deliver(&self, item: Outbound) {
-        // Once found too slow, nothing more: a later, smaller item must not slip in after
-        // the one that was refused, or the client would see a gap before what it got last.
-        if self.inbox.is_too_slow() {
+        let inbox = &*self.inbox;
+        let mut queue = inbox.queue.lock().expect("inbox lock");
+        // Once lagging, nothing more until the session has caught up: a later, smaller item
+        // must not slip in after one that was refused, or the client would see a hole.
+        if inbox.lagging.load(Ordering::Relaxed) {
+            queue.note_missed(item.room());
             return;
         }
         let cost = item.cost();
-        let before = self.inbox.queued.fetch_add(cost, Ordering::Relaxed);
-        // An empty queue always takes the item, so one large batch never counts as slowness;
+        let before = inbox.queued.fetch_add(cost, Ordering::Relaxed);
+        // An empty queue always takes the item, so one large batch never counts as lagging;
         // the queue is bounded by the limit plus one batch.
         if before > 0 && before + cost > self.limit {
-            self.inbox.queued.fetch_sub(cost, Ordering::Relaxed);
-            self.inbox.too_slow.store(true, Ordering::Relaxed);
-            // Every waiter (the main loop, or a flush in progress), and a permit for later.
-            self.inbox.ready.notify_waiters();
-            self.inbox.ready.notify_one();
+            inbox.queued.fetch_sub(cost, Ordering::Relaxed);
+            inbox.lagging.store(true, Ordering::Relaxed);
+            queue.note_missed(item.room());
+            drop(queue);
+            inbox.ready.notify_one();
             return;
         }
-        self.inbox.items.lock().expect("inbox lock").push_back(item);
-        self.inbox.ready.notify_one();
+        queue.items.push_back(item);
+        drop(queue);
+        inbox.ready.notify_one();
     }
 }
 

@@ -180,12 +180,13 @@ fn turn_away(stream: TcpStream, peer: std::net::SocketAddr, why: Refusal) {
 }
 
 /// Low latency for small lines, and TCP keepalive to find peers that vanished without a FIN
-/// (a netcat user is never expected to answer pings).
+/// (a netcat user is never expected to answer pings). A dead peer is found after about
+/// `keepalive` of silence plus six unanswered probes at most 10 s apart.
 fn tune(stream: &TcpStream, config: &Config) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
         .with_time(config.keepalive)
-        .with_interval(Duration::from_secs(10))
+        .with_interval(config.keepalive.min(Duration::from_secs(10)))
         .with_retries(6);
     SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }

@@ -1,16 +1,22 @@
 //! One connection: read lines, apply commands, write replies and live traffic.
 //!
-//! A session is one task that waits on whichever comes first: shutdown, its own queue
-//! overflowing (too slow), room traffic, acks of its `SAY`s, the socket becoming writable, or
-//! the next input line. Output goes through an [`Outbox`] of shared `Bytes` written with
+//! A session is one task that waits on whichever comes first: shutdown, room traffic, acks of
+//! its `SAY`s, the socket becoming writable, its stall timer, or the next input line. Output goes through an [`Outbox`] of shared `Bytes` written with
 //! vectored writes, so many queued lines leave in one syscall and nothing is copied per
 //! recipient. Input is only read while the outbox is small: a client that does not read its
 //! replies stops being read, rather than making the server buffer without bound.
+//!
+//! A client that reads too slowly for its rooms *lags* (see [`Inbox`]): once it has taken
+//! what was queued, the session replays the gap from the store (`LAGGED`, then `MSG` lines)
+//! and goes live again. Only a client that takes no bytes at all for `--stall-timeout` is
+//! closed (`BYE too slow`).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -19,6 +25,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Frame, LineReader};
@@ -37,6 +44,8 @@ const OUTBOX_HIGH: usize = 64 * 1024;
 const MAX_IN_FLIGHT: usize = 256;
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
+/// How long catching up waits after the store refused a replay.
+const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
 /// Most input lines handled in one turn of a session's loop before it looks at its other
 /// work (writing, acks, room traffic, shutdown).
 const FRAMES_PER_TURN: usize = 64;
@@ -70,12 +79,15 @@ pub async fn run(
         errors: (0, 0),
         bucket: (0, 0.0),
         too_many_errors: false,
+        behind: None,
     };
     let end = session.serve(reader).await;
     session.leave_everything();
     session.handle.inbox.close();
     match end {
-        End::TooSlow => tracing::info!(%peer, "closed: too slow (outbound queue full)"),
+        End::TooSlow => {
+            tracing::info!(%peer, "closed: too slow (took no output for the stall timeout)")
+        }
         End::LoginTimeout => tracing::info!(%peer, "closed: no NICK within the login timeout"),
         End::TooManyErrors => tracing::info!(%peer, "closed: too many errors"),
         End::Io(e) => tracing::debug!(%peer, error = %e, "closed: socket error"),
@@ -98,8 +110,12 @@ enum End {
 /// One room this connection is in.
 struct Joined {
     room: Arc<str>,
-    /// Live messages with ids up to here were already replayed (or predate the join).
+    /// Live messages with ids up to here were already shown (replayed or delivered), or
+    /// predate the join.
     floor: MessageId,
+    /// Ids above `floor` of this connection's own messages, acknowledged while the room's
+    /// earlier traffic was still queued or missed: a catch-up must not show them as `MSG`.
+    own: Vec<MessageId>,
 }
 
 struct Session {
@@ -120,6 +136,40 @@ struct Session {
     bucket: (u32, f32),
     /// Set when the connection has erred too often: close with `BYE` at the next chance.
     too_many_errors: bool,
+    /// Present only while output waits on the socket or the inbox lags.
+    behind: Option<Box<Behind>>,
+}
+
+/// A connection that is behind: bytes wait for its socket, or its inbox lags.
+struct Behind {
+    /// Wakes the session to check for a stall, or to retry a catch-up.
+    timer: Pin<Box<Sleep>>,
+    /// When the socket last took bytes (or when the wait began).
+    progress_at: Instant,
+    /// No byte was taken for `--stall-timeout`: close with `BYE too slow`.
+    stalled: bool,
+    /// The store refused a catch-up: try again from this time.
+    retry_at: Option<Instant>,
+}
+
+impl Behind {
+    fn new(stall: Duration) -> Box<Behind> {
+        let now = Instant::now();
+        Box::new(Behind {
+            timer: Box::pin(tokio::time::sleep_until(now + stall)),
+            progress_at: now,
+            stalled: false,
+            retry_at: None,
+        })
+    }
+}
+
+/// Waits for the timer of a connection that is behind; forever for one that is not.
+async fn behind_timer(behind: &mut Option<Box<Behind>>) {
+    match behind {
+        Some(b) => b.timer.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Session {
@@ -144,13 +194,33 @@ impl Session {
                 Box::pin(self.close("login timeout: choose a name with NICK sooner")).await;
                 return End::LoginTimeout;
             }
-            if inbox.is_too_slow() {
+            if self.behind.as_ref().is_some_and(|b| b.stalled) {
                 self.out.drop_unstarted();
                 Box::pin(self.close("too slow")).await;
                 return End::TooSlow;
             }
             if self.out.bytes < OUTBOX_HIGH {
                 self.take_room_traffic();
+            }
+            if inbox.is_lagging() {
+                if self.behind.is_none() {
+                    self.behind = Some(Behind::new(self.hub.config.stall_timeout));
+                }
+                let retry_due = self
+                    .behind
+                    .as_ref()
+                    .is_none_or(|b| b.retry_at.is_none_or(|at| at <= Instant::now()));
+                // The socket took everything queued before the gap: replay it.
+                if self.out.is_empty() && retry_due {
+                    if let Some(rooms) = inbox.resume() {
+                        if let Err(e) = Box::pin(self.catch_up(rooms)).await {
+                            return End::Io(e);
+                        }
+                        continue;
+                    }
+                }
+            } else if self.out.is_empty() && self.behind.is_some() {
+                self.behind = None;
             }
             let room_for_output = self.out.bytes < OUTBOX_HIGH;
             let can_read = room_for_output && self.acks.len() < MAX_IN_FLIGHT;
@@ -164,6 +234,10 @@ impl Session {
                     if let Err(e) = written {
                         return End::Io(e);
                     }
+                    self.wrote();
+                }
+                _ = behind_timer(&mut self.behind), if self.behind.is_some() => {
+                    self.on_behind_timer();
                 }
                 Some(ack) = self.acks.next(), if !self.acks.is_empty() => {
                     // Acks come a batch at a time: answer all that are ready in one go.
@@ -207,9 +281,6 @@ impl Session {
                             }
                         }
                         // Room traffic keeps flowing between the lines of a long turn.
-                        if inbox.is_too_slow() {
-                            break;
-                        }
                         if self.out.bytes < OUTBOX_HIGH {
                             self.take_room_traffic();
                         }
@@ -270,10 +341,17 @@ impl Session {
             }
             Outbound::Messages(batch) => {
                 // Batches queued before a PART are not for us any more.
-                let Some(joined) = self.joined.iter().find(|j| j.room == batch.room) else {
+                let Some(joined) = self.joined.iter_mut().find(|j| j.room == batch.room) else {
                     return;
                 };
                 let (me, floor) = (self.handle.id, joined.floor);
+                if let Some(last) = batch.messages.last() {
+                    joined.floor = floor.max(last.id);
+                    if !joined.own.is_empty() {
+                        let shown = joined.floor;
+                        joined.own.retain(|id| *id > shown);
+                    }
+                }
                 // The usual case, without allocating: the whole block is for us.
                 if batch
                     .messages
@@ -290,13 +368,174 @@ impl Session {
         }
     }
 
-    fn answer_ack(&mut self, ack: Result<AckResult, oneshot::error::RecvError>) {
+    fn answer_ack(&mut self, (ack, room): (AckOutcome, Arc<str>)) {
         let line = match ack {
-            Ok(Ok(ack)) => protocol::ok_say(ack.id, self.acks.time(ack.millis)),
+            Ok(Ok(ack)) => {
+                self.note_own(&room, ack.id);
+                protocol::ok_say(ack.id, self.acks.time(ack.millis))
+            }
             Ok(Err(e)) => store_error(&e),
             Err(_) => store_error(&StoreError::Unavailable("the writer has stopped".into())),
         };
         self.out.push(line);
+    }
+
+    /// Notes the id of our own message, so that it is never shown to us as `MSG`.
+    fn note_own(&mut self, room: &str, id: MessageId) {
+        let Some(joined) = self.joined.iter_mut().find(|j| *j.room == *room) else {
+            return;
+        };
+        if id <= joined.floor {
+            return;
+        }
+        // With nothing queued or missed, every earlier message of the room has been shown:
+        // the floor can move up to our message. Otherwise remember it for a catch-up.
+        if self.handle.inbox.is_drained() {
+            joined.floor = id;
+            joined.own.clear();
+        } else {
+            joined.own.push(id);
+        }
+    }
+
+    /// After a write: a connection whose output still waits is behind, and the write was
+    /// progress.
+    fn wrote(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let stall = self.hub.config.stall_timeout;
+        self.behind
+            .get_or_insert_with(|| Behind::new(stall))
+            .progress_at = Instant::now();
+    }
+
+    /// The timer of a connection that is behind fired: find a stall, or set the next wake-up.
+    fn on_behind_timer(&mut self) {
+        let stall = self.hub.config.stall_timeout;
+        let waiting = !self.out.is_empty();
+        let Some(b) = self.behind.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let next = if waiting {
+            let deadline = b.progress_at + stall;
+            if now >= deadline {
+                b.stalled = true;
+                return;
+            }
+            deadline
+        } else {
+            match b.retry_at {
+                Some(at) if at > now => at,
+                _ => now + stall,
+            }
+        };
+        b.timer.as_mut().reset(next);
+    }
+
+    /// Replays what a lag made the client miss, room by room: `LAGGED`, then `MISSED` if the
+    /// store let some of it go, then every later message as `MSG`. Live traffic is queued
+    /// again meanwhile; what the replay already showed is dropped from it by the floor.
+    async fn catch_up(&mut self, rooms: Vec<Arc<str>>) -> io::Result<()> {
+        // Our own messages in the gap are known by their acks: take them all first.
+        self.settle_acks().await;
+        let mut rooms = rooms.into_iter();
+        while let Some(room) = rooms.next() {
+            match self.catch_up_room(&room).await {
+                Ok(true) => {}
+                // Shutting down or stalled: the main loop closes the connection.
+                Ok(false) => return Ok(()),
+                Err(Replayed::Io(e)) => return Err(e),
+                Err(Replayed::Store(e)) => {
+                    tracing::warn!(conn = self.handle.id, error = %e, "catch-up after a lag deferred");
+                    let mut left = vec![room];
+                    left.extend(rooms);
+                    self.handle.inbox.lag(left);
+                    let stall = self.hub.config.stall_timeout;
+                    let b = self.behind.get_or_insert_with(|| Behind::new(stall));
+                    let at = Instant::now() + CATCH_UP_RETRY;
+                    b.retry_at = Some(at);
+                    if self.out.is_empty() {
+                        b.timer.as_mut().reset(at);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Catches up one room. False if the session is stopping.
+    async fn catch_up_room(&mut self, room: &Arc<str>) -> Result<bool, Replayed> {
+        let Some(index) = self.joined.iter().position(|j| j.room == *room) else {
+            // Left since: nothing to catch up.
+            return Ok(true);
+        };
+        let store = self.hub.store.clone();
+        let limit = self.hub.config.max_page.max(1);
+        let mut cursor = self.joined[index].floor;
+        self.out.push(protocol::line(&[
+            "LAGGED",
+            room,
+            &cursor.to_string(),
+            "you fell behind: the messages after this id follow, then live ones; JOINED, LEFT and NICK lines were skipped",
+        ]));
+        loop {
+            // Read before the page: the store only ever lets go of more.
+            let forgotten = store.forgotten_through(room);
+            let messages = store
+                .page(
+                    room,
+                    Page::Oldest {
+                        after: cursor,
+                        before: None,
+                        limit,
+                    },
+                )
+                .await?;
+            // Ids between the cursor and the first message kept are gone, as far as the store
+            // said before the read (ids past its end at the time of the read arrive live).
+            let missed_to = match messages.first() {
+                Some(first) => store.forgotten_through(room).min(first.id - 1),
+                None => forgotten,
+            };
+            if missed_to > cursor {
+                self.out.push(protocol::line(&[
+                    "MISSED",
+                    room,
+                    &(cursor + 1).to_string(),
+                    &missed_to.to_string(),
+                    "these messages were dropped from history before you could read them",
+                ]));
+                cursor = missed_to;
+            }
+            let joined = &mut self.joined[index];
+            for m in &messages {
+                if !joined.own.contains(&m.id) {
+                    self.out.push(protocol::message_line(
+                        MessageKind::Live,
+                        room,
+                        m.id,
+                        m.millis,
+                        &m.nick,
+                        &m.text,
+                    ));
+                }
+            }
+            if let Some(last) = messages.last() {
+                cursor = last.id;
+            }
+            joined.floor = joined.floor.max(cursor);
+            let floor = joined.floor;
+            joined.own.retain(|id| *id > floor);
+            if messages.len() < limit {
+                return Ok(true);
+            }
+            if !self.flush_unless_stopping().await? {
+                return Ok(false);
+            }
+        }
     }
 
     /// Waits for every `SAY` in flight, so replies keep the order of the commands.
@@ -449,9 +688,13 @@ impl Session {
                 "join a room first: JOIN <room>",
             ));
         };
-        let message = NewMessage { room, nick, text };
+        let message = NewMessage {
+            room: room.clone(),
+            nick,
+            text,
+        };
         let ack = self.hub.writer.submit(message, self.handle.id).await;
-        self.acks.push_back(ack);
+        self.acks.push_back(ack, room);
         Ok(())
     }
 
@@ -510,17 +753,27 @@ impl Session {
         };
         // Re-joining keeps the live feed as it was: messages already queued for us still
         // arrive, even if the fresh replay showed them too.
+        let mut previous_own = Vec::new();
         let live_floor = match existing {
-            Some(i) => self.joined.remove(i).floor,
+            Some(i) => {
+                let previous = self.joined.remove(i);
+                previous_own = previous.own;
+                previous.floor
+            }
             None => floor,
         };
         if self.joined.is_empty() {
             // Most connections are in one room: no room for four.
             self.joined.reserve_exact(1);
         }
+        let own = match existing {
+            Some(_) => std::mem::take(&mut previous_own),
+            None => Vec::new(),
+        };
         self.joined.push(Joined {
             room: room.clone(),
             floor: live_floor,
+            own,
         });
         self.out.push(protocol::line(&[
             "OK",
@@ -618,18 +871,27 @@ impl Session {
         }
     }
 
-    /// Writes out everything pending. False if shutdown or a too-slow verdict came first (the
-    /// main loop then says `BYE`).
+    /// Writes out everything pending. False if shutdown came first or the client stalled
+    /// (the main loop then says `BYE`).
     async fn flush_unless_stopping(&mut self) -> io::Result<bool> {
-        tokio::select! {
-            written = self.out.flush(&mut self.socket) => written.map(|()| true),
-            _ = self.shutdown.cancelled() => Ok(false),
-            _ = async {
-                while !self.handle.inbox.is_too_slow() {
-                    self.handle.inbox.ready.notified().await;
+        let shutdown = self.shutdown.clone();
+        while !self.out.is_empty() {
+            if shutdown.is_cancelled() || self.behind.as_ref().is_some_and(|b| b.stalled) {
+                return Ok(false);
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(false),
+                written = self.out.write_some(&mut self.socket) => {
+                    written?;
+                    self.wrote();
                 }
-            } => Ok(false),
+                _ = behind_timer(&mut self.behind), if self.behind.is_some() => {
+                    self.on_behind_timer();
+                }
+            }
         }
+        Ok(true)
     }
 
     async fn history(&mut self, room: String, args: HistoryArgs) -> Result<(), ProtocolError> {
@@ -727,6 +989,8 @@ struct Acks(Option<Box<PendingAcks>>);
 #[derive(Default)]
 struct PendingAcks {
     queue: FuturesOrdered<oneshot::Receiver<AckResult>>,
+    /// The room of each pending ack, in the same order.
+    rooms: VecDeque<Arc<str>>,
     /// The last ack time formatted, with its milliseconds: acks of a batch share it.
     time: (i64, String),
 }
@@ -751,19 +1015,18 @@ impl Acks {
         self.len() == 0
     }
 
-    fn push_back(&mut self, ack: oneshot::Receiver<AckResult>) {
-        self.0
-            .get_or_insert_with(Default::default)
-            .queue
-            .push_back(ack);
+    fn push_back(&mut self, ack: oneshot::Receiver<AckResult>, room: Arc<str>) {
+        let pending = self.0.get_or_insert_with(Default::default);
+        pending.queue.push_back(ack);
+        pending.rooms.push_back(room);
     }
 
-    /// The next ack in order; `None` when none are pending.
-    async fn next(&mut self) -> Option<AckOutcome> {
-        match &mut self.0 {
-            Some(pending) => pending.queue.next().await,
-            None => None,
-        }
+    /// The next ack in order, with its room; `None` when none are pending.
+    async fn next(&mut self) -> Option<(AckOutcome, Arc<str>)> {
+        let pending = self.0.as_mut()?;
+        let outcome = pending.queue.next().await?;
+        let room = pending.rooms.pop_front().expect("a room for every ack");
+        Some((outcome, room))
     }
 
     fn release_if_empty(&mut self) {

@@ -287,6 +287,18 @@ async fn replay_and_live_meet_without_a_seam_in_postgres() {
     server.stop().await.unwrap();
 }
 
+/// The lag policy with the store it was made for: the gap comes back from PostgreSQL.
+#[tokio::test]
+async fn a_slow_reader_catches_up_from_postgres() {
+    let config = Config {
+        outbound_limit: 256 * 1024,
+        ..pg::config().await
+    };
+    let server = TestServer::start_with(config).await;
+    common::check_lag_and_replay(&server).await;
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn replay_from_a_room_of_100000_messages_uses_the_index() {
     let (server, url) = pg_server().await;

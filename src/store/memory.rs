@@ -17,6 +17,8 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct RoomLog {
     last_id: MessageId,
+    /// The id of the last message evicted (0 if none).
+    evicted_through: MessageId,
     /// Oldest first; ids strictly increasing.
     messages: VecDeque<StoredMessage>,
 }
@@ -86,7 +88,9 @@ impl HistoryStore for MemoryStore {
                     text: m.text.clone(),
                 };
                 if log.messages.len() >= self.capacity {
-                    log.messages.pop_front();
+                    if let Some(gone) = log.messages.pop_front() {
+                        log.evicted_through = gone.id;
+                    }
                 }
                 log.messages.push_back(stored.clone());
                 stored
@@ -106,6 +110,11 @@ impl HistoryStore for MemoryStore {
     async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {
         let rooms = self.rooms.lock().expect("memory store lock");
         Ok(rooms.get(room).map_or(0, |log| log.last_id))
+    }
+
+    fn forgotten_through(&self, room: &str) -> MessageId {
+        let rooms = self.rooms.lock().expect("memory store lock");
+        rooms.get(room).map_or(0, |log| log.evicted_through)
     }
 }
 
@@ -173,5 +182,7 @@ mod tests {
             vec![7, 8, 9, 10]
         );
         assert_eq!(s.latest_id("r").await.unwrap(), 10);
+        assert_eq!(s.forgotten_through("r"), 6);
+        assert_eq!(filled(3, 4).await.forgotten_through("r"), 0);
     }
 }

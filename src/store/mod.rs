@@ -70,6 +70,12 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// The newest id in a room, 0 if it has none.
     async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError>;
 
+    /// The newest id in a room that the store has let go of (0 if it keeps everything). Ids
+    /// up to it that a client has not seen are lost to that client.
+    fn forgotten_through(&self, _room: &str) -> MessageId {
+        0
+    }
+
     /// Records that a user of this name exists (on `NICK`), in the background, when the
     /// store has capacity to spare; never waits. Stores without users ignore it.
     fn record_user(&self, _nick: &str) {}

@@ -304,3 +304,123 @@ pub async fn check_replay_seam(server: &TestServer) {
     );
     talker.expect_nothing_pending().await;
 }
+
+/// Sends the numbered messages `<i> <payload>` for every `i` in `numbers` from `talker`, in
+/// pipelined chunks, waiting for the acks of each chunk. Returns the acked ids in order.
+pub async fn talk_in_chunks(
+    talker: &mut Client,
+    numbers: std::ops::Range<usize>,
+    payload: &str,
+) -> Vec<u64> {
+    const PER_CHUNK: usize = 50;
+    let mut acked = Vec::with_capacity(numbers.len());
+    let mut sent = numbers.start;
+    while sent < numbers.end {
+        let n = PER_CHUNK.min(numbers.end - sent);
+        let batch: String = (sent..sent + n)
+            .map(|i| format!("SAY {i} {payload}\n"))
+            .collect();
+        talker.send_raw(batch.as_bytes()).await;
+        for _ in 0..n {
+            let (_, ok) = talker.until("OK SAY ").await;
+            acked.push(ok.split(' ').nth(2).unwrap().parse().unwrap());
+        }
+        sent += n;
+    }
+    acked
+}
+
+/// Reads the texts of the next `count` messages from `nick` in `room`, checking they come in
+/// id order with no duplicate. Messages from others are skipped; `LAGGED` lines are allowed
+/// (a member that reads slower than a burst arrives lags, and loses nothing).
+pub async fn read_room(client: &mut Client, room: &str, nick: &str, count: usize) -> Vec<String> {
+    let mut texts = Vec::with_capacity(count);
+    let mut last = 0;
+    while texts.len() < count {
+        let line = client.line().await;
+        if line.starts_with(&format!("LAGGED {room} ")) {
+            continue;
+        }
+        let m = parse_message(&line);
+        assert_eq!(
+            (m.kind.as_str(), m.room.as_str()),
+            ("MSG", room),
+            "{line:.60}"
+        );
+        assert!(m.id > last, "in id order, no duplicate: {line:.60}");
+        last = m.id;
+        if m.nick == nick {
+            texts.push(m.text);
+        }
+    }
+    texts
+}
+
+/// A member stops reading while its room is busy. The others receive every message, in
+/// order, while it lags; then it reads again and receives every message too, exactly once and
+/// in order, with a `LAGGED` line where the live feed broke off and the gap replayed from the
+/// store; it is never dropped and never shown its own message. Needs an outbound limit well
+/// below the ~12 MB the talker sends.
+pub async fn check_lag_and_replay(server: &TestServer) {
+    const TOTAL: usize = 4000;
+    let payload = "p".repeat(3000);
+    let mut talker = server.login("talker").await;
+    talker.join("r").await;
+    let mut reader = server.login("reader").await;
+    reader.join("r").await;
+    talker.expect("JOINED r reader").await;
+    let mut slow = server.login("slow").await;
+    slow.send("JOIN r").await;
+    talker.expect("JOINED r slow").await;
+    reader.expect("JOINED r slow").await;
+
+    // The attentive reader runs on its own, checking every message as it comes.
+    let text_of = move |i: usize| format!("{i} {}", "p".repeat(3000));
+    let reading = tokio::spawn(async move {
+        let texts: Vec<String> = read_room(&mut reader, "r", "talker", TOTAL).await;
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(*text, text_of(i));
+        }
+        reader
+    });
+    let mut acked = talk_in_chunks(&mut talker, 0..TOTAL / 2, &payload).await;
+    // `slow` speaks up while behind (its line is read whenever the server gets to it).
+    slow.send("SAY from the back row").await;
+    acked.extend(talk_in_chunks(&mut talker, TOTAL / 2..TOTAL, &payload).await);
+    let mut reader = reading.await.unwrap();
+
+    // Now `slow` reads: the replay of its join, then every message exactly once, in order.
+    let (hist, ok) = slow.until("OK JOIN r ").await;
+    assert!(hist.is_empty(), "{hist:?}");
+    let mut last_shown: u64 = ok.rsplit(' ').next().unwrap().parse().unwrap();
+    let (mut got, mut lagged, mut own_acks) = (Vec::new(), 0, 0);
+    while got.len() < TOTAL || own_acks == 0 {
+        let line = slow.line().await;
+        if let Some(rest) = line.strip_prefix("LAGGED r ") {
+            let after: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+            assert_eq!(after, last_shown, "LAGGED names the last id delivered");
+            lagged += 1;
+        } else if line.starts_with("OK SAY ") {
+            own_acks += 1;
+        } else {
+            let m = parse_message(&line);
+            assert_eq!(m.kind, "MSG", "{line:.60}");
+            assert_eq!(m.nick, "talker", "never shown its own message");
+            assert!(m.id > last_shown, "in order, no duplicate: {line:.60}");
+            assert_eq!(m.text, text_of(got.len()), "no gap");
+            last_shown = m.id;
+            got.push(m.id);
+        }
+    }
+    assert_eq!(got, acked);
+    assert!(lagged > 0, "the slow member lagged (and was told)");
+    assert_eq!(own_acks, 1);
+    slow.expect_nothing_pending().await;
+    // Still a member, and the room still works for it.
+    talker.say("still here?").await;
+    let m = parse_message(&slow.line().await);
+    assert_eq!(m.text, "still here?");
+    reader.send("WHO r").await;
+    let (members, ok) = reader.until("OK WHO r").await;
+    assert_eq!(ok, "OK WHO r 3", "{members:?}");
+}

@@ -63,6 +63,18 @@ impl LineReader {
     }
 }
 
+impl LineReader {
+    /// The next frame already read from the socket, without reading more.
+    pub fn next_buffered(&mut self) -> Option<io::Result<Frame>> {
+        let decoded = if self.eof {
+            self.codec.decode_eof(&mut self.buf)
+        } else {
+            self.codec.decode(&mut self.buf)
+        };
+        decoded.transpose()
+    }
+}
+
 /// One unit of client input.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {

@@ -67,11 +67,12 @@ pub enum ErrorCode {
     StoreUnavailable,
     ServerFull,
     RateLimited,
+    ShuttingDown,
 }
 
 impl ErrorCode {
     /// Every code, in PROTOCOL.md's order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::UnknownCommand,
         ErrorCode::MissingArgument,
         ErrorCode::TooManyArguments,
@@ -87,6 +88,7 @@ impl ErrorCode {
         ErrorCode::StoreUnavailable,
         ErrorCode::ServerFull,
         ErrorCode::RateLimited,
+        ErrorCode::ShuttingDown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +108,7 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorCode::ServerFull => "SERVER_FULL",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
         }
     }
 }

@@ -191,12 +191,13 @@ impl Session {
         self.hub.logins.watch(&inbox);
         loop {
             if inbox.login_expired() {
-                Box::pin(self.close("login timeout: choose a name with NICK sooner")).await;
+                Box::pin(self.close("login timeout: choose a name with NICK sooner", &mut reader))
+                    .await;
                 return End::LoginTimeout;
             }
             if self.behind.as_ref().is_some_and(|b| b.stalled) {
                 self.out.drop_unstarted();
-                Box::pin(self.close("too slow")).await;
+                Box::pin(self.close("too slow", &mut reader)).await;
                 return End::TooSlow;
             }
             if self.out.bytes < OUTBOX_HIGH {
@@ -227,7 +228,10 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
-                    Box::pin(self.close("server shutting down")).await;
+                    // Answer what was said before, then refuse the lines already read.
+                    self.settle_acks().await;
+                    self.refuse_unread(&mut reader);
+                    Box::pin(self.close("server shutting down", &mut reader)).await;
                     return End::Shutdown;
                 }
                 written = self.out.write_some(&mut self.socket), if !self.out.is_empty() => {
@@ -263,12 +267,12 @@ impl Session {
                             // connections small.
                             Some(Ok(frame)) => match Box::pin(self.on_frame(frame)).await {
                                 Ok(None) if self.too_many_errors => {
-                                    Box::pin(self.close("too many errors")).await;
+                                    Box::pin(self.close("too many errors", &mut reader)).await;
                                     return End::TooManyErrors;
                                 }
                                 Ok(None) => {}
                                 Ok(Some(reason)) => {
-                                    Box::pin(self.close(&reason)).await;
+                                    Box::pin(self.close(&reason, &mut reader)).await;
                                     return End::Quit;
                                 }
                                 Err(e) => return End::Io(e),
@@ -276,7 +280,7 @@ impl Session {
                             Some(Err(e)) => return End::Io(e),
                             None => {
                                 // Half-closed by the client: answer what it sent, then close.
-                                Box::pin(self.close("end of input")).await;
+                                Box::pin(self.close("end of input", &mut reader)).await;
                                 return End::Eof;
                             }
                         }
@@ -299,8 +303,10 @@ impl Session {
     }
 
     /// Says `BYE <reason>` after answering every `SAY` in flight and leaving every room, then
-    /// closes the socket.
-    async fn close(&mut self, reason: &str) {
+    /// closes the socket. A client that is still sending is read (and ignored) until it closes
+    /// too, within `--close-grace`: closing with unread input would send a reset, and a reset
+    /// can destroy the client's copy of the last replies and the `BYE`.
+    async fn close(&mut self, reason: &str, reader: &mut LineReader) {
         self.settle_acks().await;
         // Leave first, so the rooms stop queueing for us while the last lines drain.
         self.leave_everything();
@@ -308,9 +314,30 @@ impl Session {
         let grace = self.hub.config.close_grace;
         let _ = tokio::time::timeout(grace, async {
             self.out.flush(&mut self.socket).await?;
-            self.socket.shutdown().await
+            self.socket.shutdown().await?;
+            // Linger only for a client that is still sending: an idle one is closed at once.
+            if let Some(Some(Ok(_))) = reader.next().now_or_never() {
+                while let Some(Ok(_)) = reader.next().await {}
+            }
+            io::Result::Ok(())
         })
         .await;
+    }
+
+    /// At shutdown: every complete line already read from the socket gets
+    /// `ERR SHUTTING_DOWN`, so that nothing the server took in goes unanswered.
+    fn refuse_unread(&mut self, reader: &mut LineReader) {
+        while let Some(Ok(frame)) = reader.next_buffered() {
+            if let Frame::Line(line) = &frame {
+                if line.iter().all(|b| *b == b' ') {
+                    continue;
+                }
+            }
+            self.out.push(protocol::error_line(&ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; this was not done",
+            )));
+        }
     }
 
     fn leave_everything(&mut self) {

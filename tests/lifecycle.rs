@@ -210,6 +210,48 @@ async fn a_stalled_reader_is_closed() {
     server.stop().await.unwrap();
 }
 
+/// At shutdown every line the server has read gets its answer: the reply if it was done,
+/// `ERR SHUTTING_DOWN` if not, then `BYE`. Nothing it took in goes unanswered.
+#[tokio::test]
+async fn lines_read_before_a_shutdown_are_answered() {
+    const ASKS: usize = 20;
+    let config = Config {
+        close_grace: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut talker = server.login("talker").await;
+    talker.join("r").await;
+    common::talk_in_chunks(&mut talker, 0..500, &"p".repeat(3000)).await;
+    // Twenty requests for 1.5 MB each, in one packet, and nothing read: the server's output
+    // fills up after a few, and the rest wait in its input buffer.
+    let mut asker = server.login("asker").await;
+    asker
+        .send_raw("HISTORY r LIMIT 500\n".repeat(ASKS).as_bytes())
+        .await;
+    // The first reply has begun, so the packet was read.
+    asker.expect_prefix("HIST r 1 ").await;
+    let stopping = tokio::spawn(server.stop());
+    let (mut done, mut refused) = (0, 0);
+    let mut last = String::new();
+    while let Some(line) = asker.try_line().await {
+        if line.starts_with("OK HISTORY r 500") {
+            assert_eq!(refused, 0, "refusals come after the replies");
+            done += 1;
+        } else if line.starts_with("ERR SHUTTING_DOWN ") {
+            refused += 1;
+        } else if !line.starts_with("HIST r ") {
+            last = line;
+            break;
+        }
+    }
+    assert_eq!(last, "BYE server shutting down");
+    assert_eq!(done + refused, ASKS, "{done} done, {refused} refused");
+    assert!(refused > 0 && done > 0, "{done} done, {refused} refused");
+    assert_eq!(asker.try_line().await, None);
+    stopping.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_says_bye_to_everyone_after_answering_them() {
     let server = TestServer::start().await;

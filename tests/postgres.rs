@@ -637,3 +637,180 @@ async fn missing_postgresql_programs_say_what_to_install() {
     assert!(stderr.contains("/nonexistent/bin"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What one pipelining client saw of a server that was signalled under load.
+struct LoadOutcome {
+    acked: Vec<u64>,
+    refused: usize,
+    saw_bye: bool,
+}
+
+/// Four clients pipeline SAYs into room `load` as fast as the server takes them; once 2,000
+/// are acked the server gets `signal`. Returns what each client saw, once the server exited.
+async fn signal_under_load(
+    server: Binary,
+    signal: &str,
+) -> (Vec<LoadOutcome>, std::process::ExitStatus) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let total_acked = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for k in 0..4 {
+        // A raw connection per client, so that writing and reading run apart.
+        let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let done = Arc::new(AtomicBool::new(false));
+        let signal = signal.to_string();
+        let writing = {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let _ = write
+                    .write_all(format!("NICK w{k}\nJOIN load NONE\n").as_bytes())
+                    .await;
+                let mut i = 0;
+                while !done.load(Ordering::Relaxed) && i < 50_000 {
+                    let chunk: String = (i..i + 25)
+                        .map(|n| format!("SAY {signal} w{k} {n}\n"))
+                        .collect();
+                    if write.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    i += 25;
+                }
+                let _ = write.shutdown().await;
+            })
+        };
+        let total_acked = total_acked.clone();
+        let reading = tokio::spawn(async move {
+            let mut lines = BufReader::new(read).lines();
+            let mut outcome = LoadOutcome {
+                acked: Vec::new(),
+                refused: 0,
+                saw_bye: false,
+            };
+            // A reset (after SIGKILL) ends the stream like a close.
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("OK SAY ") {
+                    outcome
+                        .acked
+                        .push(rest.split(' ').next().unwrap().parse().unwrap());
+                    total_acked.fetch_add(1, Ordering::Relaxed);
+                } else if line.starts_with("ERR SHUTTING_DOWN ") {
+                    outcome.refused += 1;
+                } else if line.starts_with("BYE ") {
+                    assert_eq!(line, "BYE server shutting down");
+                    outcome.saw_bye = true;
+                    done.store(true, Ordering::Relaxed);
+                } else {
+                    assert!(
+                        [
+                            "HELLO ",
+                            "OK NICK ",
+                            "OK JOIN ",
+                            "MSG load ",
+                            "JOINED ",
+                            "LEFT "
+                        ]
+                        .iter()
+                        .any(|p| line.starts_with(p)),
+                        "unexpected {line:.80}"
+                    );
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            outcome
+        });
+        clients.push((writing, reading));
+    }
+    tokio::time::timeout(common::PATIENCE, async {
+        while total_acked.load(Ordering::Relaxed) < 2000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the clients get going");
+    server.signal(signal);
+    let status = server.wait().await;
+    let mut outcomes = Vec::new();
+    for (writing, reading) in clients {
+        let outcome = tokio::time::timeout(common::PATIENCE, reading)
+            .await
+            .expect("every client sees the end")
+            .unwrap();
+        writing.await.unwrap();
+        outcomes.push(outcome);
+    }
+    (outcomes, status)
+}
+
+/// Every message in room `load` after a restart: (id, text), oldest first.
+async fn stored_load(dir: &Path) -> (Binary, Vec<(u64, String)>) {
+    let server = Binary::start(dir);
+    let mut c = Client::connect(server.addr).await;
+    c.send("NICK auditor").await;
+    c.expect("OK NICK auditor").await;
+    let stored = c
+        .join("load SINCE 0")
+        .await
+        .iter()
+        .map(|l| {
+            let m = parse_message(l);
+            (m.id, m.text)
+        })
+        .collect();
+    (server, stored)
+}
+
+/// SIGTERM under load: every SAY the server read was either stored and acked or refused,
+/// every client got `BYE`, the exit is clean, and history holds exactly the acked messages.
+/// Then SIGKILL under load: every acked message survives, and nothing is stored twice.
+#[tokio::test]
+async fn sigterm_and_sigkill_under_load_lose_nothing_acked() {
+    let dir = pg::temp_dir("under load");
+    let _cleanup = pg::DirGuard(dir.clone());
+
+    let (outcomes, status) = signal_under_load(Binary::start(&dir), "-TERM").await;
+    assert!(status.success(), "SIGTERM under load exits 0: {status:?}");
+    let mut acked: Vec<u64> = outcomes.iter().flat_map(|o| o.acked.clone()).collect();
+    acked.sort_unstable();
+    assert!(outcomes.iter().all(|o| o.saw_bye), "every client got BYE");
+    let refused: usize = outcomes.iter().map(|o| o.refused).sum();
+    eprintln!(
+        "SIGTERM under load: {} acked, {refused} refused",
+        acked.len()
+    );
+    let (server, stored) = stored_load(&dir).await;
+    let stored_ids: Vec<u64> = stored.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        stored_ids, acked,
+        "history holds exactly the acked messages ({refused} refused)"
+    );
+
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+    let (outcomes, status) = signal_under_load(Binary::start(&dir), "-KILL").await;
+    assert!(!status.success());
+    let (server, stored) = stored_load(&dir).await;
+    let stored_ids: Vec<u64> = stored.iter().map(|(id, _)| *id).collect();
+    assert!(
+        stored_ids.windows(2).all(|w| w[0] < w[1]),
+        "ids in order, none twice"
+    );
+    let mut texts: Vec<&String> = stored.iter().map(|(_, t)| t).collect();
+    let count = texts.len();
+    texts.sort_unstable();
+    texts.dedup();
+    assert_eq!(texts.len(), count, "no message stored twice");
+    for o in &outcomes {
+        for id in &o.acked {
+            assert!(
+                stored_ids.binary_search(id).is_ok(),
+                "acked {id} survives SIGKILL"
+            );
+        }
+    }
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+}

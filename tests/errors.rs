@@ -54,8 +54,13 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
         "BAD_NICK",
     )
     .await;
+    refused(&mut c, seen, b"NICK tab\tname", "BAD_NICK").await;
+    refused(&mut c, seen, b"NICK del\x7f", "BAD_NICK").await;
     refused(&mut c, seen, b"JOIN room/with/slash", "BAD_ROOM").await;
     refused(&mut c, seen, b"WHO r\x01", "BAD_ROOM").await;
+    refused(&mut c, seen, b"JOIN nul\x00room", "BAD_ROOM").await;
+    refused(&mut c, seen, b"HISTORY tab\troom", "BAD_ROOM").await;
+    refused(&mut c, seen, b"PART r\x1b", "BAD_ROOM").await;
     refused(&mut c, seen, b"SAY before nick", "NO_NICK").await;
     refused(&mut c, seen, b"JOIN r", "NO_NICK").await;
     refused(&mut c, seen, &[b'x'; 65], "LINE_TOO_LONG").await;
@@ -72,9 +77,22 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
     refused(&mut c, seen, b"PART elsewhere", "NOT_IN_ROOM").await;
     refused(&mut c, seen, b"SAY bell\x07", "BAD_TEXT").await;
     refused(&mut c, seen, b"SAY esc\x1b[31m", "BAD_TEXT").await;
+    refused(&mut c, seen, b"SAY nul\x00byte", "BAD_TEXT").await;
+    refused(&mut c, seen, b"SAY del\x7f", "BAD_TEXT").await;
+    // C1 controls are control characters too (U+0085, next line).
+    refused(&mut c, seen, "SAY next\u{85}line".as_bytes(), "BAD_TEXT").await;
+    refused(&mut c, seen, b"SAY cr\rin the middle", "BAD_TEXT").await;
+    refused(&mut c, seen, b"PING \x00", "BAD_TEXT").await;
+    refused(&mut c, seen, b"QUIT \x1b", "BAD_TEXT").await;
     refused(&mut c, seen, b"SAY    ", "MISSING_ARGUMENT").await;
-    // After all that, the connection still chats.
+    // After all that, the connection still chats. Tab is the one control character text
+    // may hold, and it comes back as sent.
     assert_eq!(c.say("still here").await, 1);
+    let mut other = server.login("other").await;
+    other.join("r").await;
+    c.expect("JOINED r other").await;
+    assert_eq!(c.say("tab\tseparated").await, 2);
+    assert!(other.line().await.ends_with(" me tab\tseparated"));
 
     // A server that is full turns a new connection away with SERVER_FULL and closes it.
     let full = TestServer::start_with(Config {

@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader as StdBufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::binary::{linechat, Binary};
 use common::{is_rfc3339_millis, parse_message, Client, TestServer, PATIENCE};
 use linechat::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -293,44 +292,16 @@ async fn shutdown_says_bye_to_everyone_after_answering_them() {
     }
 }
 
-/// Starts the real binary on a free port; returns it and its address.
-fn start_binary() -> (std::process::Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_linechat"))
-        .args(["--listen", "127.0.0.1:0", "--store", "memory"])
-        .env("LINECHAT_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = StdBufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("server logs").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split(';').next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
-}
-
 async fn signal_exits_cleanly(signal: &str) {
-    let (mut child, addr) = start_binary();
-    let mut c = Client::connect(addr).await;
+    let mut server =
+        Binary::start(linechat().args(["--listen", "127.0.0.1:0", "--store", "memory"]));
+    let mut c = Client::connect(server.addr).await;
     c.send("NICK alice").await;
     c.expect("OK NICK alice").await;
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.signal(signal);
     c.expect("BYE server shutting down").await;
     assert_eq!(c.try_line().await, None);
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let status = server.wait().await;
     assert!(status.success(), "exit status {status:?} after {signal}");
 }
 

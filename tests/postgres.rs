@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader as StdBufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::binary::{linechat, Binary};
 use common::{parse_message, pg, Client, TestServer};
 use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
 use linechat::Config;
@@ -493,64 +493,13 @@ async fn database_stopped_and_started_under_a_live_server() {
 }
 
 /// The real binary in zero-config mode on `data_dir`; killed if the test fails half-way.
-struct Binary {
-    child: Option<Child>,
-    addr: std::net::SocketAddr,
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Binary {
-    fn start(data_dir: &Path) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_linechat"))
+fn zero_config(data_dir: &Path) -> Binary {
+    Binary::start(
+        linechat()
             .args(["--listen", "127.0.0.1:0", "--rate", "0", "--data-dir"])
             .arg(data_dir)
-            .env("LINECHAT_LOG", "info")
-            .env_remove("DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = StdBufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server logs where it listens")
-                .unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split(';').next().unwrap().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Binary {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().unwrap().id();
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        tokio::task::spawn_blocking(move || child.wait().unwrap())
-            .await
-            .unwrap()
-    }
+            .env_remove("DATABASE_URL"),
+    )
 }
 
 /// Zero-config mode end to end: history survives a clean restart, and a SIGKILL right after
@@ -560,7 +509,7 @@ async fn zero_config_history_survives_restart_and_sigkill() {
     // A space in the path, as in macOS's "Application Support".
     let dir = pg::temp_dir("zero config");
     let _cleanup = pg::DirGuard(dir.clone());
-    let server = Binary::start(&dir);
+    let mut server = zero_config(&dir);
     let mut c = Client::connect(server.addr).await;
     c.send("NICK writer").await;
     c.expect("OK NICK writer").await;
@@ -571,7 +520,7 @@ async fn zero_config_history_survives_restart_and_sigkill() {
     server.signal("-KILL");
     assert!(!server.wait().await.success());
 
-    let server = Binary::start(&dir);
+    let mut server = zero_config(&dir);
     let mut c = Client::connect(server.addr).await;
     c.send("NICK reader").await;
     c.expect("OK NICK reader").await;
@@ -582,7 +531,7 @@ async fn zero_config_history_survives_restart_and_sigkill() {
     acked.push(c.say("after the crash").await);
 
     // A second server on the same data dir is refused, and the first one carries on.
-    let output = Command::new(env!("CARGO_BIN_EXE_linechat"))
+    let output = linechat()
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
         .env_remove("DATABASE_URL")
@@ -605,7 +554,7 @@ async fn zero_config_history_survives_restart_and_sigkill() {
         "a clean shutdown stops the private PostgreSQL"
     );
 
-    let server = Binary::start(&dir);
+    let mut server = zero_config(&dir);
     let mut c = Client::connect(server.addr).await;
     c.send("NICK third").await;
     c.expect("OK NICK third").await;
@@ -617,7 +566,7 @@ async fn zero_config_history_survives_restart_and_sigkill() {
 #[tokio::test]
 async fn missing_postgresql_programs_say_what_to_install() {
     let dir = pg::temp_dir("nobin");
-    let output = Command::new(env!("CARGO_BIN_EXE_linechat"))
+    let output = linechat()
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -648,7 +597,7 @@ struct LoadOutcome {
 /// Four clients pipeline SAYs into room `load` as fast as the server takes them; once 2,000
 /// are acked the server gets `signal`. Returns what each client saw, once the server exited.
 async fn signal_under_load(
-    server: Binary,
+    mut server: Binary,
     signal: &str,
 ) -> (Vec<LoadOutcome>, std::process::ExitStatus) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -747,7 +696,7 @@ async fn signal_under_load(
 
 /// Every message in room `load` after a restart: (id, text), oldest first.
 async fn stored_load(dir: &Path) -> (Binary, Vec<(u64, String)>) {
-    let server = Binary::start(dir);
+    let server = zero_config(dir);
     let mut c = Client::connect(server.addr).await;
     c.send("NICK auditor").await;
     c.expect("OK NICK auditor").await;
@@ -771,7 +720,7 @@ async fn sigterm_and_sigkill_under_load_lose_nothing_acked() {
     let dir = pg::temp_dir("under load");
     let _cleanup = pg::DirGuard(dir.clone());
 
-    let (outcomes, status) = signal_under_load(Binary::start(&dir), "-TERM").await;
+    let (outcomes, status) = signal_under_load(zero_config(&dir), "-TERM").await;
     assert!(status.success(), "SIGTERM under load exits 0: {status:?}");
     let mut acked: Vec<u64> = outcomes.iter().flat_map(|o| o.acked.clone()).collect();
     acked.sort_unstable();
@@ -781,7 +730,7 @@ async fn sigterm_and_sigkill_under_load_lose_nothing_acked() {
         "SIGTERM under load: {} acked, {refused} refused",
         acked.len()
     );
-    let (server, stored) = stored_load(&dir).await;
+    let (mut server, stored) = stored_load(&dir).await;
     let stored_ids: Vec<u64> = stored.iter().map(|(id, _)| *id).collect();
     assert_eq!(
         stored_ids, acked,
@@ -790,9 +739,9 @@ async fn sigterm_and_sigkill_under_load_lose_nothing_acked() {
 
     server.signal("-TERM");
     assert!(server.wait().await.success());
-    let (outcomes, status) = signal_under_load(Binary::start(&dir), "-KILL").await;
+    let (outcomes, status) = signal_under_load(zero_config(&dir), "-KILL").await;
     assert!(!status.success());
-    let (server, stored) = stored_load(&dir).await;
+    let (mut server, stored) = stored_load(&dir).await;
     let stored_ids: Vec<u64> = stored.iter().map(|(id, _)| *id).collect();
     assert!(
         stored_ids.windows(2).all(|w| w[0] < w[1]),

@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader as StdBufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::binary::{linechat, Binary};
 use common::{Client, TestServer, PATIENCE};
 use linechat::Config;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -49,90 +49,13 @@ fn raise_open_file_limit() -> u64 {
     }
 }
 
-/// Resident set size of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line")
-}
-
 /// The real binary, memory store, no flood control and no connection cap, on a free port.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    /// The open-file limit the server logged at start-up.
-    files: u64,
-    /// Everything it logged so far.
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Binary {
-    fn start() -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_linechat"))
+fn start_binary() -> Binary {
+    Binary::start(
+        linechat()
             .args(["--listen", "127.0.0.1:0", "--store", "memory"])
-            .args(["--rate", "0", "--max-connections", "0"])
-            .env("LINECHAT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = StdBufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut files = None;
-        let addr = loop {
-            let line = match lines.next() {
-                Some(line) => line.unwrap(),
-                None => panic!(
-                    "the server ended before listening: {:?}",
-                    log.lock().unwrap()
-                ),
-            };
-            log.lock().unwrap().push(line.clone());
-            if let Some(rest) = line.split("open-file limit: ").nth(1) {
-                files = rest.split(' ').next().and_then(|n| n.parse().ok());
-            }
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split(';').next().unwrap().parse().unwrap();
-            }
-        };
-        let files = files.unwrap_or_else(|| {
-            panic!(
-                "the server logs its open-file limit before listening: {:?}",
-                log.lock().unwrap()
-            )
-        });
-        // Keep draining the log so the server never blocks on a full pipe.
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Binary {
-            child,
-            addr,
-            files,
-            log,
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        // Only if the test failed before its SIGTERM: do not leave a server behind.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+            .args(["--rate", "0", "--max-connections", "0"]),
+    )
 }
 
 /// Connects, chooses the name `u<i>` and joins `room`; returns the client and how many
@@ -213,11 +136,12 @@ async fn ten_thousand_connections_are_held_and_all_work() {
          limit (ulimit -Hn)",
         CONNECTIONS + 500
     );
-    let server = Binary::start();
+    let mut server = start_binary();
+    let files = server.open_file_limit();
     assert!(
-        server.files >= CONNECTIONS as u64 + 100,
+        files >= CONNECTIONS as u64 + 100,
         "the server raised its open-file limit only to {}; 10,000 connections need more",
-        server.files
+        files
     );
     let addr = server.addr;
 
@@ -261,7 +185,7 @@ async fn ten_thousand_connections_are_held_and_all_work() {
          {per_connection:.0} bytes ({:.2} KiB) per connection (open-file limit: server {}, \
          test {ours}); all logged in after {:.1} s",
         per_connection / 1024.0,
-        server.files,
+        files,
         logged_in.as_secs_f64()
     );
     assert!(
@@ -340,26 +264,19 @@ async fn ten_thousand_connections_are_held_and_all_work() {
 
     // Close everything, then stop the server: it exits with status 0.
     drop(clients);
-    let pid = server.child.id() as libc::pid_t;
-    // SAFETY: sends a signal to the child process we started; no memory is involved.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let mut server = server;
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not exit after SIGTERM; log: {:?}",
-            server.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    server.signal("-TERM");
+    let status = tokio::time::timeout(PATIENCE, server.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the server did not exit after SIGTERM; log: {:?}",
+                server.log()
+            )
+        });
     assert!(
         status.success(),
         "exit status {status:?} after SIGTERM; log: {:?}",
-        server.log.lock().unwrap()
+        server.log()
     );
     eprintln!(
         "10,000 connections: whole test {:.1} s",

@@ -351,6 +351,12 @@ impl<P: ExternalPrinter> View<P> {
             Event::Member { nick, .. } => self.who.push(nick),
             Event::Room { room, members } => self.listing.push(format!("{room} ({members})")),
             Event::Bye(reason) => self.notice(&format!("* the server said goodbye: {reason}")),
+            Event::Lagged { room, .. } => self.notice(&format!(
+                "* fell behind in {room}; catching up from history"
+            )),
+            Event::Missed { room, first, last } => self.notice(&format!(
+                "* messages {first} to {last} in {room} are no longer in the server's history"
+            )),
             Event::Pong(_) | Event::Hello(_) | Event::Help(_) => {}
             Event::Other(line) => self.say(&line),
         }

@@ -252,6 +252,9 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
                 "linechat-client: connection lost ({reason}); retrying in {:.1}s",
                 retry_in.unwrap_or_default().as_secs_f32()
             ),
+            Update::Event(Event::Missed { room, first, last }) => eprintln!(
+                "linechat-client: messages {first} to {last} in {room} are no longer in the server's history"
+            ),
             Update::Event(Event::Err { code, text }) => bail!("{code} {text}"),
             Update::Closed(reason) => bail!("connection closed: {}", reason.unwrap_or_default()),
             _ => {}

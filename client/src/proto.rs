@@ -51,6 +51,18 @@ pub enum Event {
         room: String,
         members: u64,
     },
+    /// `LAGGED <room> <id> ...`: we read too slowly; the messages after `after` follow from
+    /// the server's history.
+    Lagged {
+        room: String,
+        after: u64,
+    },
+    /// `MISSED <room> <first> <last> ...`: those ids are gone from the server's history.
+    Missed {
+        room: String,
+        first: u64,
+        last: u64,
+    },
     Pong(String),
     Help(String),
     Bye(String),
@@ -119,6 +131,27 @@ pub fn parse(line: &str) -> Event {
             },
             _ => Event::Other(line.to_string()),
         },
+        "LAGGED" => match words(3).as_slice() {
+            [room, after, ..] => match after.parse() {
+                Ok(after) => Event::Lagged {
+                    room: room.to_string(),
+                    after,
+                },
+                Err(_) => Event::Other(line.to_string()),
+            },
+            _ => Event::Other(line.to_string()),
+        },
+        "MISSED" => match words(4).as_slice() {
+            [room, first, last, ..] => match (first.parse(), last.parse()) {
+                (Ok(first), Ok(last)) => Event::Missed {
+                    room: room.to_string(),
+                    first,
+                    last,
+                },
+                _ => Event::Other(line.to_string()),
+            },
+            _ => Event::Other(line.to_string()),
+        },
         "HELLO" => Event::Hello(rest.to_string()),
         "PONG" => Event::Pong(rest.to_string()),
         "HELP" => Event::Help(rest.to_string()),
@@ -173,5 +206,20 @@ mod tests {
             }
         );
         assert_eq!(parse("BYE too slow"), Event::Bye("too slow".into()));
+        assert_eq!(
+            parse("LAGGED 4 17 you fell behind"),
+            Event::Lagged {
+                room: "4".into(),
+                after: 17
+            }
+        );
+        assert_eq!(
+            parse("MISSED 4 18 30 gone"),
+            Event::Missed {
+                room: "4".into(),
+                first: 18,
+                last: 30
+            }
+        );
     }
 }

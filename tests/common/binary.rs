@@ -1,0 +1,123 @@
+//! The real `linechat` binary as a child process: started on the flags a test gives it, its
+//! log kept, signalled with `kill`, waited for, and killed on drop if a test fails half-way.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The `linechat` binary of this build, for a test to add its flags and environment to.
+pub fn linechat() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_linechat"))
+}
+
+/// A running server; killed (and waited for) on drop unless it has already exited.
+pub struct Binary {
+    child: Child,
+    pub addr: SocketAddr,
+    /// The open-file limit the server logged before listening, if it did.
+    files: Option<u64>,
+    /// Everything it logged so far.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Starts `command` (from [`linechat`]) with `LINECHAT_LOG=info`, stdin and stdout null,
+    /// and returns once it logs where it listens. Its log is drained from then on, so the
+    /// server never blocks on a full pipe.
+    pub fn start(command: &mut Command) -> Binary {
+        let mut child = command
+            .env("LINECHAT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut files = None;
+        let addr = loop {
+            let line = match lines.next() {
+                Some(line) => line.unwrap(),
+                None => panic!(
+                    "the server ended before listening: {:?}",
+                    log.lock().unwrap()
+                ),
+            };
+            log.lock().unwrap().push(line.clone());
+            if let Some(rest) = line.split("open-file limit: ").nth(1) {
+                files = rest.split(' ').next().and_then(|n| n.parse().ok());
+            }
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split(';').next().unwrap().parse().unwrap();
+            }
+        };
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Binary {
+            child,
+            addr,
+            files,
+            log,
+        }
+    }
+
+    /// The open-file limit the server logged at start-up; panics if it logged none.
+    pub fn open_file_limit(&self) -> u64 {
+        self.files.unwrap_or_else(|| {
+            panic!(
+                "the server logs its open-file limit before listening: {:?}",
+                self.log()
+            )
+        })
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends `signal` (as `kill` takes it: `-TERM`, `-KILL`, ...) to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the server to exit. Cancelling it (a timeout) leaves the server to drop.
+    pub async fn wait(&mut self) -> ExitStatus {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The server's resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // Only if the test failed before the server exited: do not leave one behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

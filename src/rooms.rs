@@ -116,8 +116,10 @@ pub struct Inbox {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Outbound>,
-    /// Rooms whose traffic was not queued since the connection started lagging.
-    missed: Vec<Arc<str>>,
+    /// Rooms whose traffic was not queued since the connection started lagging. Boxed, and
+    /// allocated only then: every connection has a queue, and a `Vec` is three words.
+    #[allow(clippy::box_collection)]
+    missed: Option<Box<Vec<Arc<str>>>>,
 }
 
 impl Inbox {
@@ -160,7 +162,7 @@ impl Inbox {
             return None;
         }
         self.lagging.store(false, Ordering::Relaxed);
-        Some(std::mem::take(&mut queue.missed))
+        Some(queue.missed.take().map(|rooms| *rooms).unwrap_or_default())
     }
 
     /// Starts lagging again with these rooms still to replay (the replay could not finish).
@@ -205,8 +207,9 @@ impl Inbox {
 
 impl Queue {
     fn note_missed(&mut self, room: &Arc<str>) {
-        if !self.missed.iter().any(|r| r == room) {
-            self.missed.push(room.clone());
+        let missed = self.missed.get_or_insert_with(Default::default);
+        if !missed.iter().any(|r| r == room) {
+            missed.push(room.clone());
         }
     }
 }

@@ -12,6 +12,7 @@
 //! closed (`BYE too slow`).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -80,6 +81,7 @@ pub async fn run(
         bucket: (0, 0.0),
         too_many_errors: false,
         behind: None,
+        own: OwnIds::default(),
     };
     let end = session.serve(reader).await;
     session.leave_everything();
@@ -113,9 +115,40 @@ struct Joined {
     /// Live messages with ids up to here were already shown (replayed or delivered), or
     /// predate the join.
     floor: MessageId,
-    /// Ids above `floor` of this connection's own messages, acknowledged while the room's
-    /// earlier traffic was still queued or missed: a catch-up must not show them as `MSG`.
-    own: Vec<MessageId>,
+}
+
+/// Ids of this connection's own messages above their room's floor, acknowledged while the
+/// room's earlier traffic was still queued or missed: a catch-up must not show them as
+/// `MSG`. Boxed, and allocated only while there are some: every session carries one.
+#[derive(Default)]
+#[allow(clippy::box_collection)]
+struct OwnIds(Option<Box<Vec<RoomId>>>);
+
+/// A message id with its room.
+type RoomId = (Arc<str>, MessageId);
+
+impl OwnIds {
+    fn note(&mut self, room: &Arc<str>, id: MessageId) {
+        self.0
+            .get_or_insert_with(Default::default)
+            .push((room.clone(), id));
+    }
+
+    fn contains(&self, room: &str, id: MessageId) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|ids| ids.iter().any(|(r, i)| *i == id && **r == *room))
+    }
+
+    /// Forgets the room's ids up to `floor` (all of them if `None`).
+    fn forget(&mut self, room: &str, floor: Option<MessageId>) {
+        if let Some(ids) = &mut self.0 {
+            ids.retain(|(r, i)| **r != *room || floor.is_some_and(|f| *i > f));
+            if ids.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
 }
 
 struct Session {
@@ -138,6 +171,7 @@ struct Session {
     too_many_errors: bool,
     /// Present only while output waits on the socket or the inbox lags.
     behind: Option<Box<Behind>>,
+    own: OwnIds,
 }
 
 /// A connection that is behind: bytes wait for its socket, or its inbox lags.
@@ -164,12 +198,13 @@ impl Behind {
     }
 }
 
-/// Waits for the timer of a connection that is behind; forever for one that is not.
-async fn behind_timer(behind: &mut Option<Box<Behind>>) {
-    match behind {
-        Some(b) => b.timer.as_mut().await,
-        None => std::future::pending().await,
-    }
+/// Waits for the timer of a connection that is behind; forever for one that is not. (A plain
+/// poll function: an `async fn` would add its state to every session's future.)
+fn behind_timer(behind: &mut Option<Box<Behind>>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match behind {
+        Some(b) => b.timer.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 impl Session {
@@ -374,9 +409,8 @@ impl Session {
                 let (me, floor) = (self.handle.id, joined.floor);
                 if let Some(last) = batch.messages.last() {
                     joined.floor = floor.max(last.id);
-                    if !joined.own.is_empty() {
-                        let shown = joined.floor;
-                        joined.own.retain(|id| *id > shown);
+                    if self.own.0.is_some() {
+                        self.own.forget(&batch.room, Some(joined.floor));
                     }
                 }
                 // The usual case, without allocating: the whole block is for us.
@@ -408,8 +442,8 @@ impl Session {
     }
 
     /// Notes the id of our own message, so that it is never shown to us as `MSG`.
-    fn note_own(&mut self, room: &str, id: MessageId) {
-        let Some(joined) = self.joined.iter_mut().find(|j| *j.room == *room) else {
+    fn note_own(&mut self, room: &Arc<str>, id: MessageId) {
+        let Some(joined) = self.joined.iter_mut().find(|j| j.room == *room) else {
             return;
         };
         if id <= joined.floor {
@@ -419,9 +453,9 @@ impl Session {
         // the floor can move up to our message. Otherwise remember it for a catch-up.
         if self.handle.inbox.is_drained() {
             joined.floor = id;
-            joined.own.clear();
+            self.own.forget(room, Some(id));
         } else {
-            joined.own.push(id);
+            self.own.note(room, id);
         }
     }
 
@@ -537,9 +571,8 @@ impl Session {
                 ]));
                 cursor = missed_to;
             }
-            let joined = &mut self.joined[index];
             for m in &messages {
-                if !joined.own.contains(&m.id) {
+                if !self.own.contains(room, m.id) {
                     self.out.push(protocol::message_line(
                         MessageKind::Live,
                         room,
@@ -553,9 +586,10 @@ impl Session {
             if let Some(last) = messages.last() {
                 cursor = last.id;
             }
+            let joined = &mut self.joined[index];
             joined.floor = joined.floor.max(cursor);
             let floor = joined.floor;
-            joined.own.retain(|id| *id > floor);
+            self.own.forget(room, Some(floor));
             if messages.len() < limit {
                 return Ok(true);
             }
@@ -780,27 +814,17 @@ impl Session {
         };
         // Re-joining keeps the live feed as it was: messages already queued for us still
         // arrive, even if the fresh replay showed them too.
-        let mut previous_own = Vec::new();
         let live_floor = match existing {
-            Some(i) => {
-                let previous = self.joined.remove(i);
-                previous_own = previous.own;
-                previous.floor
-            }
+            Some(i) => self.joined.remove(i).floor,
             None => floor,
         };
         if self.joined.is_empty() {
             // Most connections are in one room: no room for four.
             self.joined.reserve_exact(1);
         }
-        let own = match existing {
-            Some(_) => std::mem::take(&mut previous_own),
-            None => Vec::new(),
-        };
         self.joined.push(Joined {
             room: room.clone(),
             floor: live_floor,
-            own,
         });
         self.out.push(protocol::line(&[
             "OK",
@@ -966,6 +990,7 @@ impl Session {
         };
         let gone = self.joined.remove(index);
         self.hub.rooms.leave(&gone.room, self.handle.id);
+        self.own.forget(&gone.room, None);
         self.out.push(protocol::line(&["OK", "PART", &gone.room]));
         Ok(())
     }

@@ -763,3 +763,65 @@ async fn sigterm_and_sigkill_under_load_lose_nothing_acked() {
     server.signal("-TERM");
     assert!(server.wait().await.success());
 }
+
+/// A member that reads nothing while 60 MB go through its room costs the server a bounded
+/// amount of memory (its queue stops at `--outbound-limit`; the rest stays in PostgreSQL),
+/// the attentive member gets everything as it happens, and once the slow one reads it gets
+/// all 20,000 messages too, from the store, without having been dropped.
+#[tokio::test]
+async fn a_slow_reader_costs_bounded_memory_and_loses_nothing() {
+    const WARM_UP: usize = 1000;
+    const TOTAL: usize = 20_000;
+    let dir = pg::temp_dir("slow reader");
+    let _cleanup = pg::DirGuard(dir.clone());
+    let mut server = zero_config(&dir);
+    let mut talker = server_client(&server, "talker").await;
+    talker.join("r").await;
+    let mut reader = server_client(&server, "reader").await;
+    reader.join("r").await;
+    let mut stuck = server_client(&server, "stuck").await;
+    stuck.join("r").await;
+    reader.expect("JOINED r stuck").await;
+    let payload = "p".repeat(3000);
+    let text_of = |i: usize| format!("{i} {}", "p".repeat(3000));
+    let reading = tokio::spawn(async move {
+        let texts = common::read_room(&mut reader, "r", "talker", TOTAL).await;
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(*text, text_of(i), "the attentive member misses nothing");
+        }
+        reader
+    });
+    // Warm up (the first megabytes also fill `stuck`'s queue and socket buffers), measure,
+    // then send the rest.
+    let mut acked = common::talk_in_chunks(&mut talker, 0..WARM_UP, &payload).await;
+    let before = server.rss_kib();
+    acked.extend(common::talk_in_chunks(&mut talker, WARM_UP..TOTAL, &payload).await);
+    let after = server.rss_kib();
+    eprintln!(
+        "server RSS {before} KiB -> {after} KiB while 57 MB passed a member that read nothing"
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "memory grew from {before} KiB to {after} KiB"
+    );
+    let _reader = reading.await.unwrap();
+
+    // Now it reads: every message, once, in order, then it is still a member.
+    let texts = common::read_room(&mut stuck, "r", "talker", TOTAL).await;
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(*text, format!("{i} {payload}"));
+    }
+    stuck.expect_nothing_pending().await;
+    talker.say("welcome back").await;
+    assert_eq!(parse_message(&stuck.line().await).text, "welcome back");
+    assert_eq!(acked.len(), TOTAL);
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+}
+
+async fn server_client(server: &Binary, nick: &str) -> Client {
+    let mut c = Client::connect(server.addr).await;
+    c.send(&format!("NICK {nick}")).await;
+    c.expect(&format!("OK NICK {nick}")).await;
+    c
+}

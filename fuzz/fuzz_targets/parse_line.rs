@@ -1,0 +1,84 @@
+//! `protocol::parse` on arbitrary input.
+//!
+//! The input is one line as the session would see it (the codec has already split at LF and
+//! dropped a CR before it). Non-UTF-8 input is skipped: the session answers `ERR BAD_UTF8`
+//! before it ever calls `parse`.
+//!
+//! Checks:
+//! - `parse` does not panic;
+//! - a blank line (only spaces) is `Ok(None)`, and only a blank line is;
+//! - an accepted command, written back in canonical form, parses to the same command;
+//! - an `ERR` line for a line without LF is exactly one line.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use linechat::protocol::{self, Command, HistoryArgs, Replay};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    match protocol::parse(line) {
+        Ok(None) => assert!(line.bytes().all(|b| b == b' '), "{line:?} is not blank"),
+        Ok(Some(command)) => {
+            let canonical = canonical(&command);
+            assert_eq!(
+                protocol::parse(&canonical),
+                Ok(Some(command.clone())),
+                "{line:?} parsed to {command:?}, but its canonical form {canonical:?} did not"
+            );
+        }
+        Err(e) => {
+            assert!(!line.bytes().all(|b| b == b' '), "blank line refused");
+            if !line.contains('\n') {
+                let out = protocol::error_line(&e);
+                assert!(out.ends_with(b"\n"), "{out:?}");
+                assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "{out:?}");
+            }
+        }
+    }
+});
+
+/// The command as a client would normally type it.
+fn canonical(command: &Command) -> String {
+    fn opt(verb: &str, arg: &Option<String>) -> String {
+        match arg {
+            Some(a) => format!("{verb} {a}"),
+            None => verb.to_string(),
+        }
+    }
+    match command {
+        Command::Nick(nick) => format!("NICK {nick}"),
+        Command::Join { room, replay } => match replay {
+            Replay::Default => format!("JOIN {room}"),
+            Replay::Last(n) => format!("JOIN {room} LAST {n}"),
+            Replay::Since(id) => format!("JOIN {room} SINCE {id}"),
+            Replay::None => format!("JOIN {room} NONE"),
+        },
+        Command::Say(text) => format!("SAY {text}"),
+        Command::History { room, args } => {
+            let HistoryArgs {
+                before,
+                after,
+                limit,
+            } = args;
+            let mut s = format!("HISTORY {room}");
+            if let Some(id) = before {
+                s += &format!(" BEFORE {id}");
+            }
+            if let Some(id) = after {
+                s += &format!(" AFTER {id}");
+            }
+            if let Some(n) = limit {
+                s += &format!(" LIMIT {n}");
+            }
+            s
+        }
+        Command::Part(room) => opt("PART", room),
+        Command::Who(room) => opt("WHO", room),
+        Command::Rooms => "ROOMS".to_string(),
+        Command::Ping(token) => opt("PING", token),
+        Command::Help => "HELP".to_string(),
+        Command::Quit(reason) => opt("QUIT", reason),
+    }
+}

@@ -434,7 +434,19 @@ pub fn ok_say(id: MessageId, time: &str) -> Bytes {
 
 /// `ERR <CODE> <text>\n`.
 pub fn error_line(e: &ProtocolError) -> Bytes {
-    Bytes::from(format!("ERR {} {}\n", e.code.as_str(), e.text))
+    let mut line = format!("ERR {} ", e.code.as_str());
+    // The text may quote the client's input: control characters in it are written as escapes
+    // (`\x1b`, `\u{85}`), so an error never carries a CR or a terminal escape back.
+    for c in e.text.chars() {
+        match c {
+            '\t' => line.push(c),
+            c if c.is_control() && c.is_ascii() => line.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => line.push_str(&c.escape_unicode().to_string()),
+            c => line.push(c),
+        }
+    }
+    line.push('\n');
+    Bytes::from(line)
 }
 
 /// Any other server line: the words joined by single spaces, then LF.
@@ -578,6 +590,18 @@ mod tests {
         assert_eq!(&l[..], b"MSG 4 7 2026-11-24T08:00:00.123Z bob hi there\n");
         let h = message_line(MessageKind::Stored, "4", 7, 0, "bob", "x");
         assert_eq!(&h[..], b"HIST 4 7 1970-01-01T00:00:00.000Z bob x\n");
+    }
+
+    #[test]
+    fn error_text_escapes_control_characters() {
+        let e = ProtocolError::new(
+            ErrorCode::UnknownCommand,
+            "unknown command a\x1b[31m\r\u{85}\tb",
+        );
+        assert_eq!(
+            &error_line(&e)[..],
+            b"ERR UNKNOWN_COMMAND unknown command a\\x1b[31m\\x0d\\u{85}\tb\n"
+        );
     }
 
     proptest::proptest! {

@@ -30,11 +30,14 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             assert!(!line.bytes().all(|b| b == b' '), "blank line refused");
-            if !line.contains('\n') {
-                let out = protocol::error_line(&e);
-                assert!(out.ends_with(b"\n"), "{out:?}");
-                assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "{out:?}");
-            }
+            // An ERR is one line, and never echoes a control character (tab aside).
+            let out = protocol::error_line(&e);
+            let text = std::str::from_utf8(&out).expect("ERR is UTF-8");
+            let body = text.strip_suffix('\n').expect("ERR ends with LF");
+            assert!(
+                !body.chars().any(|c| c.is_control() && c != '\t'),
+                "{out:?}"
+            );
         }
     }
 });

@@ -64,6 +64,11 @@ impl LineReader {
 }
 
 impl LineReader {
+    /// True if part of a line has been read and the rest has not.
+    pub fn has_partial_line(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// The next frame already read from the socket, without reading more.
     pub fn next_buffered(&mut self) -> Option<io::Result<Frame>> {
         let decoded = if self.eof {

@@ -70,6 +70,9 @@ pub enum Outbound {
     Messages(Arc<LiveBatch>),
     /// A presence line (`JOINED`, `LEFT`, `NICK`) about a room.
     Presence { room: Arc<str>, line: Bytes },
+    /// To the sender of a batch that holds only its own messages: nothing to show, but the
+    /// room's messages up to `last` are now all delivered or acked.
+    Said { room: Arc<str>, last: MessageId },
 }
 
 impl Outbound {
@@ -78,6 +81,7 @@ impl Outbound {
         match self {
             Outbound::Messages(b) => b.bytes.len(),
             Outbound::Presence { line, .. } => line.len(),
+            Outbound::Said { .. } => 0,
         }
     }
 
@@ -85,7 +89,7 @@ impl Outbound {
     pub fn room(&self) -> &Arc<str> {
         match self {
             Outbound::Messages(b) => &b.room,
-            Outbound::Presence { room, .. } => room,
+            Outbound::Presence { room, .. } | Outbound::Said { room, .. } => room,
         }
     }
 }
@@ -144,13 +148,6 @@ impl Inbox {
     /// True while traffic is not being queued because the queue overflowed.
     pub fn is_lagging(&self) -> bool {
         self.lagging.load(Ordering::Relaxed)
-    }
-
-    /// True when nothing is queued and nothing was missed: every message published so far
-    /// has been taken by the session.
-    pub fn is_drained(&self) -> bool {
-        let queue = self.queue.lock().expect("inbox lock");
-        !self.lagging.load(Ordering::Relaxed) && queue.items.is_empty()
     }
 
     /// Ends a lag once the session has taken everything queued before it: traffic is queued
@@ -237,7 +234,7 @@ impl ConnHandle {
         let before = inbox.queued.fetch_add(cost, Ordering::Relaxed);
         // An empty queue always takes the item, so one large batch never counts as lagging;
         // the queue is bounded by the limit plus one batch.
-        if before > 0 && before + cost > self.limit {
+        if cost > 0 && before > 0 && before + cost > self.limit {
             inbox.queued.fetch_sub(cost, Ordering::Relaxed);
             inbox.lagging.store(true, Ordering::Relaxed);
             queue.note_missed(item.room());
@@ -341,7 +338,8 @@ impl Rooms {
     }
 
     /// Delivers a batch of live messages to every member of its room (the session of each
-    /// member skips its own messages).
+    /// member skips its own messages). The sender of a batch of only its own messages gets
+    /// just a [`Outbound::Said`] marker, which keeps its place in the room's order.
     pub fn publish(&self, batch: Arc<LiveBatch>) {
         let Some(room) = self.get(&batch.room) else {
             return;
@@ -350,6 +348,11 @@ impl Rooms {
         for (id, m) in members.iter() {
             if batch.only_sender != Some(*id) {
                 m.conn.deliver(Outbound::Messages(batch.clone()));
+            } else if let Some(last) = batch.messages.last() {
+                m.conn.deliver(Outbound::Said {
+                    room: batch.room.clone(),
+                    last: last.id,
+                });
             }
         }
     }

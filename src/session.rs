@@ -178,8 +178,10 @@ struct Session {
 struct Behind {
     /// Wakes the session to check for a stall, or to retry a catch-up.
     timer: Pin<Box<Sleep>>,
-    /// When the socket last took bytes (or when the wait began).
+    /// When the socket last took bytes, or when output began to wait.
     progress_at: Instant,
+    /// Output was waiting when last looked at.
+    waiting: bool,
     /// No byte was taken for `--stall-timeout`: close with `BYE too slow`.
     stalled: bool,
     /// The store refused a catch-up: try again from this time.
@@ -192,6 +194,7 @@ impl Behind {
         Box::new(Behind {
             timer: Box::pin(tokio::time::sleep_until(now + stall)),
             progress_at: now,
+            waiting: false,
             stalled: false,
             retry_at: None,
         })
@@ -238,6 +241,11 @@ impl Session {
             if self.out.bytes < OUTBOX_HIGH {
                 self.take_room_traffic();
             }
+            if self.behind.is_none() && self.out.bytes >= OUTBOX_HIGH {
+                // Not keeping up: watch for a stall.
+                self.behind = Some(Behind::new(self.hub.config.stall_timeout));
+            }
+            self.track_waiting();
             if inbox.is_lagging() {
                 if self.behind.is_none() {
                     self.behind = Some(Behind::new(self.hub.config.stall_timeout));
@@ -279,6 +287,11 @@ impl Session {
                     self.on_behind_timer();
                 }
                 Some(ack) = self.acks.next(), if !self.acks.is_empty() => {
+                    // The room traffic of these messages is queued before their acks: taking
+                    // it first moves the floors past them, so they need not be remembered.
+                    if self.out.bytes < OUTBOX_HIGH {
+                        self.take_room_traffic();
+                    }
                     // Acks come a batch at a time: answer all that are ready in one go.
                     self.answer_ack(ack);
                     while let Some(Some(ack)) = self.acks.next().now_or_never() {
@@ -324,7 +337,8 @@ impl Session {
                             self.take_room_traffic();
                         }
                         let full = self.out.bytes >= OUTBOX_HIGH || self.acks.len() >= MAX_IN_FLIGHT;
-                        if full || turn == FRAMES_PER_TURN {
+                        // At shutdown the lines still buffered are refused, not done.
+                        if full || turn == FRAMES_PER_TURN || self.shutdown.is_cancelled() {
                             break;
                         }
                         match reader.next().now_or_never() {
@@ -350,8 +364,10 @@ impl Session {
         let _ = tokio::time::timeout(grace, async {
             self.out.flush(&mut self.socket).await?;
             self.socket.shutdown().await?;
-            // Linger only for a client that is still sending: an idle one is closed at once.
-            if let Some(Some(Ok(_))) = reader.next().now_or_never() {
+            // Linger only for a client that is still sending (a line read, or part of one):
+            // an idle one is closed at once.
+            let sending = matches!(reader.next().now_or_never(), Some(Some(Ok(_))));
+            if sending || reader.has_partial_line() {
                 while let Some(Ok(_)) = reader.next().await {}
             }
             io::Result::Ok(())
@@ -401,6 +417,13 @@ impl Session {
                     self.out.push(line);
                 }
             }
+            Outbound::Said { room, last } => {
+                if let Some(joined) = self.joined.iter_mut().find(|j| j.room == room) {
+                    joined.floor = joined.floor.max(last);
+                    let floor = joined.floor;
+                    self.own.forget(&room, Some(floor));
+                }
+            }
             Outbound::Messages(batch) => {
                 // Batches queued before a PART are not for us any more.
                 let Some(joined) = self.joined.iter_mut().find(|j| j.room == batch.room) else {
@@ -441,20 +464,15 @@ impl Session {
         self.out.push(line);
     }
 
-    /// Notes the id of our own message, so that it is never shown to us as `MSG`.
+    /// Notes the id of our own message, so that a catch-up never shows it to us as `MSG`.
     fn note_own(&mut self, room: &Arc<str>, id: MessageId) {
         let Some(joined) = self.joined.iter_mut().find(|j| j.room == *room) else {
             return;
         };
-        if id <= joined.floor {
-            return;
-        }
-        // With nothing queued or missed, every earlier message of the room has been shown:
-        // the floor can move up to our message. Otherwise remember it for a catch-up.
-        if self.handle.inbox.is_drained() {
-            joined.floor = id;
-            self.own.forget(room, Some(id));
-        } else {
+        // Above the floor, its batch (or `Said` marker) is still queued, or was missed in a
+        // lag: remember it until the floor passes it. (Only traffic taken in order and
+        // catch-ups move floors: an ack may overtake queued messages of others.)
+        if id > joined.floor {
             self.own.note(room, id);
         }
     }
@@ -462,36 +480,47 @@ impl Session {
     /// After a write: a connection whose output still waits is behind, and the write was
     /// progress.
     fn wrote(&mut self) {
-        if self.out.is_empty() {
+        if self.out.is_empty() && self.behind.is_none() {
             return;
         }
         let stall = self.hub.config.stall_timeout;
-        self.behind
-            .get_or_insert_with(|| Behind::new(stall))
-            .progress_at = Instant::now();
+        let b = self.behind.get_or_insert_with(|| Behind::new(stall));
+        b.progress_at = Instant::now();
+        b.waiting = !self.out.is_empty();
     }
 
-    /// The timer of a connection that is behind fired: find a stall, or set the next wake-up.
+    /// Notes when output begins to wait, which is when a stall can begin.
+    fn track_waiting(&mut self) {
+        if let Some(b) = &mut self.behind {
+            let waiting = !self.out.is_empty();
+            if waiting && !b.waiting {
+                b.progress_at = Instant::now();
+            }
+            b.waiting = waiting;
+        }
+    }
+
+    /// The timer of a connection that is behind fired: find a stall, or set the next wake-up
+    /// (the stall deadline, a catch-up retry, or a look round after `--stall-timeout`).
     fn on_behind_timer(&mut self) {
+        self.track_waiting();
         let stall = self.hub.config.stall_timeout;
-        let waiting = !self.out.is_empty();
         let Some(b) = self.behind.as_mut() else {
             return;
         };
         let now = Instant::now();
-        let next = if waiting {
+        let mut next = now + stall;
+        if b.waiting {
             let deadline = b.progress_at + stall;
             if now >= deadline {
                 b.stalled = true;
                 return;
             }
-            deadline
-        } else {
-            match b.retry_at {
-                Some(at) if at > now => at,
-                _ => now + stall,
-            }
-        };
+            next = deadline;
+        }
+        if let Some(at) = b.retry_at.filter(|at| *at > now) {
+            next = next.min(at);
+        }
         b.timer.as_mut().reset(next);
     }
 
@@ -517,9 +546,8 @@ impl Session {
                     let b = self.behind.get_or_insert_with(|| Behind::new(stall));
                     let at = Instant::now() + CATCH_UP_RETRY;
                     b.retry_at = Some(at);
-                    if self.out.is_empty() {
-                        b.timer.as_mut().reset(at);
-                    }
+                    let next = at.min(b.timer.deadline());
+                    b.timer.as_mut().reset(next);
                     return Ok(());
                 }
             }
@@ -536,12 +564,7 @@ impl Session {
         let store = self.hub.store.clone();
         let limit = self.hub.config.max_page.max(1);
         let mut cursor = self.joined[index].floor;
-        self.out.push(protocol::line(&[
-            "LAGGED",
-            room,
-            &cursor.to_string(),
-            "you fell behind: the messages after this id follow, then live ones; JOINED, LEFT and NICK lines were skipped",
-        ]));
+        let mut first_page = true;
         loop {
             // Read before the page: the store only ever lets go of more.
             let forgotten = store.forgotten_through(room);
@@ -555,8 +578,17 @@ impl Session {
                     },
                 )
                 .await?;
-            // Ids between the cursor and the first message kept are gone, as far as the store
-            // said before the read (ids past its end at the time of the read arrive live).
+            if std::mem::take(&mut first_page) {
+                // Only once the store answered: a failed attempt is retried, not announced.
+                self.out.push(protocol::line(&[
+                    "LAGGED",
+                    room,
+                    &cursor.to_string(),
+                    "you fell behind: the messages after this id follow, then live ones; JOINED, LEFT and NICK lines were skipped",
+                ]));
+            }
+            // Ids between the cursor and the first message kept are gone. (With an empty page,
+            // only as far as the store said before the read: ids stored since arrive live.)
             let missed_to = match messages.first() {
                 Some(first) => store.forgotten_through(room).min(first.id - 1),
                 None => forgotten,
@@ -590,11 +622,12 @@ impl Session {
             joined.floor = joined.floor.max(cursor);
             let floor = joined.floor;
             self.own.forget(room, Some(floor));
+            // Never more than about a page waiting, however many pages or rooms there are.
+            if self.out.bytes >= OUTBOX_HIGH && !self.flush_unless_stopping().await? {
+                return Ok(false);
+            }
             if messages.len() < limit {
                 return Ok(true);
-            }
-            if !self.flush_unless_stopping().await? {
-                return Ok(false);
             }
         }
     }
@@ -926,7 +959,11 @@ impl Session {
     /// (the main loop then says `BYE`).
     async fn flush_unless_stopping(&mut self) -> io::Result<bool> {
         let shutdown = self.shutdown.clone();
+        if !self.out.is_empty() && self.behind.is_none() {
+            self.behind = Some(Behind::new(self.hub.config.stall_timeout));
+        }
         while !self.out.is_empty() {
+            self.track_waiting();
             if shutdown.is_cancelled() || self.behind.as_ref().is_some_and(|b| b.stalled) {
                 return Ok(false);
             }

@@ -492,6 +492,101 @@ async fn database_stopped_and_started_under_a_live_server() {
     server.stop().await.unwrap();
 }
 
+/// A lagging member's catch-up meets a database outage: the server keeps trying (once a
+/// second) without announcing the lag twice, and once the database is back the member gets
+/// every message, once, in order.
+#[tokio::test]
+async fn a_catch_up_waits_out_a_database_outage() {
+    const TOTAL: usize = 2000;
+    let dir = pg::temp_dir("catchup");
+    let _cleanup = pg::DirGuard(dir.clone());
+    let cluster = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || pg::start_cluster(&dir)
+    })
+    .await
+    .unwrap();
+    linechat::store::postgres::ensure_database(&cluster.pg_config("postgres"), "linechat")
+        .await
+        .unwrap();
+    let config = Config {
+        store: linechat::StoreKind::Postgres,
+        database_url: Some(cluster.url("linechat")),
+        db_timeout: Duration::from_secs(2),
+        outbound_limit: 64 * 1024,
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut talker = server.login("talker").await;
+    talker.join("r").await;
+    let mut slow = server.login("slow").await;
+    slow.join("r").await;
+    talker.expect("JOINED r slow").await;
+    let payload = "p".repeat(3000);
+    let acked = common::talk_in_chunks(&mut talker, 0..TOTAL, &payload).await;
+
+    let stop = move || {
+        let mut c = cluster.command("pg_ctl");
+        c.arg("stop")
+            .arg("-m")
+            .arg("fast")
+            .arg("-D")
+            .arg(cluster.pgdata());
+        assert!(c.output().unwrap().status.success());
+        cluster.detach();
+    };
+    tokio::task::spawn_blocking(stop).await.unwrap();
+
+    // `slow` takes what was queued for it, until nothing more comes: the catch-up is failing.
+    let mut lines = Vec::new();
+    while let Ok(line) = tokio::time::timeout(Duration::from_secs(1), slow.line()).await {
+        lines.push(line);
+    }
+    let drained: Vec<&String> = lines.iter().filter(|l| l.starts_with("MSG ")).collect();
+    assert!(
+        drained.len() < TOTAL,
+        "the gap cannot arrive while the database is down"
+    );
+    // Let a retry or two fail, then bring the database back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || pg::start_cluster(&dir).detach()
+    })
+    .await
+    .unwrap();
+
+    // Every message once, in order: what was drained (with the LAGGED lines of earlier
+    // catch-ups, made while the talker talked), then exactly one LAGGED and the rest.
+    let mut ids = Vec::new();
+    let mut lagged_after_outage = 0;
+    let mut drained_lines = lines.into_iter();
+    let mut in_outage = false;
+    while ids.len() < TOTAL {
+        let line = match drained_lines.next() {
+            Some(line) => line,
+            None => {
+                in_outage = true;
+                slow.line().await
+            }
+        };
+        if line.starts_with("LAGGED r ") {
+            lagged_after_outage += usize::from(in_outage);
+            continue;
+        }
+        let m = parse_message(&line);
+        assert_eq!(m.text, format!("{} {payload}", ids.len()), "{line:.40}");
+        ids.push(m.id);
+    }
+    assert_eq!(ids, acked);
+    assert_eq!(
+        lagged_after_outage, 1,
+        "the lag is announced once, however many retries it takes"
+    );
+    slow.expect_nothing_pending().await;
+    server.stop().await.unwrap();
+}
+
 /// The real binary in zero-config mode on `data_dir`; killed if the test fails half-way.
 fn zero_config(data_dir: &Path) -> Binary {
     Binary::start(

@@ -92,6 +92,10 @@ pub async fn run(
         }
         End::LoginTimeout => tracing::info!(%peer, "closed: no NICK within the login timeout"),
         End::TooManyErrors => tracing::info!(%peer, "closed: too many errors"),
+        // A peer that stopped answering keepalive probes (or acks) vanished without a FIN.
+        End::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+            tracing::info!(%peer, "closed: the peer vanished (no answer to keepalive probes)")
+        }
         End::Io(e) => tracing::debug!(%peer, error = %e, "closed: socket error"),
         other => tracing::debug!(%peer, reason = ?other, "closed"),
     }
@@ -528,6 +532,11 @@ impl Session {
     /// store let some of it go, then every later message as `MSG`. Live traffic is queued
     /// again meanwhile; what the replay already showed is dropped from it by the floor.
     async fn catch_up(&mut self, rooms: Vec<Arc<str>>) -> io::Result<()> {
+        tracing::debug!(
+            conn = self.handle.id,
+            rooms = rooms.len(),
+            "catching up after a lag"
+        );
         // Our own messages in the gap are known by their acks: take them all first.
         self.settle_acks().await;
         let mut rooms = rooms.into_iter();

@@ -145,3 +145,59 @@ async fn a_flood_is_limited_and_the_room_only_sees_what_was_allowed() {
     other.expect_nothing_pending().await;
     server.stop().await.unwrap();
 }
+
+/// Every forced close is logged at `info` with the client's address and the reason: an
+/// operator can tell who was turned away, timed out or closed for erring.
+#[tokio::test]
+async fn forced_closes_are_logged_with_address_and_reason() {
+    use common::binary::{linechat, Binary};
+    let mut server = Binary::start(linechat().args([
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--max-connections",
+        "2",
+        "--login-timeout",
+        "1",
+        "--max-errors",
+        "1",
+    ]));
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let mut erring = common::Client::connect(server.addr).await;
+    erring.send("NICK e").await;
+    erring.expect("OK NICK e").await;
+    let turned_away = TcpStream::connect(server.addr).await.unwrap();
+    let turned_away_addr = turned_away.local_addr().unwrap();
+    assert!(rest_of(turned_away).await.starts_with("ERR SERVER_FULL "));
+    erring.send_raw(b"FLY\nFLY\n").await;
+    erring.expect_err("UNKNOWN_COMMAND").await;
+    erring.expect("BYE too many errors").await;
+    assert!(rest_of(silent).await.contains("BYE login timeout"));
+
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+    let log = server.log().join("\n");
+    for (peer, reason) in [
+        (
+            turned_away_addr.to_string(),
+            "connection refused: server full",
+        ),
+        (
+            silent_addr.to_string(),
+            "closed: no NICK within the login timeout",
+        ),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" INFO ") && l.contains(&peer) && l.contains(reason)),
+            "no INFO line with {peer} and {reason:?} in:\n{log}"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("closed: too many errors")),
+        "{log}"
+    );
+}

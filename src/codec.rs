@@ -64,9 +64,9 @@ impl LineReader {
 }
 
 impl LineReader {
-    /// True if part of a line has been read and the rest has not.
+    /// True if part of a line has been read and the rest has not (an over-long one included).
     pub fn has_partial_line(&self) -> bool {
-        !self.buf.is_empty()
+        !self.buf.is_empty() || self.codec.discarding
     }
 
     /// The next frame already read from the socket, without reading more.

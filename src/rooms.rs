@@ -163,9 +163,18 @@ impl Inbox {
     }
 
     /// Starts lagging again with these rooms still to replay (the replay could not finish).
+    /// What was queued for them since the replay began is dropped: it is in the store, and
+    /// delivered now it would overtake the part of the gap not yet replayed.
     pub fn lag(&self, rooms: Vec<Arc<str>>) {
         let mut queue = self.queue.lock().expect("inbox lock");
         self.lagging.store(true, Ordering::Relaxed);
+        queue.items.retain(|item| {
+            let keep = !rooms.contains(item.room());
+            if !keep {
+                self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
+            }
+            keep
+        });
         for room in rooms {
             queue.note_missed(&room);
         }
@@ -227,7 +236,11 @@ impl ConnHandle {
         // Once lagging, nothing more until the session has caught up: a later, smaller item
         // must not slip in after one that was refused, or the client would see a hole.
         if inbox.lagging.load(Ordering::Relaxed) {
-            queue.note_missed(item.room());
+            // A marker of our own messages alone is no reason to catch the room up: their
+            // ids are known from their acks, and the room's next traffic moves past them.
+            if !matches!(item, Outbound::Said { .. }) {
+                queue.note_missed(item.room());
+            }
             return;
         }
         let cost = item.cost();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::binary::{linechat, Binary};
 use common::{parse_message, pg, Client, TestServer};
+use linechat::store::cluster::LocalCluster;
 use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
 use linechat::Config;
 
@@ -394,15 +395,11 @@ async fn db_bulk(url: &str, room: &str, n: i32) {
     .unwrap();
 }
 
-/// The database stops under a live server: SAY, JOIN and HISTORY get STORE_UNAVAILABLE,
-/// connections stay up, and once the database is back the server recovers by itself with
-/// every acknowledged message in place.
-#[tokio::test]
-async fn database_stopped_and_started_under_a_live_server() {
-    let dir = pg::temp_dir("outage");
-    let _cleanup = pg::DirGuard(dir.clone());
+/// A private PostgreSQL cluster under `dir` that a test may stop and restart, and a server
+/// on it with `config`'s other settings.
+async fn server_on_own_cluster(dir: &Path, config: Config) -> (TestServer, LocalCluster) {
     let cluster = tokio::task::spawn_blocking({
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         move || pg::start_cluster(&dir)
     })
     .await
@@ -414,9 +411,39 @@ async fn database_stopped_and_started_under_a_live_server() {
         store: linechat::StoreKind::Postgres,
         database_url: Some(cluster.url("linechat")),
         db_timeout: Duration::from_secs(2),
-        ..Config::default()
+        ..config
     };
-    let server = TestServer::start_with(config).await;
+    (TestServer::start_with(config).await, cluster)
+}
+
+/// Stops the cluster (fast shutdown), as an outage.
+async fn stop_cluster(cluster: LocalCluster) {
+    tokio::task::spawn_blocking(move || {
+        let mut c = cluster.command("pg_ctl");
+        c.args(["stop", "-m", "fast", "-D"]).arg(cluster.pgdata());
+        assert!(c.output().unwrap().status.success());
+        cluster.detach();
+    })
+    .await
+    .unwrap();
+}
+
+/// Starts the cluster under `dir` again, after [`stop_cluster`].
+async fn restart_cluster(dir: &Path) {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || pg::start_cluster(&dir).detach())
+        .await
+        .unwrap();
+}
+
+/// The database stops under a live server: SAY, JOIN and HISTORY get STORE_UNAVAILABLE,
+/// connections stay up, and once the database is back the server recovers by itself with
+/// every acknowledged message in place.
+#[tokio::test]
+async fn database_stopped_and_started_under_a_live_server() {
+    let dir = pg::temp_dir("outage");
+    let _cleanup = pg::DirGuard(dir.clone());
+    let (server, cluster) = server_on_own_cluster(&dir, Config::default()).await;
     let mut a = server.login("a").await;
     let mut b = server.login("b").await;
     a.join("r").await;
@@ -426,17 +453,7 @@ async fn database_stopped_and_started_under_a_live_server() {
     let (_, msg) = b.until("MSG ").await;
     assert_eq!(parse_message(&msg).id, acked[0]);
 
-    let stop = move || {
-        let mut c = cluster.command("pg_ctl");
-        c.arg("stop")
-            .arg("-m")
-            .arg("fast")
-            .arg("-D")
-            .arg(cluster.pgdata());
-        assert!(c.output().unwrap().status.success());
-        cluster.detach();
-    };
-    tokio::task::spawn_blocking(stop).await.unwrap();
+    stop_cluster(cluster).await;
 
     a.send("SAY during").await;
     a.expect_err("STORE_UNAVAILABLE").await;
@@ -452,14 +469,7 @@ async fn database_stopped_and_started_under_a_live_server() {
     b.expect("MEMBER r b").await;
     b.expect("OK WHO r 2").await;
 
-    let restart = {
-        let dir = dir.clone();
-        move || {
-            let cluster = pg::start_cluster(&dir);
-            cluster.detach();
-        }
-    };
-    tokio::task::spawn_blocking(restart).await.unwrap();
+    restart_cluster(&dir).await;
     // Recovery needs no help: keep saying until the store takes messages again.
     let mut refused = 0;
     loop {
@@ -500,23 +510,11 @@ async fn a_catch_up_waits_out_a_database_outage() {
     const TOTAL: usize = 2000;
     let dir = pg::temp_dir("catchup");
     let _cleanup = pg::DirGuard(dir.clone());
-    let cluster = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || pg::start_cluster(&dir)
-    })
-    .await
-    .unwrap();
-    linechat::store::postgres::ensure_database(&cluster.pg_config("postgres"), "linechat")
-        .await
-        .unwrap();
     let config = Config {
-        store: linechat::StoreKind::Postgres,
-        database_url: Some(cluster.url("linechat")),
-        db_timeout: Duration::from_secs(2),
         outbound_limit: 64 * 1024,
         ..Config::default()
     };
-    let server = TestServer::start_with(config).await;
+    let (server, cluster) = server_on_own_cluster(&dir, config).await;
     let mut talker = server.login("talker").await;
     talker.join("r").await;
     let mut slow = server.login("slow").await;
@@ -525,17 +523,7 @@ async fn a_catch_up_waits_out_a_database_outage() {
     let payload = "p".repeat(3000);
     let acked = common::talk_in_chunks(&mut talker, 0..TOTAL, &payload).await;
 
-    let stop = move || {
-        let mut c = cluster.command("pg_ctl");
-        c.arg("stop")
-            .arg("-m")
-            .arg("fast")
-            .arg("-D")
-            .arg(cluster.pgdata());
-        assert!(c.output().unwrap().status.success());
-        cluster.detach();
-    };
-    tokio::task::spawn_blocking(stop).await.unwrap();
+    stop_cluster(cluster).await;
 
     // `slow` takes what was queued for it, until nothing more comes: the catch-up is failing.
     let mut lines = Vec::new();
@@ -547,14 +535,10 @@ async fn a_catch_up_waits_out_a_database_outage() {
         drained.len() < TOTAL,
         "the gap cannot arrive while the database is down"
     );
-    // Let a retry or two fail, then bring the database back.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || pg::start_cluster(&dir).detach()
-    })
-    .await
-    .unwrap();
+    // Let a retry or two fail (a read waits up to --db-timeout, 2 s here, then fails), then
+    // bring the database back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    restart_cluster(&dir).await;
 
     // Every message once, in order: what was drained (with the LAGGED lines of earlier
     // catch-ups, made while the talker talked), then exactly one LAGGED and the rest.
@@ -919,4 +903,88 @@ async fn server_client(server: &Binary, nick: &str) -> Client {
     c.send(&format!("NICK {nick}")).await;
     c.expect(&format!("OK NICK {nick}")).await;
     c
+}
+
+/// The database goes away half-way through a long catch-up while the room keeps talking:
+/// what was queued live meanwhile must not overtake the rest of the gap. Once the database
+/// is back, the member has every acked message, once, in order.
+#[tokio::test]
+async fn a_catch_up_cut_short_by_an_outage_loses_nothing() {
+    const GAP: usize = 12_000;
+    let dir = pg::temp_dir("cutshort");
+    let _cleanup = pg::DirGuard(dir.clone());
+    let config = Config {
+        outbound_limit: 64 * 1024,
+        max_page: 100,
+        ..Config::default()
+    };
+    let (server, cluster) = server_on_own_cluster(&dir, config).await;
+    let mut talker = server.login("talker").await;
+    talker.join("r").await;
+    // A small receive buffer: the kernel must not hold the whole gap for it.
+    let mut slow = Client::connect_small(server.addr).await;
+    slow.send("NICK slow").await;
+    slow.expect("OK NICK slow").await;
+    slow.join("r").await;
+    talker.expect("JOINED r slow").await;
+    let payload = "p".repeat(3000);
+    let mut acked = common::talk_in_chunks(&mut talker, 0..GAP, &payload).await;
+
+    // `slow` reads, unhurried, until the last message; half-way through the gap (so during
+    // the catch-up) it says so.
+    let (halfway_tx, halfway) = tokio::sync::oneshot::channel();
+    let reading = tokio::spawn(async move {
+        let mut halfway_tx = Some(halfway_tx);
+        let mut got: Vec<(u64, String)> = Vec::new();
+        loop {
+            let line = slow.line().await;
+            if line.starts_with("LAGGED r ") {
+                continue;
+            }
+            let m = parse_message(&line);
+            got.push((m.id, m.text.clone()));
+            if got.len() == GAP / 2 {
+                let _ = halfway_tx.take().unwrap().send(());
+            }
+            // Slower after half-way, so that the catch-up is still going when the database
+            // stops.
+            if got.len() % 20 == 0 {
+                let pause = if got.len() < GAP / 2 { 1 } else { 10 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            if m.text == "the end" {
+                return got;
+            }
+        }
+    });
+    halfway.await.unwrap();
+    // Live traffic queued behind the catch-up, then the outage.
+    for i in 0..20 {
+        acked.push(talker.say(&format!("live {i}")).await);
+    }
+    stop_cluster(cluster).await;
+    // Longer than --db-timeout (2 s here): the catch-up's next read fails rather than waits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    restart_cluster(&dir).await;
+    let end = loop {
+        talker.send("SAY the end").await;
+        let (_, reply) = talker.until("").await;
+        if let Some(rest) = reply.strip_prefix("OK SAY ") {
+            break rest.split(' ').next().unwrap().parse().unwrap();
+        }
+        assert!(reply.starts_with("ERR STORE_UNAVAILABLE"), "{reply}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    acked.push(end);
+
+    let got = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("slow gets to the end")
+        .unwrap();
+    let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, acked, "every acked message, once, in order");
+    for (i, (_, text)) in got.iter().take(GAP).enumerate() {
+        assert_eq!(*text, format!("{i} {payload}"));
+    }
+    server.stop().await.unwrap();
 }

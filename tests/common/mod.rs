@@ -83,7 +83,19 @@ pub struct Client {
 impl Client {
     /// Connects and reads the greeting.
     pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Client::from_stream(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    /// Connects with a small receive buffer (64 KiB), so that the kernel cannot hold much
+    /// of what the server sends while the test reads nothing; reads the greeting.
+    pub async fn connect_small(addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        Client::from_stream(stream).await
+    }
+
+    async fn from_stream(stream: TcpStream) -> Client {
         let (r, w) = stream.into_split();
         let mut c = Client {
             lines: BufReader::new(r).lines(),

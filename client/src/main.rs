@@ -45,6 +45,61 @@ pub struct Cli {
     /// Keep printing the live messages of --room.
     #[arg(long)]
     follow: bool,
+    /// With piped input: lines a second to send, after a burst of twice as many (0: as fast
+    /// as the server takes them). The default keeps within a linechat server's default flood
+    /// limit (20 a second, burst 40).
+    #[arg(long, env = "LINECHAT_CLIENT_RATE", default_value_t = 20)]
+    rate: u32,
+}
+
+/// Paces piped lines: a token bucket like the server's flood control, so that a script
+/// never sends faster than the server takes lines.
+struct Pace {
+    /// Lines a second; 0 for no pacing.
+    rate: u32,
+    burst: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Pace {
+    /// `spent` lines have already been sent (the NICK and JOIN of the connection).
+    fn new(rate: u32, spent: f64) -> Pace {
+        let burst = 2.0 * f64::from(rate);
+        Pace {
+            rate,
+            burst,
+            tokens: (burst - spent).max(0.0),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = tokio::time::Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * f64::from(self.rate);
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.at = now;
+    }
+
+    /// True if a line may go now (and takes its token).
+    fn take(&mut self) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        self.refill();
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next line may go.
+    fn next_at(&self) -> tokio::time::Instant {
+        let missing = (1.0 - self.tokens).max(0.0) / f64::from(self.rate.max(1));
+        self.at + std::time::Duration::from_secs_f64(missing)
+    }
 }
 
 impl Cli {
@@ -108,23 +163,30 @@ async fn say_lines(cli: &Cli) -> Result<ExitCode> {
     )
     .await?;
     let mut input = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // A line read but not yet sent, waiting for its turn.
+    let mut waiting: Option<String> = None;
+    // Kept under the server's flood limit, with its NICK and JOIN (and a spare) counted.
+    let mut pace = Pace::new(cli.rate, 3.0);
     let (mut sent, mut answered, mut refused) = (0u64, 0u64, 0u64);
     let mut eof = false;
     let mut joined = false;
     let mut stdout = std::io::stdout();
     loop {
-        if eof && joined && answered == sent {
+        if eof && joined && waiting.is_none() && answered == sent {
             break;
         }
+        if joined && waiting.is_some() && pace.take() {
+            let line = waiting.take().unwrap_or_default();
+            link.send(format!("SAY {line}"));
+            sent += 1;
+        }
         tokio::select! {
-            line = input.next_line(), if !eof && joined => match line? {
+            line = input.next_line(), if !eof && joined && waiting.is_none() => match line? {
                 Some(line) if line.trim().is_empty() => {}
-                Some(line) => {
-                    link.send(format!("SAY {line}"));
-                    sent += 1;
-                }
+                Some(line) => waiting = Some(line),
                 None => eof = true,
             },
+            _ = tokio::time::sleep_until(pace.next_at()), if joined && waiting.is_some() => {}
             update = updates.recv() => match update {
                 Some(Update::Said(m)) => {
                     answered += 1;

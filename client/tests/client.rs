@@ -134,6 +134,30 @@ async fn piped_lines_are_said_and_the_client_exits_zero() {
         .all(|l| l.starts_with("HIST 4 ") && l.contains(" bot ")));
 }
 
+/// A script may pipe more lines than the server's flood limit allows at once: the client
+/// paces itself (by default within the server's default limit) and every line is said, in
+/// order, with none refused.
+#[tokio::test]
+async fn piping_more_than_the_flood_limit_is_paced_not_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = linechat::Config {
+        rate: 20,
+        burst: 40,
+        ..linechat::Config::default()
+    };
+    let server = linechat::server::Server::start(config).await.unwrap();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    let input: String = (1..=70).map(|i| format!("line {i}\n")).collect();
+    let out = client(addr, &["--nick", "bulk", "--room", "r"], &input).await;
+    assert!(out.status.success(), "{out:?}");
+    let lines = stdout(&out);
+    assert_eq!(lines.len(), 70, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(line.ends_with(&format!("<bulk> line {}", i + 1)), "{line}");
+    }
+}
+
 #[tokio::test]
 async fn json_output_and_a_refused_line_exit_non_zero() {
     let addr = server().await;

@@ -83,7 +83,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         None => ask(&mut editor, "Room to join (for example 4): ")?,
     };
     let state = Arc::new(Mutex::new(State::load()));
-    let (tx, updates) = mpsc::unbounded_channel();
+    let (tx, updates) = mpsc::channel(link::UPDATES);
     let link = loop {
         let since = state
             .lock()
@@ -280,7 +280,7 @@ impl<P: ExternalPrinter> View<P> {
     }
 
     /// Runs until the link closes; returns why, if it was not our own QUIT.
-    async fn run(&mut self, mut updates: mpsc::UnboundedReceiver<Update>) -> Option<String> {
+    async fn run(&mut self, mut updates: mpsc::Receiver<Update>) -> Option<String> {
         while let Some(update) = updates.recv().await {
             match update {
                 Update::Event(event) => self.on_event(event),

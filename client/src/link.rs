@@ -109,13 +109,17 @@ impl Link {
 
 /// Connects once (so that a wrong address or a name in use is an error here, before any
 /// user interface starts) and runs the link in a task.
-pub async fn start(settings: Settings, updates: mpsc::UnboundedSender<Update>) -> Result<Link> {
+/// Room for updates not yet taken by the user interface.
+pub const UPDATES: usize = 1024;
+
+pub async fn start(settings: Settings, updates: mpsc::Sender<Update>) -> Result<Link> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut state = State {
         settings,
         rooms: Vec::new(),
         own: BTreeSet::new(),
         updates,
+        backlog: VecDeque::new(),
         outbox: rx,
         outbox_open: true,
         pending: VecDeque::new(),
@@ -132,7 +136,12 @@ struct State {
     /// Our own stored messages (room, id) not yet passed by the room's `last_id`: a catch-up
     /// replays them, and they were shown already.
     own: BTreeSet<(String, u64)>,
-    updates: mpsc::UnboundedSender<Update>,
+    /// Bounded: a consumer that falls behind (a `--follow` whose output is not read) stops
+    /// this task reading the socket; the server then lets us lag and catches us up later,
+    /// instead of memory growing here.
+    updates: mpsc::Sender<Update>,
+    /// Updates from the line being handled, handed on before the next line is read.
+    backlog: VecDeque<Update>,
     outbox: mpsc::UnboundedReceiver<String>,
     /// False once every `Link` handle is gone.
     outbox_open: bool,
@@ -148,8 +157,13 @@ type Conn = (
 );
 
 impl State {
-    fn report(&self, update: Update) {
-        let _ = self.updates.send(update);
+    async fn report(&self, update: Update) {
+        let _ = self.updates.send(update).await;
+    }
+
+    /// Queues an update of the line being handled (see `backlog`).
+    fn queue(&mut self, update: Update) {
+        self.backlog.push_back(update);
     }
 
     /// Connects, names itself and (re)joins its rooms: the first time with the requested
@@ -191,7 +205,7 @@ impl State {
                 }
             }
         }
-        self.report(Update::Connected { again });
+        self.report(Update::Connected { again }).await;
         if !again {
             for j in self.settings.joins.clone() {
                 self.want(&j.room, &j.bound);
@@ -217,7 +231,8 @@ impl State {
                 self.report(Update::CatchingUp {
                     room: room.clone(),
                     since,
-                });
+                })
+                .await;
             }
             write
                 .write_all(format!("JOIN {room} {bound}\n").as_bytes())
@@ -236,20 +251,21 @@ impl State {
         loop {
             let reason = match conn.take() {
                 Some(c) => match self.serve(c).await {
-                    Ok(()) => return self.report(Update::Closed(None)),
+                    Ok(()) => return self.report(Update::Closed(None)).await,
                     Err(e) => e.to_string(),
                 },
                 None => unreachable!(),
             };
             if self.quitting || !self.settings.reconnect {
-                return self.report(Update::Closed(Some(reason)));
+                return self.report(Update::Closed(Some(reason))).await;
             }
             // Reconnect with backoff until it works.
             loop {
                 self.report(Update::Lost {
                     reason: reason.clone(),
                     retry_in: Some(delay),
-                });
+                })
+                .await;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
                 match self.connect(true).await {
@@ -259,7 +275,7 @@ impl State {
                         break;
                     }
                     Err(e) if self.outbox.is_closed() => {
-                        return self.report(Update::Closed(Some(e.to_string())));
+                        return self.report(Update::Closed(Some(e.to_string()))).await;
                     }
                     Err(_) => {}
                 }
@@ -278,8 +294,11 @@ impl State {
                         }
                         bail!("the server closed the connection");
                     };
-                    let bye = self.on_line(line.trim_end_matches('\r'))?;
-                    if bye && self.quitting {
+                    let bye = self.on_line(line.trim_end_matches('\r'));
+                    while let Some(update) = self.backlog.pop_front() {
+                        self.report(update).await;
+                    }
+                    if bye? && self.quitting {
                         return Ok(());
                     }
                 }
@@ -349,13 +368,13 @@ impl State {
             Event::Message { live, message } => {
                 let from_history = !live && matches!(self.pending.front(), Some(Pending::History));
                 if from_history {
-                    return Ok(self.report_false(Update::Page(message.clone())));
+                    return Ok(self.queue_false(Update::Page(message.clone())));
                 }
                 let own = self.own.remove(&(message.room.clone(), message.id));
                 let Some(room) = self.room_mut(&message.room) else {
                     // A replay for a JOIN whose OK has not come yet: the room is not in our
                     // list until then, so take it as new.
-                    return Ok(self.report_false(Update::Event(event)));
+                    return Ok(self.queue_false(Update::Event(event)));
                 };
                 if message.id <= room.last_id || own {
                     return Ok(false);
@@ -383,7 +402,7 @@ impl State {
                         let last_id = if since.is_some_and(|s| caught_up < s) {
                             // The server's history ends before what we saw: start over there.
                             self.own.retain(|(r, _)| *r != name);
-                            self.report(Update::HistoryReset {
+                            self.queue(Update::HistoryReset {
                                 room: name.clone(),
                                 last_id: caught_up,
                             });
@@ -422,7 +441,7 @@ impl State {
                         if self.room_mut(&room).is_some_and(|r| id > r.last_id) {
                             self.own.insert((room.clone(), id));
                         }
-                        return Ok(self.report_false(Update::Said(Message {
+                        return Ok(self.queue_false(Update::Said(Message {
                             room,
                             id,
                             time,
@@ -449,17 +468,17 @@ impl State {
                 self.pending.pop_front();
             }
             Event::Bye(_) => {
-                self.report(Update::Event(event));
+                self.queue(Update::Event(event));
                 return Ok(true);
             }
             _ => {}
         }
-        self.report(Update::Event(event));
+        self.queue(Update::Event(event));
         Ok(false)
     }
 
-    fn report_false(&self, update: Update) -> bool {
-        self.report(update);
+    fn queue_false(&mut self, update: Update) -> bool {
+        self.queue(update);
         false
     }
 }

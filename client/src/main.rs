@@ -148,7 +148,7 @@ async fn say_lines(cli: &Cli) -> Result<ExitCode> {
         bail!("--nick is needed when input is not a terminal (who is speaking?)");
     };
     let style = cli.style();
-    let (tx, mut updates) = mpsc::unbounded_channel();
+    let (tx, mut updates) = mpsc::channel(link::UPDATES);
     let link = link::start(
         Settings {
             server: cli.server.clone(),
@@ -239,7 +239,7 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
     let mut stdout = std::io::stdout();
     if !cli.follow {
         let n = cli.history.unwrap_or(0);
-        let (tx, mut updates) = mpsc::unbounded_channel();
+        let (tx, mut updates) = mpsc::channel(link::UPDATES);
         let link = link::start(
             Settings {
                 server: cli.server.clone(),
@@ -293,7 +293,7 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
         Some(n) => format!("LAST {n}"),
         None => "NONE".into(),
     };
-    let (tx, mut updates) = mpsc::unbounded_channel();
+    let (tx, mut updates) = mpsc::channel(link::UPDATES);
     let _link = link::start(
         Settings {
             server: cli.server.clone(),

@@ -552,3 +552,65 @@ async fn catch_up_in_a_room_that_was_empty() {
     assert!(line.ends_with("<talker> said while away"), "{line}");
     follow.kill().await.unwrap();
 }
+
+/// A `--follow` whose output nobody reads for a while holds little memory: the client stops
+/// reading the socket, the server lets it lag, and once its output is read it prints every
+/// message, in order, from the server's catch-up.
+#[tokio::test]
+async fn follow_with_unread_output_stays_small_and_misses_nothing() {
+    const TOTAL: usize = 8000;
+    let addr = server().await;
+    let mut talker = Peer::join(addr, "talker", "r").await;
+    let mut follower = tokio::process::Command::new(CLIENT)
+        .args([
+            "--server",
+            &addr.to_string(),
+            "--room",
+            "r",
+            "--nick",
+            "f",
+            "--follow",
+        ])
+        .env("NO_COLOR", "1")
+        .env("LINECHAT_CLIENT_STATE", state_file("follow-unread"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    talker.until("JOINED r f").await;
+    // 24 MB said while the follower's output is not read.
+    let payload = "p".repeat(3000);
+    for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(100) {
+        let lines: String = chunk
+            .iter()
+            .map(|i| format!("SAY {i} {payload}\n"))
+            .collect();
+        talker.write.write_all(lines.as_bytes()).await.unwrap();
+        for _ in chunk {
+            talker.until("OK SAY ").await;
+        }
+    }
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", follower.id().unwrap())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kib < 24 * 1024, "the follower holds {rss_kib} KiB");
+
+    let mut out = BufReader::new(follower.stdout.take().unwrap()).lines();
+    for i in 0..TOTAL {
+        let line = tokio::time::timeout(PATIENCE, out.next_line())
+            .await
+            .expect("a line")
+            .unwrap()
+            .expect("not the end");
+        assert!(
+            line.ends_with(&format!("<talker> {i} {payload}")),
+            "{line:.60}"
+        );
+    }
+}

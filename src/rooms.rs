@@ -109,7 +109,8 @@ pub struct Inbox {
     /// Signalled when items arrive, when the connection starts lagging, and when its login
     /// time is up.
     pub ready: Notify,
-    /// Mirrors `Queue::lagging` (changed only under the lock), for cheap checks.
+    /// Set while traffic is not queued because the queue overflowed. Changed only under the
+    /// queue's lock (so deliveries and `resume` agree), read without it for cheap checks.
     lagging: AtomicBool,
     /// Set once the connection chose a name.
     named: AtomicBool,

@@ -245,19 +245,17 @@ impl Session {
             if self.out.bytes < OUTBOX_HIGH {
                 self.take_room_traffic();
             }
-            if self.behind.is_none() && self.out.bytes >= OUTBOX_HIGH {
-                // Not keeping up: watch for a stall.
-                self.behind = Some(Behind::new(self.hub.config.stall_timeout));
+            // Not keeping up, its socket full, or lagging: watch for a stall.
+            if self.out.bytes >= OUTBOX_HIGH || self.out.blocked || inbox.is_lagging() {
+                self.behind();
             }
             self.track_waiting();
             if inbox.is_lagging() {
-                if self.behind.is_none() {
-                    self.behind = Some(Behind::new(self.hub.config.stall_timeout));
-                }
-                let retry_due = self
-                    .behind
-                    .as_ref()
-                    .is_none_or(|b| b.retry_at.is_none_or(|at| at <= Instant::now()));
+                let retry_due = !self.shutdown.is_cancelled()
+                    && self
+                        .behind
+                        .as_ref()
+                        .is_none_or(|b| b.retry_at.is_none_or(|at| at <= Instant::now()));
                 // The socket took everything queued before the gap: replay it.
                 if self.out.is_empty() && retry_due {
                     if let Some(rooms) = inbox.resume() {
@@ -436,9 +434,7 @@ impl Session {
                 let (me, floor) = (self.handle.id, joined.floor);
                 if let Some(last) = batch.messages.last() {
                     joined.floor = floor.max(last.id);
-                    if self.own.0.is_some() {
-                        self.own.forget(&batch.room, Some(joined.floor));
-                    }
+                    self.own.forget(&batch.room, Some(joined.floor));
                 }
                 // The usual case, without allocating: the whole block is for us.
                 if batch
@@ -487,10 +483,16 @@ impl Session {
         if self.out.is_empty() && self.behind.is_none() {
             return;
         }
-        let stall = self.hub.config.stall_timeout;
-        let b = self.behind.get_or_insert_with(|| Behind::new(stall));
+        let waiting = !self.out.is_empty();
+        let b = self.behind();
         b.progress_at = Instant::now();
-        b.waiting = !self.out.is_empty();
+        b.waiting = waiting;
+    }
+
+    /// The connection's [`Behind`] state, made if it has none.
+    fn behind(&mut self) -> &mut Behind {
+        let stall = self.hub.config.stall_timeout;
+        self.behind.get_or_insert_with(|| Behind::new(stall))
     }
 
     /// Notes when output begins to wait, which is when a stall can begin.
@@ -551,8 +553,7 @@ impl Session {
                     let mut left = vec![room];
                     left.extend(rooms);
                     self.handle.inbox.lag(left);
-                    let stall = self.hub.config.stall_timeout;
-                    let b = self.behind.get_or_insert_with(|| Behind::new(stall));
+                    let b = self.behind();
                     let at = Instant::now() + CATCH_UP_RETRY;
                     b.retry_at = Some(at);
                     let next = at.min(b.timer.deadline());
@@ -968,8 +969,8 @@ impl Session {
     /// (the main loop then says `BYE`).
     async fn flush_unless_stopping(&mut self) -> io::Result<bool> {
         let shutdown = self.shutdown.clone();
-        if !self.out.is_empty() && self.behind.is_none() {
-            self.behind = Some(Behind::new(self.hub.config.stall_timeout));
+        if !self.out.is_empty() {
+            self.behind();
         }
         while !self.out.is_empty() {
             self.track_waiting();
@@ -1167,6 +1168,8 @@ struct Outbox {
     bytes: usize,
     /// True once the front buffer is partly written.
     started: bool,
+    /// The last write found the socket full.
+    blocked: bool,
 }
 
 impl Outbox {
@@ -1198,7 +1201,9 @@ impl Outbox {
                 *slot = IoSlice::new(buf);
                 count += 1;
             }
-            std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count])
+            let polled = std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count]);
+            self.blocked = polled.is_pending();
+            polled
         })
         .await?;
         if written == 0 {

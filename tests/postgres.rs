@@ -776,9 +776,7 @@ async fn signal_under_load(
 /// Every message in room `load` after a restart: (id, text), oldest first.
 async fn stored_load(dir: &Path) -> (Binary, Vec<(u64, String)>) {
     let server = zero_config(dir);
-    let mut c = Client::connect(server.addr).await;
-    c.send("NICK auditor").await;
-    c.expect("OK NICK auditor").await;
+    let mut c = Client::login(server.addr, "auditor").await;
     let stored = c
         .join("load SINCE 0")
         .await
@@ -854,11 +852,11 @@ async fn a_slow_reader_costs_bounded_memory_and_loses_nothing() {
     let dir = pg::temp_dir("slow reader");
     let _cleanup = pg::DirGuard(dir.clone());
     let mut server = zero_config(&dir);
-    let mut talker = server_client(&server, "talker").await;
+    let mut talker = Client::login(server.addr, "talker").await;
     talker.join("r").await;
-    let mut reader = server_client(&server, "reader").await;
+    let mut reader = Client::login(server.addr, "reader").await;
     reader.join("r").await;
-    let mut stuck = server_client(&server, "stuck").await;
+    let mut stuck = Client::login(server.addr, "stuck").await;
     stuck.join("r").await;
     reader.expect("JOINED r stuck").await;
     let payload = "p".repeat(3000);
@@ -896,13 +894,6 @@ async fn a_slow_reader_costs_bounded_memory_and_loses_nothing() {
     assert_eq!(acked.len(), TOTAL);
     server.signal("-TERM");
     assert!(server.wait().await.success());
-}
-
-async fn server_client(server: &Binary, nick: &str) -> Client {
-    let mut c = Client::connect(server.addr).await;
-    c.send(&format!("NICK {nick}")).await;
-    c.expect(&format!("OK NICK {nick}")).await;
-    c
 }
 
 /// The database goes away half-way through a long catch-up while the room keeps talking:

@@ -561,24 +561,8 @@ async fn follow_with_unread_output_stays_small_and_misses_nothing() {
     const TOTAL: usize = 8000;
     let addr = server().await;
     let mut talker = Peer::join(addr, "talker", "r").await;
-    let mut follower = tokio::process::Command::new(CLIENT)
-        .args([
-            "--server",
-            &addr.to_string(),
-            "--room",
-            "r",
-            "--nick",
-            "f",
-            "--follow",
-        ])
-        .env("NO_COLOR", "1")
-        .env("LINECHAT_CLIENT_STATE", state_file("follow-unread"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // Its output is not read until the end.
+    let (follower, mut out) = follow(addr, "f", "r");
     talker.until("JOINED r f").await;
     // 24 MB said while the follower's output is not read.
     let payload = "p".repeat(3000);
@@ -601,7 +585,6 @@ async fn follow_with_unread_output_stays_small_and_misses_nothing() {
         .unwrap();
     assert!(rss_kib < 24 * 1024, "the follower holds {rss_kib} KiB");
 
-    let mut out = BufReader::new(follower.stdout.take().unwrap()).lines();
     for i in 0..TOTAL {
         let line = tokio::time::timeout(PATIENCE, out.next_line())
             .await

@@ -60,10 +60,7 @@ impl TestServer {
 
     /// A client that has chosen `nick`.
     pub async fn login(&self, nick: &str) -> Client {
-        let mut c = self.client().await;
-        c.send(&format!("NICK {nick}")).await;
-        c.expect(&format!("OK NICK {nick}")).await;
-        c
+        Client::login(self.addr, nick).await
     }
 }
 
@@ -103,6 +100,14 @@ impl Client {
         };
         let hello = c.line().await;
         assert!(hello.starts_with("HELLO "), "greeting: {hello}");
+        c
+    }
+
+    /// Connects and chooses `nick`.
+    pub async fn login(addr: SocketAddr, nick: &str) -> Client {
+        let mut c = Client::connect(addr).await;
+        c.send(&format!("NICK {nick}")).await;
+        c.expect(&format!("OK NICK {nick}")).await;
         c
     }
 

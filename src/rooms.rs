@@ -67,29 +67,33 @@ impl LiveBatch {
 #[derive(Debug)]
 pub enum Outbound {
     /// Live messages; their room and ids let the session drop what its replay already showed.
-    Messages(Arc<LiveBatch>),
+    /// `only_ours` marks a batch of nothing but the recipient's own messages: nothing to show
+    /// (and no cost), but it keeps the recipient's place in the room's order.
+    Messages {
+        batch: Arc<LiveBatch>,
+        only_ours: bool,
+    },
     /// A presence line (`JOINED`, `LEFT`, `NICK`) about a room.
     Presence { room: Arc<str>, line: Bytes },
-    /// To the sender of a batch that holds only its own messages: nothing to show, but the
-    /// room's messages up to `last` are now all delivered or acked.
-    Said { room: Arc<str>, last: MessageId },
 }
 
 impl Outbound {
     /// What the item counts against the connection's budget.
     pub fn cost(&self) -> usize {
         match self {
-            Outbound::Messages(b) => b.bytes.len(),
+            Outbound::Messages {
+                only_ours: true, ..
+            } => 0,
+            Outbound::Messages { batch, .. } => batch.bytes.len(),
             Outbound::Presence { line, .. } => line.len(),
-            Outbound::Said { .. } => 0,
         }
     }
 
     /// The room it is about.
     pub fn room(&self) -> &Arc<str> {
         match self {
-            Outbound::Messages(b) => &b.room,
-            Outbound::Presence { room, .. } | Outbound::Said { room, .. } => room,
+            Outbound::Messages { batch, .. } => &batch.room,
+            Outbound::Presence { room, .. } => room,
         }
     }
 }
@@ -239,7 +243,13 @@ impl ConnHandle {
         if inbox.lagging.load(Ordering::Relaxed) {
             // A marker of our own messages alone is no reason to catch the room up: their
             // ids are known from their acks, and the room's next traffic moves past them.
-            if !matches!(item, Outbound::Said { .. }) {
+            if !matches!(
+                item,
+                Outbound::Messages {
+                    only_ours: true,
+                    ..
+                }
+            ) {
                 queue.note_missed(item.room());
             }
             return;
@@ -353,21 +363,17 @@ impl Rooms {
 
     /// Delivers a batch of live messages to every member of its room (the session of each
     /// member skips its own messages). The sender of a batch of only its own messages gets
-    /// just a [`Outbound::Said`] marker, which keeps its place in the room's order.
+    /// it marked `only_ours`, which keeps its place in the room's order at no cost.
     pub fn publish(&self, batch: Arc<LiveBatch>) {
         let Some(room) = self.get(&batch.room) else {
             return;
         };
         let members = room.members.lock().expect("room lock");
         for (id, m) in members.iter() {
-            if batch.only_sender != Some(*id) {
-                m.conn.deliver(Outbound::Messages(batch.clone()));
-            } else if let Some(last) = batch.messages.last() {
-                m.conn.deliver(Outbound::Said {
-                    room: batch.room.clone(),
-                    last: last.id,
-                });
-            }
+            m.conn.deliver(Outbound::Messages {
+                batch: batch.clone(),
+                only_ours: batch.only_sender == Some(*id),
+            });
         }
     }
 
@@ -400,5 +406,19 @@ impl Rooms {
             .collect();
         list.sort();
         list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle connection may keep a few queue slots: they must stay small.
+    #[test]
+    fn an_outbound_item_is_no_bigger_than_a_presence_line() {
+        assert_eq!(
+            std::mem::size_of::<Outbound>(),
+            std::mem::size_of::<Arc<str>>() + std::mem::size_of::<Bytes>()
+        );
     }
 }

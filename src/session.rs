@@ -245,8 +245,8 @@ impl Session {
             if self.out.bytes < OUTBOX_HIGH {
                 self.take_room_traffic();
             }
-            // Not keeping up, its socket full, or lagging: watch for a stall.
-            if self.out.bytes >= OUTBOX_HIGH || self.out.blocked || inbox.is_lagging() {
+            // Not keeping up, or lagging: watch for a stall.
+            if self.out.bytes >= OUTBOX_HIGH || inbox.is_lagging() {
                 self.behind();
             }
             self.track_waiting();
@@ -270,6 +270,10 @@ impl Session {
             }
             let room_for_output = self.out.bytes < OUTBOX_HIGH;
             let can_read = room_for_output && self.acks.len() < MAX_IN_FLIGHT;
+            // The write comes first in this biased select: if another branch wins while output
+            // waits, the socket is full, and a stall may begin.
+            let had_output = !self.out.is_empty();
+            let mut wrote = false;
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
@@ -283,6 +287,7 @@ impl Session {
                     if let Err(e) = written {
                         return End::Io(e);
                     }
+                    wrote = true;
                     self.wrote();
                 }
                 _ = behind_timer(&mut self.behind), if self.behind.is_some() => {
@@ -349,6 +354,9 @@ impl Session {
                         }
                     }
                 }
+            }
+            if had_output && !wrote {
+                self.behind();
             }
         }
     }
@@ -419,14 +427,7 @@ impl Session {
                     self.out.push(line);
                 }
             }
-            Outbound::Said { room, last } => {
-                if let Some(joined) = self.joined.iter_mut().find(|j| j.room == room) {
-                    joined.floor = joined.floor.max(last);
-                    let floor = joined.floor;
-                    self.own.forget(&room, Some(floor));
-                }
-            }
-            Outbound::Messages(batch) => {
+            Outbound::Messages { batch, .. } => {
                 // Batches queued before a PART are not for us any more.
                 let Some(joined) = self.joined.iter_mut().find(|j| j.room == batch.room) else {
                     return;
@@ -469,7 +470,7 @@ impl Session {
         let Some(joined) = self.joined.iter_mut().find(|j| j.room == *room) else {
             return;
         };
-        // Above the floor, its batch (or `Said` marker) is still queued, or was missed in a
+        // Above the floor, its batch is still queued, or was missed in a
         // lag: remember it until the floor passes it. (Only traffic taken in order and
         // catch-ups move floors: an ack may overtake queued messages of others.)
         if id > joined.floor {
@@ -1168,8 +1169,6 @@ struct Outbox {
     bytes: usize,
     /// True once the front buffer is partly written.
     started: bool,
-    /// The last write found the socket full.
-    blocked: bool,
 }
 
 impl Outbox {
@@ -1201,9 +1200,7 @@ impl Outbox {
                 *slot = IoSlice::new(buf);
                 count += 1;
             }
-            let polled = std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count]);
-            self.blocked = polled.is_pending();
-            polled
+            std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count])
         })
         .await?;
         if written == 0 {

@@ -1,4 +1,8 @@
-//! Server settings. `main.rs` fills them from flags and environment variables.
+//! Server settings, and their defaults in one place.
+//!
+//! [`Config::default()`] is the table of defaults: the `linechat` binary takes every flag's
+//! default from it, so the library and the binary cannot disagree. Tests and benchmarks that
+//! want something else (the memory store, no flood limit) say so in their own `Config`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +12,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StoreKind {
     /// In memory: bounded per room, gone on restart.
-    #[default]
     Memory,
     /// In PostgreSQL: durable; `database_url`, or a private cluster under `data_dir`.
+    #[default]
     Postgres,
 }
 
@@ -45,10 +49,10 @@ pub struct Config {
     pub limit_loopback: bool,
     /// How long a connection may go without choosing a name (zero: forever).
     pub login_timeout: Duration,
-    /// Refused lines per minute before the connection is closed (0: unlimited).
+    /// Refused lines a minute before the connection is closed (0: unlimited). Counted over a
+    /// sliding minute, not a calendar one.
     pub max_errors: u32,
-    /// Lines a second one connection may send, on average (0: unlimited). The library's
-    /// default is unlimited; the server binary's is 20.
+    /// Lines a second one connection may send, on average (0: unlimited).
     pub rate: u32,
     /// Lines one connection may send at once, above the rate.
     pub burst: u32,
@@ -67,24 +71,26 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The defaults of the `linechat` binary: durable history in a private PostgreSQL under
+    /// `./linechat-data`, and limits meant for an open network.
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
-            store: StoreKind::Memory,
+            store: StoreKind::Postgres,
             history_on_join: 50,
             max_page: 500,
             memory_history: 10_000,
             max_line: 4096,
             outbound_limit: 1024 * 1024,
-            close_grace: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(60),
+            close_grace: Duration::from_secs(5),
             keepalive: Duration::from_secs(60),
             max_connections: 16_384,
             max_per_ip: 64,
             limit_loopback: false,
             login_timeout: Duration::from_secs(60),
             max_errors: 30,
-            rate: 0,
+            rate: 20,
             burst: 40,
             database_url: None,
             data_dir: PathBuf::from("linechat-data"),

@@ -1,49 +1,60 @@
-//! The state every session shares: settings, rooms, nicks, the store and its writer.
+//! The state every session shares: settings, rooms, names, the store and its writer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use tokio::task::JoinHandle;
 
+use crate::admission::LoginWatch;
+use crate::budget::Limit;
 use crate::config::Config;
-use crate::rooms::{ConnId, Inbox, Rooms};
+use crate::fanout::Fanout;
+use crate::mailbox::ConnId;
+use crate::rooms::Rooms;
 use crate::store::{HistoryStore, Writer};
 
 /// Messages waiting for the writer before `SAY` waits too.
 const WRITER_QUEUE: usize = 8192;
 /// Most messages stored (and then fanned out) together. A batch of 1024 typical lines is
-/// about 100 KiB, well within a member's default outbound budget of 1 MiB.
+/// about 100 KiB, well within a member's default outbound limit of 1 MiB.
 const WRITER_BATCH: usize = 1024;
 
 /// Shared server state.
 pub struct Hub {
     pub config: Config,
+    /// Flood control per connection (`--rate`, `--burst`); `None`: unlimited.
+    pub flood_limit: Option<Limit>,
+    /// Refused lines per connection (`--max-errors`); `None`: unlimited.
+    pub error_limit: Option<Limit>,
     pub rooms: Arc<Rooms>,
     pub nicks: Nicks,
     pub store: Arc<dyn HistoryStore>,
-    pub writer: Writer,
+    /// Every `SAY` goes through it: stored, then fanned out to the room, then acknowledged.
+    pub writer: Writer<ConnId>,
     /// Connections that have not chosen a name yet, with their deadlines.
     pub logins: Arc<LoginWatch>,
     next_conn: AtomicU64,
 }
 
 impl Hub {
-    /// Starts the writer for `store`.
+    /// Starts the writer for `store`, publishing to the rooms.
     pub fn start(config: Config, store: Arc<dyn HistoryStore>) -> (Arc<Hub>, JoinHandle<()>) {
-        let config_login_timeout = config.login_timeout;
         let rooms = Arc::new(Rooms::new());
-        let (writer, writer_task) =
-            Writer::spawn(store.clone(), rooms.clone(), WRITER_QUEUE, WRITER_BATCH);
+        let (writer, writer_task) = Writer::spawn(
+            store.clone(),
+            Fanout::new(rooms.clone()),
+            WRITER_QUEUE,
+            WRITER_BATCH,
+        );
         let hub = Hub {
+            flood_limit: Limit::per_second(config.rate, config.burst),
+            error_limit: Limit::per_minute(config.max_errors),
+            logins: Arc::new(LoginWatch::new(config.login_timeout)),
             config,
             rooms,
             nicks: Nicks::default(),
             store,
-            logins: Arc::new(LoginWatch::new(config_login_timeout)),
             writer,
             next_conn: AtomicU64::new(1),
         };
@@ -87,52 +98,25 @@ impl Nicks {
     }
 }
 
-/// The login timeout for every connection at once: one queue of deadlines (the timeout is
-/// the same for all, so arrival order is deadline order) checked by one task, instead of a
-/// timer per connection.
-pub struct LoginWatch {
-    timeout: Duration,
-    queue: Mutex<VecDeque<(Instant, Arc<Inbox>)>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl LoginWatch {
-    fn new(timeout: Duration) -> Self {
-        LoginWatch {
-            timeout,
-            queue: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    /// Starts the clock for a new connection.
-    pub fn watch(&self, inbox: &Arc<Inbox>) {
-        if !self.timeout.is_zero() {
-            let deadline = Instant::now() + self.timeout;
-            let mut queue = self.queue.lock().expect("login watch lock");
-            queue.push_back((deadline, inbox.clone()));
-        }
-    }
-
-    /// Checks deadlines until the watch is dropped; run as one task per server.
-    pub async fn run(self: Arc<Self>) {
-        if self.timeout.is_zero() {
-            return;
-        }
-        let tick = (self.timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        loop {
-            tokio::time::sleep(tick).await;
-            let now = Instant::now();
-            let mut queue = self.queue.lock().expect("login watch lock");
-            while queue.front().is_some_and(|(deadline, _)| *deadline <= now) {
-                if let Some((_, inbox)) = queue.pop_front() {
-                    inbox.expire_login();
-                }
-            }
-            // Connections that chose a name need no watching: let them go now rather than
-            // at their deadline, so thousands of new connections cost no memory here.
-            queue.retain(|(_, inbox)| !inbox.is_named());
-            if queue.capacity() > 64 && queue.capacity() > 4 * queue.len() {
-                queue.shrink_to_fit();
-            }
-        }
+    #[test]
+    fn a_nick_is_held_by_one_connection_whatever_its_case() {
+        let nicks = Nicks::default();
+        assert!(nicks.claim("Alice", None, 1));
+        assert!(!nicks.claim("alice", None, 2));
+        assert!(
+            nicks.claim("ALICE", Some("Alice"), 1),
+            "its holder may change the case"
+        );
+        nicks.release("alice", 2);
+        assert!(
+            !nicks.claim("alice", None, 2),
+            "only the holder releases it"
+        );
+        nicks.release("ALICE", 1);
+        assert!(nicks.claim("alice", None, 2));
     }
 }

@@ -1,22 +1,37 @@
 //! linechat: a chat-room server that speaks a plain-text line protocol over TCP.
 //!
-//! Module map:
-//! - [`config`]: settings, filled by `main.rs` from flags and environment variables.
-//! - [`codec`]: line framing with a length limit; the only place bytes become lines.
-//! - [`protocol`]: command parsing and server-line formatting; pure, no I/O.
-//! - [`server`]: the accept loop, socket options, graceful shutdown.
-//! - [`limits`]: admission (connections in all and per address).
-//! - [`session`]: one connection: read, apply, write; bounded outbound queue.
-//! - [`rooms`]: room membership, presence and fan-out of shared `Bytes`.
-//! - [`hub`]: the state sessions share (rooms, nicks, store, writer).
-//! - [`store`]: the `HistoryStore` trait, its implementations, and the batched writer.
+//! The modules, in the order one `SAY` travels through them from a client's socket to the
+//! store and on to every member of its room:
+//! - [`server`]: start-up (the store, and [`managed_postgres`] in zero-config mode), the accept
+//!   loop, socket options, graceful shutdown.
+//! - [`admission`]: who gets in: connections in all and per address, and the login timeout.
+//! - [`session`]: one task per connection: reads its lines, runs its commands, writes its
+//!   replies and room traffic; replays history and catches slow readers up.
+//! - [`connection`]: line framing in (with a length limit) and out (a queue of shared
+//!   buffers written with vectored writes): the only place bytes become lines and back.
+//! - [`protocol`]: command parsing and server-line formatting; pure, fuzzed.
+//! - [`budget`]: flood control and the error budget, as token buckets on a monotonic clock.
+//! - [`hub`]: what sessions share: settings, rooms, names, the store and its writer.
+//! - [`store`]: the `HistoryStore` trait (memory, PostgreSQL), and the batched writer that
+//!   stores every `SAY` before anyone sees it or is told it was stored.
+//! - [`fanout`]: a stored batch, formatted once into shared `Bytes`, handed to each room.
+//! - [`rooms`]: membership and presence; delivers to every member's mailbox.
+//! - [`mailbox`]: each connection's bounded queue of room traffic; a reader too slow for its
+//!   rooms *lags* there instead of being dropped, and its session catches it up.
+//! - [`managed_postgres`]: the PostgreSQL process the server runs itself when no database is
+//!   given.
+//! - [`config`]: the settings and their defaults (one table, shared with the binary's flags).
 //!
 //! PROTOCOL.md in the repository is the wire specification.
 
-pub mod codec;
+pub mod admission;
+pub mod budget;
 pub mod config;
+pub mod connection;
+pub mod fanout;
 pub mod hub;
-pub mod limits;
+pub mod mailbox;
+pub mod managed_postgres;
 pub mod protocol;
 pub mod rooms;
 pub mod server;

@@ -1,13 +1,18 @@
-//! The `linechat` binary: flags and environment -> [`Config`] -> [`linechat::server::serve`].
+//! The `linechat` binary: flags and environment -> [`Config`] -> [`Server`]. Every flag's
+//! default comes from [`Config::default()`], the one table of defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use linechat::server::Server;
 use linechat::{Config, StoreKind};
+
+/// The defaults every flag shows and falls back to.
+static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
 
 /// A chat-room server that speaks a plain-text line protocol over TCP.
 ///
@@ -17,11 +22,11 @@ use linechat::{Config, StoreKind};
 #[command(version, about)]
 struct Cli {
     /// Address to listen on.
-    #[arg(long, env = "LINECHAT_LISTEN", default_value = "127.0.0.1:7777")]
+    #[arg(long, env = "LINECHAT_LISTEN", default_value_t = DEFAULTS.listen)]
     listen: SocketAddr,
 
     /// Where history is kept.
-    #[arg(long, env = "LINECHAT_STORE", value_enum, default_value_t = Store::Postgres)]
+    #[arg(long, env = "LINECHAT_STORE", value_enum, default_value_t = Store::from(DEFAULTS.store))]
     store: Store,
 
     /// PostgreSQL connection string (`postgresql://user@host/db` or `host=... dbname=...`).
@@ -30,7 +35,7 @@ struct Cli {
     database_url: Option<String>,
 
     /// Where the server's own PostgreSQL cluster lives when no --database-url is given.
-    #[arg(long, env = "LINECHAT_DATA_DIR", default_value = "linechat-data")]
+    #[arg(long, env = "LINECHAT_DATA_DIR", default_value_os_t = DEFAULTS.data_dir.clone())]
     data_dir: PathBuf,
 
     /// Directory of the PostgreSQL programs (initdb, pg_ctl, postgres), if searching PATH,
@@ -39,60 +44,60 @@ struct Cli {
     pg_bin_dir: Option<PathBuf>,
 
     /// Most connections in the database pool.
-    #[arg(long, env = "LINECHAT_POOL_SIZE", default_value_t = 8)]
+    #[arg(long, env = "LINECHAT_POOL_SIZE", default_value_t = DEFAULTS.pool_size)]
     pool_size: u32,
 
     /// Seconds one database operation may take before SAY, JOIN or HISTORY get
     /// ERR STORE_UNAVAILABLE.
-    #[arg(long, env = "LINECHAT_DB_TIMEOUT", default_value_t = 5)]
+    #[arg(long, env = "LINECHAT_DB_TIMEOUT", default_value_t = DEFAULTS.db_timeout.as_secs())]
     db_timeout: u64,
 
     /// Seconds start-up keeps retrying an unreachable database before giving up (0: forever).
-    #[arg(long, env = "LINECHAT_DB_STARTUP_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "LINECHAT_DB_STARTUP_TIMEOUT", default_value_t = DEFAULTS.db_startup_timeout.as_secs())]
     db_startup_timeout: u64,
 
     /// Messages a plain JOIN replays.
-    #[arg(long, env = "LINECHAT_HISTORY_ON_JOIN", default_value_t = 50)]
+    #[arg(long, env = "LINECHAT_HISTORY_ON_JOIN", default_value_t = DEFAULTS.history_on_join)]
     history_on_join: usize,
 
     /// Most messages in one HISTORY page or JOIN ... LAST n.
-    #[arg(long, env = "LINECHAT_MAX_PAGE", default_value_t = 500)]
+    #[arg(long, env = "LINECHAT_MAX_PAGE", default_value_t = DEFAULTS.max_page)]
     max_page: usize,
 
     /// Messages the memory store keeps per room.
-    #[arg(long, env = "LINECHAT_MEMORY_HISTORY", default_value_t = 10_000)]
+    #[arg(long, env = "LINECHAT_MEMORY_HISTORY", default_value_t = DEFAULTS.memory_history)]
     memory_history: usize,
 
     /// Longest accepted line in bytes, without its CR/LF.
-    #[arg(long, env = "LINECHAT_MAX_LINE", default_value_t = 4096)]
+    #[arg(long, env = "LINECHAT_MAX_LINE", default_value_t = DEFAULTS.max_line)]
     max_line: usize,
 
     /// Bytes of live traffic queued for one client before it lags: no more is queued for it,
     /// and once it reads again it gets LAGGED and the missed messages from the store.
-    #[arg(long, env = "LINECHAT_OUTBOUND_LIMIT", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "LINECHAT_OUTBOUND_LIMIT", default_value_t = DEFAULTS.outbound_limit)]
     outbound_limit: usize,
 
     /// Seconds a client may take no bytes at all while the server has some for it, before it
     /// is closed with BYE too slow (at least 1).
-    #[arg(long, env = "LINECHAT_STALL_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "LINECHAT_STALL_TIMEOUT", default_value_t = DEFAULTS.stall_timeout.as_secs())]
     stall_timeout: u64,
 
     /// Seconds a closing connection (shutdown, QUIT, too slow, end of input) gets to take its
     /// last lines and BYE before the socket is closed anyway.
-    #[arg(long, env = "LINECHAT_CLOSE_GRACE", default_value_t = 5)]
+    #[arg(long, env = "LINECHAT_CLOSE_GRACE", default_value_t = DEFAULTS.close_grace.as_secs())]
     close_grace: u64,
 
     /// Seconds a connection may be silent before TCP keepalive probes check the peer.
-    #[arg(long, env = "LINECHAT_KEEPALIVE", default_value_t = 60)]
+    #[arg(long, env = "LINECHAT_KEEPALIVE", default_value_t = DEFAULTS.keepalive.as_secs())]
     keepalive: u64,
 
     /// Most connections at once; more get ERR SERVER_FULL (0: unlimited).
-    #[arg(long, env = "LINECHAT_MAX_CONNECTIONS", default_value_t = 16_384)]
+    #[arg(long, env = "LINECHAT_MAX_CONNECTIONS", default_value_t = DEFAULTS.max_connections)]
     max_connections: usize,
 
     /// Most connections from one address (0: unlimited). Loopback addresses are not counted
     /// unless --limit-loopback is given.
-    #[arg(long, env = "LINECHAT_MAX_PER_IP", default_value_t = 64)]
+    #[arg(long, env = "LINECHAT_MAX_PER_IP", default_value_t = DEFAULTS.max_per_ip)]
     max_per_ip: usize,
 
     /// Count loopback connections against --max-per-ip too.
@@ -100,29 +105,39 @@ struct Cli {
     limit_loopback: bool,
 
     /// Seconds a connection may take to choose a name with NICK (0: no limit).
-    #[arg(long, env = "LINECHAT_LOGIN_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "LINECHAT_LOGIN_TIMEOUT", default_value_t = DEFAULTS.login_timeout.as_secs())]
     login_timeout: u64,
 
-    /// Refused lines per minute before a connection is closed with BYE (0: no limit).
-    #[arg(long, env = "LINECHAT_MAX_ERRORS", default_value_t = 30)]
+    /// Refused lines a minute (a sliding minute) before a connection is closed with BYE
+    /// (0: no limit).
+    #[arg(long, env = "LINECHAT_MAX_ERRORS", default_value_t = DEFAULTS.max_errors)]
     max_errors: u32,
 
     /// Lines a second one connection may send on average; more get ERR RATE_LIMITED and
     /// are not done (0: no limit, as for benchmarks).
-    #[arg(long, env = "LINECHAT_RATE", default_value_t = 20)]
+    #[arg(long, env = "LINECHAT_RATE", default_value_t = DEFAULTS.rate)]
     rate: u32,
 
     /// Lines one connection may send at once above --rate.
-    #[arg(long, env = "LINECHAT_BURST", default_value_t = 40)]
+    #[arg(long, env = "LINECHAT_BURST", default_value_t = DEFAULTS.burst)]
     burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Store {
-    /// PostgreSQL: durable history (the default).
+    /// PostgreSQL: durable history.
     Postgres,
     /// In memory: bounded per room, gone on restart.
     Memory,
+}
+
+impl From<StoreKind> for Store {
+    fn from(kind: StoreKind) -> Store {
+        match kind {
+            StoreKind::Postgres => Store::Postgres,
+            StoreKind::Memory => Store::Memory,
+        }
+    }
 }
 
 impl Cli {
@@ -169,8 +184,11 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Cli::parse().into_config();
-    let files = raise_open_file_limit();
-    tracing::info!("open-file limit: {files} (each connection takes one)");
+    // Each connection takes a file descriptor: allow as many as the system lets us.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => tracing::info!("open-file limit: {files} (each connection takes one)"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let listen = config.listen;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -202,34 +220,9 @@ async fn main() -> ExitCode {
     server.serve(listener, shutdown).await;
     ExitCode::SUCCESS
 }
-/// Raises the soft open-file limit to the hard one, and returns the limit now in force.
-fn raise_open_file_limit() -> u64 {
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-        limit.rlim_cur
-    }
-}
-
 /// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed here, before the
 /// server says it is listening: a signal that came before they were would kill the process
 /// without a `BYE` to anyone.
-#[cfg(unix)]
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let interrupt = signal(SignalKind::interrupt());
@@ -247,13 +240,5 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
                 std::future::pending::<()>().await;
             }
         }
-    }
-}
-
-/// Completes on Ctrl-C.
-#[cfg(not(unix))]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    async {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -49,68 +49,47 @@ pub enum Command {
     Quit(Option<String>),
 }
 
-/// Stable error codes: the second word of an `ERR` line. PROTOCOL.md lists each one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    UnknownCommand,
-    MissingArgument,
-    TooManyArguments,
-    BadArgument,
-    BadNick,
-    BadRoom,
-    BadText,
-    NickInUse,
-    NoNick,
-    NotInRoom,
-    LineTooLong,
-    BadUtf8,
-    StoreUnavailable,
-    ServerFull,
-    RateLimited,
-    ShuttingDown,
+/// Declares [`ErrorCode`], its wire names and [`ErrorCode::ALL`] from one list, so that no
+/// code can be left out of any of them.
+macro_rules! error_codes {
+    ($($variant:ident => $name:literal,)*) => {
+        /// Stable error codes: the second word of an `ERR` line. PROTOCOL.md lists each one.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in PROTOCOL.md's order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code as it appears on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    /// Every code, in PROTOCOL.md's order.
-    pub const ALL: [ErrorCode; 16] = [
-        ErrorCode::UnknownCommand,
-        ErrorCode::MissingArgument,
-        ErrorCode::TooManyArguments,
-        ErrorCode::BadArgument,
-        ErrorCode::BadNick,
-        ErrorCode::BadRoom,
-        ErrorCode::BadText,
-        ErrorCode::NickInUse,
-        ErrorCode::NoNick,
-        ErrorCode::NotInRoom,
-        ErrorCode::LineTooLong,
-        ErrorCode::BadUtf8,
-        ErrorCode::StoreUnavailable,
-        ErrorCode::ServerFull,
-        ErrorCode::RateLimited,
-        ErrorCode::ShuttingDown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::UnknownCommand => "UNKNOWN_COMMAND",
-            ErrorCode::MissingArgument => "MISSING_ARGUMENT",
-            ErrorCode::TooManyArguments => "TOO_MANY_ARGUMENTS",
-            ErrorCode::BadArgument => "BAD_ARGUMENT",
-            ErrorCode::BadNick => "BAD_NICK",
-            ErrorCode::BadRoom => "BAD_ROOM",
-            ErrorCode::BadText => "BAD_TEXT",
-            ErrorCode::NickInUse => "NICK_IN_USE",
-            ErrorCode::NoNick => "NO_NICK",
-            ErrorCode::NotInRoom => "NOT_IN_ROOM",
-            ErrorCode::LineTooLong => "LINE_TOO_LONG",
-            ErrorCode::BadUtf8 => "BAD_UTF8",
-            ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
-            ErrorCode::ServerFull => "SERVER_FULL",
-            ErrorCode::RateLimited => "RATE_LIMITED",
-            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
-        }
-    }
+error_codes! {
+    UnknownCommand => "UNKNOWN_COMMAND",
+    MissingArgument => "MISSING_ARGUMENT",
+    TooManyArguments => "TOO_MANY_ARGUMENTS",
+    BadArgument => "BAD_ARGUMENT",
+    BadNick => "BAD_NICK",
+    BadRoom => "BAD_ROOM",
+    BadText => "BAD_TEXT",
+    NickInUse => "NICK_IN_USE",
+    NoNick => "NO_NICK",
+    NotInRoom => "NOT_IN_ROOM",
+    LineTooLong => "LINE_TOO_LONG",
+    BadUtf8 => "BAD_UTF8",
+    StoreUnavailable => "STORE_UNAVAILABLE",
+    ServerFull => "SERVER_FULL",
+    RateLimited => "RATE_LIMITED",
+    ShuttingDown => "SHUTTING_DOWN",
 }
 
 /// A refusal: its code and the human text that follows it on the `ERR` line.
@@ -134,28 +113,56 @@ fn err<T>(code: ErrorCode, text: impl Into<String>) -> Result<T, ProtocolError> 
     Err(ProtocolError::new(code, text))
 }
 
-/// Checks a nick: 1 to 32 characters of `A-Z a-z 0-9 _ -`.
-pub fn validate_nick(nick: &str) -> Result<(), ProtocolError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    if nick.is_empty() || nick.len() > MAX_NICK || !nick.chars().all(ok_char) {
+/// The rules for one kind of name: its characters, length and error code.
+struct NameRules {
+    code: ErrorCode,
+    max: usize,
+    /// Allowed besides ASCII letters and digits.
+    punctuation: &'static [char],
+    /// How the refusal begins: "a nick is".
+    what: &'static str,
+    /// The allowed characters, as the refusal lists them.
+    allowed: &'static str,
+}
+
+const NICK_RULES: NameRules = NameRules {
+    code: ErrorCode::BadNick,
+    max: MAX_NICK,
+    punctuation: &['_', '-'],
+    what: "a nick is",
+    allowed: "A-Z a-z 0-9 _ -",
+};
+
+const ROOM_RULES: NameRules = NameRules {
+    code: ErrorCode::BadRoom,
+    max: MAX_ROOM,
+    punctuation: &['_', '-', '.'],
+    what: "a room name is",
+    allowed: "A-Z a-z 0-9 _ - .",
+};
+
+fn validate_name(rules: &NameRules, name: &str) -> Result<(), ProtocolError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || rules.punctuation.contains(&c);
+    if name.is_empty() || name.len() > rules.max || !name.chars().all(ok_char) {
+        let NameRules {
+            what, max, allowed, ..
+        } = rules;
         return err(
-            ErrorCode::BadNick,
-            format!("a nick is 1 to {MAX_NICK} characters of A-Z a-z 0-9 _ -"),
+            rules.code,
+            format!("{what} 1 to {max} characters of {allowed}"),
         );
     }
     Ok(())
 }
 
+/// Checks a nick: 1 to 32 characters of `A-Z a-z 0-9 _ -`.
+pub fn validate_nick(nick: &str) -> Result<(), ProtocolError> {
+    validate_name(&NICK_RULES, nick)
+}
+
 /// Checks a room name: 1 to 64 characters of `A-Z a-z 0-9 _ - .`.
 pub fn validate_room(room: &str) -> Result<(), ProtocolError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
-    if room.is_empty() || room.len() > MAX_ROOM || !room.chars().all(ok_char) {
-        return err(
-            ErrorCode::BadRoom,
-            format!("a room name is 1 to {MAX_ROOM} characters of A-Z a-z 0-9 _ - ."),
-        );
-    }
-    Ok(())
+    validate_name(&ROOM_RULES, room)
 }
 
 /// Checks free text (a message, a PING token, a QUIT reason): no control characters except
@@ -545,6 +552,16 @@ mod tests {
     #[test]
     fn names() {
         assert!(validate_nick(&"a".repeat(32)).is_ok());
+        assert!(validate_room("a.b_c-9").is_ok());
+        assert_eq!(code("NICK a.b"), ErrorCode::BadNick, "no dot in a nick");
+        assert_eq!(
+            parse("NICK a!").unwrap_err().text,
+            "a nick is 1 to 32 characters of A-Z a-z 0-9 _ -"
+        );
+        assert_eq!(
+            parse("JOIN a!").unwrap_err().text,
+            "a room name is 1 to 64 characters of A-Z a-z 0-9 _ - ."
+        );
         assert_eq!(
             code(&format!("NICK {}", "a".repeat(33))),
             ErrorCode::BadNick

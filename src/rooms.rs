@@ -1,276 +1,21 @@
-//! The room registry: who is in which room, and fan-out of messages and presence lines.
+//! The room registry: who is in which room under which name, presence lines (`JOINED`,
+//! `LEFT`, `NICK`) to the other members, and handing each published batch to every member's
+//! mailbox.
 //!
-//! Delivery never waits: each member's queue is bounded in bytes. A member whose queue is over
-//! budget stops being queued for (it *lags*) and later catches up from the store, so one slow
-//! reader never stalls a room or the writer that publishes into it, and loses nothing.
-//!
-//! Messages travel as [`LiveBatch`]es: all the messages of one room that the writer stored
-//! together, formatted once into one buffer. A member gets the whole batch with one queue
-//! operation and usually writes it with one syscall; the few members that must skip some of
-//! it (their own messages) take zero-copy slices.
+//! Two levels of locks: the registry's, held only to find or drop a room, and each room's
+//! own, held while its members are told something. Delivering never waits (mailboxes are
+//! bounded and never block), and is never done under the registry's lock, so that one busy
+//! room cannot hold up the rest of the server.
 
-use std::collections::{HashMap, VecDeque};
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
-use crate::protocol::{self, MessageId};
-
-/// Identifies one connection for the server's lifetime.
-pub type ConnId = u64;
-
-/// Consecutive live messages of one room, formatted once and shared by every recipient.
-#[derive(Debug)]
-pub struct LiveBatch {
-    pub room: Arc<str>,
-    /// The `MSG ...\n` lines of every message, concatenated.
-    pub bytes: Bytes,
-    /// One entry per message, in id order.
-    pub messages: Vec<BatchEntry>,
-    /// The sender of every message, if they all have the same one.
-    pub only_sender: Option<ConnId>,
-}
-
-/// Where one message sits in a [`LiveBatch`].
-#[derive(Debug, Clone, Copy)]
-pub struct BatchEntry {
-    pub id: MessageId,
-    /// The sender, who gets `OK SAY` instead of its own `MSG`.
-    pub sender: ConnId,
-    /// Where the message's line ends in `bytes`.
-    pub end: usize,
-}
-
-impl LiveBatch {
-    /// The byte ranges a member should get: messages newer than `floor` that `me` did not
-    /// send, with neighbouring ranges merged (usually the whole batch in one range).
-    pub fn ranges_for(&self, me: ConnId, floor: MessageId) -> Vec<Range<usize>> {
-        let mut ranges: Vec<Range<usize>> = Vec::new();
-        let mut start = 0;
-        for m in &self.messages {
-            if m.id > floor && m.sender != me {
-                match ranges.last_mut() {
-                    Some(last) if last.end == start => last.end = m.end,
-                    _ => ranges.push(start..m.end),
-                }
-            }
-            start = m.end;
-        }
-        ranges
-    }
-}
-
-/// What a session's outbound queue carries.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Live messages; their room and ids let the session drop what its replay already showed.
-    /// `only_ours` marks a batch of nothing but the recipient's own messages: nothing to show
-    /// (and no cost), but it keeps the recipient's place in the room's order.
-    Messages {
-        batch: Arc<LiveBatch>,
-        only_ours: bool,
-    },
-    /// A presence line (`JOINED`, `LEFT`, `NICK`) about a room.
-    Presence { room: Arc<str>, line: Bytes },
-}
-
-impl Outbound {
-    /// What the item counts against the connection's budget.
-    pub fn cost(&self) -> usize {
-        match self {
-            Outbound::Messages {
-                only_ours: true, ..
-            } => 0,
-            Outbound::Messages { batch, .. } => batch.bytes.len(),
-            Outbound::Presence { line, .. } => line.len(),
-        }
-    }
-
-    /// The room it is about.
-    pub fn room(&self) -> &Arc<str> {
-        match self {
-            Outbound::Messages { batch, .. } => &batch.room,
-            Outbound::Presence { room, .. } => room,
-        }
-    }
-}
-
-/// A connection's queue of room traffic, bounded in bytes. Unlike a channel it holds no
-/// memory while empty, which matters with thousands of idle connections.
-///
-/// When the queue would go over its budget the connection is *lagging*: from then on nothing
-/// more is queued for it, only the names of the rooms whose traffic it missed are noted. Its
-/// session drains what was queued, then [`resume`](Inbox::resume)s and replays the gap from
-/// the store. Everything queued before the gap is kept, so the client sees no hole.
-#[derive(Debug, Default)]
-pub struct Inbox {
-    queue: Mutex<Queue>,
-    /// Bytes queued and not yet taken by the session.
-    queued: AtomicUsize,
-    /// Signalled when items arrive, when the connection starts lagging, and when its login
-    /// time is up.
-    pub ready: Notify,
-    /// Set while traffic is not queued because the queue overflowed. Changed only under the
-    /// queue's lock (so deliveries and `resume` agree), read without it for cheap checks.
-    lagging: AtomicBool,
-    /// Set once the connection chose a name.
-    named: AtomicBool,
-    /// Set by the login watch when no name came in time.
-    login_expired: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    items: VecDeque<Outbound>,
-    /// Rooms whose traffic was not queued since the connection started lagging. Boxed, and
-    /// allocated only then: every connection has a queue, and a `Vec` is three words.
-    #[allow(clippy::box_collection)]
-    missed: Option<Box<Vec<Arc<str>>>>,
-}
-
-impl Inbox {
-    /// Moves queued items into `take` while it says so; returns how many.
-    pub fn take_while(&self, mut take: impl FnMut(Outbound) -> bool) -> usize {
-        let mut queue = self.queue.lock().expect("inbox lock");
-        let mut n = 0;
-        while let Some(item) = queue.items.pop_front() {
-            self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
-            n += 1;
-            if !take(item) {
-                break;
-            }
-        }
-        if queue.items.is_empty() && queue.items.capacity() > 16 {
-            // Give back what a burst made it grow to.
-            queue.items = VecDeque::new();
-        }
-        n
-    }
-
-    /// True while traffic is not being queued because the queue overflowed.
-    pub fn is_lagging(&self) -> bool {
-        self.lagging.load(Ordering::Relaxed)
-    }
-
-    /// Ends a lag once the session has taken everything queued before it: traffic is queued
-    /// again from now on, and the rooms whose traffic was missed are returned for the session
-    /// to replay from the store. `None` while not lagging or while items are still queued.
-    pub fn resume(&self) -> Option<Vec<Arc<str>>> {
-        let mut queue = self.queue.lock().expect("inbox lock");
-        if !self.lagging.load(Ordering::Relaxed) || !queue.items.is_empty() {
-            return None;
-        }
-        self.lagging.store(false, Ordering::Relaxed);
-        Some(queue.missed.take().map(|rooms| *rooms).unwrap_or_default())
-    }
-
-    /// Starts lagging again with these rooms still to replay (the replay could not finish).
-    /// What was queued for them since the replay began is dropped: it is in the store, and
-    /// delivered now it would overtake the part of the gap not yet replayed.
-    pub fn lag(&self, rooms: Vec<Arc<str>>) {
-        let mut queue = self.queue.lock().expect("inbox lock");
-        self.lagging.store(true, Ordering::Relaxed);
-        queue.items.retain(|item| {
-            let keep = !rooms.contains(item.room());
-            if !keep {
-                self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
-            }
-            keep
-        });
-        for room in rooms {
-            queue.note_missed(&room);
-        }
-    }
-
-    /// The connection chose a name: the login watch leaves it alone.
-    pub fn named(&self) {
-        self.named.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_named(&self) -> bool {
-        self.named.load(Ordering::Relaxed)
-    }
-
-    /// True once the login watch found no name in time.
-    pub fn login_expired(&self) -> bool {
-        self.login_expired.load(Ordering::Relaxed)
-    }
-
-    /// Marks the connection as out of time to choose a name, unless it has one.
-    pub fn expire_login(&self) {
-        if !self.named.load(Ordering::Relaxed) {
-            self.login_expired.store(true, Ordering::Relaxed);
-            self.ready.notify_one();
-        }
-    }
-
-    /// Empties the queue for good (the connection is closing).
-    pub fn close(&self) {
-        let mut queue = self.queue.lock().expect("inbox lock");
-        *queue = Queue::default();
-        self.lagging.store(true, Ordering::Relaxed);
-        self.queued.store(usize::MAX / 2, Ordering::Relaxed);
-    }
-}
-
-impl Queue {
-    fn note_missed(&mut self, room: &Arc<str>) {
-        let missed = self.missed.get_or_insert_with(Default::default);
-        if !missed.iter().any(|r| r == room) {
-            missed.push(room.clone());
-        }
-    }
-}
-
-/// How the registry reaches one connection.
-#[derive(Debug, Clone)]
-pub struct ConnHandle {
-    pub id: ConnId,
-    pub inbox: Arc<Inbox>,
-    /// Bytes of queued traffic above which the connection lags.
-    pub limit: usize,
-}
-
-impl ConnHandle {
-    fn deliver(&self, item: Outbound) {
-        let inbox = &*self.inbox;
-        let mut queue = inbox.queue.lock().expect("inbox lock");
-        // Once lagging, nothing more until the session has caught up: a later, smaller item
-        // must not slip in after one that was refused, or the client would see a hole.
-        if inbox.lagging.load(Ordering::Relaxed) {
-            // A marker of our own messages alone is no reason to catch the room up: their
-            // ids are known from their acks, and the room's next traffic moves past them.
-            if !matches!(
-                item,
-                Outbound::Messages {
-                    only_ours: true,
-                    ..
-                }
-            ) {
-                queue.note_missed(item.room());
-            }
-            return;
-        }
-        let cost = item.cost();
-        let before = inbox.queued.fetch_add(cost, Ordering::Relaxed);
-        // An empty queue always takes the item, so one large batch never counts as lagging;
-        // the queue is bounded by the limit plus one batch.
-        if cost > 0 && before > 0 && before + cost > self.limit {
-            inbox.queued.fetch_sub(cost, Ordering::Relaxed);
-            inbox.lagging.store(true, Ordering::Relaxed);
-            queue.note_missed(item.room());
-            drop(queue);
-            inbox.ready.notify_one();
-            return;
-        }
-        queue.items.push_back(item);
-        drop(queue);
-        inbox.ready.notify_one();
-    }
-}
+use crate::fanout::LiveBatch;
+use crate::mailbox::{ConnHandle, ConnId, Delivery};
+use crate::protocol;
 
 struct Member {
     nick: Arc<str>,
@@ -279,14 +24,25 @@ struct Member {
 
 #[derive(Default)]
 struct Room {
-    members: Mutex<HashMap<ConnId, Member>>,
+    members: Mutex<Members>,
+    /// How many members it has, readable without waiting for the room's lock (`ROOMS`).
+    count: AtomicUsize,
 }
 
-impl Room {
-    fn broadcast(members: &HashMap<ConnId, Member>, except: ConnId, room: &Arc<str>, line: Bytes) {
-        for (id, m) in members {
+#[derive(Default)]
+struct Members {
+    by_conn: HashMap<ConnId, Member>,
+    /// Set when the last member left and the room is being dropped from the registry: a
+    /// joiner that finds it so looks the room up again.
+    closed: bool,
+}
+
+impl Members {
+    /// Sends a presence line to every member but `except`.
+    fn tell_others(&self, except: ConnId, room: &Arc<str>, line: Bytes) {
+        for (id, m) in &self.by_conn {
             if *id != except {
-                m.conn.deliver(Outbound::Presence {
+                m.conn.mailbox.deliver(Delivery::Presence {
                     room: room.clone(),
                     line: line.clone(),
                 });
@@ -306,57 +62,77 @@ impl Rooms {
         Self::default()
     }
 
+    fn get(&self, room: &str) -> Option<Arc<Room>> {
+        self.rooms.lock().expect("rooms lock").get(room).cloned()
+    }
+
     /// Adds a member and tells the others (`JOINED`). Returns false if it was already there.
     pub fn join(&self, room: &Arc<str>, nick: &Arc<str>, conn: &ConnHandle) -> bool {
-        let mut rooms = self.rooms.lock().expect("rooms lock");
-        let entry = rooms.entry(room.clone()).or_default();
-        let mut members = entry.members.lock().expect("room lock");
-        if members.contains_key(&conn.id) {
-            return false;
-        }
-        let line = protocol::line(&["JOINED", room, nick]);
-        Room::broadcast(&members, conn.id, room, line);
-        members.insert(
-            conn.id,
-            Member {
+        loop {
+            let entry = {
+                let mut rooms = self.rooms.lock().expect("rooms lock");
+                rooms.entry(room.clone()).or_default().clone()
+            };
+            let mut members = entry.members.lock().expect("room lock");
+            if members.closed {
+                // Emptied since we looked it up: drop it from the registry if it is still
+                // there, and look again.
+                drop(members);
+                self.forget_closed(room, &entry);
+                continue;
+            }
+            if members.by_conn.contains_key(&conn.id) {
+                return false;
+            }
+            members.tell_others(conn.id, room, protocol::line(&["JOINED", room, nick]));
+            let member = Member {
                 nick: nick.clone(),
                 conn: conn.clone(),
-            },
-        );
-        true
+            };
+            members.by_conn.insert(conn.id, member);
+            entry.count.store(members.by_conn.len(), Ordering::Relaxed);
+            return true;
+        }
     }
 
     /// Removes a member and tells the others (`LEFT`). Returns false if it was not there.
     pub fn leave(&self, room: &str, conn: ConnId) -> bool {
-        let mut rooms = self.rooms.lock().expect("rooms lock");
-        let Some((name, entry)) = rooms.get_key_value(room) else {
+        let Some(entry) = self.get(room) else {
             return false;
         };
         let mut members = entry.members.lock().expect("room lock");
-        let Some(gone) = members.remove(&conn) else {
+        let Some(gone) = members.by_conn.remove(&conn) else {
             return false;
         };
-        let line = protocol::line(&["LEFT", room, &gone.nick]);
-        Room::broadcast(&members, conn, name, line);
-        if members.is_empty() {
+        entry.count.store(members.by_conn.len(), Ordering::Relaxed);
+        let name: Arc<str> = room.into();
+        members.tell_others(conn, &name, protocol::line(&["LEFT", room, &gone.nick]));
+        if members.by_conn.is_empty() {
+            members.closed = true;
             drop(members);
-            rooms.remove(room);
+            self.forget_closed(room, &entry);
         }
         true
     }
 
+    /// Drops `entry` from the registry if it is still the room's entry there.
+    fn forget_closed(&self, room: &str, entry: &Arc<Room>) {
+        let mut rooms = self.rooms.lock().expect("rooms lock");
+        if rooms.get(room).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            rooms.remove(room);
+        }
+    }
+
     /// Records a new nick in the given rooms and tells their members (`NICK <room> <old> <new>`).
     pub fn rename(&self, rooms: &[Arc<str>], conn: ConnId, old: &str, new: &Arc<str>) {
-        let registry = self.rooms.lock().expect("rooms lock");
         for room in rooms {
-            let Some(entry) = registry.get(room) else {
+            let Some(entry) = self.get(room) else {
                 continue;
             };
             let mut members = entry.members.lock().expect("room lock");
-            if let Some(m) = members.get_mut(&conn) {
+            if let Some(m) = members.by_conn.get_mut(&conn) {
                 m.nick = new.clone();
-                let line = protocol::line(&["NICK", room, old, new]);
-                Room::broadcast(&members, conn, room, line);
+                members.tell_others(conn, room, protocol::line(&["NICK", room, old, new]));
             }
         }
     }
@@ -369,16 +145,12 @@ impl Rooms {
             return;
         };
         let members = room.members.lock().expect("room lock");
-        for (id, m) in members.iter() {
-            m.conn.deliver(Outbound::Messages {
+        for (id, m) in &members.by_conn {
+            m.conn.mailbox.deliver(Delivery::Messages {
                 batch: batch.clone(),
                 only_ours: batch.only_sender == Some(*id),
             });
         }
-    }
-
-    fn get(&self, room: &str) -> Option<Arc<Room>> {
-        self.rooms.lock().expect("rooms lock").get(room).cloned()
     }
 
     /// The nicks in a room, sorted; empty for a room nobody is in.
@@ -386,24 +158,25 @@ impl Rooms {
         let Some(room) = self.get(room) else {
             return Vec::new();
         };
-        let mut nicks: Vec<Arc<str>> = room
-            .members
-            .lock()
-            .expect("room lock")
-            .values()
-            .map(|m| m.nick.clone())
-            .collect();
+        let members = room.members.lock().expect("room lock");
+        let mut nicks: Vec<Arc<str>> = members.by_conn.values().map(|m| m.nick.clone()).collect();
+        drop(members);
         nicks.sort();
         nicks
     }
 
-    /// Every room with members, with its member count, sorted by name.
+    /// Every room with members, with its member count, sorted by name. Counts are read
+    /// without the rooms' locks: a room busy telling its members something does not hold
+    /// up the list.
     pub fn list(&self) -> Vec<(Arc<str>, usize)> {
-        let rooms = self.rooms.lock().expect("rooms lock");
-        let mut list: Vec<(Arc<str>, usize)> = rooms
-            .iter()
-            .map(|(name, r)| (name.clone(), r.members.lock().expect("room lock").len()))
-            .collect();
+        let mut list: Vec<(Arc<str>, usize)> = {
+            let rooms = self.rooms.lock().expect("rooms lock");
+            rooms
+                .iter()
+                .map(|(name, r)| (name.clone(), r.count.load(Ordering::Relaxed)))
+                .filter(|(_, count)| *count > 0)
+                .collect()
+        };
         list.sort();
         list
     }
@@ -411,14 +184,112 @@ impl Rooms {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
 
-    /// Every idle connection may keep a few queue slots: they must stay small.
+    use super::*;
+    use crate::mailbox::Mailbox;
+
+    fn conn(id: ConnId) -> ConnHandle {
+        ConnHandle {
+            id,
+            mailbox: Arc::new(Mailbox::new(1 << 20)),
+        }
+    }
+
+    fn lines(conn: &ConnHandle) -> Vec<String> {
+        let mut out = Vec::new();
+        conn.mailbox.take_while(|item| {
+            if let Delivery::Presence { line, .. } = item {
+                out.push(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            true
+        });
+        out
+    }
+
     #[test]
-    fn an_outbound_item_is_no_bigger_than_a_presence_line() {
+    fn presence_goes_to_the_others() {
+        let rooms = Rooms::new();
+        let (a, b) = (conn(1), conn(2));
+        assert!(rooms.join(&"r".into(), &"alice".into(), &a));
+        assert!(rooms.join(&"r".into(), &"bob".into(), &b));
+        assert!(!rooms.join(&"r".into(), &"bob".into(), &b), "already there");
+        rooms.rename(&["r".into()], 2, "bob", &"robert".into());
         assert_eq!(
-            std::mem::size_of::<Outbound>(),
-            std::mem::size_of::<Arc<str>>() + std::mem::size_of::<Bytes>()
+            rooms.members("r"),
+            ["alice", "robert"].map(Arc::<str>::from)
         );
+        assert!(rooms.leave("r", 2));
+        assert!(!rooms.leave("r", 2));
+        assert_eq!(
+            lines(&a),
+            ["JOINED r bob", "NICK r bob robert", "LEFT r robert"]
+        );
+        assert!(lines(&b).is_empty(), "nobody is told about themselves");
+        assert_eq!(rooms.list(), vec![(Arc::from("r"), 1)]);
+        assert!(rooms.leave("r", 1));
+        assert!(rooms.list().is_empty(), "an empty room is dropped");
+        assert!(
+            rooms.join(&"r".into(), &"alice".into(), &a),
+            "and made anew"
+        );
+    }
+
+    /// Telling a room's members something must not hold the registry: while one member's
+    /// mailbox is slow to take a presence line, other rooms go on being joined and listed.
+    #[test]
+    fn a_member_slow_to_take_presence_holds_up_only_its_room() {
+        let rooms = Arc::new(Rooms::new());
+        let stuck = conn(1);
+        rooms.join(&"a".into(), &"stuck".into(), &stuck);
+        let held = stuck.mailbox.hold_lock();
+        let joiner = {
+            let rooms = rooms.clone();
+            std::thread::spawn(move || rooms.join(&"a".into(), &"late".into(), &conn(2)))
+        };
+        // Give the joiner time to reach the held mailbox (if it has not, the rest of the test
+        // proves nothing but still passes; it never fails for that reason).
+        std::thread::sleep(Duration::from_millis(200));
+        let (done, finished) = mpsc::channel();
+        {
+            let rooms = rooms.clone();
+            std::thread::spawn(move || {
+                rooms.join(&"b".into(), &"other".into(), &conn(3));
+                let listed = rooms.list().len();
+                let _ = done.send(listed);
+            });
+        }
+        let listed = finished.recv_timeout(Duration::from_secs(20));
+        drop(held);
+        assert!(joiner.join().unwrap());
+        assert!(
+            listed.is_ok(),
+            "joining and listing another room waited for a member of room a"
+        );
+    }
+
+    #[test]
+    fn a_room_emptied_while_someone_joins_it_is_not_lost() {
+        let rooms = Arc::new(Rooms::new());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let rooms = rooms.clone();
+                std::thread::spawn(move || {
+                    let me = conn(t);
+                    for _ in 0..2000 {
+                        assert!(rooms.join(&"r".into(), &format!("n{t}").into(), &me));
+                        assert!(rooms.leave("r", t));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(rooms.list().is_empty());
+        let last = conn(9);
+        rooms.join(&"r".into(), &"last".into(), &last);
+        assert_eq!(rooms.members("r"), [Arc::<str>::from("last")]);
     }
 }

@@ -13,11 +13,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Refusal};
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
-use crate::limits::{Admission, Refusal};
+use crate::managed_postgres::{self, ManagedPostgres, ManagedPostgresError, Search};
 use crate::session;
-use crate::store::cluster::{self, ClusterError, LocalCluster, Search};
 use crate::store::postgres::{self, PgSettings};
 use crate::store::{HistoryStore, MemoryStore, PgStore, StoreError};
 
@@ -25,7 +25,7 @@ use crate::store::{HistoryStore, MemoryStore, PgStore, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot run the local PostgreSQL: {0}")]
-    Cluster(#[from] ClusterError),
+    ManagedPostgres(#[from] ManagedPostgresError),
     #[error("cannot open the message store: {0}")]
     Store(#[from] StoreError),
     #[error("--database-url is not a PostgreSQL connection string: {0}")]
@@ -37,7 +37,7 @@ pub struct Server {
     hub: Arc<Hub>,
     writer_task: JoinHandle<()>,
     /// The private cluster, in zero-config mode; stopped after the last session.
-    cluster: Option<LocalCluster>,
+    cluster: Option<ManagedPostgres>,
 }
 
 impl Server {
@@ -53,9 +53,14 @@ impl Server {
                         .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
                     None => {
                         let local = start_cluster(&config).await?;
-                        postgres::ensure_database(&local.pg_config("postgres"), cluster::DATABASE)
-                            .await?;
-                        let pg_config = local.pg_config(cluster::DATABASE);
+                        let database = managed_postgres::DATABASE;
+                        let created =
+                            postgres::ensure_database(&local.pg_config("postgres"), database).await;
+                        if let Err(e) = created {
+                            stop_cluster(local).await;
+                            return Err(e.into());
+                        }
+                        let pg_config = local.pg_config(database);
                         cluster = Some(local);
                         pg_config
                     }
@@ -67,8 +72,16 @@ impl Server {
                     timeout: config.db_timeout,
                     startup_timeout: config.db_startup_timeout,
                 })
-                .await?;
-                Arc::new(store)
+                .await;
+                match store {
+                    Ok(store) => Arc::new(store),
+                    Err(e) => {
+                        if let Some(local) = cluster {
+                            stop_cluster(local).await;
+                        }
+                        return Err(e.into());
+                    }
+                }
             }
         };
         let (hub, writer_task) = Hub::start(config, store);
@@ -135,33 +148,28 @@ impl Server {
         // Sessions are gone; dropping the last writer handle lets the writer finish its queue.
         drop(hub);
         let _ = writer_task.await;
-        if let Some(mut cluster) = cluster {
-            let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
-            if let Ok(Err(e)) = stopped {
-                tracing::warn!("could not stop PostgreSQL: {e}");
-            }
+        if let Some(cluster) = cluster {
+            stop_cluster(cluster).await;
         }
         tracing::info!("stopped");
     }
 }
 
-/// Starts (or creates, or adopts) the private cluster under `config.data_dir`.
-async fn start_cluster(config: &Config) -> Result<LocalCluster, ClusterError> {
-    let data_dir = config.data_dir.clone();
-    let search = Search::from_env(config.pg_bin_dir.clone());
-    tokio::task::spawn_blocking(move || LocalCluster::start(&data_dir, &search))
-        .await
-        .map_err(|e| ClusterError::Io(io::Error::other(e)))?
+/// Stops the private cluster and waits for it, off the async threads.
+async fn stop_cluster(mut cluster: ManagedPostgres) {
+    let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
+    if let Ok(Err(e)) = stopped {
+        tracing::warn!("could not stop PostgreSQL: {e}");
+    }
 }
 
-/// Opens the store and serves `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), StartError> {
-    Server::start(config).await?.serve(listener, shutdown).await;
-    Ok(())
+/// Starts (or creates, or adopts) the private cluster under `config.data_dir`.
+async fn start_cluster(config: &Config) -> Result<ManagedPostgres, ManagedPostgresError> {
+    let data_dir = config.data_dir.clone();
+    let search = Search::from_env(config.pg_bin_dir.clone());
+    tokio::task::spawn_blocking(move || ManagedPostgres::start(&data_dir, &search))
+        .await
+        .map_err(|e| ManagedPostgresError::Io(io::Error::other(e)))?
 }
 
 /// Tells a connection the server cannot take it (`ERR SERVER_FULL`) and closes it. The line

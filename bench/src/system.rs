@@ -15,18 +15,5 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 
 /// Raises this process's open-file limit to its hard limit; returns the new soft limit.
 pub fn raise_fd_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur
-    }
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
+use linechat::budget::{Limit, Millis, TokenBucket};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
@@ -52,53 +53,44 @@ pub struct Cli {
     rate: u32,
 }
 
-/// Paces piped lines: a token bucket like the server's flood control, so that a script
-/// never sends faster than the server takes lines.
+/// Paces piped lines with the server's own token bucket (`linechat::budget`), so that a
+/// script never sends faster than the server takes lines.
 struct Pace {
-    /// Lines a second; 0 for no pacing.
-    rate: u32,
-    burst: f64,
-    tokens: f64,
-    at: tokio::time::Instant,
+    /// `None`: no pacing.
+    limit: Option<Limit>,
+    bucket: TokenBucket,
 }
 
 impl Pace {
-    /// `spent` lines have already been sent (the NICK and JOIN of the connection).
-    fn new(rate: u32, spent: f64) -> Pace {
-        let burst = 2.0 * f64::from(rate);
-        Pace {
-            rate,
-            burst,
-            tokens: (burst - spent).max(0.0),
-            at: tokio::time::Instant::now(),
-        }
-    }
-
-    fn refill(&mut self) {
-        let now = tokio::time::Instant::now();
-        let earned = now.duration_since(self.at).as_secs_f64() * f64::from(self.rate);
-        self.tokens = (self.tokens + earned).min(self.burst);
-        self.at = now;
+    /// `rate` lines a second after a burst of twice as many, of which `spent` have already
+    /// been sent (the NICK and JOIN of the connection).
+    fn new(rate: u32, spent: u32) -> Pace {
+        let burst = rate.saturating_mul(2);
+        let limit = Limit::per_second(rate, burst);
+        let bucket = match &limit {
+            Some(limit) => {
+                TokenBucket::with_tokens(limit, burst.saturating_sub(spent), Millis::now())
+            }
+            None => TokenBucket::default(),
+        };
+        Pace { limit, bucket }
     }
 
     /// True if a line may go now (and takes its token).
     fn take(&mut self) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        self.refill();
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        match &self.limit {
+            Some(limit) => self.bucket.try_take(limit, Millis::now()),
+            None => true,
         }
     }
 
     /// When the next line may go.
     fn next_at(&self) -> tokio::time::Instant {
-        let missing = (1.0 - self.tokens).max(0.0) / f64::from(self.rate.max(1));
-        self.at + std::time::Duration::from_secs_f64(missing)
+        let wait = match &self.limit {
+            Some(limit) => self.bucket.until_next(limit, Millis::now()),
+            None => std::time::Duration::ZERO,
+        };
+        tokio::time::Instant::now() + wait
     }
 }
 
@@ -166,7 +158,7 @@ async fn say_lines(cli: &Cli) -> Result<ExitCode> {
     // A line read but not yet sent, waiting for its turn.
     let mut waiting: Option<String> = None;
     // Kept under the server's flood limit, with its NICK and JOIN (and a spare) counted.
-    let mut pace = Pace::new(cli.rate, 3.0);
+    let mut pace = Pace::new(cli.rate, 3);
     let (mut sent, mut answered, mut refused) = (0u64, 0u64, 0u64);
     let mut eof = false;
     let mut joined = false;

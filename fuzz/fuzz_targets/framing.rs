@@ -15,7 +15,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use linechat::codec::{Frame, LineCodec};
+use linechat::connection::{Frame, LineCodec};
 use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
-//! Message history: the [`HistoryStore`] trait, its implementations, and the batched writer
-//! that every `SAY` goes through.
+//! Message history: the [`HistoryStore`] trait, its two implementations (memory and
+//! PostgreSQL), and the batched [`Writer`] that every `SAY` goes through. Storing only: what
+//! happens to a message once stored (formatting, fan-out) is the writer's publisher's job.
 
-pub mod cluster;
 pub mod memory;
 pub mod postgres;
 pub mod writer;

@@ -334,30 +334,6 @@ impl PgStore {
             })
             .collect())
     }
-
-    async fn record(
-        &self,
-        which: fn(&Statements) -> &Statement,
-        cache: Option<&Mutex<HashMap<Arc<str>, i64>>>,
-        name: &str,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let busy = Busy::new(&mut conn);
-        let row = busy
-            .0
-            .client
-            .query_one(which(&busy.0.statements), &[&name])
-            .await
-            .map_err(unavailable)?;
-        busy.done();
-        if let Some(cache) = cache {
-            cache
-                .lock()
-                .expect("id cache")
-                .insert(name.into(), row.get(0));
-        }
-        Ok(())
-    }
 }
 
 /// The id for `name`: cached, made earlier in this batch, or upserted now.
@@ -536,7 +512,15 @@ impl HistoryStore for PgStore {
         self.with_timeout("recording a room", async {
             // Not cached: only ids that messages reference are cached, and rows that messages
             // reference cannot be deleted, so a cached id never goes stale.
-            self.record(|s| &s.upsert_room, None, room).await
+            let mut conn = self.connection().await?;
+            let busy = Busy::new(&mut conn);
+            busy.0
+                .client
+                .query_one(&busy.0.statements.upsert_room, &[&room])
+                .await
+                .map_err(unavailable)?;
+            busy.done();
+            Ok(())
         })
         .await
     }
@@ -649,13 +633,15 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
 mod tests {
     use super::*;
 
+    /// What each migration does is checked against a real database in tests/postgres.rs;
+    /// here, only that schema.sql's sections are numbered 1, 2, 3... with none empty.
     #[test]
     fn schema_sections_are_numbered_in_order() {
         let m = migrations();
         assert!(!m.is_empty());
         for (i, (version, sql)) in m.iter().enumerate() {
             assert_eq!(*version, i as i32 + 1);
-            assert!(sql.contains("CREATE"), "{sql}");
+            assert!(!sql.trim().is_empty(), "migration {version} is empty");
         }
     }
 }

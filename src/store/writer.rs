@@ -1,27 +1,23 @@
-//! The batched writer: the single path from `SAY` to the store and on to the room.
+//! The batched writer: the single path from `SAY` into the store.
 //!
 //! Sessions hand messages to one task, which takes everything that is waiting (up to a batch
-//! size), stores it in one `append`, and then, in id order, publishes each message to its room
-//! and acknowledges it to its sender. So a message is only ever seen or acknowledged after the
-//! store holds it, live delivery follows id order, and a store that commits per call (the
-//! PostgreSQL one) pays one commit per batch rather than per message.
+//! size), stores it in one `append`, hands the stored batch to its [`Publish`]er (the fan-out),
+//! and only then acknowledges each message to its sender. So a message is only ever seen or
+//! acknowledged after the store holds it, live delivery follows id order, and a store that
+//! commits per call (the PostgreSQL one) pays one commit per batch rather than per message.
+//!
+//! The writer knows nothing of rooms or connections: each message carries a tag of the
+//! caller's (the sender's connection id) that it hands back with the stored message.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use bytes::BytesMut;
-
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use super::{HistoryStore, NewMessage, StoreError};
-use crate::protocol::{self, MessageId, MessageKind};
-use crate::rooms::{BatchEntry, ConnId, LiveBatch, Rooms};
-
-/// Bytes after which a room's share of a batch goes out as a further block.
-const MAX_BLOCK: usize = 128 * 1024;
+use super::{HistoryStore, NewMessage, StoreError, StoredMessage};
+use crate::protocol::MessageId;
 
 /// How long batches are refused at once after the store failed one.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -36,45 +32,86 @@ pub struct Ack {
 /// The answer to one submitted message.
 pub type AckResult = Result<Ack, StoreError>;
 
-struct Job {
+/// A batch as the store returned it: each message with what it was stored as and its tag,
+/// in id order.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredBatch<'a, T> {
+    messages: &'a [NewMessage],
+    stored: &'a [StoredMessage],
+    tags: &'a [T],
+}
+
+impl<'a, T> StoredBatch<'a, T> {
+    /// The three slices must be of one length (panics otherwise).
+    pub fn new(messages: &'a [NewMessage], stored: &'a [StoredMessage], tags: &'a [T]) -> Self {
+        assert!(messages.len() == stored.len() && stored.len() == tags.len());
+        StoredBatch {
+            messages,
+            stored,
+            tags,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'a NewMessage, &'a StoredMessage, &'a T)> {
+        self.messages
+            .iter()
+            .zip(self.stored)
+            .zip(self.tags)
+            .map(|((m, s), t)| (m, s, t))
+    }
+}
+
+/// Where the writer hands each stored batch, before any of its acks is sent.
+pub trait Publish<T>: Send + 'static {
+    fn publish(&mut self, batch: StoredBatch<'_, T>);
+}
+
+struct Job<T> {
     message: NewMessage,
-    sender: ConnId,
+    tag: T,
     ack: oneshot::Sender<AckResult>,
 }
 
 /// A handle for submitting messages; the task stops when every handle is dropped.
-#[derive(Clone)]
-pub struct Writer {
-    tx: mpsc::Sender<Job>,
+pub struct Writer<T> {
+    tx: mpsc::Sender<Job<T>>,
 }
 
-impl Writer {
+impl<T> Clone for Writer<T> {
+    fn clone(&self) -> Self {
+        Writer {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T: Copy + Send + 'static> Writer<T> {
     /// Starts the writer task. `queue` bounds the messages waiting for it; `max_batch` bounds
     /// one `append`.
     pub fn spawn(
         store: Arc<dyn HistoryStore>,
-        rooms: Arc<Rooms>,
+        publisher: impl Publish<T>,
         queue: usize,
         max_batch: usize,
-    ) -> (Writer, JoinHandle<()>) {
+    ) -> (Writer<T>, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let task = tokio::spawn(run(store, rooms, rx, max_batch.max(1)));
+        let task = tokio::spawn(run(store, publisher, rx, max_batch.max(1)));
         (Writer { tx }, task)
     }
 
     /// Queues a message, waiting while the writer's queue is full. The receiver yields the
     /// ack (or the store's refusal) once the message is stored and published.
-    pub async fn submit(
-        &self,
-        message: NewMessage,
-        sender: ConnId,
-    ) -> oneshot::Receiver<AckResult> {
+    pub async fn submit(&self, message: NewMessage, tag: T) -> oneshot::Receiver<AckResult> {
         let (ack, rx) = oneshot::channel();
-        let job = Job {
-            message,
-            sender,
-            ack,
-        };
+        let job = Job { message, tag, ack };
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
             let _ = job.ack.send(Err(StoreError::Unavailable(
                 "the writer has stopped".into(),
@@ -84,88 +121,55 @@ impl Writer {
     }
 }
 
-async fn run(
+async fn run<T: Copy + Send + 'static>(
     store: Arc<dyn HistoryStore>,
-    rooms: Arc<Rooms>,
-    mut rx: mpsc::Receiver<Job>,
+    mut publisher: impl Publish<T>,
+    mut rx: mpsc::Receiver<Job<T>>,
     max_batch: usize,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
-    let mut batch = Vec::with_capacity(max_batch);
-    let mut waiting = Vec::with_capacity(max_batch);
+    let mut messages = Vec::with_capacity(max_batch);
+    let mut tags = Vec::with_capacity(max_batch);
     let mut acks = Vec::with_capacity(max_batch);
-    // Messages stored together usually share their time: format it once.
-    let mut time = (i64::MIN, String::new());
     // After a failure, batches are refused at once for a moment instead of each waiting out
     // the store's timeout, so that queued SAYs are answered promptly during an outage.
     let mut refuse_until: Option<(Instant, String)> = None;
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         for job in jobs.drain(..) {
-            batch.push(job.message);
-            waiting.push((job.sender, job.ack));
+            messages.push(job.message);
+            tags.push(job.tag);
+            acks.push(job.ack);
         }
         let appended = match &refuse_until {
             Some((until, why)) if Instant::now() < *until => {
                 Err(StoreError::Unavailable(why.clone()))
             }
-            _ => store.append(&batch).await,
+            _ => store.append(&messages).await.and_then(|stored| {
+                // Every message gets its answer: a store that returned another number of
+                // rows than it was given has failed, whatever it stored.
+                if stored.len() == messages.len() {
+                    Ok(stored)
+                } else {
+                    tracing::error!(
+                        given = messages.len(),
+                        returned = stored.len(),
+                        "the store returned another number of messages than it was given"
+                    );
+                    Err(StoreError::Unavailable(
+                        "the store did not confirm every message".into(),
+                    ))
+                }
+            }),
         };
-        let appended_ok = appended.is_ok();
         match appended {
             Ok(stored) => {
-                // One shared buffer per room: formatted once, fanned out once.
-                let mut by_room: Vec<(Arc<str>, BytesMut, Vec<BatchEntry>)> = Vec::new();
-                for ((m, (sender, ack)), s) in batch.drain(..).zip(waiting.drain(..)).zip(stored) {
-                    if time.0 != s.millis {
-                        time = (s.millis, protocol::format_time(s.millis));
-                    }
-                    // The room's open block, or a new one when it has none or it is full:
-                    // blocks stay well under a member's queue budget.
-                    let open = by_room
-                        .iter()
-                        .rposition(|(r, b, _)| *r == m.room && b.len() < MAX_BLOCK);
-                    let slot = match open {
-                        Some(i) => i,
-                        None => {
-                            by_room.push((m.room.clone(), BytesMut::new(), Vec::new()));
-                            by_room.len() - 1
-                        }
-                    };
-                    let (_, bytes, entries) = &mut by_room[slot];
-                    protocol::write_message_line(
-                        bytes,
-                        MessageKind::Live,
-                        &m.room,
-                        s.id,
-                        &time.1,
-                        &m.nick,
-                        &m.text,
-                    );
-                    entries.push(BatchEntry {
+                refuse_until = None;
+                publisher.publish(StoredBatch::new(&messages, &stored, &tags));
+                for (ack, s) in acks.drain(..).zip(&stored) {
+                    let _ = ack.send(Ok(Ack {
                         id: s.id,
-                        sender,
-                        end: bytes.len(),
-                    });
-                    acks.push((
-                        ack,
-                        Ack {
-                            id: s.id,
-                            millis: s.millis,
-                        },
-                    ));
-                }
-                for (room, bytes, messages) in by_room {
-                    let first = messages[0].sender;
-                    let only_sender = messages.iter().all(|m| m.sender == first).then_some(first);
-                    rooms.publish(Arc::new(LiveBatch {
-                        room,
-                        bytes: bytes.freeze(),
-                        messages,
-                        only_sender,
+                        millis: s.millis,
                     }));
-                }
-                for (ack, result) in acks.drain(..) {
-                    let _ = ack.send(Ok(result));
                 }
             }
             Err(e) => {
@@ -173,18 +177,109 @@ async fn run(
                     .as_ref()
                     .is_none_or(|(until, _)| Instant::now() >= *until)
                 {
-                    tracing::warn!(error = %e, messages = batch.len(), "store refused a batch");
+                    tracing::warn!(error = %e, messages = messages.len(), "store refused a batch");
                     refuse_until = Some((Instant::now() + RETRY_AFTER, e.to_string()));
                 }
-                for (_, ack) in waiting.drain(..) {
+                for ack in acks.drain(..) {
                     let _ = ack.send(Err(StoreError::Unavailable(e.to_string())));
                 }
             }
         }
-        if appended_ok {
-            refuse_until = None;
+        messages.clear();
+        tags.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::store::{MemoryStore, Page};
+
+    /// Records what it was handed to publish.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(String, MessageId, u32)>>>);
+
+    impl Publish<u32> for Recorder {
+        fn publish(&mut self, batch: StoredBatch<'_, u32>) {
+            let mut seen = self.0.lock().unwrap();
+            for (m, s, tag) in batch.iter() {
+                seen.push((m.text.clone(), s.id, *tag));
+            }
         }
-        batch.clear();
-        waiting.clear();
+    }
+
+    fn message(text: &str) -> NewMessage {
+        NewMessage {
+            room: "r".into(),
+            nick: "n".into(),
+            text: text.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_then_publishes_then_acknowledges() {
+        let recorder = Recorder::default();
+        let store = Arc::new(MemoryStore::new(100));
+        let (writer, task) = Writer::spawn(store, recorder.clone(), 16, 4);
+        let mut acks = Vec::new();
+        for (i, text) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            acks.push(writer.submit(message(text), i as u32).await);
+        }
+        let mut ids = Vec::new();
+        for ack in acks {
+            let ack = ack.await.unwrap().unwrap();
+            ids.push(ack.id);
+        }
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
+        let published = recorder.0.lock().unwrap().clone();
+        let expected: Vec<_> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u64 + 1, i as u32))
+            .collect();
+        assert_eq!(published, expected);
+        drop(writer);
+        task.await.unwrap();
+    }
+
+    /// A store that loses the last row of every batch it is given.
+    struct ShortStore(MemoryStore);
+
+    #[async_trait]
+    impl HistoryStore for ShortStore {
+        async fn append(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
+            let mut stored = self.0.append(batch).await?;
+            stored.pop();
+            Ok(stored)
+        }
+
+        async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
+            self.0.page(room, page).await
+        }
+
+        async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {
+            self.0.latest_id(room).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_returns_fewer_rows_fails_the_batch_and_every_ack_is_answered() {
+        let recorder = Recorder::default();
+        let store = Arc::new(ShortStore(MemoryStore::new(100)));
+        let (writer, _task) = Writer::spawn(store, recorder.clone(), 16, 16);
+        let first = writer.submit(message("a"), 1).await;
+        let second = writer.submit(message("b"), 2).await;
+        for ack in [first, second] {
+            let answer = ack.await.expect("every message is answered");
+            assert!(
+                answer.is_err(),
+                "no ack for an unconfirmed batch: {answer:?}"
+            );
+        }
+        assert!(recorder.0.lock().unwrap().is_empty(), "nothing published");
     }
 }

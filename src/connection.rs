@@ -1,18 +1,40 @@
-//! Line framing: the one place where bytes from the socket become lines.
+//! Line framing, the one place where bytes become lines and lines become bytes.
 //!
-//! A line ends at LF; a CR right before the LF is dropped, so LF and CRLF clients both work.
-//! Lines are handed on as raw bytes: UTF-8 is checked by the session, so that a bad line gets
-//! `ERR BAD_UTF8` and the connection lives on. A line longer than the maximum is never buffered
-//! whole: the decoder reports [`Frame::TooLong`] once and then discards input up to the next LF.
+//! In: a line ends at LF; a CR right before the LF is dropped, so LF and CRLF clients both
+//! work. Lines are handed on as raw bytes: UTF-8 is checked by the session, so that a bad line
+//! gets `ERR BAD_UTF8` and the connection lives on. A line longer than the maximum is never
+//! buffered whole: the decoder reports [`Frame::TooLong`] once and then discards input up to
+//! the next LF.
+//!
+//! Out: server lines wait in a [`WriteQueue`] as shared `Bytes` (formatted once, whoever
+//! else receives them) and leave in vectored writes, so many queued lines cost one syscall and
+//! no copy.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 
-use bytes::{Buf, BytesMut};
-use tokio::net::tcp::OwnedReadHalf;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
 /// Bytes requested from the socket per read.
 const READ_CHUNK: usize = 4096;
+/// Most buffers handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Splits a connected socket into its line reader and line writer.
+pub fn split(stream: TcpStream, max_line: usize) -> (LineReader, LineWriter) {
+    let (read, write) = stream.into_split();
+    (
+        LineReader::new(read, max_line),
+        LineWriter {
+            socket: write,
+            queue: WriteQueue::default(),
+        },
+    )
+}
 
 /// Frames from a socket. Unlike a `FramedRead`, it holds no buffer between lines: an idle
 /// connection costs no read memory, which is most of what thousands of idle connections
@@ -77,6 +99,132 @@ impl LineReader {
             self.codec.decode(&mut self.buf)
         };
         decoded.transpose()
+    }
+}
+
+/// The writing half of a connection: the socket, and the lines waiting for it.
+pub struct LineWriter {
+    socket: OwnedWriteHalf,
+    queue: WriteQueue,
+}
+
+impl LineWriter {
+    /// Queues a line (or several: any whole lines) to be written.
+    pub fn push(&mut self, line: Bytes) {
+        self.queue.push(line);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.queue.bytes
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Drops what has not begun to be written (see [`WriteQueue::drop_unstarted`]).
+    pub fn drop_unstarted(&mut self) {
+        self.queue.drop_unstarted();
+    }
+
+    /// One vectored write of as many queued buffers as fit. Cancel-safe: the queue only
+    /// advances after a write returns. The iovec array lives on the stack of each poll, not
+    /// in the future, so a session waiting to write stays small.
+    pub async fn write_some(&mut self) -> io::Result<()> {
+        let LineWriter { socket, queue } = self;
+        let written = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = queue.fill(&mut slices);
+            std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        queue.advance(written);
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while self.has_pending() {
+            self.write_some().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends FIN: the client reads to the end of what was written.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.socket.shutdown().await
+    }
+}
+
+/// Lines waiting to be written, as shared buffers. Holds no memory while empty.
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    queue: VecDeque<Bytes>,
+    /// Bytes not yet written.
+    bytes: usize,
+    /// True once the front buffer is partly written.
+    started: bool,
+}
+
+impl WriteQueue {
+    pub fn push(&mut self, line: Bytes) {
+        self.bytes += line.len();
+        self.queue.push_back(line);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Bytes not yet written.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Drops everything not yet begun, keeping a partly written line so the stream stays
+    /// line-aligned (used before `BYE too slow`).
+    pub fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.started);
+        self.queue.truncate(keep);
+        self.bytes = self.queue.iter().map(Bytes::len).sum();
+    }
+
+    /// Points `slices` at the front buffers; returns how many it filled.
+    pub fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut count = 0;
+        for (slot, buf) in slices.iter_mut().zip(&self.queue) {
+            *slot = IoSlice::new(buf);
+            count += 1;
+        }
+        count
+    }
+
+    /// Forgets the first `written` bytes: they are on their way.
+    pub fn advance(&mut self, mut written: usize) {
+        assert!(written <= self.bytes, "wrote more than queued");
+        self.bytes -= written;
+        if written > 0 && self.bytes == 0 {
+            // All sent: give the queue's memory back (idle connections keep none).
+            self.queue = VecDeque::new();
+            self.started = false;
+            return;
+        }
+        while written > 0 {
+            let front = self.queue.front_mut().expect("bytes were counted");
+            if written >= front.len() {
+                written -= front.len();
+                self.queue.pop_front();
+                self.started = false;
+            } else {
+                front.advance(written);
+                self.started = true;
+                written = 0;
+            }
+        }
     }
 }
 
@@ -272,5 +420,74 @@ mod tests {
         assert_eq!(c.decode(&mut buf).unwrap(), None);
         assert_eq!(c.decode_eof(&mut buf).unwrap(), Some(line("QUIT")));
         assert_eq!(c.decode_eof(&mut buf).unwrap(), None);
+    }
+
+    fn queued(lines: &[&str]) -> WriteQueue {
+        let mut q = WriteQueue::default();
+        for l in lines {
+            q.push(Bytes::copy_from_slice(l.as_bytes()));
+        }
+        q
+    }
+
+    fn contents(q: &WriteQueue) -> Vec<u8> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = q.fill(&mut slices);
+        slices[..n].iter().flat_map(|s| s.to_vec()).collect()
+    }
+
+    #[test]
+    fn a_write_queue_advances_across_buffers() {
+        let mut q = queued(&["one\n", "two\n", "three\n"]);
+        assert_eq!(q.bytes(), 14);
+        q.advance(6);
+        assert_eq!(contents(&q), b"o\nthree\n");
+        assert_eq!(q.bytes(), 8);
+        q.advance(8);
+        assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
+        assert_eq!(q.queue.capacity(), 0, "an empty queue holds no memory");
+    }
+
+    #[test]
+    fn dropping_unstarted_lines_keeps_the_stream_line_aligned() {
+        let mut q = queued(&["one\n", "two\n", "three\n"]);
+        q.advance(2);
+        q.drop_unstarted();
+        assert_eq!(contents(&q), b"e\n", "the partly written line is finished");
+        assert_eq!(q.bytes(), 2);
+        let mut q = queued(&["one\n", "two\n"]);
+        q.advance(4);
+        q.drop_unstarted();
+        assert!(q.is_empty(), "nothing was begun: nothing is kept");
+    }
+
+    #[test]
+    fn a_vectored_write_takes_at_most_its_share_of_buffers() {
+        let lines: Vec<String> = (0..MAX_IOVECS + 10).map(|i| format!("{i}\n")).collect();
+        let q = queued(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        assert_eq!(q.fill(&mut slices), MAX_IOVECS);
+    }
+
+    #[tokio::test]
+    async fn a_line_writer_writes_everything_to_the_socket() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (_reader, mut writer) = split(accepted.unwrap().0, 100);
+        let mut expected = Vec::new();
+        for i in 0..1000 {
+            let line = format!("line {i}\n");
+            expected.extend_from_slice(line.as_bytes());
+            writer.push(Bytes::from(line));
+        }
+        writer.flush().await.unwrap();
+        assert!(!writer.has_pending());
+        writer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.unwrap().read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, expected);
     }
 }

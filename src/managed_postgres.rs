@@ -1,13 +1,15 @@
-//! A private PostgreSQL cluster that the server runs itself (zero-config mode).
+//! A PostgreSQL server process that linechat runs itself (zero-config mode). Not a store: the
+//! store talks to it like to any PostgreSQL, through a connection string.
 //!
 //! Without `--database-url`, the server keeps its own cluster under `--data-dir`: it finds the
-//! PostgreSQL server binaries, runs `initdb` on first start, starts the cluster listening only
+//! PostgreSQL server programs, runs `initdb` on first start, starts the cluster listening only
 //! on a Unix socket inside the data dir (no TCP port, so nothing else can reach it and no port
 //! can clash), and stops it on shutdown. As root it runs them as the `postgres` user, because
 //! PostgreSQL refuses to run as root.
 //!
-//! Everything here is blocking (it runs a few short commands); call it from
-//! `spawn_blocking` or before the server starts.
+//! Starting and [`stop`](ManagedPostgres::stop)ping run short commands and wait for them:
+//! call them from `spawn_blocking` or before the runtime starts. Dropping never waits: it only
+//! asks the postmaster to shut down.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -29,7 +31,7 @@ pub const SUPERUSER: &str = "linechat";
 
 /// What can go wrong running the local cluster.
 #[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
+pub enum ManagedPostgresError {
     #[error(
         "the PostgreSQL server programs (initdb, pg_ctl, postgres) were not found {searched}. \
          Install them (Debian/Ubuntu: `apt-get install postgresql`; Fedora: `dnf install \
@@ -69,7 +71,7 @@ impl Search {
 
     /// Programs of major version `major`, for an existing data directory: PostgreSQL cannot
     /// run a data directory of another major version.
-    pub fn find_version(&self, major: &str) -> Result<PathBuf, ClusterError> {
+    pub fn find_version(&self, major: &str) -> Result<PathBuf, ManagedPostgresError> {
         let found = self.find()?;
         if major_version(&found).as_deref() == Some(major) {
             return Ok(found);
@@ -79,7 +81,7 @@ impl Search {
             .iter()
             .map(|root| root.join(major).join("bin"))
             .find(|dir| dir.join("pg_ctl").is_file() && dir.join("postgres").is_file());
-        versioned.ok_or_else(|| ClusterError::Command {
+        versioned.ok_or_else(|| ManagedPostgresError::Command {
             what: "finding PostgreSQL".into(),
             detail: format!(
                 "the data directory was made by PostgreSQL {major}, but the programs found in {} \
@@ -91,7 +93,7 @@ impl Search {
     }
 
     /// The first directory that holds initdb, pg_ctl and postgres.
-    pub fn find(&self) -> Result<PathBuf, ClusterError> {
+    pub fn find(&self) -> Result<PathBuf, ManagedPostgresError> {
         let has_all = |dir: &Path| {
             ["initdb", "pg_ctl", "postgres"]
                 .iter()
@@ -101,7 +103,7 @@ impl Search {
             return if has_all(dir) {
                 Ok(dir.clone())
             } else {
-                Err(ClusterError::NoBinaries {
+                Err(ManagedPostgresError::NoBinaries {
                     searched: format!("in {}", dir.display()),
                 })
             };
@@ -135,10 +137,8 @@ impl Search {
             versions.sort_by_key(|v| std::cmp::Reverse(v.0));
             candidates.extend(versions.into_iter().map(|(_, dir)| dir));
         }
-        candidates
-            .into_iter()
-            .find(|d| has_all(d))
-            .ok_or_else(|| ClusterError::NoBinaries {
+        candidates.into_iter().find(|d| has_all(d)).ok_or_else(|| {
+            ManagedPostgresError::NoBinaries {
                 searched: format!(
                     "on PATH, through pg_config --bindir, or in {}",
                     self.versioned_roots
@@ -147,13 +147,14 @@ impl Search {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            })
+            }
+        })
     }
 }
 
 /// A running cluster that this process started (or adopted) and will stop.
 #[derive(Debug)]
-pub struct LocalCluster {
+pub struct ManagedPostgres {
     bin_dir: PathBuf,
     pgdata: PathBuf,
     socket_dir: PathBuf,
@@ -164,10 +165,13 @@ pub struct LocalCluster {
     _lock: fs::File,
 }
 
-impl LocalCluster {
+impl ManagedPostgres {
     /// Starts the cluster under `data_dir`, creating it on first use. A cluster left running
     /// by a server that was killed is adopted. Only one server at a time may use a data dir.
-    pub fn start(data_dir: &Path, search: &Search) -> Result<LocalCluster, ClusterError> {
+    pub fn start(
+        data_dir: &Path,
+        search: &Search,
+    ) -> Result<ManagedPostgres, ManagedPostgresError> {
         fs::create_dir_all(data_dir)?;
         let data_dir = data_dir.canonicalize()?;
         let lock = lock_data_dir(&data_dir)?;
@@ -178,7 +182,7 @@ impl LocalCluster {
         };
         let as_postgres = is_root();
         let socket_dir = socket_dir_for(&data_dir)?;
-        let cluster = LocalCluster {
+        let cluster = ManagedPostgres {
             bin_dir,
             log_file: data_dir.join("postgresql.log"),
             pgdata,
@@ -236,7 +240,7 @@ impl LocalCluster {
 
     /// Runs initdb into a scratch directory and renames it into place, so that an
     /// interrupted first start leaves nothing half-made behind.
-    fn init(&self) -> Result<(), ClusterError> {
+    fn init(&self) -> Result<(), ManagedPostgresError> {
         tracing::info!(pgdata = %self.pgdata.display(), "creating a PostgreSQL cluster");
         let scratch = self.pgdata.with_extension("initdb");
         if scratch.exists() {
@@ -268,7 +272,7 @@ impl LocalCluster {
 
     /// Where the cluster listens, written into its configuration (not passed on pg_ctl's
     /// command line, which goes through a shell and breaks on paths with spaces).
-    fn write_settings(&self) -> Result<(), ClusterError> {
+    fn write_settings(&self) -> Result<(), ManagedPostgresError> {
         let dir = self.socket_dir.to_string_lossy().replace('\'', "''");
         let settings = format!(
             "# Written by linechat at every start; edits are lost.\n\
@@ -333,7 +337,7 @@ impl LocalCluster {
     }
 
     /// Stops the cluster (fast mode: active sessions are ended, a clean shutdown checkpoint).
-    pub fn stop(&mut self) -> Result<(), ClusterError> {
+    pub fn stop(&mut self) -> Result<(), ManagedPostgresError> {
         if self.stopped {
             return Ok(());
         }
@@ -353,19 +357,31 @@ impl LocalCluster {
         .map(drop)
     }
 
+    /// The process id of the postmaster serving this data directory, if one runs: the first
+    /// line of `postmaster.pid`, checked against the process's command line (a file left by
+    /// a killed postmaster may name a process id that is now another program's).
+    pub fn postmaster_pid(&self) -> Option<libc::pid_t> {
+        let text = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
+        let pid: libc::pid_t = text.lines().next()?.trim().parse().ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let pgdata = self.pgdata.as_os_str().as_encoded_bytes();
+        let ours = cmdline.split(|b| *b == 0).any(|arg| arg == pgdata);
+        ours.then_some(pid)
+    }
+
     /// Leaves the cluster running when this value is dropped.
     pub fn detach(mut self) {
         self.stopped = true;
     }
 
     /// Hands one file or directory (not its contents) to the postgres user.
-    fn give_to_postgres(&self, path: &Path) -> Result<(), ClusterError> {
+    fn give_to_postgres(&self, path: &Path) -> Result<(), ManagedPostgresError> {
         let mut chown = Command::new("chown");
         chown.arg(format!("{POSTGRES_USER}:")).arg(path);
         run_checked("chown", chown).map(drop)
     }
 
-    fn run<I, S>(&self, program: &str, args: I) -> Result<Output, ClusterError>
+    fn run<I, S>(&self, program: &str, args: I) -> Result<Output, ManagedPostgresError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -373,23 +389,35 @@ impl LocalCluster {
         let mut command = self.command(program);
         command.args(args);
         run_checked(program, command).map_err(|e| match e {
-            ClusterError::Command { what, detail } if self.as_postgres => ClusterError::Command {
-                what,
-                detail: format!(
+            ManagedPostgresError::Command { what, detail } if self.as_postgres => {
+                ManagedPostgresError::Command {
+                    what,
+                    detail: format!(
                     "{detail} (running as the `{POSTGRES_USER}` user: it must be able to reach {}; \
                      choose a --data-dir it can reach, such as one under /var/lib or /tmp)",
                     self.pgdata.display()
                 ),
-            },
+                }
+            }
             other => other,
         })
     }
 }
 
-impl Drop for LocalCluster {
+impl Drop for ManagedPostgres {
+    /// Asks the postmaster for a fast shutdown and returns at once: a drop may happen on an
+    /// async runtime's thread, which must never wait for a process. [`stop`](Self::stop)
+    /// is the way that waits.
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
-            tracing::warn!("could not stop PostgreSQL: {e}");
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        if let Some(pid) = self.postmaster_pid() {
+            // SAFETY: kill only sends a signal; SIGINT asks PostgreSQL for a fast shutdown.
+            unsafe {
+                libc::kill(pid, libc::SIGINT);
+            }
         }
     }
 }
@@ -405,11 +433,13 @@ fn major_version(bin_dir: &Path) -> Option<String> {
     Some(version.split('.').next()?.to_string())
 }
 
-fn run_checked(what: &str, mut command: Command) -> Result<Output, ClusterError> {
-    let output = command.output().map_err(|e| ClusterError::Command {
-        what: what.to_string(),
-        detail: e.to_string(),
-    })?;
+fn run_checked(what: &str, mut command: Command) -> Result<Output, ManagedPostgresError> {
+    let output = command
+        .output()
+        .map_err(|e| ManagedPostgresError::Command {
+            what: what.to_string(),
+            detail: e.to_string(),
+        })?;
     if output.status.success() {
         return Ok(output);
     }
@@ -417,7 +447,7 @@ fn run_checked(what: &str, mut command: Command) -> Result<Output, ClusterError>
     if detail.is_empty() {
         detail = String::from_utf8_lossy(&output.stdout).trim().to_string();
     }
-    Err(ClusterError::Command {
+    Err(ManagedPostgresError::Command {
         what: what.to_string(),
         detail: format!("{} ({detail})", output.status),
     })
@@ -427,7 +457,7 @@ fn run_checked(what: &str, mut command: Command) -> Result<Output, ClusterError>
 /// in a directory under the temp dir named by a stable hash of the data dir. Either way only
 /// its owner may enter it (0700), which is what keeps the trust-authenticated cluster
 /// private.
-fn socket_dir_for(data_dir: &Path) -> Result<PathBuf, ClusterError> {
+fn socket_dir_for(data_dir: &Path) -> Result<PathBuf, ManagedPostgresError> {
     let inside = data_dir.join("run");
     let dir = if inside.as_os_str().len() <= MAX_SOCKET_DIR {
         inside
@@ -441,7 +471,7 @@ fn socket_dir_for(data_dir: &Path) -> Result<PathBuf, ClusterError> {
     let meta = fs::symlink_metadata(&dir)?;
     let ours = is_root() || meta.uid() == unsafe { libc::geteuid() };
     if !meta.is_dir() || !ours {
-        return Err(ClusterError::Command {
+        return Err(ManagedPostgresError::Command {
             what: "preparing the socket directory".into(),
             detail: format!("{} exists and is not a directory of ours", dir.display()),
         });
@@ -457,13 +487,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), ClusterError> {
+fn set_mode(path: &Path, mode: u32) -> Result<(), ManagedPostgresError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
 /// Takes an exclusive lock on `data_dir/linechat.lock`, or says who has it.
-fn lock_data_dir(data_dir: &Path) -> Result<fs::File, ClusterError> {
+fn lock_data_dir(data_dir: &Path) -> Result<fs::File, ManagedPostgresError> {
     let path = data_dir.join("linechat.lock");
     let file = fs::OpenOptions::new()
         .create(true)
@@ -473,7 +503,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<fs::File, ClusterError> {
     // SAFETY: flock on a descriptor we own; the lock goes with the file.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     if !locked {
-        return Err(ClusterError::Command {
+        return Err(ManagedPostgresError::Command {
             what: "locking the data directory".into(),
             detail: format!(
                 "another linechat server is using {}; stop it or choose another --data-dir",

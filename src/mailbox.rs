@@ -1,0 +1,320 @@
+//! A connection's mailbox: the room traffic waiting for its session, bounded in bytes.
+//!
+//! Rooms drop [`Delivery`]s into it without ever waiting. When a delivery would take it over
+//! its limit the connection is *lagging*: from then on nothing more is queued for it, only the
+//! names of the rooms whose traffic it missed are noted. Its session takes what was queued,
+//! then [`resume`](Mailbox::resume)s and catches those rooms up from the store. Everything
+//! queued before the gap is kept, so the client sees no hole; one slow reader never stalls a
+//! room, and loses nothing.
+//!
+//! Unlike a channel, a mailbox holds no memory while empty, which matters with thousands of
+//! idle connections. It also carries the connection's login state, so that the server's one
+//! login watch can wake a session that took too long to choose a name.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::fanout::LiveBatch;
+
+/// Identifies one connection for the server's lifetime.
+pub type ConnId = u64;
+
+/// What a room delivers to a member.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Live messages; their room and ids let the session drop what its replay already showed.
+    /// `only_ours` marks a batch of nothing but the recipient's own messages: nothing to show
+    /// (and no cost), but it keeps the recipient's place in the room's order.
+    Messages {
+        batch: Arc<LiveBatch>,
+        only_ours: bool,
+    },
+    /// A presence line (`JOINED`, `LEFT`, `NICK`) about a room.
+    Presence { room: Arc<str>, line: Bytes },
+}
+
+impl Delivery {
+    /// What the item counts against the connection's limit.
+    pub fn cost(&self) -> usize {
+        match self {
+            Delivery::Messages {
+                only_ours: true, ..
+            } => 0,
+            Delivery::Messages { batch, .. } => batch.bytes.len(),
+            Delivery::Presence { line, .. } => line.len(),
+        }
+    }
+
+    /// The room it is about.
+    pub fn room(&self) -> &Arc<str> {
+        match self {
+            Delivery::Messages { batch, .. } => &batch.room,
+            Delivery::Presence { room, .. } => room,
+        }
+    }
+}
+
+/// How rooms reach one connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub mailbox: Arc<Mailbox>,
+}
+
+/// A connection's queue of room traffic; see the module documentation.
+#[derive(Debug)]
+pub struct Mailbox {
+    queue: Mutex<Queue>,
+    /// Bytes queued and not yet taken by the session.
+    queued: AtomicUsize,
+    /// Bytes of queued traffic above which the connection lags.
+    limit: usize,
+    /// Signalled when items arrive, when the connection starts lagging, and when its login
+    /// time is up.
+    pub ready: Notify,
+    /// Set while traffic is not queued because the queue overflowed. Changed only under the
+    /// queue's lock (so deliveries and `resume` agree), read without it for cheap checks.
+    lagging: AtomicBool,
+    /// Set once the connection chose a name.
+    named: AtomicBool,
+    /// Set by the login watch when no name came in time.
+    login_expired: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    /// Rooms whose traffic was not queued since the connection started lagging. Boxed, and
+    /// allocated only then: every connection has a queue, and a `Vec` is three words.
+    #[allow(clippy::box_collection)]
+    missed: Option<Box<Vec<Arc<str>>>>,
+}
+
+impl Queue {
+    fn note_missed(&mut self, room: &Arc<str>) {
+        let missed = self.missed.get_or_insert_with(Default::default);
+        if !missed.iter().any(|r| r == room) {
+            missed.push(room.clone());
+        }
+    }
+}
+
+impl Mailbox {
+    /// A mailbox that lags past `limit` bytes (at least 1).
+    pub fn new(limit: usize) -> Mailbox {
+        Mailbox {
+            queue: Mutex::default(),
+            queued: AtomicUsize::new(0),
+            limit: limit.max(1),
+            ready: Notify::new(),
+            lagging: AtomicBool::new(false),
+            named: AtomicBool::new(false),
+            login_expired: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues an item, or notes its room as missed if the connection lags or would start to.
+    pub fn deliver(&self, item: Delivery) {
+        let mut queue = self.queue.lock().expect("mailbox lock");
+        // Once lagging, nothing more until the session has caught up: a later, smaller item
+        // must not slip in after one that was refused, or the client would see a hole.
+        if self.lagging.load(Ordering::Relaxed) {
+            // A marker of our own messages alone is no reason to catch the room up: their
+            // ids are known from their acks, and the room's next traffic moves past them.
+            if !matches!(
+                item,
+                Delivery::Messages {
+                    only_ours: true,
+                    ..
+                }
+            ) {
+                queue.note_missed(item.room());
+            }
+            return;
+        }
+        let cost = item.cost();
+        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
+        // An empty queue always takes the item, so one large batch never counts as lagging;
+        // the queue is bounded by the limit plus one batch.
+        if cost > 0 && before > 0 && before + cost > self.limit {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            self.lagging.store(true, Ordering::Relaxed);
+            queue.note_missed(item.room());
+        } else {
+            queue.items.push_back(item);
+        }
+        drop(queue);
+        self.ready.notify_one();
+    }
+
+    /// Moves queued items into `take` while it says so; returns how many.
+    pub fn take_while(&self, mut take: impl FnMut(Delivery) -> bool) -> usize {
+        let mut queue = self.queue.lock().expect("mailbox lock");
+        let mut n = 0;
+        while let Some(item) = queue.items.pop_front() {
+            self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
+            n += 1;
+            if !take(item) {
+                break;
+            }
+        }
+        if queue.items.is_empty() && queue.items.capacity() > 16 {
+            // Give back what a burst made it grow to.
+            queue.items = VecDeque::new();
+        }
+        n
+    }
+
+    /// True while traffic is not being queued because the queue overflowed.
+    pub fn is_lagging(&self) -> bool {
+        self.lagging.load(Ordering::Relaxed)
+    }
+
+    /// Ends a lag once the session has taken everything queued before it: traffic is queued
+    /// again from now on, and the rooms whose traffic was missed are returned for the session
+    /// to catch up from the store. `None` while not lagging or while items are still queued.
+    pub fn resume(&self) -> Option<Vec<Arc<str>>> {
+        let mut queue = self.queue.lock().expect("mailbox lock");
+        if !self.lagging.load(Ordering::Relaxed) || !queue.items.is_empty() {
+            return None;
+        }
+        self.lagging.store(false, Ordering::Relaxed);
+        Some(queue.missed.take().map(|rooms| *rooms).unwrap_or_default())
+    }
+
+    /// Lags again with these rooms still to catch up (the store refused the catch-up). What
+    /// was queued for them since the catch-up began is dropped: it is in the store, and
+    /// delivered now it would overtake the part of the gap not yet caught up.
+    pub fn defer_catch_up(&self, rooms: Vec<Arc<str>>) {
+        let mut queue = self.queue.lock().expect("mailbox lock");
+        self.lagging.store(true, Ordering::Relaxed);
+        queue.items.retain(|item| {
+            let keep = !rooms.contains(item.room());
+            if !keep {
+                self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
+            }
+            keep
+        });
+        for room in rooms {
+            queue.note_missed(&room);
+        }
+    }
+
+    /// Records that the connection chose a name: the login watch leaves it alone.
+    pub fn mark_named(&self) {
+        self.named.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_named(&self) -> bool {
+        self.named.load(Ordering::Relaxed)
+    }
+
+    /// True once the login watch found no name in time.
+    pub fn login_expired(&self) -> bool {
+        self.login_expired.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection as out of time to choose a name, unless it has one.
+    pub fn expire_login(&self) {
+        if !self.named.load(Ordering::Relaxed) {
+            self.login_expired.store(true, Ordering::Relaxed);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Empties the queue for good (the connection is closing): nothing more is queued.
+    pub fn close(&self) {
+        let mut queue = self.queue.lock().expect("mailbox lock");
+        *queue = Queue::default();
+        self.lagging.store(true, Ordering::Relaxed);
+        self.queued.store(usize::MAX / 2, Ordering::Relaxed);
+    }
+
+    /// Holds the mailbox's lock, as a delivery that is slow to finish would (tests only).
+    #[cfg(test)]
+    pub(crate) fn hold_lock(&self) -> std::sync::MutexGuard<'_, impl Sized> {
+        self.queue.lock().expect("mailbox lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn presence(room: &str, len: usize) -> Delivery {
+        Delivery::Presence {
+            room: room.into(),
+            line: Bytes::from(vec![b'x'; len]),
+        }
+    }
+
+    fn taken(mailbox: &Mailbox) -> Vec<String> {
+        let mut rooms = Vec::new();
+        mailbox.take_while(|item| {
+            rooms.push(item.room().to_string());
+            true
+        });
+        rooms
+    }
+
+    /// Every idle connection may keep a few queue slots: they must stay small.
+    #[test]
+    fn a_delivery_is_no_bigger_than_a_presence_line() {
+        assert_eq!(
+            std::mem::size_of::<Delivery>(),
+            std::mem::size_of::<Arc<str>>() + std::mem::size_of::<Bytes>()
+        );
+    }
+
+    #[test]
+    fn over_the_limit_it_lags_and_keeps_what_came_before() {
+        let mailbox = Mailbox::new(100);
+        mailbox.deliver(presence("a", 60));
+        mailbox.deliver(presence("b", 30));
+        mailbox.deliver(presence("c", 30)); // 120 > 100: lags
+        assert!(mailbox.is_lagging());
+        mailbox.deliver(presence("d", 1)); // small, but after a refusal: not queued either
+        assert_eq!(mailbox.resume(), None, "items still queued");
+        assert_eq!(taken(&mailbox), ["a", "b"]);
+        let missed = mailbox.resume().expect("drained: the lag ends");
+        assert_eq!(missed.iter().map(|r| &**r).collect::<Vec<_>>(), ["c", "d"]);
+        assert!(!mailbox.is_lagging());
+        mailbox.deliver(presence("e", 30));
+        assert_eq!(taken(&mailbox), ["e"]);
+    }
+
+    #[test]
+    fn an_empty_mailbox_takes_one_item_of_any_size() {
+        let mailbox = Mailbox::new(10);
+        mailbox.deliver(presence("big", 1000));
+        assert!(!mailbox.is_lagging());
+        assert_eq!(taken(&mailbox), ["big"]);
+    }
+
+    #[test]
+    fn a_deferred_catch_up_drops_what_came_since_for_those_rooms() {
+        let mailbox = Mailbox::new(1000);
+        mailbox.deliver(presence("a", 10));
+        mailbox.deliver(presence("b", 10));
+        mailbox.defer_catch_up(vec!["a".into()]);
+        assert!(mailbox.is_lagging());
+        assert_eq!(taken(&mailbox), ["b"]);
+        let missed = mailbox.resume().unwrap();
+        assert_eq!(missed.iter().map(|r| &**r).collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn login_expiry_spares_a_named_connection() {
+        let named = Mailbox::new(10);
+        named.mark_named();
+        named.expire_login();
+        assert!(!named.login_expired());
+        let anonymous = Mailbox::new(10);
+        anonymous.expire_login();
+        assert!(anonymous.login_expired());
+    }
+}

@@ -1,0 +1,227 @@
+//! One handler per command, and what every line goes through first: decoding, flood control,
+//! and the order of replies (anything but a `SAY` waits for the `SAY`s before it).
+
+use std::io;
+use std::sync::Arc;
+
+use crate::budget::{ErrorBudget, Millis};
+use crate::connection::Frame;
+use crate::protocol::{self, Command, ErrorCode, ProtocolError};
+use crate::store::NewMessage;
+
+use super::{store_error, Session};
+
+impl Session {
+    /// Handles one input frame. `Some(reason)` means: close with `BYE <reason>`.
+    pub(super) async fn on_frame(&mut self, frame: Frame) -> io::Result<Option<String>> {
+        let mut command = self.decode(frame);
+        // QUIT is never refused: leaving must always work.
+        let counted = matches!(command, Ok(Some(ref c)) if !matches!(c, Command::Quit(_)));
+        if counted && !self.take_token() {
+            let rate = self.hub.config.rate;
+            command = Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!("slow down: at most {rate} lines a second; this one was not done"),
+            ));
+        }
+        // Replies keep command order: anything but another SAY waits for the SAYs in flight.
+        if !matches!(command, Ok(Some(Command::Say(_)))) {
+            self.settle_acks().await;
+        }
+        let command = match command {
+            Ok(Some(command)) => command,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.refuse(e);
+                return Ok(None);
+            }
+        };
+        let done = match command {
+            Command::Say(text) => self.say(text).await,
+            Command::Nick(nick) => self.nick(nick),
+            Command::Join { room, replay } => self.join(room, replay).await,
+            Command::History { room, args } => self.history(room, args).await,
+            Command::Part(room) => self.part(room),
+            Command::Who(room) => self.who(room),
+            Command::Rooms => self.rooms(),
+            Command::Ping(token) => self.ping(token),
+            Command::Help => self.help(),
+            Command::Quit(reason) => return Ok(Some(reason.unwrap_or_else(|| "goodbye".into()))),
+        };
+        if let Err(e) = done {
+            self.refuse(e);
+        }
+        Ok(None)
+    }
+
+    /// Turns an input frame into a command: `Ok(None)` for a blank line.
+    fn decode(&self, frame: Frame) -> Result<Option<Command>, ProtocolError> {
+        let line = match frame {
+            Frame::TooLong => {
+                return Err(ProtocolError::new(
+                    ErrorCode::LineTooLong,
+                    format!(
+                        "lines are at most {} bytes; the line was discarded",
+                        self.hub.config.max_line
+                    ),
+                ))
+            }
+            Frame::Line(bytes) => bytes,
+        };
+        let text = std::str::from_utf8(&line).map_err(|_| {
+            ProtocolError::new(
+                ErrorCode::BadUtf8,
+                "the line is not valid UTF-8; it was discarded",
+            )
+        })?;
+        protocol::parse(text)
+    }
+
+    /// Flood control (`--rate` a second after `--burst`): false when the line is over it.
+    fn take_token(&mut self) -> bool {
+        match &self.hub.flood_limit {
+            Some(limit) => self.flood.try_take(limit, Millis::now()),
+            None => true,
+        }
+    }
+
+    /// Sends `ERR`, counting it: past `--max-errors` a minute the connection is closed.
+    fn refuse(&mut self, e: ProtocolError) {
+        if let Some(limit) = &self.hub.error_limit {
+            let now = Millis::now();
+            let budget = self
+                .errors
+                .get_or_insert_with(|| Box::new(ErrorBudget::new(limit, now)));
+            if !budget.charge(limit, now) {
+                self.too_many_errors = true;
+                return;
+            }
+        }
+        self.writer.push(protocol::error_line(&e));
+    }
+
+    fn require_nick(&self) -> Result<Arc<str>, ProtocolError> {
+        self.nick.clone().ok_or_else(|| {
+            ProtocolError::new(ErrorCode::NoNick, "choose a name first: NICK <name>")
+        })
+    }
+
+    /// `SAY <text>`: handed to the writer; `OK SAY` comes when it is stored (see `on_acks`).
+    async fn say(&mut self, text: String) -> Result<(), ProtocolError> {
+        let nick = self.require_nick()?;
+        let Some(room) = self.joined.current().cloned() else {
+            return Err(ProtocolError::new(
+                ErrorCode::NotInRoom,
+                "join a room first: JOIN <room>",
+            ));
+        };
+        let message = NewMessage {
+            room: room.clone(),
+            nick,
+            text,
+        };
+        let ack = self.hub.writer.submit(message, self.conn.id).await;
+        self.acks.push_back(ack, room);
+        Ok(())
+    }
+
+    /// `NICK <name>`: taken if free, and announced in every room the connection is in.
+    fn nick(&mut self, nick: String) -> Result<(), ProtocolError> {
+        let old = self.nick.clone();
+        if old.as_deref() != Some(nick.as_str()) {
+            if !self.hub.nicks.claim(&nick, old.as_deref(), self.conn.id) {
+                return Err(ProtocolError::new(
+                    ErrorCode::NickInUse,
+                    format!("{nick} is in use; choose another"),
+                ));
+            }
+            let new: Arc<str> = nick.as_str().into();
+            // In the background: a name is for live connections and must not wait on the
+            // database (the first message records its sender anyway).
+            self.hub.store.record_user(&new);
+            if let Some(old) = &old {
+                self.hub
+                    .rooms
+                    .rename(&self.joined.names(), self.conn.id, old, &new);
+            }
+            self.nick = Some(new);
+            self.conn.mailbox.mark_named();
+        }
+        self.writer.push(protocol::line(&["OK", "NICK", &nick]));
+        Ok(())
+    }
+
+    /// `JOIN <room> [bound]`: subscribe, then replay (see the `replay` module).
+    async fn join(&mut self, room: String, bound: protocol::Replay) -> Result<(), ProtocolError> {
+        let nick = self.require_nick()?;
+        let room: Arc<str> = room.into();
+        if let Err(e) = self.hub.store.record_room(&room).await {
+            self.writer.push(store_error(&e));
+            return Ok(());
+        }
+        let newly_joined = self.hub.rooms.join(&room, &nick, &self.conn);
+        self.replay_on_join(room, bound, newly_joined).await;
+        Ok(())
+    }
+
+    /// `PART [room]`: the named room, or the current one.
+    fn part(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
+        let Some(gone) = self.joined.leave(room.as_deref()) else {
+            let text = match room {
+                Some(room) => format!("you are not in {room}"),
+                None => "you are not in any room".to_string(),
+            };
+            return Err(ProtocolError::new(ErrorCode::NotInRoom, text));
+        };
+        self.hub.rooms.leave(&gone, self.conn.id);
+        self.writer.push(protocol::line(&["OK", "PART", &gone]));
+        Ok(())
+    }
+
+    /// `WHO [room]`: `MEMBER` lines, then `OK WHO <room> <count>`.
+    fn who(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
+        let room: Arc<str> = match room {
+            Some(room) => room.into(),
+            None => self.joined.current().cloned().ok_or_else(|| {
+                ProtocolError::new(ErrorCode::MissingArgument, "usage: WHO <room>")
+            })?,
+        };
+        let members = self.hub.rooms.members(&room);
+        for nick in &members {
+            self.writer.push(protocol::line(&["MEMBER", &room, nick]));
+        }
+        let count = members.len().to_string();
+        self.writer
+            .push(protocol::line(&["OK", "WHO", &room, &count]));
+        Ok(())
+    }
+
+    /// `ROOMS`: `ROOM` lines, then `OK ROOMS <count>`.
+    fn rooms(&mut self) -> Result<(), ProtocolError> {
+        let rooms = self.hub.rooms.list();
+        for (room, members) in &rooms {
+            self.writer
+                .push(protocol::line(&["ROOM", room, &members.to_string()]));
+        }
+        let count = rooms.len().to_string();
+        self.writer.push(protocol::line(&["OK", "ROOMS", &count]));
+        Ok(())
+    }
+
+    /// `PING [token]`: `PONG [token]`.
+    fn ping(&mut self, token: Option<String>) -> Result<(), ProtocolError> {
+        let mut words = vec!["PONG"];
+        words.extend(token.as_deref());
+        self.writer.push(protocol::line(&words));
+        Ok(())
+    }
+
+    /// `HELP`: a `HELP` line per command, then `OK HELP`.
+    fn help(&mut self) -> Result<(), ProtocolError> {
+        for h in protocol::HELP {
+            self.writer.push(protocol::line(&["HELP", h]));
+        }
+        self.writer.push(protocol::line(&["OK", "HELP"]));
+        Ok(())
+    }
+}

@@ -1,0 +1,488 @@
+//! One connection's task: read lines, do what they say, write replies and room traffic.
+//!
+//! [`run`] drives a [`Session`] through [`Session::serve`], a loop that waits on whichever
+//! comes first: shutdown, the socket taking bytes, the stall timer, acks of its `SAY`s, room
+//! traffic in its mailbox, or the next input line. Then it closes: `BYE <reason>` after
+//! answering everything it read. The rest of the session lives in:
+//! - [`commands`]: one handler per command;
+//! - [`replay`]: history for `JOIN` and `HISTORY`, and the catch-up after a lag;
+//! - [`joined`]: the rooms it is in and what it has shown of each (no message twice, never
+//!   the client's own);
+//! - [`acks`]: `SAY`s in flight, answered in the order they were said;
+//! - [`stall`]: a client that takes no bytes (closed, `BYE too slow`), and catch-up retries.
+//!
+//! Input is only read while little output waits: a client that does not read its replies
+//! stops being read, rather than making the server buffer without bound. A client that reads
+//! too slowly for its rooms lags (see [`crate::mailbox`]): once it has taken what was queued,
+//! the session catches the gap up from the store and goes live again.
+
+mod acks;
+mod commands;
+mod joined;
+mod replay;
+mod stall;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Ticket;
+use crate::budget::{ErrorBudget, Millis, TokenBucket};
+use crate::connection::{self, Frame, LineReader, LineWriter};
+use crate::hub::Hub;
+use crate::mailbox::{ConnHandle, Delivery, Mailbox};
+use crate::protocol::{self, ErrorCode, ProtocolError};
+use crate::store::StoreError;
+
+use acks::{AckOutcome, Acks};
+use joined::{JoinedRooms, Show};
+use replay::ForwardReplay;
+use stall::StallWatch;
+
+/// Pending output above which the session stops reading input and taking room traffic.
+const OUTPUT_HIGH: usize = 64 * 1024;
+/// Most `SAY`s in flight to the writer for one connection (pipelined clients).
+const MAX_IN_FLIGHT: usize = 256;
+/// Most input lines handled in one turn of the loop before it looks at its other work
+/// (writing, acks, room traffic, shutdown).
+const FRAMES_PER_TURN: usize = 64;
+
+/// Serves one accepted connection until it closes. `_place` is its place in the server's
+/// connection count, given back when the session ends.
+pub async fn run(
+    hub: Arc<Hub>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    _place: Ticket,
+) {
+    let mut session = Session::new(hub, stream, shutdown);
+    tracing::debug!(%peer, conn = session.conn.id, "connected");
+    let end = session.serve().await;
+    // Boxed, as the command handlers: closing is rare, and its future would otherwise make
+    // every idle connection's larger.
+    Box::pin(session.close(&end)).await;
+    session.leave_everything();
+    session.conn.mailbox.close();
+    end.log(peer);
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    Quit(String),
+    Eof,
+    Shutdown,
+    TooSlow,
+    LoginTimeout,
+    TooManyErrors,
+    Io(io::Error),
+}
+
+impl End {
+    /// The reason given with `BYE`; `None` when the socket is gone.
+    fn farewell(&self) -> Option<&str> {
+        Some(match self {
+            End::Quit(reason) => reason,
+            End::Eof => "end of input",
+            End::Shutdown => "server shutting down",
+            End::TooSlow => "too slow",
+            End::LoginTimeout => "login timeout: choose a name with NICK sooner",
+            End::TooManyErrors => "too many errors",
+            End::Io(_) => return None,
+        })
+    }
+
+    /// Forced closes at info, with the client's address; the ordinary ones at debug.
+    fn log(self, peer: SocketAddr) {
+        match self {
+            End::TooSlow => {
+                tracing::info!(%peer, "closed: too slow (took no output for the stall timeout)")
+            }
+            End::LoginTimeout => tracing::info!(%peer, "closed: no NICK within the login timeout"),
+            End::TooManyErrors => tracing::info!(%peer, "closed: too many errors"),
+            // A peer that stopped answering keepalive probes (or acks) vanished without a FIN.
+            End::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+                tracing::info!(%peer, "closed: the peer vanished (no answer to keepalive probes)")
+            }
+            End::Io(e) => tracing::debug!(%peer, error = %e, "closed: socket error"),
+            other => tracing::debug!(%peer, reason = ?other, "closed"),
+        }
+    }
+}
+
+struct Session {
+    hub: Arc<Hub>,
+    /// This connection as the rooms see it: its id and mailbox.
+    conn: ConnHandle,
+    shutdown: CancellationToken,
+    reader: LineReader,
+    writer: LineWriter,
+    nick: Option<Arc<str>>,
+    joined: JoinedRooms,
+    acks: Acks,
+    flood: TokenBucket,
+    /// Made at the first refusal: most connections never err.
+    errors: Option<Box<ErrorBudget>>,
+    /// Set when the connection has erred too often: close with `BYE` at the next chance.
+    too_many_errors: bool,
+    /// Present only while output waits on the socket or the mailbox lags.
+    stall: Option<Box<StallWatch>>,
+    /// A `JOIN ... SINCE` replay or a catch-up in progress.
+    forward: Option<Box<ForwardReplay>>,
+}
+
+impl Session {
+    fn new(hub: Arc<Hub>, stream: TcpStream, shutdown: CancellationToken) -> Session {
+        let (reader, writer) = connection::split(stream, hub.config.max_line);
+        let conn = ConnHandle {
+            id: hub.next_conn_id(),
+            mailbox: Arc::new(Mailbox::new(hub.config.outbound_limit)),
+        };
+        let flood = match &hub.flood_limit {
+            Some(limit) => TokenBucket::full(limit, Millis::now()),
+            None => TokenBucket::default(),
+        };
+        Session {
+            hub,
+            conn,
+            shutdown,
+            reader,
+            writer,
+            nick: None,
+            joined: JoinedRooms::default(),
+            acks: Acks::default(),
+            flood,
+            errors: None,
+            too_many_errors: false,
+            stall: None,
+            forward: None,
+        }
+    }
+
+    /// The loop: returns why the session ends.
+    async fn serve(&mut self) -> End {
+        self.writer.push(protocol::line(&[
+            "HELLO",
+            "linechat",
+            env!("CARGO_PKG_VERSION"),
+            "- type NICK <name> to choose a name, then JOIN <room>, then SAY <text>. HELP lists every command.",
+        ]));
+        // Created once: registering a waiter anew on every turn of the loop is measurable.
+        let (shutdown, mailbox) = (self.shutdown.clone(), self.conn.mailbox.clone());
+        let shutdown = shutdown.cancelled();
+        let traffic = mailbox.ready.notified();
+        tokio::pin!(shutdown, traffic);
+        // No timer of its own (thousands of pending timers cost memory): the server's login
+        // watch marks the mailbox if no name came in time.
+        self.hub.logins.watch(&mailbox);
+        loop {
+            if let Some(end) = self.forced_end() {
+                return end;
+            }
+            let room_for_output = self.writer.pending() < OUTPUT_HIGH;
+            if self.forward.is_some() {
+                // A replay in progress goes on while the client takes what it is sent.
+                if room_for_output && !self.shutdown.is_cancelled() {
+                    Box::pin(self.forward_next_page()).await;
+                    continue;
+                }
+            } else {
+                if room_for_output {
+                    self.take_room_traffic();
+                }
+                // The socket took everything queued before the gap: catch it up.
+                if self.catch_up_due() {
+                    if let Some(rooms) = mailbox.resume() {
+                        Box::pin(self.start_catch_up(rooms)).await;
+                        continue;
+                    }
+                }
+            }
+            self.watch_or_forget_stall();
+            let busy = self.forward.is_some();
+            let can_read =
+                !busy && self.writer.pending() < OUTPUT_HIGH && self.acks.len() < MAX_IN_FLIGHT;
+            // The write comes first in this biased select: if another branch wins while output
+            // waits, the socket is full, and a stall may begin.
+            let had_output = self.writer.has_pending();
+            let mut wrote = false;
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return End::Shutdown,
+                written = self.writer.write_some(), if had_output => {
+                    if let Err(e) = written {
+                        return End::Io(e);
+                    }
+                    wrote = true;
+                    self.wrote();
+                }
+                _ = stall::timer(&mut self.stall), if self.stall.is_some() => {
+                    self.on_stall_timer();
+                }
+                Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.on_acks(ack),
+                // Handled at the top of the loop; wait for the next signal afresh.
+                _ = &mut traffic, if !busy => traffic.set(mailbox.ready.notified()),
+                frame = self.reader.next(), if can_read => {
+                    if let Some(end) = self.on_input(frame).await {
+                        return end;
+                    }
+                }
+            }
+            if had_output && !wrote {
+                self.watch_stall();
+            }
+        }
+    }
+
+    /// A reason to close that came from outside the client's lines.
+    fn forced_end(&self) -> Option<End> {
+        if self.conn.mailbox.login_expired() {
+            Some(End::LoginTimeout)
+        } else if self.stall.as_ref().is_some_and(|s| s.is_stalled()) {
+            Some(End::TooSlow)
+        } else if self.too_many_errors {
+            Some(End::TooManyErrors)
+        } else {
+            None
+        }
+    }
+
+    /// Handles the line just read and those already buffered behind it, up to a turn's
+    /// worth (a pipelining client sends many per packet). `Some` when the session ends.
+    async fn on_input(&mut self, first: Option<io::Result<Frame>>) -> Option<End> {
+        let mut frame = first;
+        for turn in 1..=FRAMES_PER_TURN {
+            let quit = match frame {
+                // Half-closed by the client: answer what it sent, then close.
+                None => return Some(End::Eof),
+                Some(Err(e)) => return Some(End::Io(e)),
+                // Boxed: the handlers' futures are large and rarely pending, and keeping them
+                // out of the session's own future keeps idle connections small.
+                Some(Ok(frame)) => Box::pin(self.on_frame(frame)).await,
+            };
+            match quit {
+                Ok(Some(reason)) => return Some(End::Quit(reason)),
+                Err(e) => return Some(End::Io(e)),
+                Ok(None) if self.too_many_errors => return Some(End::TooManyErrors),
+                Ok(None) => {}
+            }
+            if self.forward.is_some() {
+                // A replay began: nothing else until it is done.
+                break;
+            }
+            // Room traffic keeps flowing between the lines of a long turn.
+            if self.writer.pending() < OUTPUT_HIGH {
+                self.take_room_traffic();
+            }
+            let full = self.writer.pending() >= OUTPUT_HIGH || self.acks.len() >= MAX_IN_FLIGHT;
+            // At shutdown the lines still buffered are refused, not done.
+            if full || turn == FRAMES_PER_TURN || self.shutdown.is_cancelled() {
+                break;
+            }
+            match self.reader.next().now_or_never() {
+                Some(next) => frame = next,
+                None => break,
+            }
+        }
+        None
+    }
+
+    /// Says `BYE <reason>` after answering everything read, then closes the socket. A client
+    /// that is still sending is read (and ignored) until it closes too, within
+    /// `--close-grace`: closing with unread input would send a reset, and a reset can
+    /// destroy the client's copy of the last replies and the `BYE`.
+    async fn close(&mut self, end: &End) {
+        let Some(reason) = end.farewell() else {
+            return;
+        };
+        self.end_forward_replay();
+        match end {
+            End::TooSlow => self.writer.drop_unstarted(),
+            // Answer what was said before, then refuse the lines already read.
+            End::Shutdown => {
+                self.settle_acks().await;
+                self.refuse_unread();
+            }
+            _ => {}
+        }
+        self.settle_acks().await;
+        // Leave first, so the rooms stop queueing for us while the last lines drain.
+        self.leave_everything();
+        self.writer.push(protocol::line(&["BYE", reason]));
+        let grace = self.hub.config.close_grace;
+        let Session { reader, writer, .. } = self;
+        let _ = tokio::time::timeout(grace, async {
+            writer.flush().await?;
+            writer.shutdown().await?;
+            // Linger only for a client that is still sending (a line read, or part of one):
+            // an idle one is closed at once.
+            let sending = matches!(reader.next().now_or_never(), Some(Some(Ok(_))));
+            if sending || reader.has_partial_line() {
+                while let Some(Ok(_)) = reader.next().await {}
+            }
+            io::Result::Ok(())
+        })
+        .await;
+    }
+
+    /// At shutdown: every complete line already read from the socket gets
+    /// `ERR SHUTTING_DOWN`, so that nothing the server took in goes unanswered.
+    fn refuse_unread(&mut self) {
+        while let Some(Ok(frame)) = self.reader.next_buffered() {
+            if let Frame::Line(line) = &frame {
+                if line.iter().all(|b| *b == b' ') {
+                    continue;
+                }
+            }
+            self.writer.push(protocol::error_line(&ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; this was not done",
+            )));
+        }
+    }
+
+    /// Leaves every room (telling the others) and gives up the nick.
+    fn leave_everything(&mut self) {
+        if let Some(room) = self.room_being_joined().cloned() {
+            self.hub.rooms.leave(&room, self.conn.id);
+        }
+        for room in self.joined.leave_all() {
+            self.hub.rooms.leave(&room, self.conn.id);
+        }
+        if let Some(nick) = &self.nick {
+            self.hub.nicks.release(nick, self.conn.id);
+        }
+    }
+
+    /// Moves room traffic from the mailbox to the socket's queue while it has room.
+    fn take_room_traffic(&mut self) {
+        let mailbox = self.conn.mailbox.clone();
+        mailbox.take_while(|item| {
+            self.on_room_traffic(item);
+            self.writer.pending() < OUTPUT_HIGH
+        });
+    }
+
+    fn on_room_traffic(&mut self, item: Delivery) {
+        match item {
+            Delivery::Presence { room, line } => {
+                // Lines queued before a PART are not for us any more.
+                if self.joined.contains(&room) {
+                    self.writer.push(line);
+                }
+            }
+            Delivery::Messages { batch, .. } => match self.joined.take_live(&batch, self.conn.id) {
+                Show::Nothing => {}
+                Show::All => self.writer.push(batch.bytes.clone()),
+                Show::Ranges(ranges) => {
+                    for range in ranges {
+                        self.writer.push(batch.bytes.slice(range));
+                    }
+                }
+            },
+        }
+    }
+
+    /// Acks come a batch at a time: answers this one and all that are ready behind it.
+    fn on_acks(&mut self, first: (AckOutcome, Arc<str>)) {
+        // The room traffic of these messages is queued before their acks: taking it first
+        // moves `last_shown` past them, so they need not be remembered.
+        if self.writer.pending() < OUTPUT_HIGH {
+            self.take_room_traffic();
+        }
+        self.answer_ack(first);
+        while let Some(Some(ack)) = self.acks.next().now_or_never() {
+            self.answer_ack(ack);
+        }
+        self.acks.release_if_empty();
+    }
+
+    fn answer_ack(&mut self, (ack, room): (AckOutcome, Arc<str>)) {
+        let line = match ack {
+            Ok(Ok(ack)) => {
+                self.joined.note_own(&room, ack.id);
+                protocol::ok_say(ack.id, self.acks.time(ack.millis))
+            }
+            Ok(Err(e)) => store_error(&e),
+            Err(_) => store_error(&StoreError::Unavailable("the writer has stopped".into())),
+        };
+        self.writer.push(line);
+    }
+
+    /// Waits for every `SAY` in flight, so replies keep the order of the commands.
+    async fn settle_acks(&mut self) {
+        while let Some(ack) = self.acks.next().await {
+            self.answer_ack(ack);
+        }
+        self.acks.release_if_empty();
+    }
+
+    /// True when a lagging connection may be caught up now: its socket took everything
+    /// queued before the gap, and no refused catch-up waits for its retry.
+    fn catch_up_due(&self) -> bool {
+        self.conn.mailbox.is_lagging()
+            && !self.writer.has_pending()
+            && !self.shutdown.is_cancelled()
+            && self
+                .stall
+                .as_ref()
+                .is_none_or(|s| s.catch_up_due(Instant::now()))
+    }
+
+    /// The connection's stall watch, started if it has none.
+    fn watch_stall(&mut self) -> &mut StallWatch {
+        let timeout = self.hub.config.stall_timeout;
+        self.stall
+            .get_or_insert_with(|| StallWatch::new(timeout, Instant::now()))
+    }
+
+    /// Watches for a stall while the connection is behind (much output waits, or it lags),
+    /// and forgets the watch once it has caught up completely.
+    fn watch_or_forget_stall(&mut self) {
+        let lagging = self.conn.mailbox.is_lagging();
+        if self.writer.pending() >= OUTPUT_HIGH || lagging {
+            self.watch_stall();
+        }
+        let waiting = self.writer.has_pending();
+        if let Some(watch) = &mut self.stall {
+            watch.note_waiting(waiting, Instant::now());
+        }
+        if !lagging && !waiting && self.forward.is_none() {
+            self.stall = None;
+        }
+    }
+
+    /// After a write: a connection whose output still waits is behind, and the write was
+    /// progress.
+    fn wrote(&mut self) {
+        let waiting = self.writer.has_pending();
+        if waiting || self.stall.is_some() {
+            self.watch_stall().progress(waiting, Instant::now());
+        }
+    }
+
+    fn on_stall_timer(&mut self) {
+        let waiting = self.writer.has_pending();
+        let timeout = self.hub.config.stall_timeout;
+        if let Some(watch) = &mut self.stall {
+            let now = Instant::now();
+            watch.note_waiting(waiting, now);
+            watch.on_timer(timeout, now);
+        }
+    }
+}
+
+/// `ERR STORE_UNAVAILABLE` with the store's reason.
+fn store_error(e: &StoreError) -> Bytes {
+    protocol::error_line(&ProtocolError::new(
+        ErrorCode::StoreUnavailable,
+        e.to_string(),
+    ))
+}

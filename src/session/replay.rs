@@ -1,0 +1,461 @@
+//! History on a connection: `JOIN`'s replay, `HISTORY`'s page, and the catch-up after a lag.
+//!
+//! `JOIN` subscribes first and replays second, so that replay and live traffic meet without
+//! a gap: live messages up to the id in `OK JOIN` are then dropped by [`JoinedRooms`]. A
+//! replay that may be long (`JOIN ... SINCE`, a catch-up) is a [`ForwardReplay`]: the
+//! session's loop pulls its pages one at a time, only while the connection's output has room,
+//! so however much history a client asks for, no more than about a page of it waits in
+//! memory. While one is in progress the session reads no input and takes no room traffic:
+//! its lines must come in order.
+//!
+//! [`JoinedRooms`]: super::joined::JoinedRooms
+
+use std::sync::Arc;
+
+use crate::protocol::{self, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay};
+use crate::store::{HistoryStore, Page, StoreError, StoredMessage};
+
+use super::{store_error, Session};
+
+/// Reads a room's history forward from a cursor, a page at a time: the part that
+/// `JOIN ... SINCE` and a lag's catch-up share.
+pub(super) struct ForwardPager {
+    room: Arc<str>,
+    /// The last id read (or skipped).
+    cursor: MessageId,
+    limit: usize,
+}
+
+impl ForwardPager {
+    pub fn new(room: Arc<str>, after: MessageId, limit: usize) -> ForwardPager {
+        ForwardPager {
+            room,
+            cursor: after,
+            limit: limit.max(1),
+        }
+    }
+
+    /// The next page.
+    pub async fn read(&self, store: &dyn HistoryStore) -> Result<Vec<StoredMessage>, StoreError> {
+        let page = Page::Oldest {
+            after: self.cursor,
+            before: None,
+            limit: self.limit,
+        };
+        store.page(&self.room, page).await
+    }
+
+    /// Moves past a page just read; true if it was the last (a short page).
+    pub fn advance(&mut self, page: &[StoredMessage]) -> bool {
+        if let Some(last) = page.last() {
+            self.cursor = last.id;
+        }
+        page.len() < self.limit
+    }
+
+    /// Moves past ids that will never be read (the store let them go).
+    pub fn skip_to(&mut self, id: MessageId) {
+        self.cursor = self.cursor.max(id);
+    }
+}
+
+/// A forward replay in progress, and what it is for.
+pub(super) struct ForwardReplay {
+    pager: ForwardPager,
+    purpose: Purpose,
+}
+
+enum Purpose {
+    /// `JOIN <room> SINCE <since>`: `HIST` lines, then `OK JOIN`.
+    Join {
+        since: MessageId,
+        /// The room's newest id before the first page: a safe place to start live from if
+        /// `since` is beyond the room's end (every later message reaches us live).
+        newest_before: MessageId,
+        replayed: usize,
+        /// False for a re-join: a refusal must not take the member out of the room.
+        newly_joined: bool,
+    },
+    /// A lag's catch-up, room after room: `LAGGED` once the store answered, `MISSED` for
+    /// ids the store let go, then the gap as `MSG` lines.
+    CatchUp {
+        announced: bool,
+        rooms_left: std::vec::IntoIter<Arc<str>>,
+    },
+}
+
+impl Session {
+    /// Replays history for a `JOIN` the rooms have taken, and answers it; a long replay
+    /// (`SINCE`) is only begun here.
+    pub(super) async fn replay_on_join(
+        &mut self,
+        room: Arc<str>,
+        bound: Replay,
+        newly_joined: bool,
+    ) {
+        let store = self.hub.store.clone();
+        let max_page = self.hub.config.max_page;
+        let limit = match bound {
+            Replay::Default => self.hub.config.history_on_join.min(max_page),
+            Replay::Last(n) => n.min(max_page),
+            Replay::None => {
+                match store.latest_id(&room).await {
+                    Ok(newest) => self.answer_join(room, 0, newest),
+                    Err(e) => self.refuse_join(&room, newly_joined, &e),
+                }
+                return;
+            }
+            Replay::Since(since) => {
+                match store.latest_id(&room).await {
+                    Ok(newest_before) => {
+                        let pager = ForwardPager::new(room, since, max_page);
+                        let purpose = Purpose::Join {
+                            since,
+                            newest_before,
+                            replayed: 0,
+                            newly_joined,
+                        };
+                        self.forward = Some(Box::new(ForwardReplay { pager, purpose }));
+                    }
+                    Err(e) => self.refuse_join(&room, newly_joined, &e),
+                }
+                return;
+            }
+        };
+        let page = Page::Newest {
+            before: None,
+            limit,
+        };
+        let replayed = match store.page(&room, page).await {
+            Ok(messages) => messages,
+            Err(e) => return self.refuse_join(&room, newly_joined, &e),
+        };
+        let through = match replayed.last() {
+            Some(m) => m.id,
+            // LAST 0 asked for nothing: start after whatever the room holds now.
+            None if limit == 0 => match store.latest_id(&room).await {
+                Ok(newest) => newest,
+                Err(e) => return self.refuse_join(&room, newly_joined, &e),
+            },
+            // The room was empty when read. Asking for its newest id now could name a
+            // message stored since, which would then be neither replayed nor delivered.
+            None => 0,
+        };
+        self.push_stored(&room, &replayed);
+        self.answer_join(room, replayed.len(), through);
+    }
+
+    /// `OK JOIN <room> <replayed> <through>`: from here on the room's live messages are new.
+    fn answer_join(&mut self, room: Arc<str>, replayed: usize, through: MessageId) {
+        self.writer.push(protocol::line(&[
+            "OK",
+            "JOIN",
+            &room,
+            &replayed.to_string(),
+            &through.to_string(),
+        ]));
+        self.joined.enter(room, through);
+    }
+
+    /// The store could not replay: the `JOIN` is refused, and undone if it was a first one.
+    fn refuse_join(&mut self, room: &str, newly_joined: bool, e: &StoreError) {
+        if newly_joined {
+            self.hub.rooms.leave(room, self.conn.id);
+        }
+        self.writer.push(store_error(e));
+    }
+
+    /// The room a forward replay is joining, if it is a `JOIN`'s.
+    pub(super) fn room_being_joined(&self) -> Option<&Arc<str>> {
+        match &self.forward.as_deref()?.purpose {
+            Purpose::Join { .. } => Some(&self.forward.as_deref()?.pager.room),
+            Purpose::CatchUp { .. } => None,
+        }
+    }
+
+    /// Writes the next page of the forward replay in progress, and ends it after the last.
+    pub(super) async fn forward_next_page(&mut self) {
+        let Some(mut forward) = self.forward.take() else {
+            return;
+        };
+        let done = match forward.purpose {
+            Purpose::Join { .. } => self.join_page(&mut forward).await,
+            Purpose::CatchUp { .. } => self.catch_up_page(&mut forward).await,
+        };
+        if !done {
+            self.forward = Some(forward);
+        }
+    }
+
+    /// Ends a forward replay early (the connection is closing): a `JOIN` is answered with
+    /// what was replayed so far, as every command read is answered.
+    pub(super) fn end_forward_replay(&mut self) {
+        let Some(forward) = self.forward.take() else {
+            return;
+        };
+        if let Purpose::Join { replayed, .. } = forward.purpose {
+            let ForwardPager { room, cursor, .. } = forward.pager;
+            self.answer_join(room, replayed, cursor);
+        }
+    }
+
+    /// One page of `JOIN ... SINCE`. True when the join is answered.
+    async fn join_page(&mut self, forward: &mut ForwardReplay) -> bool {
+        let Purpose::Join {
+            since,
+            newest_before,
+            replayed,
+            newly_joined,
+        } = &mut forward.purpose
+        else {
+            unreachable!("a join's page");
+        };
+        let pager = &mut forward.pager;
+        let messages = match pager.read(&*self.hub.store).await {
+            Ok(messages) => messages,
+            Err(e) => {
+                self.refuse_join(&pager.room, *newly_joined, &e);
+                return true;
+            }
+        };
+        self.push_stored(&pager.room, &messages);
+        *replayed += messages.len();
+        let cursor_before = pager.cursor;
+        let last_page = pager.advance(&messages);
+        if messages.is_empty() {
+            // Caught up. If `since` is beyond the room's end (a reset store), start live from
+            // the real end rather than hide messages up to `since`.
+            let through = if cursor_before > *since {
+                cursor_before
+            } else {
+                (*since).min(*newest_before)
+            };
+            self.answer_join(pager.room.clone(), *replayed, through);
+            return true;
+        }
+        if last_page {
+            self.answer_join(pager.room.clone(), *replayed, pager.cursor);
+        }
+        last_page
+    }
+
+    /// Begins catching up what a lag made the client miss, room by room. Live traffic is
+    /// queued again meanwhile; what the catch-up shows is dropped from it by `last_shown`.
+    pub(super) async fn start_catch_up(&mut self, rooms: Vec<Arc<str>>) {
+        tracing::debug!(
+            conn = self.conn.id,
+            rooms = rooms.len(),
+            "catching up after a lag"
+        );
+        // Our own messages in the gap are known by their acks: take them all first.
+        self.settle_acks().await;
+        let mut rooms_left = rooms.into_iter();
+        if let Some(pager) = self.next_room_to_catch_up(&mut rooms_left) {
+            let purpose = Purpose::CatchUp {
+                announced: false,
+                rooms_left,
+            };
+            self.forward = Some(Box::new(ForwardReplay { pager, purpose }));
+        }
+    }
+
+    /// The pager for the next of `rooms` that the connection is still in.
+    fn next_room_to_catch_up(
+        &self,
+        rooms: &mut std::vec::IntoIter<Arc<str>>,
+    ) -> Option<ForwardPager> {
+        let limit = self.hub.config.max_page;
+        rooms.find_map(|room| {
+            let shown = self.joined.last_shown(&room)?;
+            Some(ForwardPager::new(room, shown, limit))
+        })
+    }
+
+    /// One page of a catch-up. True when every room is caught up, or the store refused (the
+    /// rest is then retried later).
+    async fn catch_up_page(&mut self, forward: &mut ForwardReplay) -> bool {
+        let store = self.hub.store.clone();
+        let Purpose::CatchUp {
+            announced,
+            rooms_left,
+        } = &mut forward.purpose
+        else {
+            unreachable!("a catch-up's page");
+        };
+        let pager = &mut forward.pager;
+        let room = pager.room.clone();
+        // Read before the page: the store only ever lets go of more.
+        let forgotten = store.forgotten_through(&room);
+        let messages = match pager.read(&*store).await {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(conn = self.conn.id, error = %e, "catch-up after a lag deferred");
+                let mut left = vec![room];
+                left.extend(rooms_left);
+                self.conn.mailbox.defer_catch_up(left);
+                self.watch_stall()
+                    .retry_catch_up(tokio::time::Instant::now());
+                return true;
+            }
+        };
+        if !std::mem::replace(announced, true) {
+            // Only once the store answered: a failed attempt is retried, not announced.
+            self.writer.push(protocol::line(&[
+                "LAGGED",
+                &room,
+                &pager.cursor.to_string(),
+                "you fell behind: the messages after this id follow, then live ones; JOINED, LEFT and NICK lines were skipped",
+            ]));
+        }
+        // Ids between the cursor and the first message kept are gone. (With an empty page,
+        // only as far as the store said before the read: ids stored since arrive live.)
+        let missed_to = match messages.first() {
+            Some(first) => store.forgotten_through(&room).min(first.id - 1),
+            None => forgotten,
+        };
+        if missed_to > pager.cursor {
+            self.writer.push(protocol::line(&[
+                "MISSED",
+                &room,
+                &(pager.cursor + 1).to_string(),
+                &missed_to.to_string(),
+                "these messages were dropped from history before you could read them",
+            ]));
+            pager.skip_to(missed_to);
+        }
+        for m in &messages {
+            if !self.joined.is_own(&room, m.id) {
+                self.writer.push(protocol::message_line(
+                    MessageKind::Live,
+                    &room,
+                    m.id,
+                    m.millis,
+                    &m.nick,
+                    &m.text,
+                ));
+            }
+        }
+        let last_page = pager.advance(&messages);
+        self.joined.shown_through(&room, pager.cursor);
+        if !last_page {
+            return false;
+        }
+        match self.next_room_to_catch_up(rooms_left) {
+            Some(next) => {
+                *pager = next;
+                *announced = false;
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// `HISTORY <room> ...`: one page, oldest first, then `OK HISTORY <room> <count>`.
+    pub(super) async fn history(
+        &mut self,
+        room: String,
+        args: HistoryArgs,
+    ) -> Result<(), ProtocolError> {
+        let limit = args
+            .limit
+            .unwrap_or(self.hub.config.history_on_join)
+            .min(self.hub.config.max_page);
+        let page = match args.after {
+            Some(after) => Page::Oldest {
+                after,
+                before: args.before,
+                limit,
+            },
+            None => Page::Newest {
+                before: args.before,
+                limit,
+            },
+        };
+        match self.hub.store.page(&room, page).await {
+            Ok(messages) => {
+                self.push_stored(&room, &messages);
+                self.writer.push(protocol::line(&[
+                    "OK",
+                    "HISTORY",
+                    &room,
+                    &messages.len().to_string(),
+                ]));
+            }
+            Err(e) => self.writer.push(store_error(&e)),
+        }
+        Ok(())
+    }
+
+    /// Replayed messages, as `HIST` lines.
+    fn push_stored(&mut self, room: &str, messages: &[StoredMessage]) {
+        for m in messages {
+            self.writer.push(protocol::message_line(
+                MessageKind::Stored,
+                room,
+                m.id,
+                m.millis,
+                &m.nick,
+                &m.text,
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, NewMessage};
+
+    async fn room_of(n: usize, capacity: usize) -> MemoryStore {
+        let store = MemoryStore::new(capacity);
+        let batch: Vec<NewMessage> = (1..=n)
+            .map(|i| NewMessage {
+                room: "r".into(),
+                nick: "n".into(),
+                text: format!("m{i}"),
+            })
+            .collect();
+        store.append(&batch).await.unwrap();
+        store
+    }
+
+    /// Pages through everything after `after`; returns the pages' ids.
+    async fn pages(store: &MemoryStore, after: MessageId, limit: usize) -> Vec<Vec<MessageId>> {
+        let mut pager = ForwardPager::new("r".into(), after, limit);
+        let mut out = Vec::new();
+        loop {
+            let page = pager.read(store).await.unwrap();
+            out.push(page.iter().map(|m| m.id).collect());
+            if pager.advance(&page) {
+                return out;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forward_pager_reads_everything_once_and_stops_at_a_short_page() {
+        let store = room_of(7, 100).await;
+        assert_eq!(
+            pages(&store, 0, 3).await,
+            vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
+        );
+        assert_eq!(
+            pages(&store, 3, 2).await,
+            vec![vec![4, 5], vec![6, 7], vec![]],
+            "a full last page needs one more, empty, read"
+        );
+        assert_eq!(pages(&store, 7, 5).await, vec![Vec::<MessageId>::new()]);
+    }
+
+    #[tokio::test]
+    async fn skipping_moves_the_cursor_only_forward() {
+        let store = room_of(10, 4).await; // keeps 7..=10
+        let mut pager = ForwardPager::new("r".into(), 2, 10);
+        pager.skip_to(6);
+        pager.skip_to(1);
+        let page = pager.read(&store).await.unwrap();
+        assert_eq!(page.first().map(|m| m.id), Some(7));
+        assert!(pager.advance(&page));
+        assert_eq!(pager.cursor, 10);
+    }
+}

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::binary::{linechat, Binary};
-use common::{is_rfc3339_millis, parse_message, Client, TestServer, PATIENCE};
+use common::{is_rfc3339_millis, memory_config, parse_message, Client, TestServer, PATIENCE};
 use linechat::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -102,7 +102,7 @@ async fn a_whole_session_piped_as_netcat_would() {
 async fn a_slow_reader_lags_then_catches_up() {
     let config = Config {
         outbound_limit: 256 * 1024,
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     common::check_lag_and_replay(&server).await;
@@ -117,7 +117,7 @@ async fn a_gap_the_store_no_longer_holds_is_named() {
     let config = Config {
         outbound_limit: 64 * 1024,
         memory_history: 100,
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut talker = server.login("talker").await;
@@ -162,7 +162,7 @@ async fn a_stalled_reader_is_closed() {
     let config = Config {
         stall_timeout: Duration::from_secs(1),
         close_grace: Duration::from_secs(1),
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut talker = server.login("talker").await;
@@ -216,7 +216,7 @@ async fn lines_read_before_a_shutdown_are_answered() {
     const ASKS: usize = 20;
     let config = Config {
         close_grace: Duration::from_secs(60),
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut talker = server.login("talker").await;

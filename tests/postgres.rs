@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::binary::{linechat, Binary};
-use common::{parse_message, pg, Client, TestServer};
+use common::{memory_config, parse_message, pg, Client, TestServer};
 use linechat::store::cluster::LocalCluster;
 use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
 use linechat::Config;
@@ -163,7 +163,7 @@ async fn chat_history_and_paging_through_postgres() {
     let config = Config {
         store: linechat::StoreKind::Postgres,
         database_url: Some(url),
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut again = server.login("again").await;
@@ -443,7 +443,7 @@ async fn restart_cluster(dir: &Path) {
 async fn database_stopped_and_started_under_a_live_server() {
     let dir = pg::temp_dir("outage");
     let _cleanup = pg::DirGuard(dir.clone());
-    let (server, cluster) = server_on_own_cluster(&dir, Config::default()).await;
+    let (server, cluster) = server_on_own_cluster(&dir, memory_config()).await;
     let mut a = server.login("a").await;
     let mut b = server.login("b").await;
     a.join("r").await;
@@ -512,7 +512,7 @@ async fn a_catch_up_waits_out_a_database_outage() {
     let _cleanup = pg::DirGuard(dir.clone());
     let config = Config {
         outbound_limit: 64 * 1024,
-        ..Config::default()
+        ..memory_config()
     };
     let (server, cluster) = server_on_own_cluster(&dir, config).await;
     let mut talker = server.login("talker").await;
@@ -907,7 +907,7 @@ async fn a_catch_up_cut_short_by_an_outage_loses_nothing() {
     let config = Config {
         outbound_limit: 64 * 1024,
         max_page: 100,
-        ..Config::default()
+        ..memory_config()
     };
     let (server, cluster) = server_on_own_cluster(&dir, config).await;
     let mut talker = server.login("talker").await;

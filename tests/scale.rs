@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::binary::{linechat, Binary};
-use common::{Client, TestServer, PATIENCE};
+use common::{memory_config, Client, TestServer, PATIENCE};
 use linechat::Config;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -402,7 +402,7 @@ async fn a_peer_that_vanishes_without_a_fin_is_found_by_keepalive() {
 
     let server = TestServer::start_with(Config {
         keepalive: Duration::from_secs(1),
-        ..Config::default()
+        ..memory_config()
     })
     .await;
     let mut watcher = server.login("watcher").await;

@@ -17,6 +17,18 @@ use tokio::task::JoinHandle;
 /// Guards against hangs only; no test asserts on time.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The configuration every test starts from: the memory store and no flood limit (tests
+/// pipeline thousands of lines). Spelled out rather than taken from `Config::default()`, which
+/// is meant to follow the server binary's defaults (PostgreSQL, `--rate 20`): a test sets the
+/// store and the limits it is about itself, on top of this.
+pub fn memory_config() -> Config {
+    Config {
+        store: linechat::StoreKind::Memory,
+        rate: 0,
+        ..Config::default()
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -25,7 +37,7 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        TestServer::start_with(Config::default()).await
+        TestServer::start_with(memory_config()).await
     }
 
     pub async fn start_with(config: Config) -> TestServer {

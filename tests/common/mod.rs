@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod logs;
 pub mod pg;
 
 use std::net::SocketAddr;
@@ -145,6 +146,17 @@ impl Client {
             .await
             .expect("a line within the patience window")
             .expect("read")
+    }
+
+    /// The next line, which must be a reply (`OK ...` or `ERR ...`): for a command whose
+    /// answer is awaited while nothing else (room traffic, presence) can arrive.
+    pub async fn reply(&mut self) -> String {
+        let line = self.line().await;
+        assert!(
+            line.starts_with("OK ") || line.starts_with("ERR "),
+            "wanted a reply, got {line:?}"
+        );
+        line
     }
 
     /// Reads one line and checks it equals `want`.

@@ -67,8 +67,31 @@ async fn presence_lines() {
     alice.send("WHO lobby").await;
     alice.expect("MEMBER lobby alice").await;
     alice.expect("OK WHO lobby 1").await;
-    // Re-joining a room you are in replays again but announces nothing.
-    alice.join("lobby LAST 0").await;
+
+    // Re-joining a room you are in replays again but announces nothing: checked on a member
+    // that stays in the room, so it would see a JOINED line if there were one.
+    bob.join("lobby").await;
+    alice.expect("JOINED lobby robert").await;
+    let id = alice.say("hello again").await;
+    let m = parse_message(&bob.line().await);
+    assert_eq!((m.id, m.text.as_str()), (id, "hello again"));
+    let replay = alice.join("lobby LAST 1").await;
+    assert_eq!(replay.len(), 1, "{replay:?}");
+    let m = parse_message(&replay[0]);
+    assert_eq!(
+        (m.kind.as_str(), m.id, m.text.as_str()),
+        ("HIST", id, "hello again")
+    );
+    bob.expect_nothing_pending().await;
+    // The same the other way round, for a re-join that replays nothing.
+    bob.send("JOIN lobby LAST 0").await;
+    bob.expect(&format!("OK JOIN lobby 0 {id}")).await;
+    alice.expect_nothing_pending().await;
+    // Both are still members, once each.
+    alice.send("WHO lobby").await;
+    alice.expect("MEMBER lobby alice").await;
+    alice.expect("MEMBER lobby robert").await;
+    alice.expect("OK WHO lobby 2").await;
     bob.expect_nothing_pending().await;
     server.stop().await.unwrap();
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Client, TestServer};
+use common::{memory_config, Client, TestServer};
 use linechat::protocol::ErrorCode;
 use linechat::Config;
 use tokio::io::AsyncReadExt;
@@ -24,7 +24,7 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
         max_line: 64,
         // This test errs on purpose, far more than a real client would.
         max_errors: 0,
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut c = server.client().await;
@@ -97,7 +97,7 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
     // A server that is full turns a new connection away with SERVER_FULL and closes it.
     let full = TestServer::start_with(Config {
         max_connections: 1,
-        ..Config::default()
+        ..memory_config()
     })
     .await;
     let _only = full.client().await;
@@ -114,7 +114,7 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
     let strict = TestServer::start_with(Config {
         rate: 1,
         burst: 1,
-        ..Config::default()
+        ..memory_config()
     })
     .await;
     let mut flooder = strict.client().await;
@@ -139,7 +139,7 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
 async fn a_long_line_is_not_buffered_whole_and_the_next_line_works() {
     let config = Config {
         max_line: 100,
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut c = server.login("big").await;
@@ -163,7 +163,7 @@ async fn a_long_line_is_not_buffered_whole_and_the_next_line_works() {
 async fn errors_wait_their_turn_behind_pipelined_says() {
     let config = Config {
         max_line: 16,
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut c = server.login("piper").await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{parse_message, Client, TestServer};
+use common::{memory_config, parse_message, Client, TestServer};
 use linechat::Config;
 
 fn ids(lines: &[String]) -> Vec<u64> {
@@ -42,7 +42,7 @@ async fn join_replays_recent_history_oldest_first() {
     let config = Config {
         history_on_join: 5,
         max_page: 6,
-        ..Config::default()
+        ..memory_config()
     };
     let (server, _talker) = room_with(config, "4", 8).await;
     let mut c = server.login("late").await;
@@ -78,7 +78,7 @@ async fn join_replays_recent_history_oldest_first() {
 async fn join_since_catches_up_across_pages() {
     let config = Config {
         max_page: 3,
-        ..Config::default()
+        ..memory_config()
     };
     let (server, mut talker) = room_with(config, "r", 10).await;
     let mut c = server.login("back").await;
@@ -107,7 +107,7 @@ async fn join_since_catches_up_across_pages() {
 
 #[tokio::test]
 async fn history_pages_both_ways() {
-    let (server, _talker) = room_with(Config::default(), "r", 25).await;
+    let (server, _talker) = room_with(memory_config(), "r", 25).await;
     // HISTORY needs no nick and no membership.
     let mut c = server.client().await;
     // Backward from the newest.
@@ -141,7 +141,7 @@ async fn history_limit_is_capped_and_memory_is_bounded() {
     let config = Config {
         max_page: 4,
         memory_history: 10,
-        ..Config::default()
+        ..memory_config()
     };
     let (server, _talker) = room_with(config, "r", 15).await;
     let mut c = server.client().await;

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::binary::{linechat, Binary};
-use common::{is_rfc3339_millis, parse_message, Client, TestServer, PATIENCE};
+use common::{is_rfc3339_millis, memory_config, parse_message, pg, Client, TestServer, PATIENCE};
 use linechat::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -102,7 +102,7 @@ async fn a_whole_session_piped_as_netcat_would() {
 async fn a_slow_reader_lags_then_catches_up() {
     let config = Config {
         outbound_limit: 256 * 1024,
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     common::check_lag_and_replay(&server).await;
@@ -117,7 +117,7 @@ async fn a_gap_the_store_no_longer_holds_is_named() {
     let config = Config {
         outbound_limit: 64 * 1024,
         memory_history: 100,
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut talker = server.login("talker").await;
@@ -162,7 +162,7 @@ async fn a_stalled_reader_is_closed() {
     let config = Config {
         stall_timeout: Duration::from_secs(1),
         close_grace: Duration::from_secs(1),
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut talker = server.login("talker").await;
@@ -216,7 +216,7 @@ async fn lines_read_before_a_shutdown_are_answered() {
     const ASKS: usize = 20;
     let config = Config {
         close_grace: Duration::from_secs(60),
-        ..Config::default()
+        ..memory_config()
     };
     let server = TestServer::start_with(config).await;
     let mut talker = server.login("talker").await;
@@ -251,44 +251,142 @@ async fn lines_read_before_a_shutdown_are_answered() {
     stopping.await.unwrap().unwrap();
 }
 
+/// At shutdown every line a client sent is answered exactly once, in order: the `SAY`s in
+/// flight get their `OK SAY` (and are stored), the lines read but not yet done get
+/// `ERR SHUTTING_DOWN` (and are not), then comes `BYE`; every other client gets `BYE` too.
+///
+/// To have `SAY`s in flight when the shutdown comes, whatever the machine's pace, the store
+/// is PostgreSQL and the test holds a lock that keeps the writer's INSERT waiting until the
+/// shutdown has begun.
 #[tokio::test]
 async fn shutdown_says_bye_to_everyone_after_answering_them() {
-    let server = TestServer::start().await;
+    const SAYS: usize = 300;
+    /// `SAY`s a client may have unacknowledged before the server stops reading it
+    /// (PROTOCOL.md, section 9).
+    const MAX_IN_FLIGHT: usize = 256;
+    let config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let server = TestServer::start_with(config).await;
     let mut idle = server.client().await;
     let mut member = server.login("member").await;
     member.join("4").await;
     let mut talker = server.login("talker").await;
     talker.join("4").await;
-    let batch: String = (0..200).map(|i| format!("SAY {i}\n")).collect();
+    member.expect("JOINED 4 talker").await;
+    let first = talker.say("before").await;
+    assert_eq!(parse_message(&member.line().await).id, first);
+
+    // The writer's next INSERT waits for this lock (SHARE conflicts with the ROW EXCLUSIVE an
+    // INSERT takes; reads are not held up).
+    let db = pg::connect(&url).await;
+    db.batch_execute("BEGIN; LOCK TABLE messages IN SHARE MODE")
+        .await
+        .unwrap();
+    // More SAYs than may be in flight, in one write of about 2.4 KB: one segment on
+    // loopback, taken by the server in one read (of up to 4 KiB), so the server holds every
+    // line from then on. The first SAYs go to the writer and wait; the rest wait unread.
+    let batch: String = (0..SAYS).map(|i| format!("SAY {i}\n")).collect();
+    assert!(batch.len() < 4096);
     talker.send_raw(batch.as_bytes()).await;
-    talker.expect_prefix("OK SAY 1 ").await;
-
-    server.stop().await.unwrap();
-
-    for c in [&mut idle, &mut member] {
-        let mut rest = Vec::new();
-        while let Some(line) = c.try_line().await {
-            rest.push(line);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
         }
-        assert_eq!(
-            rest.last().map(String::as_str),
-            Some("BYE server shutting down"),
-            "{rest:?}"
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer's INSERT never waited for the lock"
         );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Every SAY the server answered before BYE is an OK, in order.
-    let mut next = 2;
+
+    let stopping = tokio::spawn(server.stop());
+    // The shutdown has begun (every session is told at once): now let the writer go on.
+    idle.expect("BYE server shutting down").await;
+    assert_eq!(idle.try_line().await, None);
+    db.batch_execute("ROLLBACK").await.unwrap();
+    stopping.await.unwrap().unwrap();
+
+    // The talker: OK SAY for the ones in flight, in order, then ERR SHUTTING_DOWN for the
+    // rest, then BYE; one answer per line, nothing left out.
     let mut rest = Vec::new();
     while let Some(line) = talker.try_line().await {
         rest.push(line);
     }
-    assert_eq!(rest.pop().as_deref(), Some("BYE server shutting down"));
-    for line in rest
+    assert_eq!(
+        rest.pop().as_deref(),
+        Some("BYE server shutting down"),
+        "{rest:?}"
+    );
+    let mut acked: Vec<u64> = Vec::new();
+    let mut refused = 0;
+    for line in rest.iter().filter(|l| *l != "LEFT 4 member") {
+        if line.starts_with("ERR SHUTTING_DOWN ") {
+            refused += 1;
+            continue;
+        }
+        assert_eq!(refused, 0, "no OK after a refusal: {line}");
+        let ok = line
+            .strip_prefix("OK SAY ")
+            .unwrap_or_else(|| panic!("an answer to a SAY: {line}"));
+        let id: u64 = ok.split(' ').next().unwrap().parse().unwrap();
+        assert!(id > acked.last().copied().unwrap_or(first), "{line}");
+        acked.push(id);
+    }
+    eprintln!("shutdown: {} acked, {refused} refused", acked.len());
+    assert_eq!(
+        acked.len() + refused,
+        SAYS,
+        "every line answered once: {} acked, {refused} refused",
+        acked.len()
+    );
+    assert!(!acked.is_empty(), "the SAYs in flight were acked");
+    assert!(
+        refused >= SAYS - MAX_IN_FLIGHT,
+        "the lines read but not done were refused: {} acked, {refused} refused",
+        acked.len()
+    );
+
+    // Stored: exactly the acked ones, the first `acked.len()` lines said.
+    let stored: Vec<(u64, String)> = db
+        .query(
+            "SELECT id, body FROM messages WHERE id > $1 ORDER BY id",
+            &[&(first as i64)],
+        )
+        .await
+        .unwrap()
         .iter()
-        .filter(|l| !l.starts_with("JOINED") && !l.starts_with("LEFT"))
-    {
-        assert!(line.starts_with(&format!("OK SAY {next} ")), "{line}");
-        next += 1;
+        .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+        .collect();
+    let said: Vec<(u64, String)> = acked
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i.to_string()))
+        .collect();
+    assert_eq!(stored, said, "history holds exactly the acked messages");
+
+    // The member got BYE last, and never a message that was not acked.
+    let mut rest = Vec::new();
+    while let Some(line) = member.try_line().await {
+        rest.push(line);
+    }
+    assert_eq!(
+        rest.pop().as_deref(),
+        Some("BYE server shutting down"),
+        "{rest:?}"
+    );
+    for line in rest.iter().filter(|l| *l != "LEFT 4 talker") {
+        let m = parse_message(line);
+        assert!(acked.contains(&m.id), "{line}");
     }
 }
 

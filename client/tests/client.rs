@@ -14,10 +14,22 @@ const CLIENT: &str = env!("CARGO_BIN_EXE_linechat-client");
 /// Guards against hangs only; nothing asserts on time.
 const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The server configuration these tests start from: the memory store and no flood limit,
+/// spelled out rather than taken from `Config::default()` (which is meant to follow the server
+/// binary's defaults, PostgreSQL and `--rate 20`). A test about the flood limit sets it.
+fn memory_config() -> linechat::Config {
+    linechat::Config {
+        store: linechat::StoreKind::Memory,
+        rate: 0,
+        ..linechat::Config::default()
+    }
+}
+
+/// A server on `memory_config()`, on a free port.
 async fn server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = linechat::server::Server::start(linechat::Config::default())
+    let server = linechat::server::Server::start(memory_config())
         .await
         .unwrap();
     tokio::spawn(server.serve(listener, std::future::pending()));
@@ -144,7 +156,7 @@ async fn piping_more_than_the_flood_limit_is_paced_not_refused() {
     let config = linechat::Config {
         rate: 20,
         burst: 40,
-        ..linechat::Config::default()
+        ..memory_config()
     };
     let server = linechat::server::Server::start(config).await.unwrap();
     tokio::spawn(server.serve(listener, std::future::pending()));

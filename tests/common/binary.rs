@@ -101,6 +101,14 @@ impl Binary {
         }
     }
 
+    /// How many files the server has open: its listener, its runtime's, and one socket for
+    /// each connection it holds (the store's too, with PostgreSQL).
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
     /// The server's resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod logs;
 pub mod pg;
 
 use std::net::SocketAddr;
@@ -17,6 +18,18 @@ use tokio::task::JoinHandle;
 /// Guards against hangs only; no test asserts on time.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The configuration every test starts from: the memory store and no flood limit (tests
+/// pipeline thousands of lines). Spelled out rather than taken from `Config::default()`, which
+/// is meant to follow the server binary's defaults (PostgreSQL, `--rate 20`): a test sets the
+/// store and the limits it is about itself, on top of this.
+pub fn memory_config() -> Config {
+    Config {
+        store: linechat::StoreKind::Memory,
+        rate: 0,
+        ..Config::default()
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -25,7 +38,7 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        TestServer::start_with(Config::default()).await
+        TestServer::start_with(memory_config()).await
     }
 
     pub async fn start_with(config: Config) -> TestServer {
@@ -133,6 +146,17 @@ impl Client {
             .await
             .expect("a line within the patience window")
             .expect("read")
+    }
+
+    /// The next line, which must be a reply (`OK ...` or `ERR ...`): for a command whose
+    /// answer is awaited while nothing else (room traffic, presence) can arrive.
+    pub async fn reply(&mut self) -> String {
+        let line = self.line().await;
+        assert!(
+            line.starts_with("OK ") || line.starts_with("ERR "),
+            "wanted a reply, got {line:?}"
+        );
+        line
     }
 
     /// Reads one line and checks it equals `want`.

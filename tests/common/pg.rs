@@ -84,12 +84,12 @@ pub async fn fresh_database() -> String {
     cluster.url(&name)
 }
 
-/// A server config on a fresh database.
+/// A server config on a fresh database ([`super::memory_config`]'s other settings).
 pub async fn config() -> Config {
     Config {
         store: StoreKind::Postgres,
         database_url: Some(fresh_database().await),
-        ..Config::default()
+        ..super::memory_config()
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::binary::{linechat, Binary};
 use common::logs::Logs;
 use common::{memory_config, parse_message, pg, Client, Message, TestServer, PATIENCE};
-use linechat::store::cluster::LocalCluster;
+use linechat::managed_postgres::ManagedPostgres;
 use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
 use linechat::Config;
 
@@ -614,7 +614,7 @@ async fn db_bulk(url: &str, room: &str, n: i32) {
 
 /// A private PostgreSQL cluster under `dir` that a test may stop and restart, and a server
 /// on it with `config`'s other settings.
-async fn server_on_own_cluster(dir: &Path, config: Config) -> (TestServer, LocalCluster) {
+async fn server_on_own_cluster(dir: &Path, config: Config) -> (TestServer, ManagedPostgres) {
     let cluster = tokio::task::spawn_blocking({
         let dir = dir.to_path_buf();
         move || pg::start_cluster(&dir)
@@ -634,7 +634,7 @@ async fn server_on_own_cluster(dir: &Path, config: Config) -> (TestServer, Local
 }
 
 /// Stops the cluster (fast shutdown), as an outage.
-async fn stop_cluster(cluster: LocalCluster) {
+async fn stop_cluster(cluster: ManagedPostgres) {
     tokio::task::spawn_blocking(move || {
         let mut c = cluster.command("pg_ctl");
         c.args(["stop", "-m", "fast", "-D"]).arg(cluster.pgdata());

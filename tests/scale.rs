@@ -35,18 +35,7 @@ const MAX_BYTES_PER_CONNECTION: f64 = 8.0 * 1024.0;
 
 /// Raises this process's soft open-file limit to the hard one; returns the soft limit.
 fn raise_open_file_limit() -> u64 {
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur
-    }
+    rlimit::increase_nofile_limit(u64::MAX).expect("the open-file limit can be read and set")
 }
 
 /// The real binary, memory store, no flood control and no connection cap, on a free port.

@@ -6,11 +6,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use linechat::store::cluster::{LocalCluster, Search};
+use linechat::managed_postgres::{ManagedPostgres, Search};
 use linechat::{Config, StoreKind};
 
 struct Shared {
-    cluster: LocalCluster,
+    cluster: ManagedPostgres,
 }
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
@@ -31,7 +31,7 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// Stops a data dir's cluster and removes the dir once this test process is gone, however it
 /// ends. The watchdog is meant to outlive us, so it is never waited for.
 #[allow(clippy::zombie_processes)]
-fn watchdog(cluster: &LocalCluster, dir: &Path) {
+fn watchdog(cluster: &ManagedPostgres, dir: &Path) {
     let mut stop = cluster.command("pg_ctl");
     stop.arg("stop")
         .arg("-m")
@@ -55,14 +55,14 @@ fn watchdog(cluster: &LocalCluster, dir: &Path) {
 }
 
 /// Starts a cluster in `dir` that is stopped when this test process exits.
-pub fn start_cluster(dir: &Path) -> LocalCluster {
-    let cluster = LocalCluster::start(dir, &Search::from_env(None))
+pub fn start_cluster(dir: &Path) -> ManagedPostgres {
+    let cluster = ManagedPostgres::start(dir, &Search::from_env(None))
         .expect("PostgreSQL for the tests (install the postgresql package)");
     watchdog(&cluster, dir);
     cluster
 }
 
-fn shared() -> &'static LocalCluster {
+fn shared() -> &'static ManagedPostgres {
     &SHARED
         .get_or_init(|| Shared {
             cluster: start_cluster(&temp_dir("tests")),

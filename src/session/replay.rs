@@ -66,22 +66,26 @@ pub(super) struct ForwardReplay {
 }
 
 enum Purpose {
-    /// `JOIN <room> SINCE <since>`: `HIST` lines, then `OK JOIN`.
-    Join {
-        since: MessageId,
-        /// The room's newest id before the first page: a safe place to start live from if
-        /// `since` is beyond the room's end (every later message reaches us live).
-        newest_before: MessageId,
-        replayed: usize,
-        /// False for a re-join: a refusal must not take the member out of the room.
-        newly_joined: bool,
-    },
-    /// A lag's catch-up, room after room: `LAGGED` once the store answered, `MISSED` for
-    /// ids the store let go, then the gap as `MSG` lines.
-    CatchUp {
-        announced: bool,
-        rooms_left: std::vec::IntoIter<Arc<str>>,
-    },
+    Join(JoinReplay),
+    CatchUp(CatchUp),
+}
+
+/// `JOIN <room> SINCE <since>`: `HIST` lines, then `OK JOIN`.
+struct JoinReplay {
+    since: MessageId,
+    /// The room's newest id before the first page: a safe place to start live from if
+    /// `since` is beyond the room's end (every later message reaches us live).
+    newest_before: MessageId,
+    replayed: usize,
+    /// False for a re-join: a refusal must not take the member out of the room.
+    newly_joined: bool,
+}
+
+/// A lag's catch-up, room after room: `LAGGED` once the store answered, `MISSED` for ids
+/// the store let go, then the gap as `MSG` lines.
+struct CatchUp {
+    announced: bool,
+    rooms_left: std::vec::IntoIter<Arc<str>>,
 }
 
 impl Session {
@@ -109,12 +113,12 @@ impl Session {
                 match store.latest_id(&room).await {
                     Ok(newest_before) => {
                         let pager = ForwardPager::new(room, since, max_page);
-                        let purpose = Purpose::Join {
+                        let purpose = Purpose::Join(JoinReplay {
                             since,
                             newest_before,
                             replayed: 0,
                             newly_joined,
-                        };
+                        });
                         self.forward = Some(Box::new(ForwardReplay { pager, purpose }));
                     }
                     Err(e) => self.refuse_join(&room, newly_joined, &e),
@@ -168,8 +172,8 @@ impl Session {
     /// The room a forward replay is joining, if it is a `JOIN`'s.
     pub(super) fn room_being_joined(&self) -> Option<&Arc<str>> {
         match &self.forward.as_deref()?.purpose {
-            Purpose::Join { .. } => Some(&self.forward.as_deref()?.pager.room),
-            Purpose::CatchUp { .. } => None,
+            Purpose::Join(_) => Some(&self.forward.as_deref()?.pager.room),
+            Purpose::CatchUp(_) => None,
         }
     }
 
@@ -178,9 +182,10 @@ impl Session {
         let Some(mut forward) = self.forward.take() else {
             return;
         };
-        let done = match forward.purpose {
-            Purpose::Join { .. } => self.join_page(&mut forward).await,
-            Purpose::CatchUp { .. } => self.catch_up_page(&mut forward).await,
+        let ForwardReplay { pager, purpose } = &mut *forward;
+        let done = match purpose {
+            Purpose::Join(join) => self.join_page(pager, join).await,
+            Purpose::CatchUp(catch_up) => self.catch_up_page(pager, catch_up).await,
         };
         if !done {
             self.forward = Some(forward);
@@ -193,24 +198,20 @@ impl Session {
         let Some(forward) = self.forward.take() else {
             return;
         };
-        if let Purpose::Join { replayed, .. } = forward.purpose {
+        if let Purpose::Join(JoinReplay { replayed, .. }) = forward.purpose {
             let ForwardPager { room, cursor, .. } = forward.pager;
             self.answer_join(room, replayed, cursor);
         }
     }
 
     /// One page of `JOIN ... SINCE`. True when the join is answered.
-    async fn join_page(&mut self, forward: &mut ForwardReplay) -> bool {
-        let Purpose::Join {
+    async fn join_page(&mut self, pager: &mut ForwardPager, join: &mut JoinReplay) -> bool {
+        let JoinReplay {
             since,
             newest_before,
             replayed,
             newly_joined,
-        } = &mut forward.purpose
-        else {
-            unreachable!("a join's page");
-        };
-        let pager = &mut forward.pager;
+        } = join;
         let messages = match pager.read(&*self.hub.store).await {
             Ok(messages) => messages,
             Err(e) => {
@@ -251,10 +252,10 @@ impl Session {
         self.settle_acks().await;
         let mut rooms_left = rooms.into_iter();
         if let Some(pager) = self.next_room_to_catch_up(&mut rooms_left) {
-            let purpose = Purpose::CatchUp {
+            let purpose = Purpose::CatchUp(CatchUp {
                 announced: false,
                 rooms_left,
-            };
+            });
             self.forward = Some(Box::new(ForwardReplay { pager, purpose }));
         }
     }
@@ -273,16 +274,12 @@ impl Session {
 
     /// One page of a catch-up. True when every room is caught up, or the store refused (the
     /// rest is then retried later).
-    async fn catch_up_page(&mut self, forward: &mut ForwardReplay) -> bool {
+    async fn catch_up_page(&mut self, pager: &mut ForwardPager, catch_up: &mut CatchUp) -> bool {
         let store = self.hub.store.clone();
-        let Purpose::CatchUp {
+        let CatchUp {
             announced,
             rooms_left,
-        } = &mut forward.purpose
-        else {
-            unreachable!("a catch-up's page");
-        };
-        let pager = &mut forward.pager;
+        } = catch_up;
         let room = pager.room.clone();
         // Read before the page: the store only ever lets go of more.
         let forgotten = store.forgotten_through(&room);
@@ -404,20 +401,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemoryStore, NewMessage};
-
-    async fn room_of(n: usize, capacity: usize) -> MemoryStore {
-        let store = MemoryStore::new(capacity);
-        let batch: Vec<NewMessage> = (1..=n)
-            .map(|i| NewMessage {
-                room: "r".into(),
-                nick: "n".into(),
-                text: format!("m{i}"),
-            })
-            .collect();
-        store.append(&batch).await.unwrap();
-        store
-    }
+    use crate::store::MemoryStore;
 
     /// Pages through everything after `after`; returns the pages' ids.
     async fn pages(store: &MemoryStore, after: MessageId, limit: usize) -> Vec<Vec<MessageId>> {
@@ -434,7 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_forward_pager_reads_everything_once_and_stops_at_a_short_page() {
-        let store = room_of(7, 100).await;
+        let store = MemoryStore::filled("r", 7, 100).await;
         assert_eq!(
             pages(&store, 0, 3).await,
             vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
@@ -449,7 +433,7 @@ mod tests {
 
     #[tokio::test]
     async fn skipping_moves_the_cursor_only_forward() {
-        let store = room_of(10, 4).await; // keeps 7..=10
+        let store = MemoryStore::filled("r", 10, 4).await; // keeps 7..=10
         let mut pager = ForwardPager::new("r".into(), 2, 10);
         pager.skip_to(6);
         pager.skip_to(1);

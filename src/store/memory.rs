@@ -119,23 +119,25 @@ impl HistoryStore for MemoryStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-
-    async fn filled(n: usize, capacity: usize) -> MemoryStore {
+impl MemoryStore {
+    /// A store keeping `capacity` a room, with `n` messages said in `room` (`m1`, `m2`...).
+    pub(crate) async fn filled(room: &str, n: usize, capacity: usize) -> MemoryStore {
         let store = MemoryStore::new(capacity);
         let batch: Vec<NewMessage> = (1..=n)
             .map(|i| NewMessage {
-                room: Arc::from("r"),
-                nick: Arc::from("n"),
+                room: room.into(),
+                nick: "n".into(),
                 text: format!("m{i}"),
             })
             .collect();
         store.append(&batch).await.unwrap();
         store
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     async fn ids(store: &MemoryStore, page: Page) -> Vec<MessageId> {
         store
@@ -149,7 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn pages_both_ways() {
-        let s = filled(10, 100).await;
+        let s = MemoryStore::filled("r", 10, 100).await;
         let newest = |before, limit| Page::Newest { before, limit };
         let oldest = |after, before, limit| Page::Oldest {
             after,
@@ -169,7 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_per_room_and_ids_keep_counting() {
-        let s = filled(10, 4).await;
+        let s = MemoryStore::filled("r", 10, 4).await;
         assert_eq!(
             ids(
                 &s,
@@ -183,6 +185,9 @@ mod tests {
         );
         assert_eq!(s.latest_id("r").await.unwrap(), 10);
         assert_eq!(s.forgotten_through("r"), 6);
-        assert_eq!(filled(3, 4).await.forgotten_through("r"), 0);
+        assert_eq!(
+            MemoryStore::filled("r", 3, 4).await.forgotten_through("r"),
+            0
+        );
     }
 }

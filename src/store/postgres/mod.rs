@@ -18,36 +18,12 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 use super::{HistoryStore, NewMessage, Page, StoreError, StoredMessage};
 use crate::protocol::MessageId;
 
-/// The schema, as numbered migrations (see the file's header).
-pub const SCHEMA: &str = include_str!("../../schema.sql");
+mod pool;
+mod schema;
 
-/// Key for the advisory lock that serialises migrations between servers.
-const MIGRATION_LOCK: i64 = 0x6c69_6e65_6368_6174; // "linechat"
-
-/// Stores a batch: one statement, so one implicit transaction and one round trip. Rows are
-/// inserted in array order (WITH ORDINALITY ... ORDER BY), so ids follow the batch; each row
-/// comes back with what it was stored with, so that this is checked, not assumed.
-pub const INSERT_MESSAGES: &str = "INSERT INTO messages (room_id, user_id, body) \
-     SELECT r, u, b FROM unnest($1::bigint[], $2::bigint[], $3::text[]) \
-     WITH ORDINALITY AS batch(r, u, b, n) ORDER BY n \
-     RETURNING id, created_at, room_id, user_id";
-/// The newest `$3` messages of room `$1` with id < `$2`, newest first.
-pub const PAGE_NEWEST: &str = "SELECT m.id, m.created_at, u.name, m.body \
-     FROM messages m JOIN users u ON u.id = m.user_id \
-     WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1) AND m.id < $2 \
-     ORDER BY m.id DESC LIMIT $3";
-/// The oldest `$4` messages of room `$1` with `$2` < id < `$3`, oldest first.
-pub const PAGE_OLDEST: &str = "SELECT m.id, m.created_at, u.name, m.body \
-     FROM messages m JOIN users u ON u.id = m.user_id \
-     WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1) AND m.id > $2 AND m.id < $3 \
-     ORDER BY m.id LIMIT $4";
-/// The newest id in room `$1` (0 if none).
-pub const LATEST_ID: &str = "SELECT coalesce(max(m.id), 0) FROM messages m \
-     WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1)";
-const UPSERT_USER: &str = "INSERT INTO users (name) VALUES ($1) \
-     ON CONFLICT (name) DO UPDATE SET last_seen_at = now() RETURNING id";
-const UPSERT_ROOM: &str = "INSERT INTO rooms (name) VALUES ($1) \
-     ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id";
+use pool::{Busy, LogErrors, PgConnection, PgManager};
+pub use pool::{INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
+pub use schema::{ensure_database, migrate, migrations, SCHEMA};
 
 /// Settings for [`PgStore::connect`].
 #[derive(Debug, Clone)]
@@ -59,101 +35,6 @@ pub struct PgSettings {
     pub timeout: Duration,
     /// How long start-up keeps retrying an unreachable database (zero: forever).
     pub startup_timeout: Duration,
-}
-
-/// The statements every pooled connection has prepared.
-struct Statements {
-    insert_messages: Statement,
-    page_newest: Statement,
-    page_oldest: Statement,
-    latest_id: Statement,
-    upsert_user: Statement,
-    upsert_room: Statement,
-}
-
-/// A pooled connection with its prepared statements.
-pub struct PgConnection {
-    client: Client,
-    statements: Statements,
-    /// Set while an operation runs. If the operation is cancelled (a timeout), the flag stays
-    /// set and the pool discards the connection instead of handing it on mid-query.
-    busy: bool,
-}
-
-/// Marks a connection busy for the life of an operation.
-struct Busy<'a>(&'a mut PgConnection);
-
-impl<'a> Busy<'a> {
-    fn new(conn: &'a mut PgConnection) -> Self {
-        conn.busy = true;
-        Busy(conn)
-    }
-
-    /// The operation completed: the connection is fit for reuse.
-    fn done(self) {
-        self.0.busy = false;
-    }
-}
-
-/// bb8-postgres's manager, plus preparing our statements on every new connection.
-pub struct PgManager {
-    inner: PostgresConnectionManager<NoTls>,
-}
-
-impl ManageConnection for PgManager {
-    type Connection = PgConnection;
-    type Error = tokio_postgres::Error;
-
-    async fn connect(&self) -> Result<PgConnection, tokio_postgres::Error> {
-        let client = self.inner.connect().await?;
-        // The foreign keys of `messages` stay declared and enforced for every other session,
-        // but this server's own inserts skip their per-row checks (two trigger queries per
-        // message, about 70% of PostgreSQL's insert cost): every room and user id it writes
-        // was just returned by an upsert on this database, and rows that messages reference
-        // cannot be deleted (that side of the keys is still checked). Needs a superuser, as
-        // in zero-config mode; elsewhere the checks simply run.
-        if let Err(e) = client
-            .batch_execute("SET session_replication_role = replica")
-            .await
-        {
-            tracing::debug!("foreign-key checks stay on for this server's inserts: {e}");
-        }
-        let statements = Statements {
-            insert_messages: client.prepare(INSERT_MESSAGES).await?,
-            page_newest: client.prepare(PAGE_NEWEST).await?,
-            page_oldest: client.prepare(PAGE_OLDEST).await?,
-            latest_id: client.prepare(LATEST_ID).await?,
-            upsert_user: client.prepare(UPSERT_USER).await?,
-            upsert_room: client.prepare(UPSERT_ROOM).await?,
-        };
-        Ok(PgConnection {
-            client,
-            statements,
-            busy: false,
-        })
-    }
-
-    async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), tokio_postgres::Error> {
-        conn.client.simple_query("").await.map(drop)
-    }
-
-    fn has_broken(&self, conn: &mut PgConnection) -> bool {
-        conn.busy || conn.client.is_closed()
-    }
-}
-
-/// Logs the errors of connections the pool opens in the background.
-#[derive(Debug, Clone, Copy)]
-struct LogErrors;
-
-impl bb8::ErrorSink<tokio_postgres::Error> for LogErrors {
-    fn sink(&self, e: tokio_postgres::Error) {
-        tracing::warn!("PostgreSQL connection failed: {e}");
-    }
-
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
-        Box::new(*self)
-    }
 }
 
 /// History in PostgreSQL.
@@ -526,94 +407,6 @@ impl HistoryStore for PgStore {
     }
 }
 
-/// Brings the schema up to date: applies each `-- migration N` section of schema.sql newer
-/// than the recorded version, in one transaction, under an advisory lock so that two servers
-/// starting together do not race.
-pub async fn migrate(client: &Client) -> Result<(), StoreError> {
-    let run = async {
-        // Quiet the "already exists, skipping" notices of an up-to-date database.
-        client
-            .batch_execute("BEGIN; SET LOCAL client_min_messages = warning")
-            .await?;
-        client
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS schema_version (
-                     version    integer PRIMARY KEY,
-                     applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await?;
-        let row = client
-            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
-            .await?;
-        let current: i32 = row.get(0);
-        for (version, sql) in migrations() {
-            if version > current {
-                tracing::info!(version, "applying schema migration");
-                client.batch_execute(&sql).await?;
-                client
-                    .execute(
-                        "INSERT INTO schema_version (version) VALUES ($1)",
-                        &[&version],
-                    )
-                    .await?;
-            }
-        }
-        client.batch_execute("COMMIT").await
-    };
-    match run.await {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(unavailable(format!("schema migration failed: {e}")))
-        }
-    }
-}
-
-/// The numbered sections of schema.sql, in order: each starts at a line `-- migration N`.
-pub fn migrations() -> Vec<(i32, String)> {
-    let mut out: Vec<(i32, String)> = Vec::new();
-    for line in SCHEMA.lines() {
-        let header = line
-            .strip_prefix("-- migration ")
-            .and_then(|n| n.trim().parse::<i32>().ok());
-        match (header, out.last_mut()) {
-            (Some(version), _) => out.push((version, String::new())),
-            (None, Some((_, body))) => {
-                body.push_str(line);
-                body.push('\n');
-            }
-            (None, None) => {}
-        }
-    }
-    out
-}
-
-/// Creates database `name` if it does not exist, connecting through `admin` (a config for a
-/// database that exists, such as `postgres`).
-pub async fn ensure_database(admin: &tokio_postgres::Config, name: &str) -> Result<(), StoreError> {
-    let (client, connection) = admin.connect(NoTls).await.map_err(unavailable)?;
-    let driver = tokio::spawn(connection);
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .map_err(unavailable)?
-        .is_some();
-    if !exists {
-        // CREATE DATABASE takes no parameters; the name is a quoted identifier.
-        let ident = format!("\"{}\"", name.replace('"', "\"\""));
-        client
-            .batch_execute(&format!("CREATE DATABASE {ident}"))
-            .await
-            .map_err(unavailable)?;
-    }
-    drop(client);
-    let _ = driver.await;
-    Ok(())
-}
-
 /// A short description of where a config points, without any password.
 pub fn describe(config: &tokio_postgres::Config) -> String {
     let host = config
@@ -627,21 +420,4 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or("(default)");
     format!("{host}:{port}/{db}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What each migration does is checked against a real database in tests/postgres.rs;
-    /// here, only that schema.sql's sections are numbered 1, 2, 3... with none empty.
-    #[test]
-    fn schema_sections_are_numbered_in_order() {
-        let m = migrations();
-        assert!(!m.is_empty());
-        for (i, (version, sql)) in m.iter().enumerate() {
-            assert_eq!(*version, i as i32 + 1);
-            assert!(!sql.trim().is_empty(), "migration {version} is empty");
-        }
-    }
 }

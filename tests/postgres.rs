@@ -653,6 +653,59 @@ async fn restart_cluster(dir: &Path) {
         .unwrap();
 }
 
+/// Dropping a running [`ManagedPostgres`] (as an async server does when start-up fails after
+/// the cluster started) never waits for a process: it only asks the postmaster to shut
+/// down. Proved with the postmaster frozen (SIGSTOP): a drop that waited for it to stop, as
+/// `pg_ctl stop -w` does, could not return; this one does, and the postmaster shuts down
+/// by itself once it runs again.
+#[tokio::test]
+async fn dropping_a_managed_postgres_asks_it_to_stop_without_waiting() {
+    let dir = pg::temp_dir("drop");
+    let _cleanup = pg::DirGuard(dir.clone());
+    let cluster = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || pg::start_cluster(&dir)
+    })
+    .await
+    .unwrap();
+    let pid = cluster
+        .postmaster_pid()
+        .expect("the running postmaster is found");
+    let alive = move || unsafe { libc::kill(pid, 0) } == 0;
+    assert!(alive());
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    // On a thread of its own, so that a drop that waits cannot hang the test (it would wait
+    // for a minute, pg_ctl's limit, which is longer than the patience window).
+    let dropping = std::thread::spawn(move || drop(cluster));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !dropping.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dropped = dropping.is_finished();
+    let frozen_still_alive = alive();
+    signal("-CONT");
+    assert!(dropped, "the drop returned while the postmaster was frozen");
+    assert!(
+        frozen_still_alive,
+        "a frozen postmaster cannot have stopped yet"
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while alive() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the postmaster stops once it runs again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The database stops under a live server: SAY, JOIN and HISTORY get STORE_UNAVAILABLE,
 /// connections stay up, and once the database is back the server recovers by itself with
 /// every acknowledged message in place.

@@ -242,3 +242,18 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary and the library agree on every default: no flag means `Config::default()`.
+    #[test]
+    fn no_flags_means_the_library_defaults() {
+        let from_flags = Cli::try_parse_from(["linechat"]).unwrap().into_config();
+        assert_eq!(
+            format!("{from_flags:?}"),
+            format!("{:?}", Config::default())
+        );
+    }
+}

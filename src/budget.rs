@@ -114,8 +114,9 @@ impl TokenBucket {
     }
 }
 
-/// Refused lines a connection may cause over a sliding minute (a bucket of `max_errors`
-/// tokens refilled at `max_errors` a minute); past it, the connection is closed.
+/// Refused lines a connection may cause: a budget of `max_errors` that refills continuously
+/// at `max_errors` a minute (a token bucket; no clock minute resets it); once it is spent,
+/// the connection is closed.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorBudget(TokenBucket);
 
@@ -192,9 +193,9 @@ mod tests {
         assert!(bucket.try_take(&limit, Millis(300)));
     }
 
-    /// The error window slides: it is not a calendar minute, so no boundary resets it.
+    /// The budget refills continuously: no calendar minute's boundary resets it.
     #[test]
-    fn the_error_budget_slides_over_a_minute() {
+    fn the_error_budget_refills_continuously() {
         let limit = Limit::per_minute(30).unwrap();
         // Start just before what would be a minute boundary on a calendar clock.
         let start = Millis(59_990);

@@ -49,8 +49,8 @@ pub struct Config {
     pub limit_loopback: bool,
     /// How long a connection may go without choosing a name (zero: forever).
     pub login_timeout: Duration,
-    /// Refused lines a minute before the connection is closed (0: unlimited). Counted over a
-    /// sliding minute, not a calendar one.
+    /// Refused lines a connection may cause before it is closed: a budget of this many,
+    /// refilled continuously at this many a minute (0: unlimited).
     pub max_errors: u32,
     /// Lines a second one connection may send, on average (0: unlimited).
     pub rate: u32,

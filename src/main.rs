@@ -108,8 +108,8 @@ struct Cli {
     #[arg(long, env = "LINECHAT_LOGIN_TIMEOUT", default_value_t = DEFAULTS.login_timeout.as_secs())]
     login_timeout: u64,
 
-    /// Refused lines a minute (a sliding minute) before a connection is closed with BYE
-    /// (0: no limit).
+    /// Refused lines a connection may cause before it is closed with BYE: a budget of this
+    /// many, refilled at this many a minute (0: no limit).
     #[arg(long, env = "LINECHAT_MAX_ERRORS", default_value_t = DEFAULTS.max_errors)]
     max_errors: u32,
 

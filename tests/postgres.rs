@@ -653,11 +653,44 @@ async fn restart_cluster(dir: &Path) {
         .unwrap();
 }
 
+/// The process id of the child of `parent` whose command line starts with `title` (a
+/// PostgreSQL auxiliary process, such as `postgres: checkpointer`).
+fn child_process(parent: i32, title: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The parent's id is the second field after the parenthesised command name.
+            let ppid: i32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (ppid == parent && cmdline.starts_with(title.as_bytes())).then_some(pid)
+        })
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to a process.
+fn signal_process(pid: i32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// Dropping a running [`ManagedPostgres`] (as an async server does when start-up fails after
 /// the cluster started) never waits for a process: it only asks the postmaster to shut
 /// down. Proved with the postmaster frozen (SIGSTOP): a drop that waited for it to stop, as
-/// `pg_ctl stop -w` does, could not return; this one does, and the postmaster shuts down
-/// by itself once it runs again.
+/// `pg_ctl stop -w` does, could not return; this one does. And a server started on the
+/// same data directory while that shutdown is still under way (its checkpointer frozen, so
+/// the shutdown cannot finish) waits for it to end and runs a fresh PostgreSQL, rather than
+/// adopt one that is about to be gone.
 #[tokio::test]
 async fn dropping_a_managed_postgres_asks_it_to_stop_without_waiting() {
     let dir = pg::temp_dir("drop");
@@ -671,16 +704,18 @@ async fn dropping_a_managed_postgres_asks_it_to_stop_without_waiting() {
     let pid = cluster
         .postmaster_pid()
         .expect("the running postmaster is found");
+    let checkpointer =
+        child_process(pid, "postgres: checkpointer").expect("the postmaster's checkpointer");
     let alive = move || unsafe { libc::kill(pid, 0) } == 0;
-    assert!(alive());
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    let pid_file = dir.join("pgdata/postmaster.pid");
+    let status = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.lines().nth(7).map(|s| s.trim().to_string()))
     };
-    signal("-STOP");
+    assert_eq!(status().as_deref(), Some("ready"));
+    signal_process(checkpointer, "-STOP");
+    signal_process(pid, "-STOP");
     // On a thread of its own, so that a drop that waits cannot hang the test (it would wait
     // for a minute, pg_ctl's limit, which is longer than the patience window).
     let dropping = std::thread::spawn(move || drop(cluster));
@@ -690,20 +725,51 @@ async fn dropping_a_managed_postgres_asks_it_to_stop_without_waiting() {
     }
     let dropped = dropping.is_finished();
     let frozen_still_alive = alive();
-    signal("-CONT");
+    signal_process(pid, "-CONT");
+    if !dropped {
+        signal_process(checkpointer, "-CONT");
+    }
     assert!(dropped, "the drop returned while the postmaster was frozen");
     assert!(
         frozen_still_alive,
         "a frozen postmaster cannot have stopped yet"
     );
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+
+    // The shutdown begins, and cannot end while the checkpointer is frozen.
+    while status().as_deref() != Some("stopping") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the shutdown begins"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let again = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || pg::start_cluster(&dir)
+    });
+    // Give the new start time to find the old postmaster stopping (if it does not get there
+    // first, the test proves less, but does not fail for that).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal_process(checkpointer, "-CONT");
+    let again = again.await.unwrap();
+    let fresh = again.postmaster_pid().expect("a new postmaster runs");
+    assert_ne!(
+        fresh, pid,
+        "a fresh postmaster, not the one that was stopping"
+    );
+    // (pg_ctl's wait ends when the old postmaster removed its pid file, a moment before the
+    // process is gone.)
     while alive() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the postmaster stops once it runs again"
+            "the old postmaster exits"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let db = pg::connect(&again.url("postgres")).await;
+    db.simple_query("SELECT 1")
+        .await
+        .expect("the new cluster serves");
 }
 
 /// The database stops under a live server: SAY, JOIN and HISTORY get STORE_UNAVAILABLE,

@@ -15,7 +15,7 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 mod programs;
 
@@ -100,6 +100,17 @@ impl ManagedPostgres {
         }
         cluster.write_settings()?;
         let socket = cluster.socket_dir.join(format!(".s.PGSQL.{PORT}"));
+        if cluster.is_stopping() {
+            // Asked to stop by a server that went away (see `Drop`): let it finish, then
+            // start it afresh, rather than adopt a cluster that is about to be gone.
+            tracing::info!(pgdata = %cluster.pgdata.display(), "waiting for PostgreSQL to finish stopping");
+            let mut pg_ctl = cluster.command("pg_ctl");
+            pg_ctl
+                .args(["stop", "-w", "-m", "fast", "-D"])
+                .arg(&cluster.pgdata);
+            // It may be gone by now, and then pg_ctl says so and fails: nothing to wait for.
+            let _ = pg_ctl.output();
+        }
         if cluster.is_running() && socket.exists() {
             tracing::info!(pgdata = %cluster.pgdata.display(), "adopting the running PostgreSQL cluster");
         } else {
@@ -238,6 +249,13 @@ impl ManagedPostgres {
         ours.then_some(pid)
     }
 
+    /// True if the postmaster of this data directory is shutting down: the status line of
+    /// `postmaster.pid` (its eighth) says `stopping`.
+    fn is_stopping(&self) -> bool {
+        fs::read_to_string(self.pgdata.join("postmaster.pid"))
+            .is_ok_and(|text| text.lines().nth(7).is_some_and(|s| s.trim() == "stopping"))
+    }
+
     /// Leaves the cluster running when this value is dropped.
     pub fn detach(mut self) {
         self.stopped = true;
@@ -271,7 +289,8 @@ impl ManagedPostgres {
 impl Drop for ManagedPostgres {
     /// Asks the postmaster for a fast shutdown and returns at once: a drop may happen on an
     /// async runtime's thread, which must never wait for a process. [`stop`](Self::stop)
-    /// is the way that waits.
+    /// is the way that waits. A server started on the data directory meanwhile waits for
+    /// the shutdown to finish (see `start`).
     fn drop(&mut self) {
         if self.stopped {
             return;
@@ -282,6 +301,15 @@ impl Drop for ManagedPostgres {
             unsafe {
                 libc::kill(pid, libc::SIGINT);
             }
+        } else if !Path::new("/proc/self").exists() {
+            // No /proc to check the process id against (not Linux): pg_ctl, which checks it
+            // its own way, sends the signal from a thread of its own.
+            let mut pg_ctl = self.command("pg_ctl");
+            pg_ctl
+                .args(["stop", "-W", "-m", "fast", "-D"])
+                .arg(&self.pgdata);
+            pg_ctl.stdout(Stdio::null()).stderr(Stdio::null());
+            std::thread::spawn(move || pg_ctl.status());
         }
     }
 }

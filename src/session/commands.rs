@@ -85,7 +85,8 @@ impl Session {
         }
     }
 
-    /// Sends `ERR`, counting it: past `--max-errors` a minute the connection is closed.
+    /// Sends `ERR`, counting it: past its error budget (`--max-errors`, refilled
+    /// at that many a minute) the connection is closed.
     fn refuse(&mut self, e: ProtocolError) {
         if let Some(limit) = &self.hub.error_limit {
             let now = Millis::now();

@@ -81,6 +81,19 @@ struct JoinReplay {
     newly_joined: bool,
 }
 
+impl JoinReplay {
+    /// The id `OK JOIN` names when the replay has read up to `cursor`: the last id replayed;
+    /// or, if nothing was, `since`, unless that is beyond the room's end (a reset store):
+    /// then the real end, rather than hide the messages up to `since`.
+    fn through(&self, cursor: MessageId) -> MessageId {
+        if cursor > self.since {
+            cursor
+        } else {
+            self.since.min(self.newest_before)
+        }
+    }
+}
+
 /// A lag's catch-up, room after room: `LAGGED` once the store answered, `MISSED` for ids
 /// the store let go, then the gap as `MSG` lines.
 struct CatchUp {
@@ -198,44 +211,27 @@ impl Session {
         let Some(forward) = self.forward.take() else {
             return;
         };
-        if let Purpose::Join(JoinReplay { replayed, .. }) = forward.purpose {
-            let ForwardPager { room, cursor, .. } = forward.pager;
-            self.answer_join(room, replayed, cursor);
+        if let Purpose::Join(join) = &forward.purpose {
+            let through = join.through(forward.pager.cursor);
+            self.answer_join(forward.pager.room.clone(), join.replayed, through);
         }
     }
 
     /// One page of `JOIN ... SINCE`. True when the join is answered.
     async fn join_page(&mut self, pager: &mut ForwardPager, join: &mut JoinReplay) -> bool {
-        let JoinReplay {
-            since,
-            newest_before,
-            replayed,
-            newly_joined,
-        } = join;
         let messages = match pager.read(&*self.hub.store).await {
             Ok(messages) => messages,
             Err(e) => {
-                self.refuse_join(&pager.room, *newly_joined, &e);
+                self.refuse_join(&pager.room, join.newly_joined, &e);
                 return true;
             }
         };
         self.push_stored(&pager.room, &messages);
-        *replayed += messages.len();
-        let cursor_before = pager.cursor;
+        join.replayed += messages.len();
         let last_page = pager.advance(&messages);
-        if messages.is_empty() {
-            // Caught up. If `since` is beyond the room's end (a reset store), start live from
-            // the real end rather than hide messages up to `since`.
-            let through = if cursor_before > *since {
-                cursor_before
-            } else {
-                (*since).min(*newest_before)
-            };
-            self.answer_join(pager.room.clone(), *replayed, through);
-            return true;
-        }
         if last_page {
-            self.answer_join(pager.room.clone(), *replayed, pager.cursor);
+            let through = join.through(pager.cursor);
+            self.answer_join(pager.room.clone(), join.replayed, through);
         }
         last_page
     }
@@ -429,6 +425,23 @@ mod tests {
             "a full last page needs one more, empty, read"
         );
         assert_eq!(pages(&store, 7, 5).await, vec![Vec::<MessageId>::new()]);
+    }
+
+    #[test]
+    fn a_join_since_names_what_it_replayed_or_the_rooms_real_end() {
+        let join = |since, newest_before| JoinReplay {
+            since,
+            newest_before,
+            replayed: 0,
+            newly_joined: true,
+        };
+        assert_eq!(join(5, 20).through(12), 12, "replayed up to 12");
+        assert_eq!(join(5, 20).through(5), 5, "nothing newer than 5");
+        assert_eq!(
+            join(5000, 7).through(5000),
+            7,
+            "a reset room: live from its real end"
+        );
     }
 
     #[tokio::test]

@@ -318,15 +318,7 @@ async fn shutdown_says_bye_to_everyone_after_answering_them() {
 
     // The talker: OK SAY for the ones in flight, in order, then ERR SHUTTING_DOWN for the
     // rest, then BYE; one answer per line, nothing left out.
-    let mut rest = Vec::new();
-    while let Some(line) = talker.try_line().await {
-        rest.push(line);
-    }
-    assert_eq!(
-        rest.pop().as_deref(),
-        Some("BYE server shutting down"),
-        "{rest:?}"
-    );
+    let rest = talker.until_closed_after("BYE server shutting down").await;
     let mut acked: Vec<u64> = Vec::new();
     let mut refused = 0;
     for line in rest.iter().filter(|l| *l != "LEFT 4 member") {
@@ -375,15 +367,7 @@ async fn shutdown_says_bye_to_everyone_after_answering_them() {
     assert_eq!(stored, said, "history holds exactly the acked messages");
 
     // The member got BYE last, and never a message that was not acked.
-    let mut rest = Vec::new();
-    while let Some(line) = member.try_line().await {
-        rest.push(line);
-    }
-    assert_eq!(
-        rest.pop().as_deref(),
-        Some("BYE server shutting down"),
-        "{rest:?}"
-    );
+    let rest = member.until_closed_after("BYE server shutting down").await;
     for line in rest.iter().filter(|l| *l != "LEFT 4 talker") {
         let m = parse_message(line);
         assert!(acked.contains(&m.id), "{line}");

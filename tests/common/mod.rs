@@ -148,6 +148,17 @@ impl Client {
             .expect("read")
     }
 
+    /// Reads to the end of the stream; checks that the last line is `last` (a `BYE`) and
+    /// returns the lines before it.
+    pub async fn until_closed_after(&mut self, last: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.try_line().await {
+            lines.push(line);
+        }
+        assert_eq!(lines.pop().as_deref(), Some(last), "{lines:?}");
+        lines
+    }
+
     /// The next line, which must be a reply (`OK ...` or `ERR ...`): for a command whose
     /// answer is awaited while nothing else (room traffic, presence) can arrive.
     pub async fn reply(&mut self) -> String {

@@ -116,7 +116,7 @@ impl LineWriter {
 
     /// Bytes queued and not yet written.
     pub fn pending(&self) -> usize {
-        self.queue.bytes
+        self.queue.bytes()
     }
 
     pub fn has_pending(&self) -> bool {

@@ -97,7 +97,13 @@ impl Rooms {
 
     /// Removes a member and tells the others (`LEFT`). Returns false if it was not there.
     pub fn leave(&self, room: &str, conn: ConnId) -> bool {
-        let Some(entry) = self.get(room) else {
+        let found = {
+            let rooms = self.rooms.lock().expect("rooms lock");
+            rooms
+                .get_key_value(room)
+                .map(|(n, r)| (n.clone(), r.clone()))
+        };
+        let Some((name, entry)) = found else {
             return false;
         };
         let mut members = entry.members.lock().expect("room lock");
@@ -105,7 +111,6 @@ impl Rooms {
             return false;
         };
         entry.count.store(members.by_conn.len(), Ordering::Relaxed);
-        let name: Arc<str> = room.into();
         members.tell_others(conn, &name, protocol::line(&["LEFT", room, &gone.nick]));
         if members.by_conn.is_empty() {
             members.closed = true;

@@ -52,14 +52,10 @@ impl Server {
                     Some(url) => tokio_postgres::Config::from_str(url)
                         .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
                     None => {
+                        // On an error from here on, dropping `local` asks it to stop.
                         let local = start_cluster(&config).await?;
                         let database = managed_postgres::DATABASE;
-                        let created =
-                            postgres::ensure_database(&local.pg_config("postgres"), database).await;
-                        if let Err(e) = created {
-                            stop_cluster(local).await;
-                            return Err(e.into());
-                        }
+                        postgres::ensure_database(&local.pg_config("postgres"), database).await?;
                         let pg_config = local.pg_config(database);
                         cluster = Some(local);
                         pg_config
@@ -72,16 +68,8 @@ impl Server {
                     timeout: config.db_timeout,
                     startup_timeout: config.db_startup_timeout,
                 })
-                .await;
-                match store {
-                    Ok(store) => Arc::new(store),
-                    Err(e) => {
-                        if let Some(local) = cluster {
-                            stop_cluster(local).await;
-                        }
-                        return Err(e.into());
-                    }
-                }
+                .await?;
+                Arc::new(store)
             }
         };
         let (hub, writer_task) = Hub::start(config, store);

@@ -303,16 +303,15 @@ impl Session {
             return;
         };
         self.end_forward_replay();
-        match end {
-            End::TooSlow => self.writer.drop_unstarted(),
-            // Answer what was said before, then refuse the lines already read.
-            End::Shutdown => {
-                self.settle_acks().await;
-                self.refuse_unread();
-            }
-            _ => {}
+        if let End::TooSlow = end {
+            // What the client has not begun to take goes; owed acks still come.
+            self.writer.drop_unstarted();
         }
         self.settle_acks().await;
+        if let End::Shutdown = end {
+            // After answering what was said before, refuse the lines already read.
+            self.refuse_unread();
+        }
         // Leave first, so the rooms stop queueing for us while the last lines drain.
         self.leave_everything();
         self.writer.push(protocol::line(&["BYE", reason]));

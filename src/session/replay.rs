@@ -184,10 +184,8 @@ impl Session {
 
     /// The room a forward replay is joining, if it is a `JOIN`'s.
     pub(super) fn room_being_joined(&self) -> Option<&Arc<str>> {
-        match &self.forward.as_deref()?.purpose {
-            Purpose::Join(_) => Some(&self.forward.as_deref()?.pager.room),
-            Purpose::CatchUp(_) => None,
-        }
+        let forward = self.forward.as_deref()?;
+        matches!(forward.purpose, Purpose::Join(_)).then_some(&forward.pager.room)
     }
 
     /// Writes the next page of the forward replay in progress, and ends it after the last.

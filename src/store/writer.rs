@@ -52,14 +52,6 @@ impl<'a, T> StoredBatch<'a, T> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (&'a NewMessage, &'a StoredMessage, &'a T)> {
         self.messages
             .iter()

@@ -113,12 +113,13 @@ struct Cli {
     #[arg(long, env = "LINECHAT_MAX_ERRORS", default_value_t = DEFAULTS.max_errors)]
     max_errors: u32,
 
-    /// Lines a second one connection may send on average; more get ERR RATE_LIMITED and
-    /// are not done (0: no limit, as for benchmarks).
+    /// Lines a second one connection may send on average; a faster sender is read more
+    /// slowly (nothing is refused: its lines wait in its socket) (0: no limit, as for
+    /// benchmarks).
     #[arg(long, env = "LINECHAT_RATE", default_value_t = DEFAULTS.rate)]
     rate: u32,
 
-    /// Lines one connection may send at once above --rate.
+    /// Lines one connection may send at once before --rate applies.
     #[arg(long, env = "LINECHAT_BURST", default_value_t = DEFAULTS.burst)]
     burst: u32,
 }

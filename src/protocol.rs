@@ -88,7 +88,6 @@ error_codes! {
     BadUtf8 => "BAD_UTF8",
     StoreUnavailable => "STORE_UNAVAILABLE",
     ServerFull => "SERVER_FULL",
-    RateLimited => "RATE_LIMITED",
     ShuttingDown => "SHUTTING_DOWN",
 }
 
@@ -473,6 +472,7 @@ pub const HELP: &[&str] = &[
     "WHO [room]               list a room's members",
     "ROOMS                    list rooms with members",
     "PING [token]             the server answers PONG [token]",
+    "HELP                     this list",
     "QUIT [reason]            the server answers BYE and closes",
 ];
 
@@ -494,6 +494,10 @@ mod tests {
         ("SAY    ", ErrorCode::MissingArgument),
         ("SAY a\u{0}b", ErrorCode::BadText),
         ("SAY a\rb", ErrorCode::BadText),
+        // Only spaces make a line blank, and only spaces come before the command word.
+        ("\t", ErrorCode::UnknownCommand),
+        (" \t ", ErrorCode::UnknownCommand),
+        ("\tPING", ErrorCode::UnknownCommand),
         ("JOIN", ErrorCode::MissingArgument),
         ("JOIN 4 LAST", ErrorCode::MissingArgument),
         ("JOIN 4 LAST x", ErrorCode::BadArgument),
@@ -531,6 +535,7 @@ mod tests {
         assert_eq!(ok("  NiCk   alice  "), Command::Nick("alice".into()));
         assert_eq!(parse("").unwrap(), None);
         assert_eq!(parse("   ").unwrap(), None);
+        assert_eq!(ok("   PING \t tok \t"), Command::Ping(Some("tok".into())));
     }
 
     #[test]

@@ -212,8 +212,10 @@ async fn small_commands() {
     c.send("HELP").await;
     let (help, _) = c.until("OK HELP").await;
     assert!(help.iter().all(|l| l.starts_with("HELP ")));
+    // One line per command, as PROTOCOL.md says.
+    assert_eq!(help.len(), 10, "{help:?}");
     for verb in [
-        "NICK", "JOIN", "SAY", "HISTORY", "PART", "WHO", "ROOMS", "PING", "QUIT",
+        "NICK", "JOIN", "SAY", "HISTORY", "PART", "WHO", "ROOMS", "PING", "HELP", "QUIT",
     ] {
         assert!(
             help.iter().any(|l| l.starts_with(&format!("HELP {verb} "))),

@@ -297,8 +297,13 @@ impl<P: ExternalPrinter> View<P> {
                     // Replies of the old connection are gone and re-joins add new ones: the
                     // count no longer matches, so stop waiting on it.
                     self.replies.give_up();
-                    self.notice("* reconnected");
+                    self.notice("* reconnected; catching up");
                 }
+                Update::CaughtUp { rooms, messages } => self.notice(&format!(
+                    "* caught up: {messages} missed message{} in {rooms} room{}",
+                    if messages == 1 { "" } else { "s" },
+                    if rooms == 1 { "" } else { "s" }
+                )),
                 Update::HistoryReset { room, last_id } => {
                     self.state.lock().expect("state").reset(
                         &self.server,
@@ -318,7 +323,7 @@ impl<P: ExternalPrinter> View<P> {
                     self.catching_up.push((room, 0));
                 }
                 Update::Lost { reason, retry_in } => self.notice(&format!(
-                    "* connection lost ({reason}); reconnecting in {:.1}s",
+                    "* disconnected: {reason}; trying again in {:.1}s",
                     retry_in.unwrap_or_default().as_secs_f32()
                 )),
                 Update::Closed(reason) => return reason,

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -23,6 +23,9 @@ pub enum Update {
     Page(Message),
     /// Connected; `again` after a reconnect.
     Connected { again: bool },
+    /// After a reconnect, every room is re-joined and what was missed has been shown:
+    /// `messages` replayed over `rooms` rooms.
+    CaughtUp { rooms: usize, messages: u64 },
     /// About to catch up on `room` from after `since`.
     CatchingUp { room: String, since: u64 },
     /// The server's history of `room` ends before the id we had seen (it was reset, as a
@@ -79,6 +82,7 @@ enum Pending {
         text: String,
     },
     Quit,
+    Ping,
     Other,
 }
 
@@ -124,6 +128,8 @@ pub async fn start(settings: Settings, updates: mpsc::Sender<Update>) -> Result<
         outbox_open: true,
         pending: VecDeque::new(),
         quitting: false,
+        bye: None,
+        rejoins: None,
     };
     let conn = state.connect(false).await?;
     tokio::spawn(state.run(conn));
@@ -147,6 +153,10 @@ struct State {
     outbox_open: bool,
     pending: VecDeque<Pending>,
     quitting: bool,
+    /// The reason of a `BYE` the server sent on this connection.
+    bye: Option<String>,
+    /// After a reconnect: re-joins not yet answered, and the messages they replayed.
+    rejoins: Option<(usize, usize, u64)>,
 }
 
 /// Lines from the server (read through `Lines`, whose `next_line` is cancel-safe: a line
@@ -172,13 +182,20 @@ impl State {
         let addr = &self.settings.server;
         let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
             .await
-            .map_err(|_| anyhow!("cannot connect to {addr}: timed out"))?
-            .with_context(|| format!("cannot connect to {addr}"))?;
+            .map_err(|_| anyhow!("cannot connect to {addr}: no answer in 10 s"))?
+            .map_err(|e| anyhow!("cannot connect to {addr}: {}", what_happened(&e)))?;
         stream.set_nodelay(true)?;
         let (read, mut write) = stream.into_split();
         let mut read = BufReader::new(read);
         let mut line = String::new();
-        read.read_line(&mut line).await?;
+        if read
+            .read_line(&mut line)
+            .await
+            .map_err(|e| anyhow!("{addr}: {}", what_happened(&e)))?
+            == 0
+        {
+            bail!("{addr} accepted the connection and closed it before saying HELLO");
+        }
         if !line.starts_with("HELLO") {
             bail!(
                 "{addr} is not a linechat server (it said {:?})",
@@ -186,12 +203,13 @@ impl State {
             );
         }
         self.pending.clear();
+        self.bye = None;
         if let Some(nick) = &self.settings.nick {
             write.write_all(format!("NICK {nick}\n").as_bytes()).await?;
             loop {
                 line.clear();
                 if read.read_line(&mut line).await? == 0 {
-                    bail!("{addr} closed the connection");
+                    bail!("{addr} closed the connection before accepting the name");
                 }
                 match proto::parse(line.trim_end_matches(['\r', '\n'])) {
                     Event::Ok { command, .. } if command == "NICK" => break,
@@ -225,6 +243,9 @@ impl State {
                 (r.name.clone(), bound)
             })
             .collect();
+        if again {
+            self.rejoins = (!joins.is_empty()).then_some((joins.len(), joins.len(), 0));
+        }
         for (room, bound) in joins {
             let since = bound.strip_prefix("SINCE ").and_then(|s| s.parse().ok());
             if let Some(since) = since.filter(|&s| s > 0 || !again) {
@@ -249,7 +270,7 @@ impl State {
         let mut conn = Some(conn);
         let mut delay = Duration::from_millis(500);
         loop {
-            let reason = match conn.take() {
+            let mut reason = match conn.take() {
                 Some(c) => match self.serve(c).await {
                     Ok(()) => return self.report(Update::Closed(None)).await,
                     Err(e) => e.to_string(),
@@ -277,7 +298,9 @@ impl State {
                     Err(e) if self.outbox.is_closed() => {
                         return self.report(Update::Closed(Some(e.to_string()))).await;
                     }
-                    Err(_) => {}
+                    // The next report says why this attempt failed (refused, reset...), not
+                    // why the connection was lost in the first place.
+                    Err(e) => reason = format!("{e:#}"),
                 }
             }
         }
@@ -288,11 +311,15 @@ impl State {
         loop {
             tokio::select! {
                 line = read.next_line() => {
-                    let Some(line) = line? else {
+                    let line = line.map_err(|e| anyhow!("{}", what_happened(&e)))?;
+                    let Some(line) = line else {
                         if self.quitting {
                             return Ok(());
                         }
-                        bail!("the server closed the connection");
+                        match &self.bye {
+                            Some(reason) => bail!("the server closed the connection: {reason}"),
+                            None => bail!("the server closed the connection without a BYE"),
+                        }
                     };
                     let bye = self.on_line(line.trim_end_matches('\r'));
                     while let Some(update) = self.backlog.pop_front() {
@@ -340,6 +367,7 @@ impl State {
                 text: rest.to_string(),
             },
             "QUIT" => Pending::Quit,
+            "PING" => Pending::Ping,
             _ => Pending::Other,
         }
     }
@@ -391,10 +419,14 @@ impl State {
                     ("JOIN", pending) => {
                         let name = rest.first().cloned().unwrap_or_default();
                         let caught_up: u64 = rest.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
-                        let since = match pending {
-                            Some(Pending::Join { since, .. }) => since,
-                            _ => None,
+                        let (since, rejoin) = match pending {
+                            Some(Pending::Join { since, rejoin }) => (since, rejoin),
+                            _ => (None, false),
                         };
+                        if rejoin {
+                            let replayed = rest.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+                            self.rejoined(replayed);
+                        }
                         let known = self.rooms.iter().position(|r| r.name == name);
                         let bound = known
                             .map(|i| self.rooms[i].bound.clone())
@@ -465,9 +497,13 @@ impl State {
                 _ => {}
             },
             Event::Pong(_) => {
-                self.pending.pop_front();
+                // PONG may overtake replies still owed for SAYs: it answers the oldest PING.
+                if let Some(i) = self.pending.iter().position(|p| matches!(p, Pending::Ping)) {
+                    self.pending.remove(i);
+                }
             }
-            Event::Bye(_) => {
+            Event::Bye(reason) => {
+                self.bye = Some(reason.clone());
                 self.queue(Update::Event(event));
                 return Ok(true);
             }
@@ -477,8 +513,50 @@ impl State {
         Ok(false)
     }
 
+    /// One re-join answered; after the last, the user learns it is all caught up.
+    fn rejoined(&mut self, replayed: u64) {
+        if let Some((left, rooms, messages)) = &mut self.rejoins {
+            *left -= 1;
+            *messages += replayed;
+            if *left == 0 {
+                let (rooms, messages) = (*rooms, *messages);
+                self.rejoins = None;
+                self.queue(Update::CaughtUp { rooms, messages });
+            }
+        }
+    }
+
     fn queue_false(&mut self, update: Update) -> bool {
         self.queue(update);
         false
+    }
+}
+
+/// What a socket error means to a person: refused, reset, timed out...
+fn what_happened(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionRefused => "connection refused (is the server running?)".into(),
+        ErrorKind::ConnectionReset => "the connection was reset".into(),
+        ErrorKind::ConnectionAborted => "the connection was aborted".into(),
+        ErrorKind::TimedOut => "timed out (the server or the network stopped answering)".into(),
+        ErrorKind::BrokenPipe => "the server closed the connection".into(),
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+            format!("unreachable ({e})")
+        }
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_errors_say_what_happened() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(what_happened(&refused).contains("refused"));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(what_happened(&reset).contains("reset"));
     }
 }

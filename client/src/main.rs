@@ -303,9 +303,15 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
                 stdout.flush()?;
             }
             Update::Lost { reason, retry_in } => eprintln!(
-                "linechat-client: connection lost ({reason}); retrying in {:.1}s",
+                "linechat-client: disconnected: {reason}; trying again in {:.1}s",
                 retry_in.unwrap_or_default().as_secs_f32()
             ),
+            Update::Connected { again: true } => {
+                eprintln!("linechat-client: reconnected to {}; catching up", cli.server)
+            }
+            Update::CaughtUp { messages, .. } => {
+                eprintln!("linechat-client: caught up ({messages} missed messages)")
+            }
             Update::Event(Event::Missed { room, first, last }) => eprintln!(
                 "linechat-client: messages {first} to {last} in {room} are no longer in the server's history"
             ),

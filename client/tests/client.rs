@@ -422,7 +422,13 @@ async fn a_dropped_connection_reconnects_and_catches_up_without_duplicates() {
         .read_to_string(&mut stderr)
         .await
         .unwrap();
-    assert!(stderr.contains("connection lost"), "{stderr}");
+    // What happened, and when it is back and caught up.
+    assert!(
+        stderr.contains("disconnected: the server closed the connection without a BYE"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reconnected to "), "{stderr}");
+    assert!(stderr.contains("caught up (2 missed messages)"), "{stderr}");
 }
 
 /// The interactive client in a real terminal (tmux): a typed line is said, and a message

@@ -1,5 +1,7 @@
-//! One handler per command, and what every line goes through first: decoding, flood control,
-//! and the order of replies (anything but a `SAY` waits for the `SAY`s before it).
+//! One handler per command, and what every line goes through first: decoding, the error
+//! budget, and the order of replies (anything but a `SAY` or a `PING` waits for the `SAY`s
+//! before it). Flood control is not here: a connection over its rate is simply not read
+//! (see `Session::within_flood_budget`).
 
 use std::io;
 use std::sync::Arc;
@@ -14,18 +16,10 @@ use super::{store_error, Session};
 impl Session {
     /// Handles one input frame. `Some(reason)` means: close with `BYE <reason>`.
     pub(super) async fn on_frame(&mut self, frame: Frame) -> io::Result<Option<String>> {
-        let mut command = self.decode(frame);
-        // QUIT is never refused: leaving must always work.
-        let counted = matches!(command, Ok(Some(ref c)) if !matches!(c, Command::Quit(_)));
-        if counted && !self.take_token() {
-            let rate = self.hub.config.rate;
-            command = Err(ProtocolError::new(
-                ErrorCode::RateLimited,
-                format!("slow down: at most {rate} lines a second; this one was not done"),
-            ));
-        }
-        // Replies keep command order: anything but another SAY waits for the SAYs in flight.
-        if !matches!(command, Ok(Some(Command::Say(_)))) {
+        let command = self.decode(frame);
+        // Replies keep command order: anything but another SAY (or a PING, which measures the
+        // server, never its store) waits for the SAYs in flight, at most the store's deadline.
+        if !matches!(command, Ok(Some(Command::Say(_) | Command::Ping(_)))) {
             self.settle_acks().await;
         }
         let command = match command {
@@ -75,14 +69,6 @@ impl Session {
             )
         })?;
         protocol::parse(text)
-    }
-
-    /// Flood control (`--rate` a second after `--burst`): false when the line is over it.
-    fn take_token(&mut self) -> bool {
-        match &self.hub.flood_limit {
-            Some(limit) => self.flood.try_take(limit, Millis::now()),
-            None => true,
-        }
     }
 
     /// Sends `ERR`, counting it: past its error budget (`--max-errors`, refilled

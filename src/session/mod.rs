@@ -26,10 +26,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::pin::Pin;
+
 use bytes::Bytes;
 use futures::FutureExt;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Ticket;
@@ -128,6 +130,8 @@ struct Session {
     joined: JoinedRooms,
     acks: Acks,
     flood: TokenBucket,
+    /// Set while the connection is over its flood budget: input is not read until it fires.
+    flood_wait: Option<Pin<Box<Sleep>>>,
     /// Made at the first refusal: most connections never err.
     errors: Option<Box<ErrorBudget>>,
     /// Set when the connection has erred too often: close with `BYE` at the next chance.
@@ -159,6 +163,7 @@ impl Session {
             joined: JoinedRooms::default(),
             acks: Acks::default(),
             flood,
+            flood_wait: None,
             errors: None,
             too_many_errors: false,
             stall: None,
@@ -207,8 +212,10 @@ impl Session {
             }
             self.watch_or_forget_stall();
             let busy = self.forward.is_some();
-            let can_read =
-                !busy && self.writer.pending() < OUTPUT_HIGH && self.acks.len() < MAX_IN_FLIGHT;
+            let can_read = !busy
+                && self.writer.pending() < OUTPUT_HIGH
+                && self.acks.len() < MAX_IN_FLIGHT
+                && self.within_flood_budget();
             // The write comes first in this biased select: if another branch wins while output
             // waits, the socket is full, and a stall may begin.
             let had_output = self.writer.has_pending();
@@ -227,6 +234,10 @@ impl Session {
                     self.on_stall_timer();
                 }
                 Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.on_acks(ack),
+                // Over its budget, the connection is not read until a token is back.
+                _ = flood_timer(&mut self.flood_wait), if self.flood_wait.is_some() => {
+                    self.flood_wait = None;
+                }
                 // Handled at the top of the loop; wait for the next signal afresh.
                 _ = &mut traffic, if !busy => traffic.set(mailbox.ready.notified()),
                 frame = self.reader.next(), if can_read => {
@@ -265,7 +276,10 @@ impl Session {
                 Some(Err(e)) => return Some(End::Io(e)),
                 // Boxed: the handlers' futures are large and rarely pending, and keeping them
                 // out of the session's own future keeps idle connections small.
-                Some(Ok(frame)) => Box::pin(self.on_frame(frame)).await,
+                Some(Ok(frame)) => {
+                    self.spend_flood_token();
+                    Box::pin(self.on_frame(frame)).await
+                }
             };
             match quit {
                 Ok(Some(reason)) => return Some(End::Quit(reason)),
@@ -283,7 +297,11 @@ impl Session {
             }
             let full = self.writer.pending() >= OUTPUT_HIGH || self.acks.len() >= MAX_IN_FLIGHT;
             // At shutdown the lines still buffered are refused, not done.
-            if full || turn == FRAMES_PER_TURN || self.shutdown.is_cancelled() {
+            if full
+                || turn == FRAMES_PER_TURN
+                || self.shutdown.is_cancelled()
+                || !self.within_flood_budget()
+            {
                 break;
             }
             match self.reader.next().now_or_never() {
@@ -292,6 +310,31 @@ impl Session {
             }
         }
         None
+    }
+
+    /// True if the next line may be read now (`--rate` a second after a burst of `--burst`).
+    /// If not, arms the timer after which it may: until then the connection is not read, so
+    /// a flood waits in the client's socket (TCP backpressure), costing the server nothing.
+    fn within_flood_budget(&mut self) -> bool {
+        let Some(limit) = &self.hub.flood_limit else {
+            return true;
+        };
+        if self.flood_wait.is_some() {
+            return false;
+        }
+        let wait = self.flood.until_next(limit, Millis::now());
+        if wait.is_zero() {
+            return true;
+        }
+        self.flood_wait = Some(Box::pin(tokio::time::sleep(wait)));
+        false
+    }
+
+    /// Every line read takes a token: it was only read because one was there.
+    fn spend_flood_token(&mut self) {
+        if let Some(limit) = &self.hub.flood_limit {
+            self.flood.try_take(limit, Millis::now());
+        }
     }
 
     /// Says `BYE <reason>` after answering everything read, then closes the socket. A client
@@ -476,6 +519,14 @@ impl Session {
             watch.on_timer(timeout, now);
         }
     }
+}
+
+/// Fires when the flood wait is over; pending while there is none.
+fn flood_timer(wait: &mut Option<Pin<Box<Sleep>>>) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match wait {
+        Some(sleep) => std::future::Future::poll(sleep.as_mut(), cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// `ERR STORE_UNAVAILABLE` with the store's reason.

@@ -11,11 +11,12 @@
 //! no copy.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
@@ -24,13 +25,16 @@ const READ_CHUNK: usize = 4096;
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
-/// Splits a connected socket into its line reader and line writer.
+/// Splits a connected socket into its line reader and line writer. Both poll the socket's
+/// readiness directly (not through `readable()`/`AsyncWrite`, whose futures carry a waiter of
+/// their own): a session waiting for input then holds no more than two references, which
+/// matters with thousands of idle connections.
 pub fn split(stream: TcpStream, max_line: usize) -> (LineReader, LineWriter) {
-    let (read, write) = stream.into_split();
+    let socket = Arc::new(stream);
     (
-        LineReader::new(read, max_line),
+        LineReader::new(socket.clone(), max_line),
         LineWriter {
-            socket: write,
+            socket,
             queue: WriteQueue::default(),
         },
     )
@@ -40,14 +44,14 @@ pub fn split(stream: TcpStream, max_line: usize) -> (LineReader, LineWriter) {
 /// connection costs no read memory, which is most of what thousands of idle connections
 /// would otherwise cost.
 pub struct LineReader {
-    read: OwnedReadHalf,
+    read: Arc<TcpStream>,
     codec: LineCodec,
     buf: BytesMut,
     eof: bool,
 }
 
 impl LineReader {
-    pub fn new(read: OwnedReadHalf, max_len: usize) -> Self {
+    pub fn new(read: Arc<TcpStream>, max_len: usize) -> Self {
         LineReader {
             read,
             codec: LineCodec::new(max_len),
@@ -58,28 +62,34 @@ impl LineReader {
 
     /// The next frame; `None` at end of input. Cancel-safe: nothing is lost if the future is
     /// dropped before it completes.
-    pub async fn next(&mut self) -> Option<io::Result<Frame>> {
+    pub fn next(&mut self) -> impl Future<Output = Option<io::Result<Frame>>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_next(cx))
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame>>> {
         loop {
             if self.eof {
-                return self.codec.decode_eof(&mut self.buf).transpose();
+                return Poll::Ready(self.codec.decode_eof(&mut self.buf).transpose());
             }
             match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(None) => {}
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Poll::Ready(Some(Err(e))),
             }
             if self.buf.is_empty() && self.buf.capacity() > 0 {
                 self.buf = BytesMut::new();
             }
-            if let Err(e) = self.read.readable().await {
-                return Some(Err(e));
+            // Only once the socket has bytes is a buffer made for them.
+            if let Err(e) = ready!(self.read.poll_read_ready(cx)) {
+                return Poll::Ready(Some(Err(e)));
             }
             self.buf.reserve(READ_CHUNK);
             match self.read.try_read_buf(&mut self.buf) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
+                // Readiness was stale: it is cleared now, and the next poll waits afresh.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Poll::Ready(Some(Err(e))),
             }
         }
     }
@@ -104,7 +114,7 @@ impl LineReader {
 
 /// The writing half of a connection: the socket, and the lines waiting for it.
 pub struct LineWriter {
-    socket: OwnedWriteHalf,
+    socket: Arc<TcpStream>,
     queue: WriteQueue,
 }
 
@@ -133,10 +143,15 @@ impl LineWriter {
     /// in the future, so a session waiting to write stays small.
     pub async fn write_some(&mut self) -> io::Result<()> {
         let LineWriter { socket, queue } = self;
-        let written = std::future::poll_fn(|cx| {
+        let written = std::future::poll_fn(|cx| loop {
+            ready!(socket.poll_write_ready(cx))?;
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let count = queue.fill(&mut slices);
-            std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count])
+            match socket.try_write_vectored(&slices[..count]) {
+                // Readiness was stale: it is cleared now; poll again to wait.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
         })
         .await?;
         if written == 0 {
@@ -156,7 +171,7 @@ impl LineWriter {
 
     /// Sends FIN: the client reads to the end of what was written.
     pub async fn shutdown(&mut self) -> io::Result<()> {
-        self.socket.shutdown().await
+        socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Write)
     }
 }
 

@@ -10,7 +10,7 @@ use crate::admission::LoginWatch;
 use crate::budget::Limit;
 use crate::config::Config;
 use crate::fanout::Fanout;
-use crate::mailbox::ConnId;
+use crate::mailbox::{ConnId, Mailboxes};
 use crate::rooms::Rooms;
 use crate::store::{HistoryStore, Writer};
 
@@ -34,6 +34,8 @@ pub struct Hub {
     pub writer: Writer<ConnId>,
     /// Connections that have not chosen a name yet, with their deadlines.
     pub logins: Arc<LoginWatch>,
+    /// Every live connection's mailbox: how shutdown wakes them.
+    pub mailboxes: Mailboxes,
     next_conn: AtomicU64,
 }
 
@@ -56,6 +58,7 @@ impl Hub {
             nicks: Nicks::default(),
             store,
             writer,
+            mailboxes: Mailboxes::default(),
             next_conn: AtomicU64::new(1),
         };
         (Arc::new(hub), writer_task)

@@ -11,12 +11,12 @@
 //! idle connections. It also carries the connection's login state, so that the server's one
 //! login watch can wake a session that took too long to choose a name.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 
 use crate::fanout::LiveBatch;
 
@@ -75,7 +75,7 @@ pub struct Mailbox {
     limit: usize,
     /// Signalled when items arrive, when the connection starts lagging, and when its login
     /// time is up.
-    pub ready: Notify,
+    pub ready: Signal,
     /// Set while traffic is not queued because the queue overflowed. Changed only under the
     /// queue's lock (so deliveries and `resume` agree), read without it for cheap checks.
     lagging: AtomicBool,
@@ -110,7 +110,7 @@ impl Mailbox {
             queue: Mutex::default(),
             queued: AtomicUsize::new(0),
             limit: limit.max(1),
-            ready: Notify::new(),
+            ready: Signal::default(),
             lagging: AtomicBool::new(false),
             named: AtomicBool::new(false),
             login_expired: AtomicBool::new(false),
@@ -148,7 +148,7 @@ impl Mailbox {
             queue.items.push_back(item);
         }
         drop(queue);
-        self.ready.notify_one();
+        self.ready.notify();
     }
 
     /// Moves queued items into `take` while it says so; returns how many.
@@ -222,7 +222,7 @@ impl Mailbox {
     pub fn expire_login(&self) {
         if !self.named.load(Ordering::Relaxed) {
             self.login_expired.store(true, Ordering::Relaxed);
-            self.ready.notify_one();
+            self.ready.notify();
         }
     }
 
@@ -243,6 +243,38 @@ impl Mailbox {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_signal_is_never_lost_and_several_count_as_one() {
+        use futures::FutureExt;
+        let signal = Signal::default();
+        assert!(
+            signal.wait().now_or_never().is_none(),
+            "nothing signalled yet"
+        );
+        signal.notify();
+        signal.notify();
+        assert!(signal.wait().now_or_never().is_some());
+        assert!(
+            signal.wait().now_or_never().is_none(),
+            "two notifies, one wake"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_signal_wakes_a_waiting_task() {
+        let mailbox = Arc::new(Mailbox::new(1024));
+        let waiter = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.ready.wait().await }
+        });
+        tokio::task::yield_now().await;
+        mailbox.expire_login();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+
     use super::*;
 
     fn presence(room: &str, len: usize) -> Delivery {
@@ -316,5 +348,81 @@ mod tests {
         let anonymous = Mailbox::new(10);
         anonymous.expire_login();
         assert!(anonymous.login_expired());
+    }
+}
+
+/// Every live connection's mailbox, so that shutdown reaches each session through the one
+/// signal it waits on anyway: a wait of its own for shutdown would make every idle
+/// connection's task about 80 bytes larger (and tokio rounds tasks up to 128 bytes).
+#[derive(Default)]
+pub struct Mailboxes {
+    live: Mutex<HashMap<ConnId, Weak<Mailbox>>>,
+}
+
+impl Mailboxes {
+    pub fn register(&self, conn: &ConnHandle) {
+        let weak = Arc::downgrade(&conn.mailbox);
+        self.live.lock().expect("mailboxes").insert(conn.id, weak);
+    }
+
+    pub fn unregister(&self, id: ConnId) {
+        let mut live = self.live.lock().expect("mailboxes");
+        live.remove(&id);
+        if live.is_empty() && live.capacity() > 64 {
+            *live = HashMap::new();
+        }
+    }
+
+    /// Wakes every session (to see that the server is shutting down).
+    pub fn notify_all(&self) {
+        let live: Vec<Arc<Mailbox>> = {
+            let live = self.live.lock().expect("mailboxes");
+            live.values().filter_map(Weak::upgrade).collect()
+        };
+        for mailbox in live {
+            mailbox.ready.notify();
+        }
+    }
+}
+
+/// Wakes the one task that reads a mailbox. Like `tokio::sync::Notify` with a single waiter,
+/// but waiting takes no waiter node: the session polls it afresh on every turn with nothing
+/// pinned, which keeps each connection's task smaller.
+#[derive(Default)]
+pub struct Signal {
+    waker: AtomicWaker,
+    /// Set by `notify`, cleared by the wait that sees it: a notification is never lost, and
+    /// several before a wait count as one.
+    set: AtomicBool,
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        self.set.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Completes once `notify` has been called since the last wait completed.
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.set.swap(false, Ordering::AcqRel) {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A notify between the check and the registration found no waker to wake.
+            if self.set.swap(false, Ordering::AcqRel) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signal")
+            .field("set", &self.set.load(Ordering::Relaxed))
+            .finish()
     }
 }

@@ -131,6 +131,8 @@ impl Server {
         login_watch.abort();
         tracing::info!(clients = sessions.len(), "shutting down");
         stopping.cancel();
+        // Sessions wait on their mailbox, not on the token: wake each to see it.
+        hub.mailboxes.notify_all();
         sessions.close();
         sessions.wait().await;
         // Sessions are gone; dropping the last writer handle lets the writer finish its queue.

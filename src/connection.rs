@@ -62,6 +62,8 @@ impl LineReader {
 
     /// The next frame; `None` at end of input. Cancel-safe: nothing is lost if the future is
     /// dropped before it completes.
+    // Async, unlike `Iterator::next`: a stream's `next`, as in `StreamExt`.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> impl Future<Output = Option<io::Result<Frame>>> + '_ {
         std::future::poll_fn(move |cx| self.poll_next(cx))
     }

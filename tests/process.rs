@@ -356,9 +356,20 @@ fn account(name: &str) -> (u32, u32) {
 }
 
 /// The `Uid:` and `Gid:` lines of `/proc/<pid>/status` (real, effective, saved, fs) and
-/// its supplementary groups.
+/// its supplementary groups; checked to be the same in every thread of the process (the
+/// switch happens while the runtime's threads run, and each thread has its own ids).
 fn ids_of(pid: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = ids_in(&format!("/proc/{pid}/status"));
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    for task in tasks {
+        let path = task.unwrap().path().join("status");
+        assert_eq!(ids_in(path.to_str().unwrap()), ids, "{}", path.display());
+    }
+    ids
+}
+
+fn ids_in(status: &str) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let status = std::fs::read_to_string(status).unwrap();
     let field = |name: &str| -> Vec<u32> {
         status
             .lines()

@@ -76,7 +76,9 @@ fn watch(cluster: &ManagedPostgres, stop: &mpsc::Receiver<()>) {
             continue;
         }
         misses += 1;
-        if misses < MISSES {
+        // pg_ctl has the last word (a postmaster started by hand may show another spelling
+        // of the data directory on its command line): never restart one that runs.
+        if misses < MISSES || cluster.is_running() {
             continue;
         }
         misses = 0;

@@ -22,6 +22,8 @@ pub enum StoreKind {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Connections the kernel queues before they are accepted (0: the system's maximum).
+    pub backlog: u32,
     pub store: StoreKind,
     /// Messages a plain `JOIN` replays.
     pub history_on_join: usize,
@@ -68,6 +70,9 @@ pub struct Config {
     pub db_timeout: Duration,
     /// How long start-up retries an unreachable database (zero: forever).
     pub db_startup_timeout: Duration,
+    /// The user the binary becomes after start-up when started as root (`None`: the
+    /// managed cluster's `postgres`, or `nobody`; `root`: stay). The library ignores it.
+    pub user: Option<String>,
 }
 
 impl Default for Config {
@@ -76,6 +81,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            backlog: 0,
             store: StoreKind::Postgres,
             history_on_join: 50,
             max_page: 500,
@@ -98,6 +104,7 @@ impl Default for Config {
             pool_size: 8,
             db_timeout: Duration::from_secs(5),
             db_startup_timeout: Duration::from_secs(60),
+            user: None,
         }
     }
 }

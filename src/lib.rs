@@ -21,6 +21,8 @@
 //! - [`managed_postgres`]: the PostgreSQL process the server runs itself when no database is
 //!   given.
 //! - [`config`]: the settings and their defaults (one table, shared with the binary's flags).
+//! - [`signals`] and [`privileges`]: the binary's process-level concerns: what each signal
+//!   means, and the unprivileged user it becomes after start-up when started as root.
 //!
 //! PROTOCOL.md in the repository is the wire specification.
 
@@ -32,10 +34,12 @@ pub mod fanout;
 pub mod hub;
 pub mod mailbox;
 pub mod managed_postgres;
+pub mod privileges;
 pub mod protocol;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod signals;
 pub mod store;
 
 pub use config::{Config, StoreKind};

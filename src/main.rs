@@ -8,7 +8,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use linechat::server::Server;
+use linechat::privileges::{self, Plan};
+use linechat::server::{self, Server};
+use linechat::signals::Signals;
 use linechat::{Config, StoreKind};
 
 /// The defaults every flag shows and falls back to.
@@ -24,6 +26,17 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, env = "LINECHAT_LISTEN", default_value_t = DEFAULTS.listen)]
     listen: SocketAddr,
+
+    /// Connections the kernel queues for the server before it accepts them (0: the system's
+    /// maximum, net.core.somaxconn).
+    #[arg(long, env = "LINECHAT_BACKLOG", default_value_t = DEFAULTS.backlog)]
+    backlog: u32,
+
+    /// The user to run as once the port is bound and the store is open, when started as
+    /// root: by default `postgres` with the server's own PostgreSQL (it must stay able to
+    /// restart and stop it), `nobody` otherwise. `root` stays root.
+    #[arg(long, env = "LINECHAT_USER")]
+    user: Option<String>,
 
     /// Where history is kept.
     #[arg(long, env = "LINECHAT_STORE", value_enum, default_value_t = Store::from(DEFAULTS.store))]
@@ -145,6 +158,7 @@ impl Cli {
     fn into_config(self) -> Config {
         Config {
             listen: self.listen,
+            backlog: self.backlog,
             store: match self.store {
                 Store::Memory => StoreKind::Memory,
                 Store::Postgres => StoreKind::Postgres,
@@ -170,6 +184,7 @@ impl Cli {
             pool_size: self.pool_size.max(1),
             db_timeout: Duration::from_secs(self.db_timeout.max(1)),
             db_startup_timeout: Duration::from_secs(self.db_startup_timeout),
+            user: self.user,
         }
     }
 }
@@ -190,11 +205,33 @@ async fn main() -> ExitCode {
         Ok(files) => tracing::info!("open-file limit: {files} (each connection takes one)"),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    let listen = config.listen;
-    let shutdown = shutdown_signal();
+    // Before anything else: a signal that came before the handlers would end the process
+    // the default way, with no BYE and the managed PostgreSQL left running.
+    let shutdown = match Signals::install() {
+        Ok(signals) => signals.shutdown(),
+        Err(e) => {
+            tracing::error!("cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tokio::pin!(shutdown);
+    // Whom to run as is checked now, so that a bad --user fails before anything starts.
+    let managed = config.store == StoreKind::Postgres && config.database_url.is_none();
+    let plan = privileges::plan(
+        config.user.as_deref(),
+        privileges::is_root(),
+        managed.then_some(linechat::managed_postgres::POSTGRES_USER),
+    );
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = config.listen;
     // Take the port first, so that a second server fails before touching any database.
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let (listener, backlog) = match server::listen(listen, config.backlog) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot listen on {listen}: {e}");
@@ -212,36 +249,29 @@ async fn main() -> ExitCode {
         },
         _ = &mut shutdown => return ExitCode::SUCCESS,
     };
+    // Root is needed no more: the port is bound and the cluster runs.
+    if let Err(e) = plan.apply() {
+        tracing::error!("{e}");
+        // Stop what was started: a shutdown before the first client.
+        server.serve(listener, async {}).await;
+        return ExitCode::FAILURE;
+    }
+    if let Plan::Become(account) = &plan {
+        tracing::info!(
+            "running as user {} (uid {}, gid {}) from now on",
+            account.name,
+            account.uid,
+            account.gid
+        );
+    }
     let addr = listener.local_addr().unwrap_or(listen);
     tracing::info!(
-        "linechat listening on {addr}; try: nc {} {}",
+        "linechat listening on {addr}; backlog {backlog}; try: nc {} {}",
         addr.ip(),
         addr.port()
     );
     server.serve(listener, shutdown).await;
     ExitCode::SUCCESS
-}
-/// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed here, before the
-/// server says it is listening: a signal that came before they were would kill the process
-/// without a `BYE` to anyone.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let interrupt = signal(SignalKind::interrupt());
-    let terminate = signal(SignalKind::terminate());
-    async move {
-        match (interrupt, terminate) {
-            (Ok(mut interrupt), Ok(mut terminate)) => {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            _ => {
-                tracing::warn!("cannot handle SIGINT/SIGTERM; stop the server with SIGKILL");
-                std::future::pending::<()>().await;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

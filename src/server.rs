@@ -3,12 +3,13 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, Refusal};
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
-use crate::managed_postgres::{self, ManagedPostgres, ManagedPostgresError, Search};
+use crate::managed_postgres::{self, ManagedPostgres, ManagedPostgresError, Search, Supervisor};
 use crate::session;
 use crate::store::postgres::{self, PgSettings};
 use crate::store::{HistoryStore, MemoryStore, PgStore, StoreError};
@@ -82,13 +83,15 @@ impl Server {
 
     /// Serves clients on `listener` until `shutdown` completes; then stops accepting, says
     /// `BYE` to every client (after answering what each one already sent), lets the writer
-    /// finish, stops the private cluster if there is one, and returns.
+    /// finish, stops the private cluster if there is one, and returns. Meanwhile the private
+    /// cluster is supervised: restarted if it dies.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let Server {
             hub,
             writer_task,
             cluster,
         } = self;
+        let supervisor = cluster.map(Supervisor::spawn);
         let stopping = CancellationToken::new();
         let sessions = TaskTracker::new();
         let login_watch = tokio::spawn(hub.logins.clone().run());
@@ -138,16 +141,16 @@ impl Server {
         // Sessions are gone; dropping the last writer handle lets the writer finish its queue.
         drop(hub);
         let _ = writer_task.await;
-        if let Some(cluster) = cluster {
-            stop_cluster(cluster).await;
+        if let Some(supervisor) = supervisor {
+            stop_cluster(supervisor).await;
         }
         tracing::info!("stopped");
     }
 }
 
-/// Stops the private cluster and waits for it, off the async threads.
-async fn stop_cluster(mut cluster: ManagedPostgres) {
-    let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
+/// Ends the supervision of the private cluster and stops it, waiting off the async threads.
+async fn stop_cluster(supervisor: Supervisor) {
+    let stopped = tokio::task::spawn_blocking(move || supervisor.finish().stop()).await;
     if let Ok(Err(e)) = stopped {
         tracing::warn!("could not stop PostgreSQL: {e}");
     }
@@ -160,6 +163,39 @@ async fn start_cluster(config: &Config) -> Result<ManagedPostgres, ManagedPostgr
     tokio::task::spawn_blocking(move || ManagedPostgres::start(&data_dir, &search))
         .await
         .map_err(|e| ManagedPostgresError::Io(io::Error::other(e)))?
+}
+
+/// A listener on `addr` whose queue of connections not yet accepted holds `backlog` (0: the
+/// system's maximum); returns it with the backlog the kernel applies (it caps a larger one
+/// at `net.core.somaxconn`). Reuses the address as std's and tokio's `bind` do, so that a
+/// restart need not wait out the old server's connections in TIME_WAIT.
+pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<(TcpListener, u32)> {
+    let max = system_backlog();
+    let backlog = match backlog {
+        0 => max.unwrap_or(FALLBACK_BACKLOG),
+        n => max.map_or(n, |max| n.min(max)),
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok((socket.listen(backlog)?, backlog))
+}
+
+/// The backlog asked for when the system's maximum cannot be read.
+const FALLBACK_BACKLOG: u32 = 4096;
+
+/// The most a listen backlog can be here (Linux: `net.core.somaxconn`), if known.
+fn system_backlog() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
 }
 
 /// Tells a connection the server cannot take it (`ERR SERVER_FULL`) and closes it. The line

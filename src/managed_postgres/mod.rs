@@ -9,22 +9,29 @@
 //!
 //! Starting and [`stop`](ManagedPostgres::stop)ping run short commands and wait for them:
 //! call them from `spawn_blocking` or before the runtime starts. Dropping never waits: it only
-//! asks the postmaster to shut down.
+//! asks the postmaster to shut down. While the server runs, a [`Supervisor`] restarts the
+//! postmaster if it dies.
+//!
+//! As root, nothing under the data directory is trusted to be what it seems (`files.rs`).
 
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod files;
 mod programs;
+mod supervisor;
 
+use files::Owners;
 pub use programs::Search;
+pub use supervisor::Supervisor;
 
 /// The fixed port number; with no TCP listener it only names the socket file.
 const PORT: u16 = 5432;
 /// The OS user that runs PostgreSQL when we are root.
-const POSTGRES_USER: &str = "postgres";
+pub const POSTGRES_USER: &str = "postgres";
 /// Unix socket paths are limited to about 107 bytes.
 const MAX_SOCKET_DIR: usize = 80;
 /// The database the server uses inside its own cluster.
@@ -44,6 +51,8 @@ pub enum ManagedPostgresError {
     NoBinaries { searched: String },
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
+    #[error("unsafe data directory: {0}")]
+    UnsafeDataDir(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -55,7 +64,8 @@ pub struct ManagedPostgres {
     pgdata: PathBuf,
     socket_dir: PathBuf,
     log_file: PathBuf,
-    as_postgres: bool,
+    /// Who owns what we create; as root, the postgres user gets it.
+    owners: Owners,
     stopped: bool,
     /// Held for the life of the process: one server per data dir.
     _lock: fs::File,
@@ -68,33 +78,36 @@ impl ManagedPostgres {
         data_dir: &Path,
         search: &Search,
     ) -> Result<ManagedPostgres, ManagedPostgresError> {
-        fs::create_dir_all(data_dir)?;
+        // Never group- or world-writable, whatever the umask (postgres must be able to enter).
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(data_dir)?;
         let data_dir = data_dir.canonicalize()?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let us = unsafe { libc::geteuid() };
+        files::check_data_dir(&data_dir, us)?;
         let lock = lock_data_dir(&data_dir)?;
         let pgdata = data_dir.join("pgdata");
-        let bin_dir = match fs::read_to_string(pgdata.join("PG_VERSION")) {
+        let bin_dir = match files::read_small(&pgdata.join("PG_VERSION")) {
             Ok(version) => search.find_version(version.trim())?,
             Err(_) => search.find()?,
         };
-        let as_postgres = is_root();
-        let socket_dir = socket_dir_for(&data_dir)?;
+        let owners = Owners {
+            us,
+            postgres: is_root().then(postgres_account).transpose()?,
+        };
         let cluster = ManagedPostgres {
             bin_dir,
             log_file: data_dir.join("postgresql.log"),
+            socket_dir: socket_dir_for(&data_dir, &owners)?,
             pgdata,
-            socket_dir,
-            as_postgres,
+            owners,
             stopped: false,
             _lock: lock,
         };
-        if as_postgres {
-            // Only what we create, never the caller's directory tree.
-            cluster.give_to_postgres(&cluster.socket_dir)?;
-            if !cluster.log_file.exists() {
-                fs::write(&cluster.log_file, "")?;
-            }
-            cluster.give_to_postgres(&cluster.log_file)?;
-        }
+        // Only what we create is handed to postgres, never the caller's directory tree.
+        files::prepare_log(&cluster.log_file, &cluster.owners)?;
         if !cluster.pgdata.join("PG_VERSION").is_file() {
             cluster.init()?;
         }
@@ -121,11 +134,7 @@ impl ManagedPostgres {
                 "start"
             };
             tracing::info!(pgdata = %cluster.pgdata.display(), "{verb}ing PostgreSQL");
-            let mut pg_ctl = cluster.command("pg_ctl");
-            pg_ctl.args([verb, "-w", "-t", "120", "-m", "fast"]);
-            pg_ctl.arg("-D").arg(&cluster.pgdata);
-            pg_ctl.arg("-l").arg(&cluster.log_file);
-            cluster.run("pg_ctl", pg_ctl)?;
+            cluster.pg_ctl_start(verb)?;
         }
         tracing::info!(
             "PostgreSQL socket: {} (psql -h {} -p {PORT} -U {SUPERUSER} {DATABASE})",
@@ -135,19 +144,31 @@ impl ManagedPostgres {
         Ok(cluster)
     }
 
+    /// `pg_ctl start` (or `restart`), waiting until it accepts connections.
+    fn pg_ctl_start(&self, verb: &str) -> Result<(), ManagedPostgresError> {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.args([verb, "-w", "-t", "120", "-m", "fast"]);
+        pg_ctl.arg("-D").arg(&self.pgdata);
+        pg_ctl.arg("-l").arg(&self.log_file);
+        self.run("pg_ctl", pg_ctl).map(drop)
+    }
+
+    /// Starts the postmaster again after it died (see [`Supervisor`]).
+    fn restart_postmaster(&self) -> Result<(), ManagedPostgresError> {
+        self.pg_ctl_start("start")
+    }
+
     /// Runs initdb into a scratch directory and renames it into place, so that an
     /// interrupted first start leaves nothing half-made behind.
     fn init(&self) -> Result<(), ManagedPostgresError> {
         tracing::info!(pgdata = %self.pgdata.display(), "creating a PostgreSQL cluster");
         let scratch = self.pgdata.with_extension("initdb");
-        if scratch.exists() {
+        // (Removes a link itself, not what it points at.)
+        if fs::symlink_metadata(&scratch).is_ok() {
             fs::remove_dir_all(&scratch)?;
         }
         fs::create_dir(&scratch)?;
-        set_mode(&scratch, 0o700)?;
-        if self.as_postgres {
-            self.give_to_postgres(&scratch)?;
-        }
+        files::prepare_dir(&scratch, 0o700, &self.owners)?;
         let mut initdb = self.command("initdb");
         initdb.arg("-D").arg(&scratch).args(["-U", SUPERUSER]);
         // Only the socket reaches the cluster, and its directory is ours alone (0700).
@@ -158,7 +179,8 @@ impl ManagedPostgres {
     }
 
     /// Where the cluster listens, written into its configuration (not passed on pg_ctl's
-    /// command line, which goes through a shell and breaks on paths with spaces).
+    /// command line, which goes through a shell and breaks on paths with spaces). The file
+    /// is replaced, not written through: whoever runs as postgres could have made it a link.
     fn write_settings(&self) -> Result<(), ManagedPostgresError> {
         let dir = self.socket_dir.to_string_lossy().replace('\'', "''");
         let settings = format!(
@@ -168,12 +190,11 @@ impl ManagedPostgres {
              unix_socket_directories = '{dir}'\n\
              unix_socket_permissions = 0700\n"
         );
-        let path = self.pgdata.join("postgresql.auto.conf");
-        fs::write(&path, settings)?;
-        if self.as_postgres {
-            self.give_to_postgres(&path)?;
-        }
-        Ok(())
+        files::replace_file(
+            &self.pgdata.join("postgresql.auto.conf"),
+            &settings,
+            &self.owners,
+        )
     }
 
     /// Connection settings for database `dbname` in this cluster.
@@ -201,10 +222,12 @@ impl ManagedPostgres {
         &self.pgdata
     }
 
-    /// Runs a program of the cluster's bin dir, as a command line (for scripts and tests).
+    /// Runs a program of the cluster's bin dir, as a command line (for scripts and tests):
+    /// as the postgres user, through `runuser` while we are root, directly once we are not
+    /// (after the server gave root up, it runs as that user itself).
     pub fn command(&self, program: &str) -> Command {
         let program = self.bin_dir.join(program);
-        if self.as_postgres {
+        if is_root() && self.owners.postgres.is_some() {
             let mut c = Command::new("runuser");
             c.args(["-u", POSTGRES_USER, "--"]).arg(program);
             c
@@ -241,7 +264,7 @@ impl ManagedPostgres {
     /// line of `postmaster.pid`, checked against the process's command line (a file left by
     /// a killed postmaster may name a process id that is now another program's).
     pub fn postmaster_pid(&self) -> Option<libc::pid_t> {
-        let text = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
+        let text = files::read_small(&self.pgdata.join("postmaster.pid")).ok()?;
         let pid: libc::pid_t = text.lines().next()?.trim().parse().ok()?;
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let pgdata = self.pgdata.as_os_str().as_encoded_bytes();
@@ -252,7 +275,7 @@ impl ManagedPostgres {
     /// True if the postmaster of this data directory is shutting down: the status line of
     /// `postmaster.pid` (its eighth) says `stopping`.
     fn is_stopping(&self) -> bool {
-        fs::read_to_string(self.pgdata.join("postmaster.pid"))
+        files::read_small(&self.pgdata.join("postmaster.pid"))
             .is_ok_and(|text| text.lines().nth(7).is_some_and(|s| s.trim() == "stopping"))
     }
 
@@ -261,24 +284,17 @@ impl ManagedPostgres {
         self.stopped = true;
     }
 
-    /// Hands one file or directory (not its contents) to the postgres user.
-    fn give_to_postgres(&self, path: &Path) -> Result<(), ManagedPostgresError> {
-        let mut chown = Command::new("chown");
-        chown.arg(format!("{POSTGRES_USER}:")).arg(path);
-        run_checked("chown", chown).map(drop)
-    }
-
     /// Runs one of [`command`](Self::command)'s commands, saying what to do if it fails.
     fn run(&self, program: &str, command: Command) -> Result<Output, ManagedPostgresError> {
         run_checked(program, command).map_err(|e| match e {
-            ManagedPostgresError::Command { what, detail } if self.as_postgres => {
+            ManagedPostgresError::Command { what, detail } if self.owners.postgres.is_some() => {
                 ManagedPostgresError::Command {
                     what,
                     detail: format!(
-                    "{detail} (running as the `{POSTGRES_USER}` user: it must be able to reach {}; \
-                     choose a --data-dir it can reach, such as one under /var/lib or /tmp)",
-                    self.pgdata.display()
-                ),
+                        "{detail} (running as the `{POSTGRES_USER}` user: it must be able to \
+                         reach {}; choose a --data-dir it can reach, such as /var/lib/linechat)",
+                        self.pgdata.display()
+                    ),
                 }
             }
             other => other,
@@ -337,8 +353,8 @@ fn run_checked(what: &str, mut command: Command) -> Result<Output, ManagedPostgr
 /// The socket lives in the data dir, unless that path is too long for a Unix socket; then
 /// in a directory under the temp dir named by a stable hash of the data dir. Either way only
 /// its owner may enter it (0700), which is what keeps the trust-authenticated cluster
-/// private.
-fn socket_dir_for(data_dir: &Path) -> Result<PathBuf, ManagedPostgresError> {
+/// private; one that is not ours (or postgres's) is refused.
+fn socket_dir_for(data_dir: &Path, owners: &Owners) -> Result<PathBuf, ManagedPostgresError> {
     let inside = data_dir.join("run");
     let dir = if inside.as_os_str().len() <= MAX_SOCKET_DIR {
         inside
@@ -346,18 +362,12 @@ fn socket_dir_for(data_dir: &Path) -> Result<PathBuf, ManagedPostgresError> {
         let hash = fnv1a(data_dir.as_os_str().as_encoded_bytes());
         std::env::temp_dir().join(format!("linechat-{hash:016x}"))
     };
-    if !dir.exists() {
-        fs::create_dir(&dir)?;
+    // (mkdir never follows a link: one planted there makes it fail, and prepare_dir refuse.)
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e.into()),
+        _ => {}
     }
-    let meta = fs::symlink_metadata(&dir)?;
-    let ours = is_root() || meta.uid() == unsafe { libc::geteuid() };
-    if !meta.is_dir() || !ours {
-        return Err(ManagedPostgresError::Command {
-            what: "preparing the socket directory".into(),
-            detail: format!("{} exists and is not a directory of ours", dir.display()),
-        });
-    }
-    set_mode(&dir, 0o700)?;
+    files::prepare_dir(&dir, 0o700, owners)?;
     Ok(dir)
 }
 
@@ -368,19 +378,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), ManagedPostgresError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
 /// Takes an exclusive lock on `data_dir/linechat.lock`, or says who has it.
 fn lock_data_dir(data_dir: &Path) -> Result<fs::File, ManagedPostgresError> {
-    let path = data_dir.join("linechat.lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)?;
+    let file = files::open_lock(&data_dir.join("linechat.lock"))?;
     // SAFETY: flock on a descriptor we own; the lock goes with the file.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     if !locked {
@@ -396,6 +396,15 @@ fn lock_data_dir(data_dir: &Path) -> Result<fs::File, ManagedPostgresError> {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    crate::privileges::is_root()
+}
+
+/// The postgres user's ids, to hand it what it needs.
+fn postgres_account() -> Result<(libc::uid_t, libc::gid_t), ManagedPostgresError> {
+    let account =
+        crate::privileges::lookup(POSTGRES_USER).map_err(|e| ManagedPostgresError::Command {
+            what: format!("finding the `{POSTGRES_USER}` user (PostgreSQL refuses to run as root)"),
+            detail: e.to_string(),
+        })?;
+    Ok((account.uid, account.gid))
 }

@@ -5,7 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::PATIENCE;
 
 /// The `linechat` binary of this build, for a test to add its flags and environment to.
 pub fn linechat() -> Command {
@@ -80,6 +82,28 @@ impl Binary {
     /// Everything the server logged so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the server has logged a line containing `needle` and returns it; panics,
+    /// showing the log, if that takes longer than [`PATIENCE`] (a guard against hangs).
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not log {needle:?}: {:#?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends `signal` (as `kill` takes it: `-TERM`, `-KILL`, ...) to the server.

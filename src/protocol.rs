@@ -87,6 +87,7 @@ error_codes! {
     LineTooLong => "LINE_TOO_LONG",
     BadUtf8 => "BAD_UTF8",
     StoreUnavailable => "STORE_UNAVAILABLE",
+    OutcomeUnknown => "OUTCOME_UNKNOWN",
     ServerFull => "SERVER_FULL",
     ShuttingDown => "SHUTTING_DOWN",
 }

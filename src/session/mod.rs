@@ -463,7 +463,10 @@ impl Session {
                 protocol::ok_say(ack.id, self.acks.time(ack.millis))
             }
             Ok(Err(e)) => store_error(&e),
-            Err(_) => store_error(&StoreError::Unavailable("the writer has stopped".into())),
+            // The writer ended without answering: the message may have been on its way.
+            Err(_) => store_error(&StoreError::OutcomeUnknown(
+                "the writer stopped before the store confirmed it".into(),
+            )),
         };
         self.writer.push(line);
     }
@@ -545,12 +548,14 @@ fn flood_timer(wait: &mut Option<Pin<Box<Sleep>>>) -> impl std::future::Future<O
     })
 }
 
-/// `ERR STORE_UNAVAILABLE` with the store's reason.
+/// `ERR STORE_UNAVAILABLE` (nothing was done) or `ERR OUTCOME_UNKNOWN` (a `SAY` that may or
+/// may not be stored), with the store's reason.
 fn store_error(e: &StoreError) -> Bytes {
-    protocol::error_line(&ProtocolError::new(
-        ErrorCode::StoreUnavailable,
-        e.to_string(),
-    ))
+    let code = match e {
+        StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
+        StoreError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+    };
+    protocol::error_line(&ProtocolError::new(code, e.to_string()))
 }
 
 #[cfg(test)]

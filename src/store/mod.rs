@@ -2,6 +2,7 @@
 //! PostgreSQL), and the batched [`Writer`] that every `SAY` goes through. Storing only: what
 //! happens to a message once stored (formatting, fan-out) is the writer's publisher's job.
 
+pub mod health;
 pub mod memory;
 pub mod postgres;
 pub mod writer;
@@ -51,10 +52,16 @@ pub enum Page {
 }
 
 /// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// Nothing was done. For a message: it was never handed to the database, so it is not
+    /// stored, whatever the database does later.
     #[error("the message store is unavailable: {0}")]
     Unavailable(String),
+    /// A message's INSERT was sent but not confirmed in time (or its connection broke before
+    /// the answer came): it may or may not be stored. Only [`HistoryStore::append`] says so.
+    #[error("the store did not confirm this message in time; it may or may not be stored: HISTORY will tell ({0})")]
+    OutcomeUnknown(String),
 }
 
 /// Where history lives. Ids are unique and increasing within a room.

@@ -8,19 +8,19 @@
 //!
 //! The writer knows nothing of rooms or connections: each message carries a tag of the
 //! caller's (the sender's connection id) that it hands back with the stored message.
+//!
+//! A failed batch is answered with the store's error, as it is: a refusal (never stored) or
+//! an unknown outcome (see [`StoreError`]); its messages are published to nobody. The store
+//! bounds every `append` (the PostgreSQL one by `--db-timeout`, and it fails at once while
+//! the database is known to be down), so a frozen database cannot wedge the writer.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use super::{HistoryStore, NewMessage, StoreError, StoredMessage};
 use crate::protocol::MessageId;
-
-/// How long batches are refused at once after the store failed one.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the sender of a stored message learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,39 +123,35 @@ async fn run<T: Copy + Send + 'static>(
     let mut messages = Vec::with_capacity(max_batch);
     let mut tags = Vec::with_capacity(max_batch);
     let mut acks = Vec::with_capacity(max_batch);
-    // After a failure, batches are refused at once for a moment instead of each waiting out
-    // the store's timeout, so that queued SAYs are answered promptly during an outage.
-    let mut refuse_until: Option<(Instant, String)> = None;
+    // Refusals are logged once per run of failures, not per batch.
+    let mut failing = false;
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         for job in jobs.drain(..) {
             messages.push(job.message);
             tags.push(job.tag);
             acks.push(job.ack);
         }
-        let appended = match &refuse_until {
-            Some((until, why)) if Instant::now() < *until => {
-                Err(StoreError::Unavailable(why.clone()))
+        let appended = store.append(&messages).await.and_then(|stored| {
+            // Every message gets its answer: a store that returned another number of rows
+            // than it was given has failed, and may have stored some of them.
+            if stored.len() == messages.len() {
+                Ok(stored)
+            } else {
+                tracing::error!(
+                    given = messages.len(),
+                    returned = stored.len(),
+                    "the store returned another number of messages than it was given"
+                );
+                Err(StoreError::OutcomeUnknown(
+                    "the store did not confirm every message".into(),
+                ))
             }
-            _ => store.append(&messages).await.and_then(|stored| {
-                // Every message gets its answer: a store that returned another number of
-                // rows than it was given has failed, whatever it stored.
-                if stored.len() == messages.len() {
-                    Ok(stored)
-                } else {
-                    tracing::error!(
-                        given = messages.len(),
-                        returned = stored.len(),
-                        "the store returned another number of messages than it was given"
-                    );
-                    Err(StoreError::Unavailable(
-                        "the store did not confirm every message".into(),
-                    ))
-                }
-            }),
-        };
+        });
         match appended {
             Ok(stored) => {
-                refuse_until = None;
+                if std::mem::take(&mut failing) {
+                    tracing::info!("the store takes messages again");
+                }
                 publisher.publish(StoredBatch::new(&messages, &stored, &tags));
                 for (ack, s) in acks.drain(..).zip(&stored) {
                     let _ = ack.send(Ok(Ack {
@@ -165,15 +161,21 @@ async fn run<T: Copy + Send + 'static>(
                 }
             }
             Err(e) => {
-                if refuse_until
-                    .as_ref()
-                    .is_none_or(|(until, _)| Instant::now() >= *until)
-                {
-                    tracing::warn!(error = %e, messages = messages.len(), "store refused a batch");
-                    refuse_until = Some((Instant::now() + RETRY_AFTER, e.to_string()));
+                match &e {
+                    // Rare (the store goes down after it), and each one matters.
+                    StoreError::OutcomeUnknown(_) => tracing::warn!(
+                        error = %e,
+                        messages = messages.len(),
+                        "the store did not confirm a batch: it may or may not be stored"
+                    ),
+                    StoreError::Unavailable(_) if !failing => {
+                        tracing::warn!(error = %e, messages = messages.len(), "store refused a batch")
+                    }
+                    StoreError::Unavailable(_) => {}
                 }
+                failing = true;
                 for ack in acks.drain(..) {
-                    let _ = ack.send(Err(StoreError::Unavailable(e.to_string())));
+                    let _ = ack.send(Err(e.clone()));
                 }
             }
         }
@@ -267,8 +269,9 @@ mod tests {
         let second = writer.submit(message("b"), 2).await;
         for ack in [first, second] {
             let answer = ack.await.expect("every message is answered");
+            // Some of it was stored: not a refusal.
             assert!(
-                answer.is_err(),
+                matches!(answer, Err(StoreError::OutcomeUnknown(_))),
                 "no ack for an unconfirmed batch: {answer:?}"
             );
         }

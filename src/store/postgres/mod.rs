@@ -4,17 +4,24 @@
 //! parameters: no SQL is ever built from data. A batch of messages is stored by one
 //! multi-row `INSERT ... SELECT FROM unnest(...)` in one transaction, so the batched writer
 //! pays one commit per batch.
+//!
+//! Every operation has a deadline (`--db-timeout`), the INSERT included. While the database
+//! is known to be unreachable ([`Health`]), operations fail at once, and one background task
+//! probes it until it answers again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bb8::{ManageConnection, Pool};
 use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tokio_postgres::error::Severity;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
+use super::health::{Backoff, Health, HealthWatch, PROBE_CAP, PROBE_FIRST};
 use super::{HistoryStore, NewMessage, Page, StoreError, StoredMessage};
 use crate::protocol::MessageId;
 
@@ -31,7 +38,8 @@ pub struct PgSettings {
     pub config: tokio_postgres::Config,
     /// Most connections the pool opens.
     pub pool_size: u32,
-    /// Longest a single store operation (including waiting for a connection) may take.
+    /// Longest a single store operation (including waiting for a connection) may take; an
+    /// INSERT not confirmed by then is given up on (its outcome unknown).
     pub timeout: Duration,
     /// How long start-up keeps retrying an unreachable database (zero: forever).
     pub startup_timeout: Duration,
@@ -41,6 +49,8 @@ pub struct PgSettings {
 pub struct PgStore {
     pool: Pool<PgManager>,
     timeout: Duration,
+    /// Up, or down until the background probe reaches the database again.
+    health: Arc<Health>,
     /// Ids of users and rooms that stored messages reference. Filled only after such an
     /// insert, and a referenced row cannot be deleted (the foreign keys' delete side is
     /// enforced for everyone), so a cached id always names an existing row.
@@ -52,6 +62,27 @@ pub struct PgStore {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Whether an error shows the database unreachable (rather than refusing one statement):
+/// no answer at all (a broken or closed connection), or an answer that it cannot serve.
+fn shows_unreachable(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_none_or(|db| unreachable_code(db.code().code()))
+}
+
+/// SQLSTATEs that mean the database cannot serve us now: connection exceptions (class 08),
+/// operator intervention such as a shutdown (57), too many connections (53300).
+fn unreachable_code(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57") || code == "53300"
+}
+
+/// Whether an error answering a statement proves that its transaction did not commit. An
+/// `ERROR` does (PostgreSQL turns an error after a commit into a `PANIC`); a `FATAL` may come
+/// after the commit (a shutdown noticed before the reply was sent), and a broken connection
+/// tells nothing.
+fn proves_rolled_back(severity: Option<Severity>) -> bool {
+    severity == Some(Severity::Error)
 }
 
 fn to_db_id(id: MessageId) -> i64 {
@@ -101,6 +132,7 @@ impl PgStore {
         let manager = PgManager {
             inner: PostgresConnectionManager::new(config, NoTls),
         };
+        let health = Arc::new(Health::default());
         // Migrate on a plain connection first: the pool's connections prepare statements
         // against the tables.
         {
@@ -116,17 +148,41 @@ impl PgStore {
             // No round trip per checkout: closed connections are skipped in `connection`,
             // and one that fails in use is discarded (`has_broken`).
             .test_on_check_out(false)
-            .error_sink(Box::new(LogErrors))
+            .error_sink(Box::new(LogErrors {
+                health: Arc::downgrade(&health),
+            }))
             .build(manager)
             .await
             .map_err(unavailable)?;
+        tokio::spawn(probe(
+            pool.clone(),
+            Arc::downgrade(&health),
+            health.watch(),
+            settings.timeout,
+        ));
         Ok(PgStore {
             pool,
             timeout: settings.timeout,
+            health,
             user_ids: Mutex::new(HashMap::new()),
             room_ids: Mutex::new(HashMap::new()),
             recorders: Arc::new(tokio::sync::Semaphore::new(2)),
         })
+    }
+
+    /// Runs `op` unless the database is known to be down, giving up at `deadline`: an
+    /// operation that gets no answer in time shows the database unresponsive.
+    async fn before<T>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.health.check()?;
+        match tokio::time::timeout_at(deadline, op).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(self.no_answer(what))),
+        }
     }
 
     async fn with_timeout<T>(
@@ -134,23 +190,44 @@ impl PgStore {
         what: &str,
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, op).await {
-            Ok(result) => result,
-            Err(_) => Err(unavailable(format!(
-                "{what} took longer than {}s",
-                self.timeout.as_secs_f32()
-            ))),
+        self.before(Instant::now() + self.timeout, what, op).await
+    }
+
+    /// Marks the database down for not answering `what` in time, and says so.
+    fn no_answer(&self, what: &str) -> String {
+        let why = format!("{what} took longer than {}s", self.timeout.as_secs_f32());
+        self.health.mark_down(&why);
+        why
+    }
+
+    /// A statement's error as a refusal, marking the database down if the error shows it
+    /// unreachable.
+    fn failed(&self, e: tokio_postgres::Error) -> StoreError {
+        if shows_unreachable(&e) {
+            self.health.mark_down(&e.to_string());
+        }
+        unavailable(e)
+    }
+
+    /// A pooled connection, or a refusal as soon as the database is known to be down (a
+    /// refused connection attempt is only reported to the pool's error sink, which marks it
+    /// so; the wait for the connection would otherwise last the whole timeout).
+    async fn connection(&self) -> Result<bb8::PooledConnection<'_, PgManager>, StoreError> {
+        tokio::select! {
+            biased;
+            conn = self.open_connection() => conn,
+            () = self.health.down() => Err(unavailable("the database is unreachable: no connection could be made")),
         }
     }
 
     /// A pooled connection that is not known to be closed (the database restarting closes
     /// them all; those are discarded here rather than failing an operation each).
-    async fn connection(&self) -> Result<bb8::PooledConnection<'_, PgManager>, StoreError> {
+    async fn open_connection(&self) -> Result<bb8::PooledConnection<'_, PgManager>, StoreError> {
         loop {
             let mut conn = self.pool.get().await.map_err(|e| match e {
-                bb8::RunError::User(e) => unavailable(e),
+                bb8::RunError::User(e) => self.failed(e),
                 bb8::RunError::TimedOut => {
-                    unavailable("no database connection could be made in time")
+                    unavailable(self.no_answer("waiting for a database connection"))
                 }
             })?;
             if !conn.client.is_closed() {
@@ -161,45 +238,66 @@ impl PgStore {
         }
     }
 
-    /// Stores a batch with one INSERT. The names it needs are recorded first (idempotent
-    /// upserts, under the timeout). The INSERT is its own transaction and is awaited to its
-    /// real outcome, never abandoned by a timeout: an INSERT given up on half-way may still
-    /// commit, and then a refusal would be a lie and a later batch could commit ahead of it.
+    /// Stores a batch with one INSERT, all of it before one deadline. The names it needs
+    /// are recorded first (idempotent upserts). The INSERT is its own transaction.
+    ///
+    /// Until the INSERT is sent, a failure is a refusal ([`StoreError::Unavailable`]): the
+    /// messages were never handed to the database, and their connection (which may have an
+    /// upsert pending) is discarded, so they can never be stored. Once it is sent, only an
+    /// `ERROR` answer proves it was not stored; no answer by the deadline, or a broken
+    /// connection, is [`StoreError::OutcomeUnknown`]: a statement waiting on a frozen backend
+    /// still runs when it wakes. Its connection is discarded too (never reused with the
+    /// INSERT pending), and whatever becomes of it the server does not learn.
     async fn append_batch(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
+        let deadline = Instant::now() + self.timeout;
         let mut conn = self
-            .with_timeout("waiting for a connection", self.connection())
+            .before(deadline, "waiting for a connection", self.connection())
             .await?;
         let busy = Busy::new(&mut conn);
         let PgConnection {
             client, statements, ..
         } = &*busy.0;
         let (user_ids, room_ids, new_users, new_rooms) = self
-            .with_timeout("recording names", async {
+            .before(deadline, "recording names", async {
                 let mut new_users: Vec<(Arc<str>, i64)> = Vec::new();
                 let mut new_rooms: Vec<(Arc<str>, i64)> = Vec::new();
                 let mut user_ids = Vec::with_capacity(batch.len());
                 let mut room_ids = Vec::with_capacity(batch.len());
                 for m in batch {
                     let upsert = &statements.upsert_user;
-                    user_ids.push(
-                        resolve(client, upsert, &self.user_ids, &mut new_users, &m.nick).await?,
-                    );
+                    let user = resolve(client, upsert, &self.user_ids, &mut new_users, &m.nick);
+                    user_ids.push(user.await.map_err(|e| self.failed(e))?);
                     let upsert = &statements.upsert_room;
-                    room_ids.push(
-                        resolve(client, upsert, &self.room_ids, &mut new_rooms, &m.room).await?,
-                    );
+                    let room = resolve(client, upsert, &self.room_ids, &mut new_rooms, &m.room);
+                    room_ids.push(room.await.map_err(|e| self.failed(e))?);
                 }
                 Ok((user_ids, room_ids, new_users, new_rooms))
             })
             .await?;
         let bodies: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
-        let rows = client
-            .query(
-                &statements.insert_messages,
-                &[&room_ids, &user_ids, &bodies],
-            )
-            .await
-            .map_err(unavailable)?;
+        // From here on the INSERT is on its way.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&room_ids, &user_ids, &bodies];
+        let insert = client.query(&statements.insert_messages, &params);
+        let rows = match tokio::time::timeout_at(deadline, insert).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                let rolled_back =
+                    proves_rolled_back(e.as_db_error().and_then(|db| db.parsed_severity()));
+                let text = e.to_string();
+                let refusal = self.failed(e);
+                return Err(if rolled_back {
+                    refusal
+                } else {
+                    StoreError::OutcomeUnknown(text)
+                });
+            }
+            Err(_) => {
+                return Err(StoreError::OutcomeUnknown(
+                    self.no_answer("confirming the INSERT"),
+                ))
+            }
+        };
         busy.done();
         remember(&self.user_ids, new_users);
         remember(&self.room_ids, new_rooms);
@@ -224,15 +322,12 @@ async fn resolve(
     cache: &Mutex<HashMap<Arc<str>, i64>>,
     made: &mut Vec<(Arc<str>, i64)>,
     name: &Arc<str>,
-) -> Result<i64, StoreError> {
+) -> Result<i64, tokio_postgres::Error> {
     let cached = cache.lock().expect("id cache").get(name).copied();
     if let Some(id) = cached.or_else(|| made.iter().find(|(n, _)| n == name).map(|(_, id)| *id)) {
         return Ok(id);
     }
-    let row = client
-        .query_one(upsert, &[&&**name])
-        .await
-        .map_err(unavailable)?;
+    let row = client.query_one(upsert, &[&&**name]).await?;
     let id = row.get(0);
     made.push((name.clone(), id));
     Ok(id)
@@ -259,8 +354,11 @@ fn in_batch_order(
     if !matches {
         // Cannot happen while PostgreSQL inserts in the order asked; if it ever does, say so
         // loudly rather than acknowledge a message with another's id.
+        // (Committed, so not a refusal: the outcome for each message is unknown.)
         tracing::error!("the stored rows do not match the batch; refusing to acknowledge it");
-        return Err(unavailable("the stored rows do not match the batch"));
+        return Err(StoreError::OutcomeUnknown(
+            "the stored rows do not match the batch".into(),
+        ));
     }
     Ok(rows.into_iter().map(|r| (r.0, r.1)).collect())
 }
@@ -310,7 +408,7 @@ impl HistoryStore for PgStore {
                     let mut rows = client
                         .query(&statements.page_newest, &[&room, &before, &limit])
                         .await
-                        .map_err(unavailable)?;
+                        .map_err(|e| self.failed(e))?;
                     rows.reverse();
                     rows
                 }
@@ -325,7 +423,7 @@ impl HistoryStore for PgStore {
                     client
                         .query(&statements.page_oldest, &[&room, &after, &before, &limit])
                         .await
-                        .map_err(unavailable)?
+                        .map_err(|e| self.failed(e))?
                 }
             };
             busy.done();
@@ -343,7 +441,7 @@ impl HistoryStore for PgStore {
                 .client
                 .query_one(&busy.0.statements.latest_id, &[&room])
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             busy.done();
             let id: i64 = row.get(0);
             Ok(id as MessageId)
@@ -356,7 +454,7 @@ impl HistoryStore for PgStore {
         // known name, and no task at all when there is no capacity: a flood of NICKs costs
         // the server nothing. Not cached either: a user who never speaks should cost no
         // memory (their first message caches the id).
-        if self.user_ids.lock().expect("id cache").contains_key(nick) {
+        if !self.health.is_up() || self.user_ids.lock().expect("id cache").contains_key(nick) {
             return;
         }
         let Ok(permit) = self.recorders.clone().try_acquire_owned() else {
@@ -386,6 +484,9 @@ impl HistoryStore for PgStore {
     }
 
     async fn record_room(&self, room: &str) -> Result<(), StoreError> {
+        // Asked even of a known room: a JOIN during a known outage is refused before the
+        // room is entered, so its other members see nothing of it.
+        self.health.check()?;
         let known = self.room_ids.lock().expect("id cache").contains_key(room);
         if known {
             return Ok(());
@@ -399,11 +500,45 @@ impl HistoryStore for PgStore {
                 .client
                 .query_one(&busy.0.statements.upsert_room, &[&room])
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             busy.done();
             Ok(())
         })
         .await
+    }
+}
+
+/// The background probe, one task per store: it sleeps until the store goes down, then tries
+/// to open a connection, with backoff, until one opens (and goes to the pool); then the store
+/// is up again. It ends with the store.
+async fn probe(
+    pool: Pool<PgManager>,
+    health: Weak<Health>,
+    mut watch: HealthWatch,
+    timeout: Duration,
+) {
+    while watch.down().await {
+        let mut backoff = Backoff::new(PROBE_FIRST, PROBE_CAP);
+        loop {
+            tokio::time::sleep(backoff.next_wait()).await;
+            if health.strong_count() == 0 {
+                return;
+            }
+            match tokio::time::timeout(timeout, pool.dedicated_connection()).await {
+                Ok(Ok(conn)) => {
+                    let _ = pool.add(conn);
+                    break;
+                }
+                Ok(Err(e)) => tracing::debug!("the database probe failed: {e}"),
+                Err(_) => tracing::debug!("the database probe got no answer in time"),
+            }
+        }
+        match health.upgrade() {
+            Some(health) => {
+                health.mark_up();
+            }
+            None => return,
+        }
     }
 }
 
@@ -420,4 +555,28 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or("(default)");
     format!("{host}:{port}/{db}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_means_no_connection_or_no_service() {
+        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(unreachable_code(code), "{code}");
+        }
+        // A statement the database refused: it is up.
+        for code in ["23503", "42P01", "53100", "40001"] {
+            assert!(!unreachable_code(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn only_an_error_proves_an_insert_was_not_stored() {
+        assert!(proves_rolled_back(Some(Severity::Error)));
+        for later in [Some(Severity::Fatal), Some(Severity::Panic), None] {
+            assert!(!proves_rolled_back(later), "{later:?}");
+        }
+    }
 }

@@ -1,9 +1,13 @@
 //! The pool's connections: each prepares every statement once, when the pool opens it, and
 //! is thrown away rather than reused if an operation on it was cut short.
 
+use std::sync::Weak;
+
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::store::health::Health;
 
 /// Stores a batch: one statement, so one implicit transaction and one round trip. Rows are
 /// inserted in array order (WITH ORDINALITY ... ORDER BY), so ids follow the batch; each row
@@ -45,7 +49,8 @@ pub struct PgConnection {
     pub(super) client: Client,
     pub(super) statements: Statements,
     /// Set while an operation runs. If the operation is cancelled (a timeout), the flag stays
-    /// set and the pool discards the connection instead of handing it on mid-query.
+    /// set and the pool discards the connection instead of handing it on mid-query: above all
+    /// one whose INSERT was abandoned, which may still run when the database answers.
     pub(super) busy: bool,
 }
 
@@ -111,16 +116,24 @@ impl ManageConnection for PgManager {
     }
 }
 
-/// Logs the errors of connections the pool opens in the background.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct LogErrors;
+/// Takes the errors of connections the pool opens in the background. bb8 reports a failed
+/// attempt only here (a `get` waiting for it would wait out its whole timeout), so this is
+/// where the store learns that the database refuses connections.
+#[derive(Debug, Clone)]
+pub(super) struct LogErrors {
+    pub(super) health: Weak<Health>,
+}
 
 impl bb8::ErrorSink<tokio_postgres::Error> for LogErrors {
     fn sink(&self, e: tokio_postgres::Error) {
-        tracing::warn!("PostgreSQL connection failed: {e}");
+        // The health logs the outage once; each attempt only at debug.
+        tracing::debug!("PostgreSQL connection failed: {e}");
+        if let Some(health) = self.health.upgrade() {
+            health.mark_down(&format!("cannot connect: {e}"));
+        }
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
-        Box::new(*self)
+        Box::new(self.clone())
     }
 }

@@ -11,7 +11,7 @@ use crate::connection::Frame;
 use crate::protocol::{self, Command, ErrorCode, ProtocolError};
 use crate::store::NewMessage;
 
-use super::{store_error, Session};
+use super::Session;
 
 impl Session {
     /// Handles one input frame. `Some(reason)` means: close with `BYE <reason>`.
@@ -142,8 +142,9 @@ impl Session {
     async fn join(&mut self, room: String, bound: protocol::Replay) -> Result<(), ProtocolError> {
         let nick = self.require_nick()?;
         let room: Arc<str> = room.into();
-        if let Err(e) = self.hub.store.record_room(&room).await {
-            self.writer.push(store_error(&e));
+        let store = self.hub.store.clone();
+        if let Err(e) = self.until_shutdown(store.record_room(&room)).await {
+            self.writer.push(e.line());
             return Ok(());
         }
         let newly_joined = self.hub.rooms.join(&room, &nick, &self.conn);

@@ -8,14 +8,42 @@
 //! memory. While one is in progress the session reads no input and takes no room traffic:
 //! its lines must come in order.
 //!
+//! Every store call here gives way to shutdown: the server does not wait for a slow or frozen
+//! database to close a connection (the command gets `ERR SHUTTING_DOWN`, not done).
+//!
 //! [`JoinedRooms`]: super::joined::JoinedRooms
 
+use std::future::Future;
 use std::sync::Arc;
 
-use crate::protocol::{self, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay};
+use bytes::Bytes;
+
+use crate::protocol::{
+    self, ErrorCode, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay,
+};
 use crate::store::{HistoryStore, Page, StoreError, StoredMessage};
 
 use super::{store_error, Session};
+
+/// Why the store did not answer a session.
+pub(super) enum StoreCallError {
+    Store(StoreError),
+    /// The server began shutting down first.
+    ShuttingDown,
+}
+
+impl StoreCallError {
+    /// The `ERR` line that answers the command.
+    pub(super) fn line(&self) -> Bytes {
+        match self {
+            StoreCallError::Store(e) => store_error(e),
+            StoreCallError::ShuttingDown => protocol::error_line(&ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; this was not done",
+            )),
+        }
+    }
+}
 
 /// Reads a room's history forward from a cursor, a page at a time: the part that
 /// `JOIN ... SINCE` and a lag's catch-up share.
@@ -102,6 +130,19 @@ struct CatchUp {
 }
 
 impl Session {
+    /// A store call that gives way to shutdown (it is abandoned, which is harmless for a
+    /// read or an upsert of a name).
+    pub(super) async fn until_shutdown<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreCallError> {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Err(StoreCallError::ShuttingDown),
+            result = call => result.map_err(StoreCallError::Store),
+        }
+    }
+
     /// Replays history for a `JOIN` the rooms have taken, and answers it; a long replay
     /// (`SINCE`) is only begun here.
     pub(super) async fn replay_on_join(
@@ -116,14 +157,14 @@ impl Session {
             Replay::Default => self.hub.config.history_on_join.min(max_page),
             Replay::Last(n) => n.min(max_page),
             Replay::None => {
-                match store.latest_id(&room).await {
+                match self.until_shutdown(store.latest_id(&room)).await {
                     Ok(newest) => self.answer_join(room, 0, newest),
                     Err(e) => self.refuse_join(&room, newly_joined, &e),
                 }
                 return;
             }
             Replay::Since(since) => {
-                match store.latest_id(&room).await {
+                match self.until_shutdown(store.latest_id(&room)).await {
                     Ok(newest_before) => {
                         let pager = ForwardPager::new(room, since, max_page);
                         let purpose = Purpose::Join(JoinReplay {
@@ -143,14 +184,14 @@ impl Session {
             before: None,
             limit,
         };
-        let replayed = match store.page(&room, page).await {
+        let replayed = match self.until_shutdown(store.page(&room, page)).await {
             Ok(messages) => messages,
             Err(e) => return self.refuse_join(&room, newly_joined, &e),
         };
         let through = match replayed.last() {
             Some(m) => m.id,
             // LAST 0 asked for nothing: start after whatever the room holds now.
-            None if limit == 0 => match store.latest_id(&room).await {
+            None if limit == 0 => match self.until_shutdown(store.latest_id(&room)).await {
                 Ok(newest) => newest,
                 Err(e) => return self.refuse_join(&room, newly_joined, &e),
             },
@@ -175,11 +216,11 @@ impl Session {
     }
 
     /// The store could not replay: the `JOIN` is refused, and undone if it was a first one.
-    fn refuse_join(&mut self, room: &str, newly_joined: bool, e: &StoreError) {
+    fn refuse_join(&mut self, room: &str, newly_joined: bool, e: &StoreCallError) {
         if newly_joined {
             self.hub.rooms.leave(room, self.conn.id);
         }
-        self.writer.push(store_error(e));
+        self.writer.push(e.line());
     }
 
     /// The room a forward replay is joining, if it is a `JOIN`'s.
@@ -217,8 +258,10 @@ impl Session {
 
     /// One page of `JOIN ... SINCE`. True when the join is answered.
     async fn join_page(&mut self, pager: &mut ForwardPager, join: &mut JoinReplay) -> bool {
-        let messages = match pager.read(&*self.hub.store).await {
+        let messages = match self.until_shutdown(pager.read(&*self.hub.store)).await {
             Ok(messages) => messages,
+            // Kept: closing answers the JOIN with what was replayed so far.
+            Err(StoreCallError::ShuttingDown) => return false,
             Err(e) => {
                 self.refuse_join(&pager.room, join.newly_joined, &e);
                 return true;
@@ -277,9 +320,11 @@ impl Session {
         let room = pager.room.clone();
         // Read before the page: the store only ever lets go of more.
         let forgotten = store.forgotten_through(&room);
-        let messages = match pager.read(&*store).await {
+        let messages = match self.until_shutdown(pager.read(&*store)).await {
             Ok(messages) => messages,
-            Err(e) => {
+            // The connection closes; its catch-up ends with it.
+            Err(StoreCallError::ShuttingDown) => return true,
+            Err(StoreCallError::Store(e)) => {
                 tracing::warn!(conn = self.conn.id, error = %e, "catch-up after a lag deferred");
                 let mut left = vec![room];
                 left.extend(rooms_left);
@@ -362,7 +407,7 @@ impl Session {
                 limit,
             },
         };
-        match self.hub.store.page(&room, page).await {
+        match self.until_shutdown(self.hub.store.page(&room, page)).await {
             Ok(messages) => {
                 self.push_stored(&room, &messages);
                 self.writer.push(protocol::line(&[
@@ -372,7 +417,7 @@ impl Session {
                     &messages.len().to_string(),
                 ]));
             }
-            Err(e) => self.writer.push(store_error(&e)),
+            Err(e) => self.writer.push(e.line()),
         }
         Ok(())
     }

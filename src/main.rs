@@ -61,7 +61,8 @@ struct Cli {
     pool_size: u32,
 
     /// Seconds one database operation may take before SAY, JOIN or HISTORY get
-    /// ERR STORE_UNAVAILABLE.
+    /// ERR STORE_UNAVAILABLE (ERR OUTCOME_UNKNOWN for a SAY whose INSERT was sent). While the
+    /// database is known to be down they fail at once, and a background probe reconnects.
     #[arg(long, env = "LINECHAT_DB_TIMEOUT", default_value_t = DEFAULTS.db_timeout.as_secs())]
     db_timeout: u64,
 

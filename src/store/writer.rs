@@ -260,6 +260,53 @@ mod tests {
         }
     }
 
+    /// A store whose first append fails with the given error, without storing anything.
+    struct FailsOnce(MemoryStore, Mutex<Option<StoreError>>);
+
+    #[async_trait]
+    impl HistoryStore for FailsOnce {
+        async fn append(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
+            let failure = self.1.lock().unwrap().take();
+            match failure {
+                Some(e) => Err(e),
+                None => self.0.append(batch).await,
+            }
+        }
+
+        async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
+            self.0.page(room, page).await
+        }
+
+        async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {
+            self.0.latest_id(room).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_answered_with_the_stores_own_error_and_the_writer_moves_on() {
+        for failure in [
+            StoreError::Unavailable("refused".into()),
+            StoreError::OutcomeUnknown("no answer".into()),
+        ] {
+            let recorder = Recorder::default();
+            let store = Arc::new(FailsOnce(
+                MemoryStore::new(100),
+                Mutex::new(Some(failure.clone())),
+            ));
+            let (writer, _task) = Writer::spawn(store, recorder.clone(), 16, 16);
+            let failed = writer.submit(message("a"), 1).await.await.unwrap();
+            assert_eq!(
+                failed.unwrap_err().to_string(),
+                failure.to_string(),
+                "the sender learns which failure it was"
+            );
+            let stored = writer.submit(message("b"), 2).await.await.unwrap();
+            assert_eq!(stored.unwrap().id, 1, "the next batch is stored at once");
+            let published = recorder.0.lock().unwrap().clone();
+            assert_eq!(published, [("b".to_string(), 1, 2)], "only what was stored");
+        }
+    }
+
     #[tokio::test]
     async fn a_store_that_returns_fewer_rows_fails_the_batch_and_every_ack_is_answered() {
         let recorder = Recorder::default();

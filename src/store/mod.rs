@@ -54,13 +54,13 @@ pub enum Page {
 /// Why the store could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// Nothing was done. For a message: it was never handed to the database, so it is not
-    /// stored, whatever the database does later.
+    /// Nothing was done. For a message: it is not stored and never will be, whatever the
+    /// database does later (it was never sent, or the database answered that it rolled back).
     #[error("the message store is unavailable: {0}")]
     Unavailable(String),
     /// A message's INSERT was sent but not confirmed in time (or its connection broke before
     /// the answer came): it may or may not be stored. Only [`HistoryStore::append`] says so.
-    #[error("the store did not confirm this message in time; it may or may not be stored: HISTORY will tell ({0})")]
+    #[error("the store did not confirm this message; it may or may not be stored: HISTORY will tell ({0})")]
     OutcomeUnknown(String),
 }
 

@@ -436,3 +436,34 @@ async fn store_reads_in_a_frozen_database_give_way_to_shutdown() {
     }
     cluster.detach();
 }
+
+/// `PING` measures the server, never its store: with the database frozen and a `SAY` waiting
+/// for it, `PONG` comes at once; the `SAY` is answered later, at `--db-timeout`.
+#[tokio::test]
+async fn ping_is_never_queued_behind_a_frozen_store() {
+    const DB_TIMEOUT: Duration = Duration::from_secs(5);
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = pg::temp_dir("ping-frozen");
+    let _cleanup = pg::DirGuard(dir.clone());
+    let (server, cluster) = server_on_own_cluster(&dir, DB_TIMEOUT, memory_config()).await;
+    let mut a = server.login("a").await;
+    a.join("r").await;
+    a.say("before").await;
+
+    let frozen = Frozen::freeze(&cluster);
+    let sent = Instant::now();
+    a.send("SAY stuck").await;
+    a.send("PING alive").await;
+    a.expect("PONG alive").await;
+    let pong = sent.elapsed();
+    // The SAY's answer comes after the PONG, once its deadline has passed.
+    a.expect_err("OUTCOME_UNKNOWN").await;
+    let answered = sent.elapsed();
+    drop(frozen);
+    assert!(
+        pong < DB_TIMEOUT / 2 && answered >= DB_TIMEOUT - Duration::from_millis(500),
+        "PONG after {pong:?}, the SAY answered after {answered:?}"
+    );
+    server.stop().await.unwrap();
+    cluster.detach();
+}

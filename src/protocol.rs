@@ -463,6 +463,23 @@ pub fn line(words: &[&str]) -> Bytes {
     Bytes::from(s)
 }
 
+/// The greeting: `HELLO linechat <version> [epoch=<16 hex digits>] - <hint>`. The epoch (0:
+/// the store has none) names the history that message ids belong to (PROTOCOL.md, HELLO).
+pub fn hello(version: &str, epoch: u64) -> Bytes {
+    const HINT: &str = "- type NICK <name> to choose a name, then JOIN <room>, then SAY <text>. HELP lists every command.";
+    if epoch == 0 {
+        line(&["HELLO", "linechat", version, HINT])
+    } else {
+        line(&[
+            "HELLO",
+            "linechat",
+            version,
+            &format!("epoch={epoch:016x}"),
+            HINT,
+        ])
+    }
+}
+
 /// The `HELP` text, one `HELP` line each.
 pub const HELP: &[&str] = &[
     "NICK <name>              choose your name (1-32 of A-Z a-z 0-9 _ -)",
@@ -522,6 +539,20 @@ mod tests {
         ("PING \u{1b}x", ErrorCode::BadText),
         ("JOIN 4 SINCE +5", ErrorCode::BadArgument),
     ];
+
+    #[test]
+    fn hello_names_the_epoch_after_the_version_when_there_is_one() {
+        let hint = "- type NICK <name> to choose a name, then JOIN <room>, then SAY <text>. HELP lists every command.\n";
+        assert_eq!(hello("0.1.0", 0), format!("HELLO linechat 0.1.0 {hint}"));
+        assert_eq!(
+            hello("0.1.0", 0xab),
+            format!("HELLO linechat 0.1.0 epoch=00000000000000ab {hint}")
+        );
+        assert_eq!(
+            hello("0.1.0", u64::MAX),
+            format!("HELLO linechat 0.1.0 epoch=ffffffffffffffff {hint}")
+        );
+    }
 
     #[test]
     fn every_refusal_has_its_code() {

@@ -158,7 +158,11 @@ async fn chat_history_and_paging_through_postgres() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1]);
+    let all: Vec<i32> = linechat::store::postgres::migrations()
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(versions, all);
     server.stop().await.unwrap();
 
     // A second start on the same database migrates nothing and keeps everything.
@@ -174,7 +178,7 @@ async fn chat_history_and_paging_through_postgres() {
         .query("SELECT version FROM schema_version", &[])
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1);
+    assert_eq!(rows.len(), versions.len());
     server.stop().await.unwrap();
 }
 
@@ -271,7 +275,7 @@ async fn schema_of(db: &tokio_postgres::Client) -> Schema {
 /// nothing when run again.
 #[tokio::test]
 async fn migrations_make_the_schema_the_server_needs_and_run_once() {
-    use linechat::store::postgres::{migrate, migrations, INSERT_MESSAGES};
+    use linechat::store::postgres::{migrate, migrations, HISTORY_EPOCH, INSERT_MESSAGES};
     use tokio_postgres::types::Type;
 
     let db = pg::connect(&pg::fresh_database().await).await;
@@ -290,6 +294,8 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
     assert_eq!(
         schema.columns,
         [
+            "history_epoch.only_row boolean NOT NULL DEFAULT true",
+            "history_epoch.epoch bigint NOT NULL",
             "messages.id bigint NOT NULL GENERATED ALWAYS AS IDENTITY",
             "messages.room_id bigint NOT NULL",
             "messages.user_id bigint NOT NULL",
@@ -307,15 +313,13 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
         ],
         "the tables and their columns"
     );
-    // The history queries scan (room_id, id); ON CONFLICT (name) needs the unique names; a
-    // message must name a room and a user that exist, and these cannot be deleted under it
-    // (NO ACTION: the definition names no ON DELETE).
+    // The history queries scan (room_id, id); ON CONFLICT (name) needs the unique names. That
+    // a message names a room and a user that exist is checked by triggers (tests/integrity.rs).
     assert_eq!(
         schema.keys,
         [
-            "messages messages_room_id_fkey FOREIGN KEY (room_id) REFERENCES rooms(id)",
+            "history_epoch history_epoch_pkey PRIMARY KEY (only_row)",
             "messages messages_room_id_id PRIMARY KEY (room_id, id)",
-            "messages messages_user_id_fkey FOREIGN KEY (user_id) REFERENCES users(id)",
             "rooms rooms_name_key UNIQUE (name)",
             "rooms rooms_pkey PRIMARY KEY (id)",
             "schema_version schema_version_pkey PRIMARY KEY (version)",
@@ -328,6 +332,7 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
     assert_eq!(
         schema.indexes,
         [
+            "history_epoch history_epoch_pkey",
             "messages messages_room_id_id",
             "rooms rooms_name_key",
             "rooms rooms_pkey",
@@ -349,7 +354,13 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
     let statements = [
         (
             INSERT_MESSAGES,
-            vec![Type::INT8_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY],
+            vec![
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT4_ARRAY,
+                Type::INT4_ARRAY,
+                Type::TEXT_ARRAY,
+            ],
             vec![Type::INT8, Type::TIMESTAMPTZ, Type::INT8, Type::INT8],
         ),
         (
@@ -363,6 +374,7 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
             vec![Type::INT8, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT],
         ),
         (LATEST_ID, vec![Type::TEXT], vec![Type::INT8]),
+        (HISTORY_EPOCH, vec![], vec![Type::INT8]),
     ];
     for (sql, params, columns) in statements {
         let prepared = db.prepare(sql).await.unwrap();

@@ -182,12 +182,10 @@ impl Session {
     /// The loop: returns why the session ends. Shutdown is seen at the top of each turn: the
     /// server cancels the token, then wakes every mailbox.
     async fn serve(&mut self) -> End {
-        self.writer.push(protocol::line(&[
-            "HELLO",
-            "linechat",
+        self.writer.push(protocol::hello(
             env!("CARGO_PKG_VERSION"),
-            "- type NICK <name> to choose a name, then JOIN <room>, then SAY <text>. HELP lists every command.",
-        ]));
+            self.hub.store.epoch(),
+        ));
         // One signal wakes the session for room traffic, the login watch and shutdown (the
         // server notifies every mailbox after cancelling the token); it needs no waiter node.
         let mailbox = self.conn.mailbox.clone();

@@ -11,6 +11,8 @@ use crate::protocol::MessageId;
 /// A bounded per-room log. Ids keep counting after old messages are evicted.
 pub struct MemoryStore {
     capacity: usize,
+    /// Random, made at start: this store's history lives only as long as the store.
+    epoch: u64,
     rooms: Mutex<HashMap<String, RoomLog>>,
 }
 
@@ -28,9 +30,18 @@ impl MemoryStore {
     pub fn new(capacity: usize) -> Self {
         MemoryStore {
             capacity: capacity.max(1),
+            epoch: new_epoch(),
             rooms: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// A random, non-zero 64-bit value (std's hasher keys are random per process and per call).
+fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_i64(now_millis());
+    hasher.finish().max(1)
 }
 
 fn now_millis() -> i64 {
@@ -110,6 +121,10 @@ impl HistoryStore for MemoryStore {
     async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {
         let rooms = self.rooms.lock().expect("memory store lock");
         Ok(rooms.get(room).map_or(0, |log| log.last_id))
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     fn forgotten_through(&self, room: &str) -> MessageId {

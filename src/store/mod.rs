@@ -83,6 +83,14 @@ pub trait HistoryStore: Send + Sync + 'static {
         0
     }
 
+    /// This history's epoch: it differs between histories whose ids may repeat (each run of
+    /// a memory store; each database), so that a client can tell whether an id it saved
+    /// still means the same message here (`HELLO`'s `epoch=`, PROTOCOL.md). Never 0 for a
+    /// store that has one; 0 means the store cannot tell, and `HELLO` then names none.
+    fn epoch(&self) -> u64 {
+        0
+    }
+
     /// Records that a user of this name exists (on `NICK`), in the background, when the
     /// store has capacity to spare; never waits. Stores without users ignore it.
     fn record_user(&self, _nick: &str) {}

@@ -9,7 +9,7 @@
 //! is known to be unreachable ([`Health`]), operations fail at once, and one background task
 //! probes it until it answers again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use bb8::{ManageConnection, Pool};
 use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
-use tokio_postgres::error::Severity;
+use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::health::{Backoff, Health, HealthWatch, PROBE_CAP, PROBE_FIRST};
@@ -29,7 +29,7 @@ mod pool;
 mod schema;
 
 use pool::{Busy, LogErrors, PgConnection, PgManager};
-pub use pool::{INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
+pub use pool::{HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
 pub use schema::{ensure_database, migrate, migrations, SCHEMA};
 
 /// Settings for [`PgStore::connect`].
@@ -51,13 +51,48 @@ pub struct PgStore {
     timeout: Duration,
     /// Up, or down until the background probe reaches the database again.
     health: Arc<Health>,
-    /// Ids of users and rooms that stored messages reference. Filled only after such an
-    /// insert, and a referenced row cannot be deleted (the foreign keys' delete side is
-    /// enforced for everyone), so a cached id always names an existing row.
-    user_ids: Mutex<HashMap<Arc<str>, i64>>,
-    room_ids: Mutex<HashMap<Arc<str>, i64>>,
+    /// Names of users and rooms that stored messages reference: known to exist, so a batch
+    /// need not record them first. Only names are kept, never ids: the INSERT looks each name
+    /// up itself. If a table was emptied meanwhile, the INSERT fails whole and `append`
+    /// records the names again (`BatchError::NameVanished`).
+    known_users: Mutex<HashSet<Arc<str>>>,
+    known_rooms: Mutex<HashSet<Arc<str>>>,
     /// Bounds the background `record_user` calls.
     recorders: Arc<tokio::sync::Semaphore>,
+    /// The database's history epoch, read at connect (schema.sql's migration 3).
+    epoch: u64,
+}
+
+/// Why a batch was not stored.
+enum BatchError {
+    /// A room or user the batch names no longer exists (the tables were emptied or restored
+    /// under the running server). The INSERT was refused whole (an `ERROR`), so nothing was
+    /// stored and the batch may be tried again once its names are recorded.
+    NameVanished(StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for BatchError {
+    fn from(e: StoreError) -> Self {
+        BatchError::Store(e)
+    }
+}
+
+impl From<BatchError> for StoreError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::NameVanished(e) | BatchError::Store(e) => e,
+        }
+    }
+}
+
+/// Whether the INSERT was refused for a name it did not find (its id came out NULL) or a
+/// reference the triggers refused: worth recording the names and one more try.
+fn name_vanished(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(&SqlState::NOT_NULL_VIOLATION) | Some(&SqlState::FOREIGN_KEY_VIOLATION)
+    )
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -135,10 +170,15 @@ impl PgStore {
         let health = Arc::new(Health::default());
         // Migrate on a plain connection first: the pool's connections prepare statements
         // against the tables.
-        {
+        let epoch = {
             let client = manager.inner.connect().await.map_err(unavailable)?;
             migrate(&client).await?;
-        }
+            let row = client
+                .query_one(pool::HISTORY_EPOCH, &[])
+                .await
+                .map_err(unavailable)?;
+            row.get::<_, i64>(0) as u64
+        };
         let pool = Pool::builder()
             .max_size(settings.pool_size.max(1))
             .connection_timeout(settings.timeout)
@@ -164,9 +204,10 @@ impl PgStore {
             pool,
             timeout: settings.timeout,
             health,
-            user_ids: Mutex::new(HashMap::new()),
-            room_ids: Mutex::new(HashMap::new()),
+            known_users: Mutex::new(HashSet::new()),
+            known_rooms: Mutex::new(HashSet::new()),
             recorders: Arc::new(tokio::sync::Semaphore::new(2)),
+            epoch,
         })
     }
 
@@ -183,6 +224,11 @@ impl PgStore {
             Ok(result) => result,
             Err(_) => Err(unavailable(self.no_answer(what))),
         }
+    }
+
+    fn forget_names(&self) {
+        self.known_users.lock().expect("name cache").clear();
+        self.known_rooms.lock().expect("name cache").clear();
     }
 
     async fn with_timeout<T>(
@@ -248,7 +294,7 @@ impl PgStore {
     /// connection, is [`StoreError::OutcomeUnknown`]: a statement waiting on a frozen backend
     /// still runs when it wakes. Its connection is discarded too (never reused with the
     /// INSERT pending), and whatever becomes of it the server does not learn.
-    async fn append_batch(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
+    async fn append_batch(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, BatchError> {
         let deadline = Instant::now() + self.timeout;
         let mut conn = self
             .before(deadline, "waiting for a connection", self.connection())
@@ -257,51 +303,52 @@ impl PgStore {
         let PgConnection {
             client, statements, ..
         } = &*busy.0;
-        let (user_ids, room_ids, new_users, new_rooms) = self
+        let names = BatchNames::of(batch);
+        let (new_users, new_rooms) = self
             .before(deadline, "recording names", async {
-                let mut new_users: Vec<(Arc<str>, i64)> = Vec::new();
-                let mut new_rooms: Vec<(Arc<str>, i64)> = Vec::new();
-                let mut user_ids = Vec::with_capacity(batch.len());
-                let mut room_ids = Vec::with_capacity(batch.len());
-                for m in batch {
-                    let upsert = &statements.upsert_user;
-                    let user = resolve(client, upsert, &self.user_ids, &mut new_users, &m.nick);
-                    user_ids.push(user.await.map_err(|e| self.failed(e))?);
-                    let upsert = &statements.upsert_room;
-                    let room = resolve(client, upsert, &self.room_ids, &mut new_rooms, &m.room);
-                    room_ids.push(room.await.map_err(|e| self.failed(e))?);
-                }
-                Ok((user_ids, room_ids, new_users, new_rooms))
+                let users = &statements.upsert_user;
+                let new_users = record(client, users, &self.known_users, &names.users).await;
+                let new_users = new_users.map_err(|e| self.failed(e))?;
+                let rooms = &statements.upsert_room;
+                let new_rooms = record(client, rooms, &self.known_rooms, &names.rooms).await;
+                let new_rooms = new_rooms.map_err(|e| self.failed(e))?;
+                Ok((new_users, new_rooms))
             })
             .await?;
         let bodies: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
         // From here on the INSERT is on its way.
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&room_ids, &user_ids, &bodies];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &names.rooms,
+            &names.users,
+            &names.room_of,
+            &names.user_of,
+            &bodies,
+        ];
         let insert = client.query(&statements.insert_messages, &params);
         let rows = match tokio::time::timeout_at(deadline, insert).await {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {
                 let rolled_back =
                     proves_rolled_back(e.as_db_error().and_then(|db| db.parsed_severity()));
+                let vanished = name_vanished(&e);
                 let text = e.to_string();
                 let refusal = self.failed(e);
-                return Err(if rolled_back {
-                    refusal
-                } else {
-                    StoreError::OutcomeUnknown(text)
+                return Err(match (rolled_back, vanished) {
+                    (true, true) => BatchError::NameVanished(refusal),
+                    (true, false) => refusal.into(),
+                    (false, _) => StoreError::OutcomeUnknown(text).into(),
                 });
             }
             Err(_) => {
-                return Err(StoreError::OutcomeUnknown(
-                    self.no_answer("confirming the INSERT"),
-                ))
+                return Err(
+                    StoreError::OutcomeUnknown(self.no_answer("confirming the INSERT")).into(),
+                )
             }
         };
         busy.done();
-        remember(&self.user_ids, new_users);
-        remember(&self.room_ids, new_rooms);
-        let rows = in_batch_order(&rows, &room_ids, &user_ids)?;
+        remember(&self.known_users, new_users);
+        remember(&self.known_rooms, new_rooms);
+        let rows = in_batch_order(&rows, &names)?;
         Ok(batch
             .iter()
             .zip(rows)
@@ -315,42 +362,91 @@ impl PgStore {
     }
 }
 
-/// The id for `name`: cached, made earlier in this batch, or upserted now.
-async fn resolve(
+/// A batch's room and user names, each once, and each message's place in them (1-based, as
+/// SQL arrays count): the INSERT looks each name up once, however many messages use it.
+#[derive(Debug, PartialEq, Eq)]
+struct BatchNames<'a> {
+    rooms: Vec<&'a str>,
+    users: Vec<&'a str>,
+    room_of: Vec<i32>,
+    user_of: Vec<i32>,
+}
+
+impl<'a> BatchNames<'a> {
+    fn of(batch: &'a [NewMessage]) -> Self {
+        let mut rooms = Distinct::default();
+        let mut users = Distinct::default();
+        let room_of = batch.iter().map(|m| rooms.place(&m.room)).collect();
+        let user_of = batch.iter().map(|m| users.place(&m.nick)).collect();
+        BatchNames {
+            rooms: rooms.names,
+            users: users.names,
+            room_of,
+            user_of,
+        }
+    }
+}
+
+/// Names in order of first use, and where each is.
+#[derive(Default)]
+struct Distinct<'a> {
+    names: Vec<&'a str>,
+    places: HashMap<&'a str, i32>,
+}
+
+impl<'a> Distinct<'a> {
+    /// The 1-based place of `name`, added if new.
+    fn place(&mut self, name: &'a str) -> i32 {
+        let next = self.names.len() as i32 + 1;
+        let place = *self.places.entry(name).or_insert(next);
+        if place == next {
+            self.names.push(name);
+        }
+        place
+    }
+}
+
+/// Records (upserts) each of `names` not known to exist; returns those it recorded.
+async fn record(
     client: &Client,
     upsert: &Statement,
-    cache: &Mutex<HashMap<Arc<str>, i64>>,
-    made: &mut Vec<(Arc<str>, i64)>,
-    name: &Arc<str>,
-) -> Result<i64, tokio_postgres::Error> {
-    let cached = cache.lock().expect("id cache").get(name).copied();
-    if let Some(id) = cached.or_else(|| made.iter().find(|(n, _)| n == name).map(|(_, id)| *id)) {
-        return Ok(id);
+    known: &Mutex<HashSet<Arc<str>>>,
+    names: &[&str],
+) -> Result<Vec<Arc<str>>, tokio_postgres::Error> {
+    let unknown: Vec<&str> = {
+        let known = known.lock().expect("name cache");
+        names
+            .iter()
+            .copied()
+            .filter(|n| !known.contains(*n))
+            .collect()
+    };
+    let mut made = Vec::with_capacity(unknown.len());
+    for name in unknown {
+        client.query_one(upsert, &[&name]).await?;
+        made.push(Arc::from(name));
     }
-    let row = client.query_one(upsert, &[&&**name]).await?;
-    let id = row.get(0);
-    made.push((name.clone(), id));
-    Ok(id)
+    Ok(made)
 }
 
 /// The inserted rows as (id, time) in batch order. Identity values are drawn in insertion
-/// order, which is the order of the arrays; each row is checked against the batch anyway,
-/// so that a message can never be acknowledged with another message's id.
+/// order, which is the order of the arrays; each row is checked against the batch anyway (one
+/// row per message, and the rows of one room or user name carry one id, different from the
+/// other names'), so that a message can never be acknowledged with another message's id.
 fn in_batch_order(
     rows: &[Row],
-    room_ids: &[i64],
-    user_ids: &[i64],
+    names: &BatchNames,
 ) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
     let mut rows: Vec<(i64, DateTime<Utc>, i64, i64)> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
     rows.sort_unstable_by_key(|r| r.0);
-    let matches = rows.len() == room_ids.len()
-        && rows
-            .iter()
-            .zip(room_ids.iter().zip(user_ids))
-            .all(|(r, (room, user))| r.2 == *room && r.3 == *user);
+    let room_ids = rows.iter().map(|r| r.2);
+    let user_ids = rows.iter().map(|r| r.3);
+    let matches = rows.len() == names.room_of.len()
+        && one_id_per_name(&names.room_of, names.rooms.len(), room_ids)
+        && one_id_per_name(&names.user_of, names.users.len(), user_ids);
     if !matches {
         // Cannot happen while PostgreSQL inserts in the order asked; if it ever does, say so
         // loudly rather than acknowledge a message with another's id.
@@ -363,9 +459,28 @@ fn in_batch_order(
     Ok(rows.into_iter().map(|r| (r.0, r.1)).collect())
 }
 
-fn remember(cache: &Mutex<HashMap<Arc<str>, i64>>, made: Vec<(Arc<str>, i64)>) {
+/// Whether the ids, row by row, follow the names' places: one id per place (1-based), and a
+/// different one for each place.
+fn one_id_per_name(places: &[i32], count: usize, ids: impl Iterator<Item = i64>) -> bool {
+    let mut id_of: Vec<Option<i64>> = vec![None; count];
+    for (&place, id) in places.iter().zip(ids) {
+        let Some(slot) = id_of.get_mut(place as usize - 1) else {
+            return false;
+        };
+        if *slot.get_or_insert(id) != id {
+            return false;
+        }
+    }
+    let mut ids: Vec<i64> = id_of.into_iter().flatten().collect();
+    let named = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.len() == named
+}
+
+fn remember(known: &Mutex<HashSet<Arc<str>>>, made: Vec<Arc<str>>) {
     if !made.is_empty() {
-        cache.lock().expect("id cache").extend(made);
+        known.lock().expect("name cache").extend(made);
     }
 }
 
@@ -384,14 +499,24 @@ fn stored_message(row: &Row) -> StoredMessage {
 #[async_trait]
 impl HistoryStore for PgStore {
     async fn append(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
-        let stored = self.append_batch(batch).await;
-        if stored.is_err() {
-            // The failure may be a row the cache still names (a restored or edited
-            // database): look every name up afresh next time.
-            self.user_ids.lock().expect("id cache").clear();
-            self.room_ids.lock().expect("id cache").clear();
+        let mut stored = self.append_batch(batch).await;
+        if let Err(BatchError::NameVanished(e)) = &stored {
+            // Rooms or users were emptied or restored under us: nothing of the batch was
+            // stored, so record its names again and try it once more.
+            tracing::warn!("a room or user the batch names is gone; recording them again: {e}");
+            self.forget_names();
+            stored = self.append_batch(batch).await;
         }
-        stored
+        if stored.is_err() {
+            // The failure may be a name the cache still holds (a restored or edited
+            // database): record every name afresh next time.
+            self.forget_names();
+        }
+        stored.map_err(StoreError::from)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
@@ -454,7 +579,7 @@ impl HistoryStore for PgStore {
         // known name, and no task at all when there is no capacity: a flood of NICKs costs
         // the server nothing. Not cached either: a user who never speaks should cost no
         // memory (their first message caches the id).
-        if !self.health.is_up() || self.user_ids.lock().expect("id cache").contains_key(nick) {
+        if !self.health.is_up() || self.known_users.lock().expect("name cache").contains(nick) {
             return;
         }
         let Ok(permit) = self.recorders.clone().try_acquire_owned() else {
@@ -487,13 +612,13 @@ impl HistoryStore for PgStore {
         // Asked even of a known room: a JOIN during a known outage is refused before the
         // room is entered, so its other members see nothing of it.
         self.health.check()?;
-        let known = self.room_ids.lock().expect("id cache").contains_key(room);
+        let known = self.known_rooms.lock().expect("name cache").contains(room);
         if known {
             return Ok(());
         }
         self.with_timeout("recording a room", async {
-            // Not cached: only ids that messages reference are cached, and rows that messages
-            // reference cannot be deleted, so a cached id never goes stale.
+            // Not cached: only names that messages reference are cached (those rows cannot be
+            // deleted while messages reference them).
             let mut conn = self.connection().await?;
             let busy = Busy::new(&mut conn);
             busy.0
@@ -560,6 +685,45 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(room: &str, nick: &str) -> NewMessage {
+        NewMessage {
+            room: room.into(),
+            nick: nick.into(),
+            text: "x".into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_names_each_room_and_user_once_in_order_of_first_use() {
+        let batch = [
+            message("b", "carol"),
+            message("a", "alice"),
+            message("b", "alice"),
+            message("c", "carol"),
+        ];
+        assert_eq!(
+            BatchNames::of(&batch),
+            BatchNames {
+                rooms: vec!["b", "a", "c"],
+                users: vec!["carol", "alice"],
+                room_of: vec![1, 2, 1, 3],
+                user_of: vec![1, 2, 2, 1],
+            }
+        );
+        assert!(one_id_per_name(&[1, 2, 1, 3], 3, [7, 5, 7, 9].into_iter()));
+        assert!(!one_id_per_name(&[1, 2, 1, 3], 3, [7, 5, 8, 9].into_iter()));
+        assert!(!one_id_per_name(&[1, 2, 1, 3], 3, [7, 5, 7, 5].into_iter()));
+        assert_eq!(
+            BatchNames::of(&[]),
+            BatchNames {
+                rooms: vec![],
+                users: vec![],
+                room_of: vec![],
+                user_of: vec![],
+            }
+        );
+    }
 
     #[test]
     fn unreachable_means_no_connection_or_no_service() {

@@ -9,12 +9,24 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::store::health::Health;
 
-/// Stores a batch: one statement, so one implicit transaction and one round trip. Rows are
-/// inserted in array order (WITH ORDINALITY ... ORDER BY), so ids follow the batch; each row
-/// comes back with what it was stored with, so that this is checked, not assumed.
+/// Stores a batch: one statement, so one implicit transaction and one round trip. The batch
+/// names its rooms (`$1`) and users (`$2`) once each, and each message points into them
+/// (`$3`, `$4`, 1-based): each name is looked up once, here, by name, so that no id remembered
+/// from earlier can go stale (emptied or restored tables may reuse it for another name). A
+/// name that does not exist makes its id NULL and the whole statement fail (NOT NULL), so
+/// nothing is stored. Rows are inserted in array order (WITH ORDINALITY ... ORDER BY), so
+/// ids follow the batch; each row comes back with the ids it was stored with, so that this is
+/// checked, not assumed. The triggers of schema.sql's migration 2 check (and lock) every room
+/// and user the rows reference, once per statement.
 pub const INSERT_MESSAGES: &str = "INSERT INTO messages (room_id, user_id, body) \
-     SELECT r, u, b FROM unnest($1::bigint[], $2::bigint[], $3::text[]) \
-     WITH ORDINALITY AS batch(r, u, b, n) ORDER BY n \
+     SELECT ids.rooms[batch.r], ids.users[batch.u], batch.body \
+     FROM (SELECT \
+         ARRAY(SELECT (SELECT id FROM rooms WHERE name = n.name) \
+               FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS rooms, \
+         ARRAY(SELECT (SELECT id FROM users WHERE name = n.name) \
+               FROM unnest($2::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS users) ids, \
+       unnest($3::int[], $4::int[], $5::text[]) WITH ORDINALITY AS batch(r, u, body, n) \
+     ORDER BY batch.n \
      RETURNING id, created_at, room_id, user_id";
 /// The newest `$3` messages of room `$1` with id < `$2`, newest first.
 pub const PAGE_NEWEST: &str = "SELECT m.id, m.created_at, u.name, m.body \
@@ -31,6 +43,8 @@ pub const LATEST_ID: &str = "SELECT coalesce(max(m.id), 0) FROM messages m \
      WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1)";
 const UPSERT_USER: &str = "INSERT INTO users (name) VALUES ($1) \
      ON CONFLICT (name) DO UPDATE SET last_seen_at = now() RETURNING id";
+/// This database's history epoch (schema.sql's migration 3).
+pub const HISTORY_EPOCH: &str = "SELECT epoch FROM history_epoch";
 const UPSERT_ROOM: &str = "INSERT INTO rooms (name) VALUES ($1) \
      ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id";
 
@@ -80,18 +94,6 @@ impl ManageConnection for PgManager {
 
     async fn connect(&self) -> Result<PgConnection, tokio_postgres::Error> {
         let client = self.inner.connect().await?;
-        // The foreign keys of `messages` stay declared and enforced for every other session,
-        // but this server's own inserts skip their per-row checks (two trigger queries per
-        // message, about 70% of PostgreSQL's insert cost): every room and user id it writes
-        // was just returned by an upsert on this database, and rows that messages reference
-        // cannot be deleted (that side of the keys is still checked). Needs a superuser, as
-        // in zero-config mode; elsewhere the checks simply run.
-        if let Err(e) = client
-            .batch_execute("SET session_replication_role = replica")
-            .await
-        {
-            tracing::debug!("foreign-key checks stay on for this server's inserts: {e}");
-        }
         let statements = Statements {
             insert_messages: client.prepare(INSERT_MESSAGES).await?,
             page_newest: client.prepare(PAGE_NEWEST).await?,

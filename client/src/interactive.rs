@@ -85,10 +85,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let state = Arc::new(Mutex::new(State::load()));
     let (tx, updates) = mpsc::channel(link::UPDATES);
     let link = loop {
-        let since = state
+        let saved = state
             .lock()
             .expect("state")
             .last_id(&cli.server, &nick, &room);
+        let (since, epoch) = saved.unzip();
         let settings = Settings {
             server: cli.server.clone(),
             nick: Some(nick.clone()),
@@ -97,6 +98,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 bound: since.map(|id| format!("SINCE {id}")).unwrap_or_default(),
             }],
             reconnect: true,
+            epoch: epoch.flatten(),
         };
         match link::start(settings, tx.clone()).await {
             Ok(link) => break link,
@@ -128,6 +130,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         who: Vec::new(),
         listing: Vec::new(),
         saved: Instant::now(),
+        epoch: None,
     };
     view.say(&style.notice(&format!(
         "* connected to {}; /help lists the commands",
@@ -255,6 +258,8 @@ struct View<P: ExternalPrinter> {
     who: Vec<String>,
     listing: Vec<String>,
     saved: Instant,
+    /// The server's history epoch, which the ids shown belong to.
+    epoch: Option<String>,
 }
 
 impl<P: ExternalPrinter> View<P> {
@@ -272,7 +277,13 @@ impl<P: ExternalPrinter> View<P> {
         let line = self.style.message(m);
         self.say(&line);
         let mut state = self.state.lock().expect("state");
-        state.shown(&self.server, &self.nick, &m.room, m.id);
+        state.shown(
+            &self.server,
+            &self.nick,
+            &m.room,
+            m.id,
+            self.epoch.as_deref(),
+        );
         if self.saved.elapsed() > Duration::from_secs(2) {
             state.save();
             self.saved = Instant::now();
@@ -293,7 +304,8 @@ impl<P: ExternalPrinter> View<P> {
                     let line = self.style.message(&m);
                     self.say(&line);
                 }
-                Update::Connected { again: true } => {
+                Update::Connected { again: true, epoch } => {
+                    self.epoch = epoch;
                     // Replies of the old connection are gone and re-joins add new ones: the
                     // count no longer matches, so stop waiting on it.
                     self.replies.give_up();
@@ -310,12 +322,28 @@ impl<P: ExternalPrinter> View<P> {
                         &self.nick,
                         &room,
                         last_id,
+                        self.epoch.as_deref(),
                     );
                     self.notice(&format!(
                         "* the server's history of {room} was reset; what you saw before is gone"
                     ));
                 }
-                Update::Connected { again: false } => {}
+                Update::Connected {
+                    again: false,
+                    epoch,
+                } => self.epoch = epoch,
+                Update::StaleResume { room, since } => {
+                    self.state.lock().expect("state").reset(
+                        &self.server,
+                        &self.nick,
+                        &room,
+                        0,
+                        self.epoch.as_deref(),
+                    );
+                    self.notice(&format!(
+                        "* {room}: the server's history is not the one you last saw (it was restarted or replaced), so #{since} means nothing there; showing its recent messages instead"
+                    ));
+                }
                 Update::CatchingUp { room, since } => {
                     self.notice(&format!(
                         "--- {room}: what was said while you were away (after #{since}) ---"

@@ -21,8 +21,13 @@ pub enum Update {
     Said(Message),
     /// A replayed message that came as the reply to `HISTORY` (not part of the live flow).
     Page(Message),
-    /// Connected; `again` after a reconnect.
-    Connected { again: bool },
+    /// Connected; `again` after a reconnect. `epoch`: the server's history epoch (`HELLO`),
+    /// which the ids it sends belong to.
+    Connected { again: bool, epoch: Option<String> },
+    /// The resume point of `room` (after `since`) belongs to another history (the server's
+    /// epoch differs: it restarted with a memory store, or is another database), so the room
+    /// is joined with the default replay instead of `SINCE`.
+    StaleResume { room: String, since: u64 },
     /// After a reconnect, every room is re-joined and what was missed has been shown:
     /// `messages` replayed over `rooms` rooms.
     CaughtUp { rooms: usize, messages: u64 },
@@ -55,6 +60,9 @@ pub struct Settings {
     pub joins: Vec<Join>,
     /// Reconnect after a drop (interactive and --follow); scripts fail instead.
     pub reconnect: bool,
+    /// The history epoch that the joins' `SINCE` bounds were saved under (`None`: not known,
+    /// so they are used as they are).
+    pub epoch: Option<String>,
 }
 
 /// The room and bound of a `JOIN` line, if it is one.
@@ -130,6 +138,7 @@ pub async fn start(settings: Settings, updates: mpsc::Sender<Update>) -> Result<
         quitting: false,
         bye: None,
         rejoins: None,
+        epoch: None,
     };
     let conn = state.connect(false).await?;
     tokio::spawn(state.run(conn));
@@ -157,6 +166,8 @@ struct State {
     bye: Option<String>,
     /// After a reconnect: re-joins not yet answered, and the messages they replayed.
     rejoins: Option<(usize, usize, u64)>,
+    /// The history epoch of the server last connected to.
+    epoch: Option<String>,
 }
 
 /// Lines from the server (read through `Lines`, whose `next_line` is cancel-safe: a line
@@ -202,6 +213,16 @@ impl State {
                 line.trim_end()
             );
         }
+        // The ids we hold (saved, or seen on the last connection) belong to the history of
+        // `held`; a server that names another epoch has another history.
+        let epoch = proto::hello_epoch(line.trim_end());
+        let held = if again {
+            self.epoch.clone()
+        } else {
+            self.settings.epoch.clone()
+        };
+        let stale = matches!((&held, &epoch), (Some(h), Some(e)) if h != e);
+        self.epoch = epoch.clone();
         self.pending.clear();
         self.bye = None;
         if let Some(nick) = &self.settings.nick {
@@ -223,30 +244,48 @@ impl State {
                 }
             }
         }
-        self.report(Update::Connected { again }).await;
+        self.report(Update::Connected { again, epoch }).await;
+        if stale {
+            self.own.clear();
+        }
         if !again {
             for j in self.settings.joins.clone() {
                 self.want(&j.room, &j.bound);
             }
         }
         // A confirmed room: everything after the last message seen (SINCE 0 for a room
-        // still empty). One never confirmed: the JOIN as first asked.
-        let joins: Vec<(String, String)> = self
+        // still empty). One never confirmed: the JOIN as first asked. A resume point from
+        // another history is dropped: that room is joined as new.
+        let joins: Vec<(String, String, Option<u64>)> = self
             .rooms
-            .iter()
+            .iter_mut()
             .map(|r| {
                 let bound = if r.confirmed {
                     format!("SINCE {}", r.last_id)
                 } else {
                     r.bound.clone()
                 };
-                (r.name.clone(), bound)
+                let since = bound.strip_prefix("SINCE ").and_then(|s| s.parse().ok());
+                match since.filter(|_| stale) {
+                    Some(dropped) => {
+                        (r.last_id, r.confirmed, r.bound) = (0, false, String::new());
+                        (r.name.clone(), String::new(), Some(dropped))
+                    }
+                    None => (r.name.clone(), bound, None),
+                }
             })
             .collect();
         if again {
             self.rejoins = (!joins.is_empty()).then_some((joins.len(), joins.len(), 0));
         }
-        for (room, bound) in joins {
+        for (room, bound, dropped) in joins {
+            if let Some(since) = dropped.filter(|&s| s > 0) {
+                self.report(Update::StaleResume {
+                    room: room.clone(),
+                    since,
+                })
+                .await;
+            }
             let since = bound.strip_prefix("SINCE ").and_then(|s| s.parse().ok());
             if let Some(since) = since.filter(|&s| s > 0 || !again) {
                 self.report(Update::CatchingUp {

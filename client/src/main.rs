@@ -150,6 +150,7 @@ async fn say_lines(cli: &Cli) -> Result<ExitCode> {
                 bound: "NONE".into(),
             }],
             reconnect: false,
+            epoch: None,
         },
         tx,
     )
@@ -238,6 +239,7 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
                 nick: None,
                 joins: Vec::new(),
                 reconnect: false,
+                epoch: None,
             },
             tx,
         )
@@ -292,6 +294,7 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
             nick: Some(nick),
             joins: vec![Join { room, bound }],
             reconnect: true,
+            epoch: None,
         },
         tx,
     )
@@ -306,12 +309,15 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
                 "linechat-client: disconnected: {reason}; trying again in {:.1}s",
                 retry_in.unwrap_or_default().as_secs_f32()
             ),
-            Update::Connected { again: true } => {
+            Update::Connected { again: true, .. } => {
                 eprintln!("linechat-client: reconnected to {}; catching up", cli.server)
             }
             Update::CaughtUp { messages, .. } => {
                 eprintln!("linechat-client: caught up ({messages} missed messages)")
             }
+            Update::StaleResume { room, since } => eprintln!(
+                "linechat-client: {room}: the server's history is another one now (restarted or replaced), so #{since} means nothing there; its recent messages follow"
+            ),
             Update::Event(Event::Missed { room, first, last }) => eprintln!(
                 "linechat-client: messages {first} to {last} in {room} are no longer in the server's history"
             ),

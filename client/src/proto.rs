@@ -160,9 +160,37 @@ pub fn parse(line: &str) -> Event {
     }
 }
 
+/// The history epoch a `HELLO` line names (`epoch=<value>`, among the `key=value` words
+/// right after the version), if any: message ids mean the same only under the same epoch.
+pub fn hello_epoch(line: &str) -> Option<String> {
+    line.split(' ')
+        .skip(3)
+        .take_while(|w| w.contains('='))
+        .find_map(|w| w.strip_prefix("epoch="))
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_epoch_is_a_key_word_after_the_version() {
+        let hint = "- type NICK <name> to choose a name";
+        assert_eq!(
+            hello_epoch(&format!("HELLO linechat 0.1.0 epoch=00ab {hint}")),
+            Some("00ab".into())
+        );
+        assert_eq!(
+            hello_epoch(&format!("HELLO linechat 0.2.0 tls=no epoch=ff {hint}")),
+            Some("ff".into())
+        );
+        // An older server names none; a word with `=` in the free text is not one.
+        assert_eq!(hello_epoch(&format!("HELLO linechat 0.1.0 {hint}")), None);
+        assert_eq!(hello_epoch("HELLO linechat 0.1.0 - a epoch=1"), None);
+        assert_eq!(hello_epoch("HELLO linechat 0.1.0 epoch="), None);
+    }
 
     #[test]
     fn parses_the_server_lines() {

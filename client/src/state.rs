@@ -16,11 +16,49 @@ pub fn path() -> Option<PathBuf> {
     Some(data.join("linechat").join("client-state.json"))
 }
 
-/// Last ids shown, keyed by "server nick room".
+/// A resume point: the last id shown, and the server's history epoch it belongs to (`None`
+/// when saved by a client, or from a server, that knew no epoch).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Saved {
+    /// As older clients wrote it: a bare id.
+    Id(u64),
+    WithEpoch {
+        id: u64,
+        epoch: String,
+    },
+}
+
+impl Saved {
+    fn new(id: u64, epoch: Option<&str>) -> Saved {
+        match epoch {
+            Some(epoch) => Saved::WithEpoch {
+                id,
+                epoch: epoch.to_string(),
+            },
+            None => Saved::Id(id),
+        }
+    }
+
+    fn id(&self) -> u64 {
+        match self {
+            Saved::Id(id) | Saved::WithEpoch { id, .. } => *id,
+        }
+    }
+
+    fn epoch(&self) -> Option<&str> {
+        match self {
+            Saved::Id(_) => None,
+            Saved::WithEpoch { epoch, .. } => Some(epoch),
+        }
+    }
+}
+
+/// Resume points, keyed by "server nick room".
 #[derive(Debug, Default)]
 pub struct State {
     path: Option<PathBuf>,
-    last_ids: BTreeMap<String, u64>,
+    last_ids: BTreeMap<String, Saved>,
     dirty: bool,
 }
 
@@ -44,22 +82,35 @@ impl State {
         }
     }
 
-    pub fn last_id(&self, server: &str, nick: &str, room: &str) -> Option<u64> {
-        self.last_ids.get(&key(server, nick, room)).copied()
+    /// The last id shown, and the history epoch it belongs to (if known).
+    pub fn last_id(&self, server: &str, nick: &str, room: &str) -> Option<(u64, Option<String>)> {
+        self.last_ids
+            .get(&key(server, nick, room))
+            .map(|s| (s.id(), s.epoch().map(str::to_string)))
     }
 
-    /// Records that message `id` of `room` was shown.
-    pub fn shown(&mut self, server: &str, nick: &str, room: &str, id: u64) {
-        let entry = self.last_ids.entry(key(server, nick, room)).or_insert(0);
-        if id > *entry {
-            *entry = id;
-            self.dirty = true;
+    /// Records that message `id` of `room` was shown, from the history of `epoch`. A resume
+    /// point of another history is replaced, not compared with.
+    pub fn shown(&mut self, server: &str, nick: &str, room: &str, id: u64, epoch: Option<&str>) {
+        let key = key(server, nick, room);
+        let same_history = self
+            .last_ids
+            .get(&key)
+            .is_some_and(|s| epoch.is_none() || s.epoch() == epoch);
+        if same_history && self.last_ids[&key].id() >= id {
+            return;
         }
+        let epoch = epoch.or_else(|| self.last_ids.get(&key).and_then(Saved::epoch));
+        let saved = Saved::new(id, epoch.map(str::to_string).as_deref());
+        self.last_ids.insert(key, saved);
+        self.dirty = true;
     }
 
-    /// Sets the last id shown (also lower: the server's history was reset).
-    pub fn reset(&mut self, server: &str, nick: &str, room: &str, id: u64) {
-        self.last_ids.insert(key(server, nick, room), id);
+    /// Sets the last id shown (also lower: the server's history was reset), in the history of
+    /// `epoch`.
+    pub fn reset(&mut self, server: &str, nick: &str, room: &str, id: u64, epoch: Option<&str>) {
+        self.last_ids
+            .insert(key(server, nick, room), Saved::new(id, epoch));
         self.dirty = true;
     }
 
@@ -77,5 +128,31 @@ impl State {
         if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, path).is_ok() {
             self.dirty = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_points_keep_their_epoch_and_read_the_old_format() {
+        let mut state = State {
+            last_ids: serde_json::from_str(r#"{"s a 4": 7}"#).unwrap(),
+            ..State::default()
+        };
+        assert_eq!(state.last_id("s", "a", "4"), Some((7, None)));
+        state.shown("s", "a", "4", 9, Some("e1"));
+        assert_eq!(state.last_id("s", "a", "4"), Some((9, Some("e1".into()))));
+        // Same history: only forward.
+        state.shown("s", "a", "4", 3, Some("e1"));
+        assert_eq!(state.last_id("s", "a", "4"), Some((9, Some("e1".into()))));
+        // Another history: replaced, even by a lower id.
+        state.shown("s", "a", "4", 2, Some("e2"));
+        assert_eq!(state.last_id("s", "a", "4"), Some((2, Some("e2".into()))));
+        let text = serde_json::to_string(&state.last_ids).unwrap();
+        assert_eq!(text, r#"{"s a 4":{"id":2,"epoch":"e2"}}"#);
+        let back: BTreeMap<String, Saved> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, state.last_ids);
     }
 }

@@ -615,3 +615,99 @@ async fn follow_with_unread_output_stays_small_and_misses_nothing() {
         );
     }
 }
+
+/// The epoch a server's `HELLO` names (`epoch=<hex>` after the version).
+async fn server_epoch(addr: SocketAddr) -> String {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let hello = BufReader::new(stream)
+        .lines()
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap();
+    let word = hello.split(' ').nth(3).unwrap_or_default();
+    word.strip_prefix("epoch=")
+        .unwrap_or_else(|| panic!("no epoch in {hello:?}"))
+        .to_string()
+}
+
+/// A saved resume point is used (`JOIN ... SINCE`) only under the history epoch it was saved
+/// with: from another history (a memory-store server that restarted), its id means nothing,
+/// so the client says so in one line and joins with the default replay.
+#[tokio::test]
+async fn a_resume_point_from_another_history_is_not_used() {
+    let addr = server().await;
+    let mut other = Peer::join(addr, "other", "4").await;
+    for text in ["one", "two", "three"] {
+        other.send(&format!("SAY {text}")).await;
+        other.until("OK SAY").await;
+    }
+    let epoch = server_epoch(addr).await;
+    // A tmux server of its own: two tests starting the shared one at once can race.
+    let socket = format!("linechat-epoch-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .expect("tmux is installed")
+    };
+    let state = state_file("epoch");
+    for (saved_epoch, same) in [(epoch.clone(), true), (format!("not-{epoch}"), false)] {
+        // Saved after message 2 ("two") of the history named `saved_epoch`.
+        let saved = format!(r#"{{"{addr} alice 4": {{"id": 2, "epoch": "{saved_epoch}"}}}}"#);
+        std::fs::write(&state, saved).unwrap();
+        let session = format!("linechat-epoch-{}-{same}", std::process::id());
+        let start = tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "200",
+            "-y",
+            "30",
+            &format!(
+                "NO_COLOR=1 LINECHAT_CLIENT_STATE={} {CLIENT} --server {addr} --nick alice --room 4",
+                state.display()
+            ),
+        ]);
+        assert!(start.status.success(), "{start:?}");
+        let screen = || {
+            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+                .to_string()
+        };
+        let deadline = Instant::now() + PATIENCE;
+        let s = loop {
+            let s = screen();
+            if s.contains("<other> three") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "never saw the replay on:\n{s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if same {
+            // SINCE 2: only what came after, marked as such.
+            assert!(s.contains("while you were away (after #2)"), "{s}");
+            assert!(!s.contains("<other> one"), "{s}");
+        } else {
+            assert!(
+                s.contains("* 4: the server's history is not the one you last saw"),
+                "{s}"
+            );
+            assert!(!s.contains("while you were away"), "{s}");
+            assert!(
+                s.contains("<other> one") && s.contains("<other> two"),
+                "{s}"
+            );
+        }
+        tmux(&["send-keys", "-t", &session, "/quit", "Enter"]);
+        other.until("LEFT 4 alice").await;
+        tmux(&["kill-session", "-t", &session]);
+    }
+    tmux(&["kill-server"]);
+    // The file now holds the server's epoch with what was shown.
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(saved.contains(&format!(r#""epoch": "{epoch}""#)), "{saved}");
+    let _ = std::fs::remove_file(state);
+}

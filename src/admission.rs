@@ -240,13 +240,22 @@ mod tests {
         let limit = NewRoomLimit::new(3, false);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let t0 = Millis(1_000);
-        assert!((0..3).all(|_| limit.try_take(a, t0)), "a burst of 3 at once");
+        assert!(
+            (0..3).all(|_| limit.try_take(a, t0)),
+            "a burst of 3 at once"
+        );
         assert!(!limit.try_take(a, t0), "the fourth waits");
         assert!(limit.try_take(b, t0), "another address has its own budget");
         assert!(!limit.try_take(a, Millis(1_000 + 19_000)));
-        assert!(limit.try_take(a, Millis(1_000 + 20_000)), "one back every 20 s");
+        assert!(
+            limit.try_take(a, Millis(1_000 + 20_000)),
+            "one back every 20 s"
+        );
         let local: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!((0..10).all(|_| limit.try_take(local, t0)), "loopback is not limited");
+        assert!(
+            (0..10).all(|_| limit.try_take(local, t0)),
+            "loopback is not limited"
+        );
         assert_eq!(limit.remembered(), 2);
         let counted = NewRoomLimit::new(1, true);
         assert!(counted.try_take(local, t0));

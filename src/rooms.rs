@@ -349,7 +349,10 @@ mod tests {
         let rooms = Rooms::with_max_rooms(3);
         let (a, b) = (conn(1), conn(2));
         for name in ["c", "a", "b"] {
-            assert_eq!(rooms.join_within_limit(&name.into(), &"x".into(), &a), Ok(true));
+            assert_eq!(
+                rooms.join_within_limit(&name.into(), &"x".into(), &a),
+                Ok(true)
+            );
         }
         assert_eq!(
             rooms.join_within_limit(&"d".into(), &"x".into(), &a),
@@ -369,7 +372,9 @@ mod tests {
         assert_eq!(names(rooms.list_after(Some("aa"), 1)), ["b:1"]);
         assert!(rooms.list_after(Some("c"), 5).is_empty());
         assert!(rooms.leave("c", 1));
-        assert!(rooms.join_within_limit(&"d".into(), &"x".into(), &a).is_ok());
+        assert!(rooms
+            .join_within_limit(&"d".into(), &"x".into(), &a)
+            .is_ok());
         for (id, nick) in [(3, "m"), (4, "Z"), (5, "k"), (6, "zz")] {
             rooms.join(&"d".into(), &nick.into(), &conn(id));
         }

@@ -171,7 +171,9 @@ impl Session {
         if most > 0 && self.joined.len() >= most {
             return Err(ProtocolError::new(
                 ErrorCode::TooManyRooms,
-                format!("you are in {most} rooms, the most one connection may be in; PART one first"),
+                format!(
+                    "you are in {most} rooms, the most one connection may be in; PART one first"
+                ),
             ));
         }
         if self.hub.rooms.exists(room) {

@@ -71,7 +71,13 @@ impl MemoryStore {
 
 impl State {
     /// Stores `message` in `room` as its next id, then evicts what the bounds no longer allow.
-    fn push(&mut self, room: &Arc<str>, message: &NewMessage, millis: i64, capacity: usize) -> StoredMessage {
+    fn push(
+        &mut self,
+        room: &Arc<str>,
+        message: &NewMessage,
+        millis: i64,
+        capacity: usize,
+    ) -> StoredMessage {
         self.arrivals += 1;
         let arrival = self.arrivals;
         let log = match self.rooms.get_mut(room) {
@@ -297,7 +303,13 @@ mod tests {
             before: None,
             limit: usize::MAX,
         };
-        store.page(room, page).await.unwrap().iter().map(|m| m.id).collect()
+        store
+            .page(room, page)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect()
     }
 
     /// The byte bound evicts the oldest message of all, whichever room it is in, and each
@@ -336,10 +348,22 @@ mod tests {
         store.append(&[after("d", &huge)]).await.unwrap();
         for (room, last) in [("a", 3), ("b", 3), ("c", 2)] {
             assert!(all_ids(&store, room).await.is_empty(), "{room} emptied");
-            assert_eq!(store.forgotten_through(room), last, "{room}: all it held is gone");
-            assert_eq!(store.latest_id(room).await.unwrap(), last, "ids keep counting");
+            assert_eq!(
+                store.forgotten_through(room),
+                last,
+                "{room}: all it held is gone"
+            );
+            assert_eq!(
+                store.latest_id(room).await.unwrap(),
+                last,
+                "ids keep counting"
+            );
         }
-        assert_eq!(all_ids(&store, "d").await, vec![1], "the newest is always kept");
+        assert_eq!(
+            all_ids(&store, "d").await,
+            vec![1],
+            "the newest is always kept"
+        );
         store.append(&[after("a", &text)]).await.unwrap();
         assert_eq!(all_ids(&store, "a").await, vec![4], "ids are not reused");
         assert_eq!(all_ids(&store, "d").await, Vec::<MessageId>::new());
@@ -364,8 +388,16 @@ mod tests {
                 .sum();
             assert_eq!(state.bytes, held);
             assert!(held <= 4_000);
-            let nonempty = state.rooms.values().filter(|l| !l.messages.is_empty()).count();
-            assert_eq!(state.oldest.len(), nonempty, "one entry per room holding messages");
+            let nonempty = state
+                .rooms
+                .values()
+                .filter(|l| !l.messages.is_empty())
+                .count();
+            assert_eq!(
+                state.oldest.len(),
+                nonempty,
+                "one entry per room holding messages"
+            );
             for log in state.rooms.values() {
                 assert!(log.messages.len() <= 3);
                 assert_eq!(log.messages.len(), log.arrivals.len());

@@ -342,7 +342,6 @@ mod allocator {
     pub fn return_freed_memory() {}
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ const OUTPUT_HIGH: usize = 64 * 1024;
 /// space, allocator slack.
 const SLACK_KIB: u64 = 40 * 1024;
 /// How near the baseline the server must come back once the clients have gone.
-const RETURN_KIB: u64 = 8 * 1024;
+const RETURN_KIB: u64 = 16 * 1024;
 /// The `--max-line` the tests run with: long lines make a page of `--max-page` (500)
 /// messages 8 MB, far more than the outbound limit.
 const MAX_LINE: usize = 16 * 1024;

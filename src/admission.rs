@@ -1,5 +1,5 @@
-//! Admission: how many connections the server holds, in all and per client address, and how
-//! long a connection may stay without a name.
+//! Admission: how many connections the server holds, in all and per client address, how
+//! long a connection may stay without a name, and how fast one address may make new rooms.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::budget::{Limit, Millis, TokenBucket};
 use crate::mailbox::Mailbox;
 
 /// Counts live connections against `--max-connections` and `--max-per-ip` (0: unlimited).
@@ -86,6 +87,62 @@ impl Drop for Ticket {
                 }
             }
         }
+    }
+}
+
+/// Addresses whose new-room budgets are remembered at most: past it, only budgets still
+/// refilling are kept, and a new address is not charged (the total `--max-rooms` still holds).
+const NEW_ROOM_ADDRESSES: usize = 65_536;
+
+/// New rooms per address (`--new-rooms-per-minute`): a token bucket per address, all of which
+/// may come at once, refilled at that many a minute. Loopback addresses are not limited
+/// unless asked, as for `--max-per-ip`. Its memory is bounded: a bucket that has refilled
+/// (untouched for a minute) is forgotten, and at most [`NEW_ROOM_ADDRESSES`] are held.
+pub struct NewRoomLimit {
+    limit: Option<Limit>,
+    count_loopback: bool,
+    buckets: Mutex<HashMap<IpAddr, (TokenBucket, Millis)>>,
+}
+
+/// A bucket untouched this long has refilled: it holds nothing worth keeping.
+const REFILLED_MS: u64 = 60_000;
+
+impl NewRoomLimit {
+    /// `per_minute` new rooms an address (0: unlimited).
+    pub fn new(per_minute: u32, count_loopback: bool) -> NewRoomLimit {
+        NewRoomLimit {
+            limit: Limit::per_minute(per_minute),
+            count_loopback,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// True if `ip` may make a new room now (and charges it).
+    pub fn try_take(&self, ip: IpAddr, now: Millis) -> bool {
+        let Some(limit) = &self.limit else {
+            return true;
+        };
+        if ip.is_loopback() && !self.count_loopback {
+            return true;
+        }
+        let mut buckets = self.buckets.lock().expect("new room limit lock");
+        if buckets.len() >= NEW_ROOM_ADDRESSES && !buckets.contains_key(&ip) {
+            buckets.retain(|_, (_, used)| now.since(*used) < REFILLED_MS);
+            if buckets.len() >= NEW_ROOM_ADDRESSES {
+                return true;
+            }
+        }
+        let (bucket, used) = buckets
+            .entry(ip)
+            .or_insert_with(|| (TokenBucket::full(limit, now), now));
+        *used = now;
+        bucket.try_take(limit, now)
+    }
+
+    /// Addresses remembered (for tests).
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.buckets.lock().unwrap().len()
     }
 }
 
@@ -176,6 +233,53 @@ mod tests {
         let counts = a.state.lock().unwrap();
         assert_eq!(counts.total, 0);
         assert!(counts.per_ip.is_empty(), "no entry left for a gone address");
+    }
+
+    #[test]
+    fn new_rooms_are_limited_per_address_and_refill() {
+        let limit = NewRoomLimit::new(3, false);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Millis(1_000);
+        assert!(
+            (0..3).all(|_| limit.try_take(a, t0)),
+            "a burst of 3 at once"
+        );
+        assert!(!limit.try_take(a, t0), "the fourth waits");
+        assert!(limit.try_take(b, t0), "another address has its own budget");
+        assert!(!limit.try_take(a, Millis(1_000 + 19_000)));
+        assert!(
+            limit.try_take(a, Millis(1_000 + 20_000)),
+            "one back every 20 s"
+        );
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(
+            (0..10).all(|_| limit.try_take(local, t0)),
+            "loopback is not limited"
+        );
+        assert_eq!(limit.remembered(), 2);
+        let counted = NewRoomLimit::new(1, true);
+        assert!(counted.try_take(local, t0));
+        assert!(!counted.try_take(local, t0), "unless asked");
+        let unlimited = NewRoomLimit::new(0, true);
+        assert!((0..100).all(|_| unlimited.try_take(a, t0)));
+    }
+
+    #[test]
+    fn the_new_room_budgets_held_are_bounded() {
+        let limit = NewRoomLimit::new(1, false);
+        let ip = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        let n = NEW_ROOM_ADDRESSES as u32;
+        for i in 0..n {
+            assert!(limit.try_take(ip(i), Millis(0)));
+        }
+        // Full of budgets still refilling: a new address is let through, not remembered.
+        assert!(limit.try_take(ip(n), Millis(1)));
+        assert!(limit.try_take(ip(n), Millis(1)));
+        assert_eq!(limit.remembered(), NEW_ROOM_ADDRESSES);
+        // A minute on they have refilled, and are forgotten to make room.
+        assert!(limit.try_take(ip(n), Millis(REFILLED_MS)));
+        assert!(!limit.try_take(ip(n), Millis(REFILLED_MS)));
+        assert_eq!(limit.remembered(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,6 +31,18 @@ pub struct Config {
     pub max_page: usize,
     /// Messages the memory store keeps per room.
     pub memory_history: usize,
+    /// Bytes of messages the memory store keeps in all; past it the oldest go first.
+    pub memory_store_bytes: usize,
+    /// Most store page reads in progress at once, server-wide (`JOIN` replays, `HISTORY`,
+    /// catch-ups): what is read is in memory until written out.
+    pub max_page_reads: usize,
+    /// Most rooms one connection may be in (0: unlimited).
+    pub max_rooms_per_connection: usize,
+    /// New rooms one address may make a minute, all of which may come at once (0:
+    /// unlimited); loopback counts only if `limit_loopback`.
+    pub new_rooms_per_minute: u32,
+    /// Most rooms at once, server-wide (0: unlimited).
+    pub max_rooms: usize,
     /// Longest accepted line in bytes, without its CR/LF.
     pub max_line: usize,
     /// Bytes of live traffic queued for one connection before it lags (and later catches up
@@ -86,6 +98,11 @@ impl Default for Config {
             history_on_join: 50,
             max_page: 500,
             memory_history: 10_000,
+            memory_store_bytes: 256 * 1024 * 1024,
+            max_page_reads: 16,
+            max_rooms_per_connection: 100,
+            new_rooms_per_minute: 60,
+            max_rooms: 100_000,
             max_line: 4096,
             outbound_limit: 1024 * 1024,
             stall_timeout: Duration::from_secs(60),
@@ -106,5 +123,38 @@ impl Default for Config {
             db_startup_timeout: Duration::from_secs(60),
             user: None,
         }
+    }
+}
+
+impl Config {
+    /// Messages in one page of history (`HISTORY`, a `JOIN` replay, each page of a `SINCE`
+    /// replay or a catch-up): `max_page`, lowered so that a page of the longest lines fits in
+    /// `outbound_limit`. What a client asks for then never costs more than that at once.
+    pub fn page_messages(&self) -> usize {
+        let longest = self.max_line + crate::protocol::MESSAGE_LINE_OVERHEAD;
+        self.max_page.min(self.outbound_limit / longest).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_of_the_longest_lines_fits_the_outbound_limit() {
+        let config = Config::default();
+        let page = config.page_messages();
+        assert_eq!(page, 246, "1 MiB of 4096-byte lines");
+        assert!(page * (4096 + crate::protocol::MESSAGE_LINE_OVERHEAD) <= config.outbound_limit);
+        let short_lines = Config {
+            max_line: 200,
+            ..Config::default()
+        };
+        assert_eq!(short_lines.page_messages(), 500, "--max-page decides");
+        let tiny = Config {
+            outbound_limit: 10,
+            ..Config::default()
+        };
+        assert_eq!(tiny.page_messages(), 1, "never less than one message");
     }
 }

@@ -98,6 +98,11 @@ impl LineReader {
 }
 
 impl LineReader {
+    /// The peer's address (asked of the socket: a session does not keep it, to stay small).
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.read.peer_addr().ok().map(|a| a.ip())
+    }
+
     /// True if part of a line has been read and the rest has not (an over-long one included).
     pub fn has_partial_line(&self) -> bool {
         !self.buf.is_empty() || self.codec.discarding

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
-use crate::admission::LoginWatch;
+use crate::admission::{LoginWatch, NewRoomLimit};
 use crate::budget::Limit;
 use crate::config::Config;
 use crate::fanout::Fanout;
@@ -36,13 +36,18 @@ pub struct Hub {
     pub logins: Arc<LoginWatch>,
     /// Every live connection's mailbox: how shutdown wakes them.
     pub mailboxes: Mailboxes,
+    /// New rooms per address (`--new-rooms-per-minute`).
+    pub new_rooms: NewRoomLimit,
+    /// Store page reads in progress, server-wide (`--max-page-reads`): a page read is held
+    /// in memory until it is written out, so 600 clients asking at once wait their turn.
+    pub page_reads: tokio::sync::Semaphore,
     next_conn: AtomicU64,
 }
 
 impl Hub {
     /// Starts the writer for `store`, publishing to the rooms.
     pub fn start(config: Config, store: Arc<dyn HistoryStore>) -> (Arc<Hub>, JoinHandle<()>) {
-        let rooms = Arc::new(Rooms::new());
+        let rooms = Arc::new(Rooms::with_max_rooms(config.max_rooms));
         let (writer, writer_task) = Writer::spawn(
             store.clone(),
             Fanout::new(rooms.clone()),
@@ -53,6 +58,8 @@ impl Hub {
             flood_limit: Limit::per_second(config.rate, config.burst),
             error_limit: Limit::per_minute(config.max_errors),
             logins: Arc::new(LoginWatch::new(config.login_timeout)),
+            new_rooms: NewRoomLimit::new(config.new_rooms_per_minute, config.limit_loopback),
+            page_reads: tokio::sync::Semaphore::new(config.max_page_reads.max(1)),
             config,
             rooms,
             nicks: Nicks::default(),

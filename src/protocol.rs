@@ -10,6 +10,10 @@ pub const MAX_NICK: usize = 32;
 /// Longest room name in bytes (all room characters are ASCII).
 pub const MAX_ROOM: usize = 64;
 
+/// The most bytes a `HIST`/`MSG` line adds to its text: the word, room, id, time, nick,
+/// spaces and LF.
+pub const MESSAGE_LINE_OVERHEAD: usize = 5 + MAX_ROOM + 1 + 20 + 1 + 24 + 1 + MAX_NICK + 1 + 1;
+
 /// A message id: unique and increasing within one room, starting at 1.
 pub type MessageId = u64;
 
@@ -34,6 +38,13 @@ pub struct HistoryArgs {
     pub limit: Option<usize>,
 }
 
+/// A `ROOMS [AFTER <room>] [LIMIT <n>]` request: the rooms after one, at most so many.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoomsArgs {
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
 /// One parsed client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -43,7 +54,7 @@ pub enum Command {
     History { room: String, args: HistoryArgs },
     Part(Option<String>),
     Who(Option<String>),
-    Rooms,
+    Rooms(RoomsArgs),
     Ping(Option<String>),
     Help,
     Quit(Option<String>),
@@ -89,6 +100,9 @@ error_codes! {
     StoreUnavailable => "STORE_UNAVAILABLE",
     OutcomeUnknown => "OUTCOME_UNKNOWN",
     ServerFull => "SERVER_FULL",
+    TooManyRooms => "TOO_MANY_ROOMS",
+    RoomRateLimited => "ROOM_RATE_LIMITED",
+    RoomsFull => "ROOMS_FULL",
     ShuttingDown => "SHUTTING_DOWN",
 }
 
@@ -219,10 +233,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ProtocolError> {
         "HISTORY" => parse_history(&args)?,
         "PART" => Command::Part(optional_room(&verb, &args)?),
         "WHO" => Command::Who(optional_room(&verb, &args)?),
-        "ROOMS" => {
-            exact::<0>(&verb, &args, "ROOMS")?;
-            Command::Rooms
-        }
+        "ROOMS" => parse_rooms(&args)?,
         "HELP" => Command::Help,
         _ => {
             return err(
@@ -365,6 +376,42 @@ fn parse_history(args: &[&str]) -> Result<Command, ProtocolError> {
     })
 }
 
+const ROOMS_USAGE: &str = "ROOMS [AFTER <room>] [LIMIT <n>]";
+
+fn parse_rooms(mut rest: &[&str]) -> Result<Command, ProtocolError> {
+    let mut r = RoomsArgs::default();
+    while let [word, tail @ ..] = rest {
+        let keyword = word.to_ascii_uppercase();
+        let slot_is_set = match keyword.as_str() {
+            "AFTER" => {
+                let Some(room) = tail.first() else {
+                    return err(
+                        ErrorCode::MissingArgument,
+                        format!("AFTER needs a room after it; usage: {ROOMS_USAGE}"),
+                    );
+                };
+                validate_room(room)?;
+                r.after.replace(room.to_string()).is_some()
+            }
+            "LIMIT" => r.limit.replace(number("LIMIT", tail.first())?).is_some(),
+            _ => {
+                return err(
+                    ErrorCode::BadArgument,
+                    format!("unknown ROOMS keyword {word}; usage: {ROOMS_USAGE}"),
+                )
+            }
+        };
+        if slot_is_set {
+            return err(
+                ErrorCode::BadArgument,
+                format!("{keyword} given twice; usage: {ROOMS_USAGE}"),
+            );
+        }
+        rest = &tail[1..];
+    }
+    Ok(Command::Rooms(r))
+}
+
 /// Formats a time in milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds.
 pub fn format_time(millis: i64) -> String {
     match chrono::DateTime::from_timestamp_millis(millis) {
@@ -488,7 +535,7 @@ pub const HELP: &[&str] = &[
     "HISTORY <room> [BEFORE <id>] [AFTER <id>] [LIMIT <n>]   page through a room's history",
     "PART [room]              leave a room (default: your current room)",
     "WHO [room]               list a room's members",
-    "ROOMS                    list rooms with members",
+    "ROOMS [AFTER <room>] [LIMIT <n>]   list rooms with members, by name",
     "PING [token]             the server answers PONG [token]",
     "HELP                     this list",
     "QUIT [reason]            the server answers BYE and closes",
@@ -533,7 +580,11 @@ mod tests {
         ("NICK", ErrorCode::MissingArgument),
         ("NICK a b", ErrorCode::TooManyArguments),
         ("PART a b", ErrorCode::TooManyArguments),
-        ("ROOMS x", ErrorCode::TooManyArguments),
+        ("ROOMS x", ErrorCode::BadArgument),
+        ("ROOMS LIMIT", ErrorCode::MissingArgument),
+        ("ROOMS AFTER", ErrorCode::MissingArgument),
+        ("ROOMS AFTER a/b", ErrorCode::BadRoom),
+        ("ROOMS LIMIT 1 LIMIT 2", ErrorCode::BadArgument),
         ("FLY", ErrorCode::UnknownCommand),
         ("QUIT bye\u{7}", ErrorCode::BadText),
         ("PING \u{1b}x", ErrorCode::BadText),
@@ -605,6 +656,18 @@ mod tests {
                 after: Some(2),
                 limit: Some(5)
             }
+        );
+    }
+
+    #[test]
+    fn rooms_bounds() {
+        assert_eq!(ok("ROOMS"), Command::Rooms(RoomsArgs::default()));
+        assert_eq!(
+            ok("rooms limit 20 after dev.x"),
+            Command::Rooms(RoomsArgs {
+                after: Some("dev.x".into()),
+                limit: Some(20)
+            })
         );
     }
 

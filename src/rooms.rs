@@ -7,7 +7,8 @@
 //! bounded and never block), and is never done under the registry's lock, so that one busy
 //! room cannot hold up the rest of the server.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -51,15 +52,30 @@ impl Members {
     }
 }
 
-/// All rooms that have at least one member.
+/// A `JOIN` would have made a room beyond `--max-rooms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomsFull;
+
+/// All rooms that have at least one member. Ordered by name, so that `ROOMS` can be listed a
+/// slice at a time from where the last slice ended.
 #[derive(Default)]
 pub struct Rooms {
-    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
+    rooms: Mutex<BTreeMap<Arc<str>, Arc<Room>>>,
+    /// Most rooms at once (0: unlimited).
+    max_rooms: usize,
 }
 
 impl Rooms {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry that holds at most `max_rooms` rooms (0: unlimited).
+    pub fn with_max_rooms(max_rooms: usize) -> Self {
+        Rooms {
+            max_rooms,
+            ..Self::default()
+        }
     }
 
     fn get(&self, room: &str) -> Option<Arc<Room>> {
@@ -68,10 +84,34 @@ impl Rooms {
 
     /// Adds a member and tells the others (`JOINED`). Returns false if it was already there.
     pub fn join(&self, room: &Arc<str>, nick: &Arc<str>, conn: &ConnHandle) -> bool {
+        self.join_within_limit(room, nick, conn).unwrap_or(false)
+    }
+
+    /// True if the room exists (has members).
+    pub fn exists(&self, room: &str) -> bool {
+        self.rooms.lock().expect("rooms lock").contains_key(room)
+    }
+
+    /// As [`join`](Self::join), but a room that does not exist yet is only made while the
+    /// registry holds fewer than its most rooms.
+    pub fn join_within_limit(
+        &self,
+        room: &Arc<str>,
+        nick: &Arc<str>,
+        conn: &ConnHandle,
+    ) -> Result<bool, RoomsFull> {
         loop {
             let entry = {
                 let mut rooms = self.rooms.lock().expect("rooms lock");
-                rooms.entry(room.clone()).or_default().clone()
+                match rooms.get(room) {
+                    Some(entry) => entry.clone(),
+                    None => {
+                        if self.max_rooms > 0 && rooms.len() >= self.max_rooms {
+                            return Err(RoomsFull);
+                        }
+                        rooms.entry(room.clone()).or_default().clone()
+                    }
+                }
             };
             let mut members = entry.members.lock().expect("room lock");
             if members.closed {
@@ -82,7 +122,7 @@ impl Rooms {
                 continue;
             }
             if members.by_conn.contains_key(&conn.id) {
-                return false;
+                return Ok(false);
             }
             members.tell_others(conn.id, room, protocol::line(&["JOINED", room, nick]));
             let member = Member {
@@ -91,7 +131,7 @@ impl Rooms {
             };
             members.by_conn.insert(conn.id, member);
             entry.count.store(members.by_conn.len(), Ordering::Relaxed);
-            return true;
+            return Ok(true);
         }
     }
 
@@ -160,30 +200,60 @@ impl Rooms {
 
     /// The nicks in a room, sorted; empty for a room nobody is in.
     pub fn members(&self, room: &str) -> Vec<Arc<str>> {
+        self.members_after(room, None, usize::MAX)
+    }
+
+    /// At most `max` of a room's nicks that sort after `after`, sorted: one slice of a `WHO`
+    /// reply, which is listed a slice at a time as the client reads it.
+    pub fn members_after(&self, room: &str, after: Option<&str>, max: usize) -> Vec<Arc<str>> {
         let Some(room) = self.get(room) else {
             return Vec::new();
         };
         let members = room.members.lock().expect("room lock");
-        let mut nicks: Vec<Arc<str>> = members.by_conn.values().map(|m| m.nick.clone()).collect();
+        let mut nicks: Vec<Arc<str>> = members
+            .by_conn
+            .values()
+            .filter(|m| after.is_none_or(|after| *m.nick > *after))
+            .map(|m| m.nick.clone())
+            .collect();
         drop(members);
+        if nicks.len() > max {
+            nicks.select_nth_unstable(max);
+            nicks.truncate(max);
+        }
         nicks.sort();
         nicks
     }
 
-    /// Every room with members, with its member count, sorted by name. Counts are read
-    /// without the rooms' locks: a room busy telling its members something does not hold
-    /// up the list.
+    /// Every room with members, with its member count, sorted by name.
     pub fn list(&self) -> Vec<(Arc<str>, usize)> {
-        let mut list: Vec<(Arc<str>, usize)> = {
-            let rooms = self.rooms.lock().expect("rooms lock");
-            rooms
-                .iter()
-                .map(|(name, r)| (name.clone(), r.count.load(Ordering::Relaxed)))
-                .filter(|(_, count)| *count > 0)
-                .collect()
+        self.list_after(None, usize::MAX)
+    }
+
+    /// At most `max` rooms with members whose names sort after `after`, with their member
+    /// counts, sorted by name: one slice of a `ROOMS` reply. Counts are read without the
+    /// rooms' locks: a room busy telling its members something does not hold up the list.
+    pub fn list_after(&self, after: Option<&str>, max: usize) -> Vec<(Arc<str>, usize)> {
+        let rooms = self.rooms.lock().expect("rooms lock");
+        let from = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
         };
-        list.sort();
-        list
+        rooms
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(name, r)| (name.clone(), r.count.load(Ordering::Relaxed)))
+            .filter(|(_, count)| *count > 0)
+            .take(max)
+            .collect()
+    }
+
+    /// How many rooms there are.
+    pub fn len(&self) -> usize {
+        self.rooms.lock().expect("rooms lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -272,6 +342,47 @@ mod tests {
             listed.is_ok(),
             "joining and listing another room waited for a member of room a"
         );
+    }
+
+    #[test]
+    fn rooms_and_members_are_listed_a_slice_at_a_time() {
+        let rooms = Rooms::with_max_rooms(3);
+        let (a, b) = (conn(1), conn(2));
+        for name in ["c", "a", "b"] {
+            assert_eq!(
+                rooms.join_within_limit(&name.into(), &"x".into(), &a),
+                Ok(true)
+            );
+        }
+        assert_eq!(
+            rooms.join_within_limit(&"d".into(), &"x".into(), &a),
+            Err(RoomsFull),
+            "a fourth room is not made"
+        );
+        assert_eq!(
+            rooms.join_within_limit(&"a".into(), &"y".into(), &b),
+            Ok(true),
+            "an existing room is joined at the limit"
+        );
+        let names = |list: Vec<(Arc<str>, usize)>| -> Vec<String> {
+            list.iter().map(|(n, c)| format!("{n}:{c}")).collect()
+        };
+        assert_eq!(names(rooms.list_after(None, 2)), ["a:2", "b:1"]);
+        assert_eq!(names(rooms.list_after(Some("a"), 5)), ["b:1", "c:1"]);
+        assert_eq!(names(rooms.list_after(Some("aa"), 1)), ["b:1"]);
+        assert!(rooms.list_after(Some("c"), 5).is_empty());
+        assert!(rooms.leave("c", 1));
+        assert!(rooms
+            .join_within_limit(&"d".into(), &"x".into(), &a)
+            .is_ok());
+        for (id, nick) in [(3, "m"), (4, "Z"), (5, "k"), (6, "zz")] {
+            rooms.join(&"d".into(), &nick.into(), &conn(id));
+        }
+        let nicks = |v: Vec<Arc<str>>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(nicks(rooms.members_after("d", None, 2)), ["Z", "k"]);
+        assert_eq!(nicks(rooms.members_after("d", Some("k"), 2)), ["m", "x"]);
+        assert_eq!(nicks(rooms.members_after("d", Some("x"), 2)), ["zz"]);
+        assert!(rooms.members_after("nowhere", None, 2).is_empty());
     }
 
     #[test]

@@ -47,7 +47,10 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let mut cluster = None;
         let store: Arc<dyn HistoryStore> = match config.store {
-            StoreKind::Memory => Arc::new(MemoryStore::new(config.memory_history)),
+            StoreKind::Memory => Arc::new(MemoryStore::bounded(
+                config.memory_history,
+                config.memory_store_bytes,
+            )),
             StoreKind::Postgres => {
                 let pg_config = match &config.database_url {
                     Some(url) => tokio_postgres::Config::from_str(url)

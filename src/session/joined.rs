@@ -45,6 +45,11 @@ impl JoinedRooms {
         self.rooms.last().map(|j| &j.room)
     }
 
+    /// How many rooms it is in.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
     pub fn contains(&self, room: &str) -> bool {
         self.rooms.iter().any(|j| *j.room == *room)
     }

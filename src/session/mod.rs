@@ -6,6 +6,7 @@
 //! answering everything it read. The rest of the session lives in:
 //! - [`commands`]: one handler per command;
 //! - [`replay`]: history for `JOIN` and `HISTORY`, and the catch-up after a lag;
+//! - [`listing`]: `ROOMS` and `WHO`, a slice at a time;
 //! - [`joined`]: the rooms it is in and what it has shown of each (no message twice, never
 //!   the client's own);
 //! - [`acks`]: `SAY`s in flight, answered in the order they were said;
@@ -19,6 +20,7 @@
 mod acks;
 mod commands;
 mod joined;
+mod listing;
 mod replay;
 mod stall;
 
@@ -145,7 +147,7 @@ struct Session {
     too_many_errors: bool,
     /// Present only while output waits on the socket or the mailbox lags.
     stall: Option<Box<StallWatch>>,
-    /// A `JOIN ... SINCE` replay or a catch-up in progress.
+    /// A long reply in progress: a `JOIN ... SINCE` replay, a catch-up, or a listing.
     forward: Option<Box<ForwardReplay>>,
 }
 

@@ -6,23 +6,31 @@
 //! session's loop pulls its pages one at a time, only while the connection's output has room,
 //! so however much history a client asks for, no more than about a page of it waits in
 //! memory. While one is in progress the session reads no input and takes no room traffic:
-//! its lines must come in order.
+//! its lines must come in order. (Long `ROOMS` and `WHO` replies are pulled the same way:
+//! see [`listing`](super::listing).)
+//!
+//! What a page costs is bounded twice: a page holds at most [`Config::page_messages`]
+//! messages, which fit in `--outbound-limit` however long their lines; and at most
+//! `--max-page-reads` pages are read and formatted at once, server-wide.
 //!
 //! Every store call here gives way to shutdown: the server does not wait for a slow or frozen
 //! database to close a connection (the command gets `ERR SHUTTING_DOWN`, not done).
 //!
 //! [`JoinedRooms`]: super::joined::JoinedRooms
+//! [`Config::page_messages`]: crate::config::Config::page_messages
 
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::SemaphorePermit;
 
 use crate::protocol::{
     self, ErrorCode, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay,
 };
 use crate::store::{HistoryStore, Page, StoreError, StoredMessage};
 
+use super::listing::Listing;
 use super::{store_error, Session};
 
 /// Why the store did not answer a session.
@@ -87,19 +95,23 @@ impl ForwardPager {
     }
 }
 
-/// A forward replay in progress, and what it is for.
-pub(super) struct ForwardReplay {
-    pager: ForwardPager,
-    purpose: Purpose,
+/// A long reply in progress, pulled a page at a time: a forward replay of history and what
+/// it is for, or a listing of rooms or members.
+pub(super) enum ForwardReplay {
+    History {
+        pager: ForwardPager,
+        purpose: Purpose,
+    },
+    Listing(Listing),
 }
 
-enum Purpose {
+pub(super) enum Purpose {
     Join(JoinReplay),
     CatchUp(CatchUp),
 }
 
 /// `JOIN <room> SINCE <since>`: `HIST` lines, then `OK JOIN`.
-struct JoinReplay {
+pub(super) struct JoinReplay {
     since: MessageId,
     /// The room's newest id before the first page: a safe place to start live from if
     /// `since` is beyond the room's end (every later message reaches us live).
@@ -124,7 +136,7 @@ impl JoinReplay {
 
 /// A lag's catch-up, room after room: `LAGGED` once the store answered, `MISSED` for ids
 /// the store let go, then the gap as `MSG` lines.
-struct CatchUp {
+pub(super) struct CatchUp {
     announced: bool,
     rooms_left: std::vec::IntoIter<Arc<str>>,
 }
@@ -152,7 +164,7 @@ impl Session {
         newly_joined: bool,
     ) {
         let store = self.hub.store.clone();
-        let max_page = self.hub.config.max_page;
+        let max_page = self.hub.config.page_messages();
         let limit = match bound {
             Replay::Default => self.hub.config.history_on_join.min(max_page),
             Replay::Last(n) => n.min(max_page),
@@ -173,7 +185,7 @@ impl Session {
                             replayed: 0,
                             newly_joined,
                         });
-                        self.forward = Some(Box::new(ForwardReplay { pager, purpose }));
+                        self.forward = Some(Box::new(ForwardReplay::History { pager, purpose }));
                     }
                     Err(e) => self.refuse_join(&room, newly_joined, &e),
                 }
@@ -184,6 +196,8 @@ impl Session {
             before: None,
             limit,
         };
+        let hub = self.hub.clone();
+        let _reading = page_read(&hub).await;
         let replayed = match self.until_shutdown(store.page(&room, page)).await {
             Ok(messages) => messages,
             Err(e) => return self.refuse_join(&room, newly_joined, &e),
@@ -225,40 +239,78 @@ impl Session {
 
     /// The room a forward replay is joining, if it is a `JOIN`'s.
     pub(super) fn room_being_joined(&self) -> Option<&Arc<str>> {
-        let forward = self.forward.as_deref()?;
-        matches!(forward.purpose, Purpose::Join(_)).then_some(&forward.pager.room)
+        match self.forward.as_deref()? {
+            ForwardReplay::History {
+                pager,
+                purpose: Purpose::Join(_),
+            } => Some(&pager.room),
+            _ => None,
+        }
     }
 
-    /// Writes the next page of the forward replay in progress, and ends it after the last.
+    /// Writes the next page of the long reply in progress, and ends it after the last.
     pub(super) async fn forward_next_page(&mut self) {
         let Some(mut forward) = self.forward.take() else {
             return;
         };
-        let ForwardReplay { pager, purpose } = &mut *forward;
-        let done = match purpose {
-            Purpose::Join(join) => self.join_page(pager, join).await,
-            Purpose::CatchUp(catch_up) => self.catch_up_page(pager, catch_up).await,
+        let done = match &mut *forward {
+            ForwardReplay::History {
+                pager,
+                purpose: Purpose::Join(join),
+            } => self.join_page(pager, join).await,
+            ForwardReplay::History {
+                pager,
+                purpose: Purpose::CatchUp(catch_up),
+            } => self.catch_up_page(pager, catch_up).await,
+            ForwardReplay::Listing(listing) => {
+                let slice = listing.next_slice(&self.hub.rooms);
+                if !slice.lines.is_empty() {
+                    self.writer.push(slice.lines.freeze());
+                }
+                slice.done
+            }
         };
         if !done {
             self.forward = Some(forward);
         }
     }
 
-    /// Ends a forward replay early (the connection is closing): a `JOIN` is answered with
-    /// what was replayed so far, as every command read is answered.
+    /// Starts a listing: its first slice now (most listings are one slice), the rest as the
+    /// client reads.
+    pub(super) fn start_listing(&mut self, mut listing: Listing) {
+        let slice = listing.next_slice(&self.hub.rooms);
+        if !slice.lines.is_empty() {
+            self.writer.push(slice.lines.freeze());
+        }
+        if !slice.done {
+            self.forward = Some(Box::new(ForwardReplay::Listing(listing)));
+        }
+    }
+
+    /// Ends a long reply early (the connection is closing): a `JOIN` is answered with what
+    /// was replayed so far, a listing with what was listed, as every command read is answered.
     pub(super) fn end_forward_replay(&mut self) {
         let Some(forward) = self.forward.take() else {
             return;
         };
-        if let Purpose::Join(join) = &forward.purpose {
-            let through = join.through(forward.pager.cursor);
-            self.answer_join(forward.pager.room.clone(), join.replayed, through);
+        match &*forward {
+            ForwardReplay::History {
+                pager,
+                purpose: Purpose::Join(join),
+            } => {
+                let through = join.through(pager.cursor);
+                self.answer_join(pager.room.clone(), join.replayed, through);
+            }
+            ForwardReplay::History { .. } => {}
+            ForwardReplay::Listing(listing) => self.writer.push(listing.end()),
         }
     }
 
     /// One page of `JOIN ... SINCE`. True when the join is answered.
     async fn join_page(&mut self, pager: &mut ForwardPager, join: &mut JoinReplay) -> bool {
-        let messages = match self.until_shutdown(pager.read(&*self.hub.store)).await {
+        let hub = self.hub.clone();
+        let _reading = page_read(&hub).await;
+        let messages = match self.until_shutdown(pager.read(&*hub.store)).await {
             Ok(messages) => messages,
             // Kept: closing answers the JOIN with what was replayed so far.
             Err(StoreCallError::ShuttingDown) => return false,
@@ -293,7 +345,7 @@ impl Session {
                 announced: false,
                 rooms_left,
             });
-            self.forward = Some(Box::new(ForwardReplay { pager, purpose }));
+            self.forward = Some(Box::new(ForwardReplay::History { pager, purpose }));
         }
     }
 
@@ -302,7 +354,7 @@ impl Session {
         &self,
         rooms: &mut std::vec::IntoIter<Arc<str>>,
     ) -> Option<ForwardPager> {
-        let limit = self.hub.config.max_page;
+        let limit = self.hub.config.page_messages();
         rooms.find_map(|room| {
             let shown = self.joined.last_shown(&room)?;
             Some(ForwardPager::new(room, shown, limit))
@@ -312,15 +364,17 @@ impl Session {
     /// One page of a catch-up. True when every room is caught up, or the store refused (the
     /// rest is then retried later).
     async fn catch_up_page(&mut self, pager: &mut ForwardPager, catch_up: &mut CatchUp) -> bool {
-        let store = self.hub.store.clone();
+        let hub = self.hub.clone();
+        let store = &hub.store;
         let CatchUp {
             announced,
             rooms_left,
         } = catch_up;
         let room = pager.room.clone();
+        let _reading = page_read(&hub).await;
         // Read before the page: the store only ever lets go of more.
         let forgotten = store.forgotten_through(&room);
-        let messages = match self.until_shutdown(pager.read(&*store)).await {
+        let messages = match self.until_shutdown(pager.read(&**store)).await {
             Ok(messages) => messages,
             // The connection closes; its catch-up ends with it.
             Err(StoreCallError::ShuttingDown) => return true,
@@ -359,17 +413,10 @@ impl Session {
             ]));
             pager.skip_to(missed_to);
         }
-        for m in &messages {
-            if !self.joined.is_own(&room, m.id) {
-                self.writer.push(protocol::message_line(
-                    MessageKind::Live,
-                    &room,
-                    m.id,
-                    m.millis,
-                    &m.nick,
-                    &m.text,
-                ));
-            }
+        let others = messages.iter().filter(|m| !self.joined.is_own(&room, m.id));
+        let lines = format_messages(MessageKind::Live, &room, others);
+        if !lines.is_empty() {
+            self.writer.push(lines.freeze());
         }
         let last_page = pager.advance(&messages);
         self.joined.shown_through(&room, pager.cursor);
@@ -395,7 +442,7 @@ impl Session {
         let limit = args
             .limit
             .unwrap_or(self.hub.config.history_on_join)
-            .min(self.hub.config.max_page);
+            .min(self.hub.config.page_messages());
         let page = match args.after {
             Some(after) => Page::Oldest {
                 after,
@@ -407,7 +454,9 @@ impl Session {
                 limit,
             },
         };
-        match self.until_shutdown(self.hub.store.page(&room, page)).await {
+        let hub = self.hub.clone();
+        let _reading = page_read(&hub).await;
+        match self.until_shutdown(hub.store.page(&room, page)).await {
             Ok(messages) => {
                 self.push_stored(&room, &messages);
                 self.writer.push(protocol::line(&[
@@ -424,17 +473,38 @@ impl Session {
 
     /// Replayed messages, as `HIST` lines.
     fn push_stored(&mut self, room: &str, messages: &[StoredMessage]) {
-        for m in messages {
-            self.writer.push(protocol::message_line(
-                MessageKind::Stored,
-                room,
-                m.id,
-                m.millis,
-                &m.nick,
-                &m.text,
-            ));
+        if !messages.is_empty() {
+            let lines = format_messages(MessageKind::Stored, room, messages.iter());
+            self.writer.push(lines.freeze());
         }
     }
+}
+
+/// A place among the page reads allowed at once (`--max-page-reads`), held while the page is
+/// read and formatted.
+async fn page_read(hub: &crate::hub::Hub) -> SemaphorePermit<'_> {
+    hub.page_reads
+        .acquire()
+        .await
+        .expect("the page-read semaphore is never closed")
+}
+
+/// A page's lines in one buffer: one allocation for the page, not one per line.
+fn format_messages<'a>(
+    kind: MessageKind,
+    room: &str,
+    messages: impl Iterator<Item = &'a StoredMessage> + Clone,
+) -> BytesMut {
+    let size: usize = messages
+        .clone()
+        .map(|m| 54 + room.len() + m.nick.len() + m.text.len())
+        .sum();
+    let mut out = BytesMut::with_capacity(size);
+    for m in messages {
+        let time = protocol::format_time(m.millis);
+        protocol::write_message_line(&mut out, kind, room, m.id, &time, &m.nick, &m.text);
+    }
+    out
 }
 
 #[cfg(test)]

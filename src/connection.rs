@@ -257,6 +257,9 @@ pub enum Frame {
     Line(BytesMut),
     /// A line longer than the limit; its bytes were (or are being) discarded.
     TooLong,
+    /// Another line's worth of a too-long line discarded. No reply, but it counts as a line
+    /// read (flood control), so that one endless line is read no faster than lines are.
+    Skipped,
 }
 
 /// Decoder for LF- or CRLF-terminated lines with a maximum length in bytes.
@@ -267,6 +270,8 @@ pub struct LineCodec {
     scanned: usize,
     /// True while throwing away the rest of a too-long line.
     discarding: bool,
+    /// Bytes discarded since the last [`Frame::TooLong`] or [`Frame::Skipped`].
+    discarded: usize,
 }
 
 impl LineCodec {
@@ -276,6 +281,7 @@ impl LineCodec {
             max_len,
             scanned: 0,
             discarding: false,
+            discarded: 0,
         }
     }
 
@@ -306,11 +312,17 @@ impl Decoder for LineCodec {
                     Some(i) => {
                         buf.advance(i + 1);
                         self.discarding = false;
+                        self.discarded = 0;
                         self.scanned = 0;
                         continue;
                     }
                     None => {
+                        self.discarded += buf.len();
                         buf.clear();
+                        if self.discarded >= self.max_frame() {
+                            self.discarded -= self.max_frame();
+                            return Ok(Some(Frame::Skipped));
+                        }
                         return Ok(None);
                     }
                 }
@@ -334,6 +346,7 @@ impl Decoder for LineCodec {
                     Some(i) => buf.advance(window + i + 1),
                     None => {
                         self.discarding = true;
+                        self.discarded = buf.len() - window;
                         buf.clear();
                     }
                 }
@@ -351,6 +364,7 @@ impl Decoder for LineCodec {
         self.scanned = 0;
         if self.discarding {
             self.discarding = false;
+            self.discarded = 0;
             buf.clear();
             return Ok(None);
         }
@@ -411,11 +425,32 @@ mod tests {
         let mut buf = BytesMut::from(&b"0123456789"[..]);
         assert_eq!(c.decode(&mut buf).unwrap(), Some(Frame::TooLong));
         assert!(buf.is_empty());
-        buf.extend_from_slice(b"more junk");
+        buf.extend_from_slice(b"m");
         assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"ore junk");
+        // 4 + 1 + 8 bytes discarded after the first 6: another line's worth (6 with CRLF).
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Frame::Skipped));
         assert!(buf.is_empty(), "discarded bytes are not kept");
         buf.extend_from_slice(b"end\nPING\n");
         assert_eq!(c.decode(&mut buf).unwrap(), Some(line("PING")));
+    }
+
+    /// An endless line costs a frame per line's worth of bytes, so flood control reads it no
+    /// faster than ordinary lines.
+    #[test]
+    fn an_endless_line_is_counted_a_line_at_a_time() {
+        let mut c = LineCodec::new(8);
+        let mut frames = Vec::new();
+        for _ in 0..100 {
+            let mut buf = BytesMut::from(&[b'x'; 10][..]);
+            while let Some(f) = c.decode(&mut buf).unwrap() {
+                frames.push(f);
+            }
+        }
+        // 1,000 bytes: one TooLong, then one Skipped per 10 bytes (8 + CRLF) after the first.
+        assert_eq!(frames[0], Frame::TooLong);
+        assert!(frames[1..].iter().all(|f| *f == Frame::Skipped));
+        assert_eq!(frames.len(), 1 + (1000 - 10) / 10);
     }
 
     #[test]

@@ -154,6 +154,29 @@ async fn a_flood_is_slowed_and_every_line_is_done_in_order() {
     server.stop().await.unwrap();
 }
 
+/// One endless line (no LF) is read no faster than lines: each line's worth of it counts
+/// against the flood budget, so it too waits in the client's socket.
+#[tokio::test]
+async fn an_endless_line_is_not_read_beyond_the_rate() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(Config {
+        rate: 1,
+        burst: 1,
+        ..memory_config()
+    })
+    .await;
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let flood = vec![b'x'; 64 << 20];
+    let wrote =
+        tokio::time::timeout(std::time::Duration::from_secs(3), raw.write_all(&flood)).await;
+    assert!(
+        wrote.is_err(),
+        "the server must not read an endless line at full speed (the write finished: {wrote:?})"
+    );
+    drop(raw);
+    server.stop().await.unwrap();
+}
+
 /// Over its budget a connection is not read at all: what it floods waits in its own socket
 /// (TCP backpressure), not in the server, and the connection stays open.
 #[tokio::test]

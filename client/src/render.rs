@@ -55,7 +55,18 @@ pub fn local_time(rfc3339: &str) -> String {
 /// and paragraph separators (U+2028, U+2029) can make one message look like two. The server
 /// passes them through in message text, as it must; a client shows them inert.
 fn is_layout_control(c: char) -> bool {
-    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{2028}'
+            | '\u{2029}'
+            // The directional marks (LRM, RLM, ALM): weaker, but they still reorder the
+            // neutral characters around them.
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{061C}'
+    )
 }
 
 /// `text` with every layout control written out visibly as `<U+202E>`, so that it affects
@@ -183,7 +194,7 @@ mod tests {
             "{line}"
         );
         for c in [
-            '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}', '\u{2028}', '\u{2029}',
+            '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}', '\u{2028}', '\u{2029}', '\u{200F}',
         ] {
             assert!(!inert(&format!("a{c}b")).contains(c), "{c:?}");
         }

@@ -62,6 +62,7 @@ impl Session {
                     ),
                 ))
             }
+            Frame::Skipped => return Ok(None),
             Frame::Line(bytes) => bytes,
         };
         let text = std::str::from_utf8(&line).map_err(|_| {

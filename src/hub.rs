@@ -53,6 +53,7 @@ impl Hub {
             Fanout::new(rooms.clone()),
             WRITER_QUEUE,
             WRITER_BATCH,
+            config.db_timeout,
         );
         let hub = Hub {
             flood_limit: Limit::per_second(config.rate, config.burst),

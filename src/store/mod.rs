@@ -10,6 +10,7 @@ pub mod writer;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use crate::protocol::MessageId;
 
@@ -70,6 +71,16 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Stores a batch of messages atomically, returning them in the same order with ids and
     /// times. Ids within one room follow the batch order.
     async fn append(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// [`append`](HistoryStore::append), answering by `deadline` (the writer's: its earliest
+    /// message's submission plus `--db-timeout`). A store that is never slow ignores it.
+    async fn append_by(
+        &self,
+        batch: &[NewMessage],
+        _deadline: Instant,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.append(batch).await
+    }
 
     /// Reads one page of a room's history, oldest first. An unknown room has no history.
     async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError>;

@@ -13,11 +13,18 @@
 //! an unknown outcome (see [`StoreError`]); its messages are published to nobody. The store
 //! bounds every `append` (the PostgreSQL one by `--db-timeout`, and it fails at once while
 //! the database is known to be down), so a frozen database cannot wedge the writer.
+//!
+//! Each message must be answered within `--db-timeout` of its submission, however long it
+//! waited in the queue behind a slow batch: a batch is given its earliest message's
+//! deadline, and a message already past its own when the writer takes it is refused
+//! (`STORE_UNAVAILABLE`) without ever being sent, so it is never stored.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{HistoryStore, NewMessage, StoreError, StoredMessage};
 use crate::protocol::MessageId;
@@ -69,41 +76,54 @@ pub trait Publish<T>: Send + 'static {
 struct Job<T> {
     message: NewMessage,
     tag: T,
+    /// Its submission plus `--db-timeout`: by then it is answered.
+    deadline: Instant,
     ack: oneshot::Sender<AckResult>,
 }
 
 /// A handle for submitting messages; the task stops when every handle is dropped.
 pub struct Writer<T> {
     tx: mpsc::Sender<Job<T>>,
+    timeout: Duration,
 }
 
 impl<T> Clone for Writer<T> {
     fn clone(&self) -> Self {
         Writer {
             tx: self.tx.clone(),
+            timeout: self.timeout,
         }
     }
 }
 
 impl<T: Copy + Send + 'static> Writer<T> {
     /// Starts the writer task. `queue` bounds the messages waiting for it; `max_batch` bounds
-    /// one `append`.
+    /// one `append`; `timeout` (`--db-timeout`) is how long after its submission a message
+    /// is answered, at the latest.
     pub fn spawn(
         store: Arc<dyn HistoryStore>,
         publisher: impl Publish<T>,
         queue: usize,
         max_batch: usize,
+        timeout: Duration,
     ) -> (Writer<T>, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let task = tokio::spawn(run(store, publisher, rx, max_batch.max(1)));
-        (Writer { tx }, task)
+        (Writer { tx, timeout }, task)
     }
 
     /// Queues a message, waiting while the writer's queue is full. The receiver yields the
     /// ack (or the store's refusal) once the message is stored and published.
     pub async fn submit(&self, message: NewMessage, tag: T) -> oneshot::Receiver<AckResult> {
         let (ack, rx) = oneshot::channel();
-        let job = Job { message, tag, ack };
+        // Stamped before any wait for room in the queue: that wait counts too.
+        let deadline = Instant::now() + self.timeout;
+        let job = Job {
+            message,
+            tag,
+            deadline,
+            ack,
+        };
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
             let _ = job.ack.send(Err(StoreError::Unavailable(
                 "the writer has stopped".into(),
@@ -126,12 +146,33 @@ async fn run<T: Copy + Send + 'static>(
     // Refusals are logged once per run of failures, not per batch.
     let mut failing = false;
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
+        let now = Instant::now();
+        let mut deadline = None::<Instant>;
+        let mut expired = 0;
         for job in jobs.drain(..) {
+            if job.deadline <= now {
+                // Its time went waiting behind slower batches: refused, and never sent.
+                expired += 1;
+                let _ = job.ack.send(Err(StoreError::Unavailable(
+                    "the store did not take it within --db-timeout; it is not stored".into(),
+                )));
+                continue;
+            }
+            deadline = Some(deadline.map_or(job.deadline, |d| d.min(job.deadline)));
             messages.push(job.message);
             tags.push(job.tag);
             acks.push(job.ack);
         }
-        let appended = store.append(&messages).await.and_then(|stored| {
+        if expired > 0 && !std::mem::replace(&mut failing, true) {
+            tracing::warn!(
+                messages = expired,
+                "refused messages that waited for the store past --db-timeout"
+            );
+        }
+        let Some(deadline) = deadline else {
+            continue;
+        };
+        let appended = store.append_by(&messages, deadline).await.and_then(|stored| {
             // Every message gets its answer: a store that returned another number of rows
             // than it was given has failed, and may have stored some of them.
             if stored.len() == messages.len() {
@@ -206,6 +247,8 @@ mod tests {
         }
     }
 
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
     fn message(text: &str) -> NewMessage {
         NewMessage {
             room: "r".into(),
@@ -218,7 +261,7 @@ mod tests {
     async fn stores_then_publishes_then_acknowledges() {
         let recorder = Recorder::default();
         let store = Arc::new(MemoryStore::new(100));
-        let (writer, task) = Writer::spawn(store, recorder.clone(), 16, 4);
+        let (writer, task) = Writer::spawn(store, recorder.clone(), 16, 4, TIMEOUT);
         let mut acks = Vec::new();
         for (i, text) in ["a", "b", "c", "d", "e"].iter().enumerate() {
             acks.push(writer.submit(message(text), i as u32).await);
@@ -293,7 +336,7 @@ mod tests {
                 MemoryStore::new(100),
                 Mutex::new(Some(failure.clone())),
             ));
-            let (writer, _task) = Writer::spawn(store, recorder.clone(), 16, 16);
+            let (writer, _task) = Writer::spawn(store, recorder.clone(), 16, 16, TIMEOUT);
             let failed = writer.submit(message("a"), 1).await.await.unwrap();
             assert_eq!(
                 failed.unwrap_err().to_string(),
@@ -311,7 +354,7 @@ mod tests {
     async fn a_store_that_returns_fewer_rows_fails_the_batch_and_every_ack_is_answered() {
         let recorder = Recorder::default();
         let store = Arc::new(ShortStore(MemoryStore::new(100)));
-        let (writer, _task) = Writer::spawn(store, recorder.clone(), 16, 16);
+        let (writer, _task) = Writer::spawn(store, recorder.clone(), 16, 16, TIMEOUT);
         let first = writer.submit(message("a"), 1).await;
         let second = writer.submit(message("b"), 2).await;
         for ack in [first, second] {
@@ -323,5 +366,82 @@ mod tests {
             );
         }
         assert!(recorder.0.lock().unwrap().is_empty(), "nothing published");
+    }
+
+    /// A store whose appends wait until let go, recording the deadline each was given.
+    struct Gated {
+        store: MemoryStore,
+        entered: tokio::sync::Notify,
+        gate: tokio::sync::Semaphore,
+        deadlines: Mutex<Vec<Instant>>,
+    }
+
+    #[async_trait]
+    impl HistoryStore for Gated {
+        async fn append(&self, _: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
+            unreachable!("the writer gives every batch its deadline")
+        }
+
+        async fn append_by(
+            &self,
+            batch: &[NewMessage],
+            deadline: Instant,
+        ) -> Result<Vec<StoredMessage>, StoreError> {
+            self.deadlines.lock().unwrap().push(deadline);
+            self.entered.notify_one();
+            self.gate.acquire().await.unwrap().forget();
+            self.store.append(batch).await
+        }
+
+        async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
+            self.store.page(room, page).await
+        }
+
+        async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {
+            self.store.latest_id(room).await
+        }
+    }
+
+    /// A message queued behind a batch that outlasts its deadline is refused when the writer
+    /// gets to it, and never stored; the batch before it was given its own message's
+    /// deadline, counted from submission.
+    #[tokio::test]
+    async fn a_message_that_waited_past_its_deadline_is_refused_and_never_stored() {
+        let timeout = Duration::from_millis(300);
+        let recorder = Recorder::default();
+        let store = Arc::new(Gated {
+            store: MemoryStore::new(100),
+            entered: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+            deadlines: Mutex::new(Vec::new()),
+        });
+        let (writer, _task) = Writer::spawn(store.clone(), recorder.clone(), 16, 16, timeout);
+        let before = Instant::now();
+        let first = writer.submit(message("a"), 1).await;
+        let after = Instant::now();
+        store.entered.notified().await;
+        let late = writer.submit(message("b"), 2).await;
+        // The first batch takes longer than the second message may wait.
+        tokio::time::sleep(timeout * 2).await;
+        store.gate.add_permits(16);
+        assert_eq!(first.await.unwrap().unwrap().id, 1);
+        let refused = late.await.unwrap();
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "refused as never stored: {refused:?}"
+        );
+        let deadlines = store.deadlines.lock().unwrap().clone();
+        assert_eq!(deadlines.len(), 1, "the late message was never sent: {deadlines:?}");
+        assert!(before + timeout <= deadlines[0] && deadlines[0] <= after + timeout);
+        let page = Page::Newest {
+            before: None,
+            limit: 10,
+        };
+        let kept: Vec<_> = store.store.page("r", page).await.unwrap();
+        assert_eq!(kept.len(), 1, "only the first message is stored");
+        assert_eq!(kept[0].text, "a");
+        // The writer goes on: the next message is stored.
+        let next = writer.submit(message("c"), 3).await;
+        assert_eq!(next.await.unwrap().unwrap().id, 2);
     }
 }

@@ -294,8 +294,11 @@ impl PgStore {
     /// connection, is [`StoreError::OutcomeUnknown`]: a statement waiting on a frozen backend
     /// still runs when it wakes. Its connection is discarded too (never reused with the
     /// INSERT pending), and whatever becomes of it the server does not learn.
-    async fn append_batch(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, BatchError> {
-        let deadline = Instant::now() + self.timeout;
+    async fn append_batch(
+        &self,
+        batch: &[NewMessage],
+        deadline: Instant,
+    ) -> Result<Vec<StoredMessage>, BatchError> {
         let mut conn = self
             .before(deadline, "waiting for a connection", self.connection())
             .await?;
@@ -499,13 +502,22 @@ fn stored_message(row: &Row) -> StoredMessage {
 #[async_trait]
 impl HistoryStore for PgStore {
     async fn append(&self, batch: &[NewMessage]) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut stored = self.append_batch(batch).await;
+        self.append_by(batch, Instant::now() + self.timeout).await
+    }
+
+    /// Everything, the retry too, before the one deadline.
+    async fn append_by(
+        &self,
+        batch: &[NewMessage],
+        deadline: Instant,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut stored = self.append_batch(batch, deadline).await;
         if let Err(BatchError::NameVanished(e)) = &stored {
             // Rooms or users were emptied or restored under us: nothing of the batch was
             // stored, so record its names again and try it once more.
             tracing::warn!("a room or user the batch names is gone; recording them again: {e}");
             self.forget_names();
-            stored = self.append_batch(batch).await;
+            stored = self.append_batch(batch, deadline).await;
         }
         if stored.is_err() {
             // The failure may be a name the cache still holds (a restored or edited

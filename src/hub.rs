@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::admission::{LoginWatch, NewRoomLimit};
 use crate::budget::Limit;
@@ -41,6 +42,9 @@ pub struct Hub {
     /// Store page reads in progress, server-wide (`--max-page-reads`): a page read is held
     /// in memory until it is written out, so 600 clients asking at once wait their turn.
     pub page_reads: tokio::sync::Semaphore,
+    /// Cancelled by a second stopping signal: closing sessions stop waiting out
+    /// `--close-grace`.
+    pub hurry: CancellationToken,
     next_conn: AtomicU64,
 }
 
@@ -67,6 +71,7 @@ impl Hub {
             store,
             writer,
             mailboxes: Mailboxes::default(),
+            hurry: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
         };
         (Arc::new(hub), writer_task)

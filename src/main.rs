@@ -12,6 +12,7 @@ use linechat::privileges::{self, Plan};
 use linechat::server::{self, Server};
 use linechat::signals::Signals;
 use linechat::{Config, StoreKind};
+use tokio_util::sync::CancellationToken;
 
 /// The defaults every flag shows and falls back to.
 static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
@@ -237,14 +238,13 @@ async fn main() -> ExitCode {
     }
     // Before anything else: a signal that came before the handlers would end the process
     // the default way, with no BYE and the managed PostgreSQL left running.
-    let shutdown = match Signals::install() {
-        Ok(signals) => signals.shutdown(),
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
         Err(e) => {
             tracing::error!("cannot handle signals: {e}");
             return ExitCode::FAILURE;
         }
     };
-    tokio::pin!(shutdown);
     // Whom to run as is checked now, so that a bad --user fails before anything starts.
     let managed = config.store == StoreKind::Postgres && config.database_url.is_none();
     let plan = privileges::plan(
@@ -277,7 +277,7 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        _ = &mut shutdown => return ExitCode::SUCCESS,
+        () = signals.shutdown() => return ExitCode::SUCCESS,
     };
     // Root is needed no more: the port is bound and the cluster runs.
     if let Err(e) = plan.apply() {
@@ -300,7 +300,10 @@ async fn main() -> ExitCode {
         addr.ip(),
         addr.port()
     );
-    server.serve(listener, shutdown).await;
+    // From here on a second signal hurries the shutdown the first began.
+    let stop = CancellationToken::new();
+    tokio::spawn(signals.watch(stop.clone(), server.hurry()));
+    server.serve(listener, stop.cancelled_owned()).await;
     ExitCode::SUCCESS
 }
 

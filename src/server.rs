@@ -84,6 +84,11 @@ impl Server {
         })
     }
 
+    /// Cancelled, it cuts a shutdown short: closing clients get no more close grace.
+    pub fn hurry(&self) -> CancellationToken {
+        self.hub.hurry.clone()
+    }
+
     /// Serves clients on `listener` until `shutdown` completes; then stops accepting, says
     /// `BYE` to every client (after answering what each one already sent), lets the writer
     /// finish, stops the private cluster if there is one, and returns. Meanwhile the private

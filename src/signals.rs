@@ -3,10 +3,12 @@
 //! Everything that would end the process short of SIGKILL (SIGINT from Ctrl-C, SIGTERM from
 //! a service manager, SIGHUP from a closed terminal, SIGQUIT from Ctrl-\) is caught and
 //! becomes a graceful shutdown, so that clients get their `BYE` and the server's own
-//! PostgreSQL is stopped, not left behind.
+//! PostgreSQL is stopped, not left behind. A second one during that shutdown hurries it:
+//! clients are closed without their close grace, and PostgreSQL is still stopped cleanly.
 
 use futures::future::select_all;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 /// What the server does when a signal comes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +66,25 @@ impl Signals {
     /// Completes on the first signal that means [`Meaning::Shutdown`], having logged it.
     /// (A meaning that does not end the server, such as a reload, is to be acted on here,
     /// in a loop around `next`.)
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(&mut self) {
         let (name, meaning) = self.next().await;
         match meaning {
             Meaning::Shutdown => tracing::info!("{name} received: shutting down"),
+        }
+    }
+
+    /// Cancels `stop` on the first stopping signal, then `hurry` on every later one (each
+    /// logged): a second signal asks the shutdown under way to be quick.
+    pub async fn watch(mut self, stop: CancellationToken, hurry: CancellationToken) {
+        self.shutdown().await;
+        stop.cancel();
+        loop {
+            let (name, _) = self.next().await;
+            tracing::warn!(
+                "{name} received during shutdown: closing clients now, without their close \
+                 grace; then stopping what the server started"
+            );
+            hurry.cancel();
         }
     }
 }

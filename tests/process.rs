@@ -170,6 +170,48 @@ async fn every_stopping_signal_closes_clients_and_stops_the_managed_postgres() {
     }
 }
 
+/// A second stopping signal hurries the shutdown the first began: a client that keeps
+/// sending part of a line (so that it would be given all of `--close-grace`, 30 s here) is
+/// closed at once, the log names both signals, and the managed PostgreSQL is still stopped
+/// cleanly.
+#[tokio::test]
+async fn a_second_signal_cuts_the_close_grace_short_and_still_stops_the_managed_postgres() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = pg::temp_dir("second-signal");
+    let _cleanup = pg::DirGuard(dir.clone());
+    let mut server = zero_config(&dir, &["--close-grace", "30"]);
+    let postmaster = postmaster_pid(&dir);
+    let mut sender = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    sender.write_all(b"NICK bob\n").await.unwrap();
+    let sending = tokio::spawn(async move {
+        // Part of a line, never ended, until the server closes the connection.
+        while sender.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.signal("-TERM");
+    server.wait_for_log("SIGTERM received: shutting down").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        running(server.pid() as i32),
+        "the server lingers for the client still sending"
+    );
+    server.signal("-INT");
+    let exited = tokio::time::timeout(Duration::from_secs(10), server.wait()).await;
+    let status = exited.expect("the second signal ends the close grace (30 s) at once");
+    assert!(status.success(), "exit status {status:?}");
+    server.wait_for_log("SIGINT received during shutdown").await;
+    gone(postmaster).await;
+    assert!(
+        !dir.join("pgdata/postmaster.pid").exists(),
+        "the managed PostgreSQL was stopped cleanly"
+    );
+    sending.abort();
+}
+
 /// The `Send-Q` that `ss` shows for a listening socket: its backlog.
 fn listen_backlog(port: u16) -> u32 {
     let out = Command::new("ss")

@@ -369,19 +369,22 @@ impl Session {
         self.leave_everything();
         self.writer.push(protocol::line(&["BYE", reason]));
         let grace = self.hub.config.close_grace;
+        let hurry = self.hub.hurry.clone();
         let Session { reader, writer, .. } = self;
-        let _ = tokio::time::timeout(grace, async {
-            writer.flush().await?;
-            writer.shutdown().await?;
-            // Linger only for a client that is still sending (a line read, or part of one):
-            // an idle one is closed at once.
-            let sending = matches!(reader.next().now_or_never(), Some(Some(Ok(_))));
-            if sending || reader.has_partial_line() {
-                while let Some(Ok(_)) = reader.next().await {}
-            }
-            io::Result::Ok(())
-        })
-        .await;
+        // A second stopping signal ends the grace at once.
+        let _ = hurry
+            .run_until_cancelled(tokio::time::timeout(grace, async {
+                writer.flush().await?;
+                writer.shutdown().await?;
+                // Linger only for a client that is still sending (a line read, or part of one):
+                // an idle one is closed at once.
+                let sending = matches!(reader.next().now_or_never(), Some(Some(Ok(_))));
+                if sending || reader.has_partial_line() {
+                    while let Some(Ok(_)) = reader.next().await {}
+                }
+                io::Result::Ok(())
+            }))
+            .await;
     }
 
     /// At shutdown: every complete line already read from the socket gets

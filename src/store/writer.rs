@@ -172,22 +172,25 @@ async fn run<T: Copy + Send + 'static>(
         let Some(deadline) = deadline else {
             continue;
         };
-        let appended = store.append_by(&messages, deadline).await.and_then(|stored| {
-            // Every message gets its answer: a store that returned another number of rows
-            // than it was given has failed, and may have stored some of them.
-            if stored.len() == messages.len() {
-                Ok(stored)
-            } else {
-                tracing::error!(
-                    given = messages.len(),
-                    returned = stored.len(),
-                    "the store returned another number of messages than it was given"
-                );
-                Err(StoreError::OutcomeUnknown(
-                    "the store did not confirm every message".into(),
-                ))
-            }
-        });
+        let appended = store
+            .append_by(&messages, deadline)
+            .await
+            .and_then(|stored| {
+                // Every message gets its answer: a store that returned another number of rows
+                // than it was given has failed, and may have stored some of them.
+                if stored.len() == messages.len() {
+                    Ok(stored)
+                } else {
+                    tracing::error!(
+                        given = messages.len(),
+                        returned = stored.len(),
+                        "the store returned another number of messages than it was given"
+                    );
+                    Err(StoreError::OutcomeUnknown(
+                        "the store did not confirm every message".into(),
+                    ))
+                }
+            });
         match appended {
             Ok(stored) => {
                 if std::mem::take(&mut failing) {
@@ -431,7 +434,11 @@ mod tests {
             "refused as never stored: {refused:?}"
         );
         let deadlines = store.deadlines.lock().unwrap().clone();
-        assert_eq!(deadlines.len(), 1, "the late message was never sent: {deadlines:?}");
+        assert_eq!(
+            deadlines.len(),
+            1,
+            "the late message was never sent: {deadlines:?}"
+        );
         assert!(before + timeout <= deadlines[0] && deadlines[0] <= after + timeout);
         let page = Page::Newest {
             before: None,

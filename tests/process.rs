@@ -353,6 +353,76 @@ async fn a_planted_log_link_is_never_followed() {
     );
 }
 
+/// `--data-dir /tmp/evil/data`, where `/tmp/evil` belongs to `nobody`, who made `data` a
+/// link to a directory of root's. The server, started as root, used to resolve the link
+/// first and check only where it led: it made its lock, cluster and log there and handed
+/// root's `postgresql.log` and `run/` to `postgres`. Now the path is checked as given: it
+/// refuses to start, and root's files keep their owner, mode and content.
+#[tokio::test]
+async fn a_data_dir_reached_through_another_users_link_is_refused() {
+    require_root();
+    let victim = pg::temp_dir("victim");
+    let _cleanup = pg::DirGuard(victim.clone());
+    std::fs::create_dir_all(victim.join("run")).unwrap();
+    let log = victim.join("postgresql.log");
+    std::fs::write(&log, SECRET).unwrap();
+    std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let before = |path: &Path| {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        (meta.uid(), meta.gid(), meta.mode())
+    };
+    let (log_was, run_was) = (before(&log), before(&victim.join("run")));
+
+    let nobody = account("nobody");
+    let evil = pg::temp_dir("evil");
+    let _cleanup_evil = pg::DirGuard(evil.clone());
+    std::fs::create_dir(&evil).unwrap();
+    std::os::unix::fs::chown(&evil, Some(nobody.0), Some(nobody.1)).unwrap();
+    let planted = Command::new("runuser")
+        .args(["-u", "nobody", "--", "ln", "-s"])
+        .arg(&victim)
+        .arg(evil.join("data"))
+        .status()
+        .unwrap();
+    assert!(planted.success(), "nobody could not plant the link");
+
+    let said = refused(&evil.join("data")).await;
+    assert!(said.contains("unsafe data directory"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{}, on the path to the data directory {}, is owned by another user (uid {})",
+            evil.display(),
+            evil.join("data").display(),
+            nobody.0
+        )),
+        "{said}"
+    );
+    assert_eq!(before(&log), log_was, "the log's owner or mode changed");
+    assert_eq!(
+        before(&victim.join("run")),
+        run_was,
+        "run/'s owner or mode changed"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), SECRET);
+    for made in ["linechat.lock", "pgdata", "pgdata.initdb"] {
+        assert!(!victim.join(made).exists(), "{made} was made in the target");
+    }
+
+    // A link of another user's in a sticky directory (as /tmp is) is refused too: they may
+    // point it elsewhere at any time.
+    let link = pg::temp_dir("link");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(nobody.0), Some(nobody.1)).unwrap();
+    let said = refused(&link.join("data")).await;
+    let _ = std::fs::remove_file(&link);
+    assert!(
+        said.contains("is a symbolic link owned by another user"),
+        "{said}"
+    );
+    assert!(!victim.join("data").exists(), "made through the link");
+    assert_eq!(before(&log), log_was);
+}
+
 /// A `postgresql.auto.conf` link planted in the cluster's directory (which belongs to
 /// `postgres`, so whoever runs as that user can plant one), pointing at a root-owned file:
 /// the server, started as root, replaces the link with its settings instead of writing

@@ -8,10 +8,11 @@
 //! act; a file that is replaced is written under a new name and renamed over the old one,
 //! which replaces a link instead of writing through it.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 
 use super::ManagedPostgresError;
 
@@ -78,38 +79,137 @@ pub(super) fn exposure(
     (mode & others != 0 && !sticky_parent).then_some(Exposure::Writable)
 }
 
-/// Refuses `data_dir` (canonical) if it, or any directory above it, lets another user plant
-/// links in it or swap it for another.
-pub(super) fn check_data_dir(data_dir: &Path, us: libc::uid_t) -> Result<(), ManagedPostgresError> {
-    for (depth, dir) in data_dir.ancestors().enumerate() {
-        let meta = fs::symlink_metadata(dir)?;
-        if let Some(why) = exposure(meta.uid(), meta.mode(), us, depth == 0) {
-            let what = if depth == 0 {
-                format!("the data directory {}", dir.display())
-            } else {
-                format!(
-                    "{}, a parent of the data directory {}",
-                    dir.display(),
-                    data_dir.display()
-                )
-            };
-            let why = match why {
-                Exposure::OwnedByOther(uid) => {
-                    format!("is owned by another user (uid {uid}), who could plant links in it")
+/// How many symbolic links a data dir path may go through (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Finds the data directory that `given` names, creating what is missing, and returns its
+/// real path (no links in it). The path is walked as given, one name at a time, the way the
+/// kernel would resolve it, and refused unless no user but us and root can change where it
+/// leads: every directory a name is looked up in must be safe (see [`exposure`]), every link
+/// on the way must be ours or root's, and the data directory itself must be safe. So a link
+/// planted on the way is refused before it is followed, and nothing is created anywhere
+/// another user controls. (Resolving first and checking the result is not enough: it never
+/// sees the directories the path went through, where the link was planted.)
+pub(super) fn resolve_data_dir(
+    given: &Path,
+    us: libc::uid_t,
+) -> Result<PathBuf, ManagedPostgresError> {
+    // (joining an absolute path replaces the working directory, which getcwd gives real.)
+    let absolute = std::env::current_dir()?.join(given);
+    // The names still to walk, the next one last.
+    let mut todo = names(&absolute);
+    let mut real = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            // `real` has no links in it: its parent is the directory it was reached from.
+            real.pop();
+            continue;
+        }
+        check_dir(&real, us, false, given)?;
+        let next = real.join(&name);
+        let meta = match fs::symlink_metadata(&next) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Never follows a link (one planted meanwhile makes it fail, and is seen
+                // below); 0755 whatever the umask, so postgres can enter.
+                match fs::DirBuilder::new().mode(0o755).create(&next) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(io_error(&next, e))
+                    }
+                    _ => {}
                 }
-                Exposure::Writable => format!(
-                    "is writable by other users (mode {:o}), who could plant links in it",
-                    meta.mode() & 0o7777
-                ),
-            };
-            return Err(ManagedPostgresError::UnsafeDataDir(format!(
-                "{what} {why}; choose a --data-dir that only you (and root) can write, in \
-                 directories that only you (and root) can write, such as /var/lib/linechat \
-                 (chmod go-w fixes a directory that is yours)"
-            )));
+                fs::symlink_metadata(&next).map_err(|e| io_error(&next, e))?
+            }
+            other => other.map_err(|e| io_error(&next, e))?,
+        };
+        if meta.is_symlink() {
+            if meta.uid() != 0 && meta.uid() != us {
+                return Err(unsafe_path(format!(
+                    "{}, on the path to the data directory {}, is a symbolic link owned by \
+                     another user (uid {}), who could point it anywhere",
+                    next.display(),
+                    given.display(),
+                    meta.uid()
+                )));
+            }
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(io_error(&next, io::Error::from_raw_os_error(libc::ELOOP)));
+            }
+            let target = fs::read_link(&next).map_err(|e| io_error(&next, e))?;
+            if target.is_absolute() {
+                real = PathBuf::from("/");
+            }
+            todo.extend(names(&target));
+        } else if meta.is_dir() {
+            real = next;
+        } else {
+            return Err(io_error(&next, io::Error::other("not a directory")));
         }
     }
-    Ok(())
+    check_dir(&real, us, true, given)?;
+    Ok(real)
+}
+
+/// The names in `path`, last first (`..` kept; `.` and the root dropped).
+fn names(path: &Path) -> Vec<OsString> {
+    let mut names: Vec<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    names.reverse();
+    names
+}
+
+/// Refuses `dir`, the data directory itself (`leaf`) or one on the way to it, if another
+/// user could plant links in it or swap what it holds.
+fn check_dir(
+    dir: &Path,
+    us: libc::uid_t,
+    leaf: bool,
+    given: &Path,
+) -> Result<(), ManagedPostgresError> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| io_error(dir, e))?;
+    let Some(why) = exposure(meta.uid(), meta.mode(), us, leaf) else {
+        return Ok(());
+    };
+    let what = if leaf {
+        format!("the data directory {}", dir.display())
+    } else {
+        format!(
+            "{}, on the path to the data directory {},",
+            dir.display(),
+            given.display()
+        )
+    };
+    let why = match why {
+        Exposure::OwnedByOther(uid) => {
+            format!("is owned by another user (uid {uid}), who could plant links in it")
+        }
+        Exposure::Writable => format!(
+            "is writable by other users (mode {:o}), who could plant links in it",
+            meta.mode() & 0o7777
+        ),
+    };
+    Err(unsafe_path(format!("{what} {why}")))
+}
+
+/// An unsafe data directory error, saying what to do instead.
+fn unsafe_path(what: String) -> ManagedPostgresError {
+    ManagedPostgresError::UnsafeDataDir(format!(
+        "{what}; choose a --data-dir that only you (and root) can write, in directories that \
+         only you (and root) can write, such as /var/lib/linechat (chmod go-w fixes a \
+         directory that is yours)"
+    ))
+}
+
+/// An I/O error that names the path it happened on.
+fn io_error(path: &Path, e: io::Error) -> ManagedPostgresError {
+    ManagedPostgresError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// Says that `path` is a link linechat will not follow, or passes `e` on.
@@ -120,7 +220,7 @@ fn refuse_link(path: &Path, e: io::Error) -> ManagedPostgresError {
             path.display()
         ))
     } else {
-        ManagedPostgresError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        io_error(path, e)
     }
 }
 
@@ -261,6 +361,45 @@ mod tests {
         assert_eq!(exposure(1000, 0o40775, 1000, true), None);
         assert_eq!(exposure(0, 0o40775, 0, true), Some(Exposure::Writable));
         assert_eq!(exposure(0, 0o40775, 0, false), Some(Exposure::Writable));
+    }
+
+    #[test]
+    fn the_data_dir_path_is_checked_as_given_before_anything_is_made() {
+        let base = std::env::temp_dir().join(format!("linechat-resolve-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir(&base).unwrap();
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
+        let base = base.canonicalize().unwrap();
+        let us = unsafe { libc::geteuid() };
+        let victim = base.join("victim");
+        fs::create_dir(&victim).unwrap();
+
+        // A link in a directory others can write (it could have been planted there).
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(&victim, open.join("data")).unwrap();
+        let e = resolve_data_dir(&open.join("data/sub"), us)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("on the path to the data directory"), "{e}");
+        assert!(e.contains("writable by other users (mode 777)"), "{e}");
+        assert_eq!(fs::read_dir(&victim).unwrap().count(), 0, "nothing made");
+
+        // Our own link, in our own directory, is followed; what is missing is made.
+        std::os::unix::fs::symlink("victim", base.join("ours")).unwrap();
+        let real = resolve_data_dir(&base.join("ours/a/../b"), us).unwrap();
+        assert_eq!(real, victim.join("b"));
+        assert!(victim.join("a").is_dir() && victim.join("b").is_dir());
+        assert_eq!(
+            fs::metadata(victim.join("b")).unwrap().mode() & 0o777,
+            0o755
+        );
+
+        // The data directory itself may not be writable by others.
+        let e = resolve_data_dir(&open, us).unwrap_err().to_string();
+        assert!(e.contains("the data directory"), "{e}");
+        let _ = fs::remove_dir_all(&base);
     }
 
     #[test]

@@ -78,15 +78,10 @@ impl ManagedPostgres {
         data_dir: &Path,
         search: &Search,
     ) -> Result<ManagedPostgres, ManagedPostgresError> {
-        // Never group- or world-writable, whatever the umask (postgres must be able to enter).
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(data_dir)?;
-        let data_dir = data_dir.canonicalize()?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let us = unsafe { libc::geteuid() };
-        files::check_data_dir(&data_dir, us)?;
+        // Checked as given, before anything is created or followed; the real path from here.
+        let data_dir = files::resolve_data_dir(data_dir, us)?;
         let lock = lock_data_dir(&data_dir)?;
         let pgdata = data_dir.join("pgdata");
         let bin_dir = match files::read_small(&pgdata.join("PG_VERSION")) {

@@ -7,7 +7,12 @@ use std::sync::Arc;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::oneshot;
 
+use futures::FutureExt;
+
 use crate::protocol;
+use crate::store::StoreError;
+
+use super::{store_error, Session, OUTPUT_HIGH};
 use crate::store::writer::AckResult;
 
 /// What became of one `SAY`: the writer's answer, or its end.
@@ -64,6 +69,45 @@ impl Acks {
         if self.is_empty() {
             self.0 = None;
         }
+    }
+}
+
+impl Session {
+    /// Acks come a batch at a time: answers this one and all that are ready behind it.
+    pub(super) fn on_acks(&mut self, first: (AckOutcome, Arc<str>)) {
+        // The room traffic of these messages is queued before their acks: taking it first
+        // moves `last_shown` past them, so they need not be remembered.
+        if self.writer.pending() < OUTPUT_HIGH {
+            self.take_room_traffic();
+        }
+        self.answer_ack(first);
+        while let Some(Some(ack)) = self.acks.next().now_or_never() {
+            self.answer_ack(ack);
+        }
+        self.acks.release_if_empty();
+    }
+
+    pub(super) fn answer_ack(&mut self, (ack, room): (AckOutcome, Arc<str>)) {
+        let line = match ack {
+            Ok(Ok(ack)) => {
+                self.joined.note_own(&room, ack.id);
+                protocol::ok_say(ack.id, self.acks.time(ack.millis))
+            }
+            Ok(Err(e)) => store_error(&e),
+            // The writer ended without answering: the message may have been on its way.
+            Err(_) => store_error(&StoreError::OutcomeUnknown(
+                "the writer stopped before the store confirmed it".into(),
+            )),
+        };
+        self.writer.push(line);
+    }
+
+    /// Waits for every `SAY` in flight, so replies keep the order of the commands.
+    pub(super) async fn settle_acks(&mut self) {
+        while let Some(ack) = self.acks.next().await {
+            self.answer_ack(ack);
+        }
+        self.acks.release_if_empty();
     }
 }
 

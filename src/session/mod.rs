@@ -18,7 +18,9 @@
 //! the session catches the gap up from the store and goes live again.
 
 mod acks;
+mod close;
 mod commands;
+mod flood;
 mod joined;
 mod listing;
 mod replay;
@@ -44,7 +46,9 @@ use crate::mailbox::{ConnHandle, Delivery, Mailbox};
 use crate::protocol::{self, ErrorCode, ProtocolError};
 use crate::store::StoreError;
 
-use acks::{AckOutcome, Acks};
+use acks::Acks;
+use close::End;
+use flood::flood_timer;
 use joined::{JoinedRooms, Show};
 use replay::ForwardReplay;
 use stall::StallWatch;
@@ -81,50 +85,6 @@ pub fn run(
         session.conn.mailbox.close();
         end.log(peer);
         drop(place);
-    }
-}
-
-/// Why a session ended.
-#[derive(Debug)]
-enum End {
-    Quit(String),
-    Eof,
-    Shutdown,
-    TooSlow,
-    LoginTimeout,
-    TooManyErrors,
-    Io(io::Error),
-}
-
-impl End {
-    /// The reason given with `BYE`; `None` when the socket is gone.
-    fn farewell(&self) -> Option<&str> {
-        Some(match self {
-            End::Quit(reason) => reason,
-            End::Eof => "end of input",
-            End::Shutdown => "server shutting down",
-            End::TooSlow => "too slow",
-            End::LoginTimeout => "login timeout: choose a name with NICK sooner",
-            End::TooManyErrors => "too many errors",
-            End::Io(_) => return None,
-        })
-    }
-
-    /// Forced closes at info, with the client's address; the ordinary ones at debug.
-    fn log(self, peer: SocketAddr) {
-        match self {
-            End::TooSlow => {
-                tracing::info!(%peer, "closed: too slow (took no output for the stall timeout)")
-            }
-            End::LoginTimeout => tracing::info!(%peer, "closed: no NICK within the login timeout"),
-            End::TooManyErrors => tracing::info!(%peer, "closed: too many errors"),
-            // A peer that stopped answering keepalive probes (or acks) vanished without a FIN.
-            End::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
-                tracing::info!(%peer, "closed: the peer vanished (no answer to keepalive probes)")
-            }
-            End::Io(e) => tracing::debug!(%peer, error = %e, "closed: socket error"),
-            other => tracing::debug!(%peer, reason = ?other, "closed"),
-        }
     }
 }
 
@@ -322,100 +282,6 @@ impl Session {
         None
     }
 
-    /// True if the next line may be read now (`--rate` a second after a burst of `--burst`).
-    /// If not, arms the timer after which it may: until then the connection is not read, so
-    /// a flood waits in the client's socket (TCP backpressure), costing the server nothing.
-    fn within_flood_budget(&mut self) -> bool {
-        let Some(limit) = &self.hub.flood_limit else {
-            return true;
-        };
-        if self.flood_wait.is_some() {
-            return false;
-        }
-        let wait = self.flood.until_next(limit, Millis::now());
-        if wait.is_zero() {
-            return true;
-        }
-        self.flood_wait = Some(Box::pin(tokio::time::sleep(wait)));
-        false
-    }
-
-    /// Every line read takes a token: it was only read because one was there.
-    fn spend_flood_token(&mut self) {
-        if let Some(limit) = &self.hub.flood_limit {
-            self.flood.try_take(limit, Millis::now());
-        }
-    }
-
-    /// Says `BYE <reason>` after answering everything read, then closes the socket. A client
-    /// that is still sending is read (and ignored) until it closes too, within
-    /// `--close-grace`: closing with unread input would send a reset, and a reset can
-    /// destroy the client's copy of the last replies and the `BYE`.
-    async fn close(&mut self, end: &End) {
-        let Some(reason) = end.farewell() else {
-            return;
-        };
-        self.end_forward_replay();
-        if let End::TooSlow = end {
-            // What the client has not begun to take goes; owed acks still come.
-            self.writer.drop_unstarted();
-        }
-        self.settle_acks().await;
-        if let End::Shutdown = end {
-            // After answering what was said before, refuse the lines already read.
-            self.refuse_unread();
-        }
-        // Leave first, so the rooms stop queueing for us while the last lines drain.
-        self.leave_everything();
-        self.writer.push(protocol::line(&["BYE", reason]));
-        let grace = self.hub.config.close_grace;
-        let hurry = self.hub.hurry.clone();
-        let Session { reader, writer, .. } = self;
-        // A second stopping signal ends the grace at once.
-        let _ = hurry
-            .run_until_cancelled(tokio::time::timeout(grace, async {
-                writer.flush().await?;
-                writer.shutdown().await?;
-                // Linger only for a client that is still sending (a line read, or part of one):
-                // an idle one is closed at once.
-                let sending = matches!(reader.next().now_or_never(), Some(Some(Ok(_))));
-                if sending || reader.has_partial_line() {
-                    while let Some(Ok(_)) = reader.next().await {}
-                }
-                io::Result::Ok(())
-            }))
-            .await;
-    }
-
-    /// At shutdown: every complete line already read from the socket gets
-    /// `ERR SHUTTING_DOWN`, so that nothing the server took in goes unanswered.
-    fn refuse_unread(&mut self) {
-        while let Some(Ok(frame)) = self.reader.next_buffered() {
-            if let Frame::Line(line) = &frame {
-                if line.iter().all(|b| *b == b' ') {
-                    continue;
-                }
-            }
-            self.writer.push(protocol::error_line(&ProtocolError::new(
-                ErrorCode::ShuttingDown,
-                "the server is shutting down; this was not done",
-            )));
-        }
-    }
-
-    /// Leaves every room (telling the others) and gives up the nick.
-    fn leave_everything(&mut self) {
-        if let Some(room) = self.room_being_joined().cloned() {
-            self.hub.rooms.leave(&room, self.conn.id);
-        }
-        for room in self.joined.leave_all() {
-            self.hub.rooms.leave(&room, self.conn.id);
-        }
-        if let Some(nick) = &self.nick {
-            self.hub.nicks.release(nick, self.conn.id);
-        }
-    }
-
     /// Moves room traffic from the mailbox to the socket's queue while it has room.
     fn take_room_traffic(&mut self) {
         let mailbox = self.conn.mailbox.clone();
@@ -445,43 +311,6 @@ impl Session {
         }
     }
 
-    /// Acks come a batch at a time: answers this one and all that are ready behind it.
-    fn on_acks(&mut self, first: (AckOutcome, Arc<str>)) {
-        // The room traffic of these messages is queued before their acks: taking it first
-        // moves `last_shown` past them, so they need not be remembered.
-        if self.writer.pending() < OUTPUT_HIGH {
-            self.take_room_traffic();
-        }
-        self.answer_ack(first);
-        while let Some(Some(ack)) = self.acks.next().now_or_never() {
-            self.answer_ack(ack);
-        }
-        self.acks.release_if_empty();
-    }
-
-    fn answer_ack(&mut self, (ack, room): (AckOutcome, Arc<str>)) {
-        let line = match ack {
-            Ok(Ok(ack)) => {
-                self.joined.note_own(&room, ack.id);
-                protocol::ok_say(ack.id, self.acks.time(ack.millis))
-            }
-            Ok(Err(e)) => store_error(&e),
-            // The writer ended without answering: the message may have been on its way.
-            Err(_) => store_error(&StoreError::OutcomeUnknown(
-                "the writer stopped before the store confirmed it".into(),
-            )),
-        };
-        self.writer.push(line);
-    }
-
-    /// Waits for every `SAY` in flight, so replies keep the order of the commands.
-    async fn settle_acks(&mut self) {
-        while let Some(ack) = self.acks.next().await {
-            self.answer_ack(ack);
-        }
-        self.acks.release_if_empty();
-    }
-
     /// True when a lagging connection may be caught up now: its socket took everything
     /// queued before the gap, and no refused catch-up waits for its retry.
     fn catch_up_due(&self) -> bool {
@@ -493,62 +322,12 @@ impl Session {
                 .as_ref()
                 .is_none_or(|s| s.catch_up_due(Instant::now()))
     }
-
-    /// The connection's stall watch, started if it has none.
-    fn watch_stall(&mut self) -> &mut StallWatch {
-        let timeout = self.hub.config.stall_timeout;
-        self.stall
-            .get_or_insert_with(|| StallWatch::new(timeout, Instant::now()))
-    }
-
-    /// Watches for a stall while the connection is behind (much output waits, or it lags),
-    /// and forgets the watch once it has caught up completely.
-    fn watch_or_forget_stall(&mut self) {
-        let lagging = self.conn.mailbox.is_lagging();
-        if self.writer.pending() >= OUTPUT_HIGH || lagging {
-            self.watch_stall();
-        }
-        let waiting = self.writer.has_pending();
-        if let Some(watch) = &mut self.stall {
-            watch.note_waiting(waiting, Instant::now());
-        }
-        if !lagging && !waiting && self.forward.is_none() {
-            self.stall = None;
-        }
-    }
-
-    /// After a write: a connection whose output still waits is behind, and the write was
-    /// progress.
-    fn wrote(&mut self) {
-        let waiting = self.writer.has_pending();
-        if waiting || self.stall.is_some() {
-            self.watch_stall().progress(waiting, Instant::now());
-        }
-    }
-
-    fn on_stall_timer(&mut self) {
-        let waiting = self.writer.has_pending();
-        let timeout = self.hub.config.stall_timeout;
-        if let Some(watch) = &mut self.stall {
-            let now = Instant::now();
-            watch.note_waiting(waiting, now);
-            watch.on_timer(timeout, now);
-        }
-    }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.hub.mailboxes.unregister(self.conn.id);
     }
-}
-
-/// Fires when the flood wait is over; pending while there is none.
-fn flood_timer(wait: &mut Option<Pin<Box<Sleep>>>) -> impl std::future::Future<Output = ()> + '_ {
-    std::future::poll_fn(move |cx| match wait {
-        Some(sleep) => std::future::Future::poll(sleep.as_mut(), cx),
-        None => std::task::Poll::Pending,
-    })
 }
 
 /// `ERR STORE_UNAVAILABLE` (nothing was done) or `ERR OUTCOME_UNKNOWN` (a `SAY` that may or

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use super::{Session, OUTPUT_HIGH};
+
 /// How long catching up waits after the store refused it.
 pub(super) const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
 
@@ -96,6 +98,50 @@ pub(super) fn timer(watch: &mut Option<Box<StallWatch>>) -> impl Future<Output =
         Some(w) => w.timer.as_mut().poll(cx),
         None => Poll::Pending,
     })
+}
+
+impl Session {
+    /// The connection's stall watch, started if it has none.
+    pub(super) fn watch_stall(&mut self) -> &mut StallWatch {
+        let timeout = self.hub.config.stall_timeout;
+        self.stall
+            .get_or_insert_with(|| StallWatch::new(timeout, Instant::now()))
+    }
+
+    /// Watches for a stall while the connection is behind (much output waits, or it lags),
+    /// and forgets the watch once it has caught up completely.
+    pub(super) fn watch_or_forget_stall(&mut self) {
+        let lagging = self.conn.mailbox.is_lagging();
+        if self.writer.pending() >= OUTPUT_HIGH || lagging {
+            self.watch_stall();
+        }
+        let waiting = self.writer.has_pending();
+        if let Some(watch) = &mut self.stall {
+            watch.note_waiting(waiting, Instant::now());
+        }
+        if !lagging && !waiting && self.forward.is_none() {
+            self.stall = None;
+        }
+    }
+
+    /// After a write: a connection whose output still waits is behind, and the write was
+    /// progress.
+    pub(super) fn wrote(&mut self) {
+        let waiting = self.writer.has_pending();
+        if waiting || self.stall.is_some() {
+            self.watch_stall().progress(waiting, Instant::now());
+        }
+    }
+
+    pub(super) fn on_stall_timer(&mut self) {
+        let waiting = self.writer.has_pending();
+        let timeout = self.hub.config.stall_timeout;
+        if let Some(watch) = &mut self.stall {
+            let now = Instant::now();
+            watch.note_waiting(waiting, now);
+            watch.on_timer(timeout, now);
+        }
+    }
 }
 
 #[cfg(test)]

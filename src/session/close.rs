@@ -1,0 +1,127 @@
+//! How a session ends: why ([`End`]), and closing with `BYE` after answering everything it
+//! read, then leaving its rooms and giving up its name.
+
+use std::io;
+use std::net::SocketAddr;
+
+use futures::FutureExt;
+
+use crate::connection::Frame;
+use crate::protocol::{self, ErrorCode, ProtocolError};
+
+use super::Session;
+
+/// Why a session ended.
+#[derive(Debug)]
+pub(super) enum End {
+    Quit(String),
+    Eof,
+    Shutdown,
+    TooSlow,
+    LoginTimeout,
+    TooManyErrors,
+    Io(io::Error),
+}
+
+impl End {
+    /// The reason given with `BYE`; `None` when the socket is gone.
+    pub(super) fn farewell(&self) -> Option<&str> {
+        Some(match self {
+            End::Quit(reason) => reason,
+            End::Eof => "end of input",
+            End::Shutdown => "server shutting down",
+            End::TooSlow => "too slow",
+            End::LoginTimeout => "login timeout: choose a name with NICK sooner",
+            End::TooManyErrors => "too many errors",
+            End::Io(_) => return None,
+        })
+    }
+
+    /// Forced closes at info, with the client's address; the ordinary ones at debug.
+    pub(super) fn log(self, peer: SocketAddr) {
+        match self {
+            End::TooSlow => {
+                tracing::info!(%peer, "closed: too slow (took no output for the stall timeout)")
+            }
+            End::LoginTimeout => tracing::info!(%peer, "closed: no NICK within the login timeout"),
+            End::TooManyErrors => tracing::info!(%peer, "closed: too many errors"),
+            // A peer that stopped answering keepalive probes (or acks) vanished without a FIN.
+            End::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+                tracing::info!(%peer, "closed: the peer vanished (no answer to keepalive probes)")
+            }
+            End::Io(e) => tracing::debug!(%peer, error = %e, "closed: socket error"),
+            other => tracing::debug!(%peer, reason = ?other, "closed"),
+        }
+    }
+}
+
+impl Session {
+    /// Says `BYE <reason>` after answering everything read, then closes the socket. A client
+    /// that is still sending is read (and ignored) until it closes too, within
+    /// `--close-grace`: closing with unread input would send a reset, and a reset can
+    /// destroy the client's copy of the last replies and the `BYE`.
+    pub(super) async fn close(&mut self, end: &End) {
+        let Some(reason) = end.farewell() else {
+            return;
+        };
+        self.end_forward_replay();
+        if let End::TooSlow = end {
+            // What the client has not begun to take goes; owed acks still come.
+            self.writer.drop_unstarted();
+        }
+        self.settle_acks().await;
+        if let End::Shutdown = end {
+            // After answering what was said before, refuse the lines already read.
+            self.refuse_unread();
+        }
+        // Leave first, so the rooms stop queueing for us while the last lines drain.
+        self.leave_everything();
+        self.writer.push(protocol::line(&["BYE", reason]));
+        let grace = self.hub.config.close_grace;
+        let hurry = self.hub.hurry.clone();
+        let Session { reader, writer, .. } = self;
+        // A second stopping signal ends the grace at once.
+        let _ = hurry
+            .run_until_cancelled(tokio::time::timeout(grace, async {
+                writer.flush().await?;
+                writer.shutdown().await?;
+                // Linger only for a client that is still sending (a line read, or part of one):
+                // an idle one is closed at once.
+                let sending = matches!(reader.next().now_or_never(), Some(Some(Ok(_))));
+                if sending || reader.has_partial_line() {
+                    while let Some(Ok(_)) = reader.next().await {}
+                }
+                io::Result::Ok(())
+            }))
+            .await;
+    }
+
+    /// At shutdown: every complete line already read from the socket gets
+    /// `ERR SHUTTING_DOWN`, so that nothing the server took in goes unanswered.
+    fn refuse_unread(&mut self) {
+        while let Some(Ok(frame)) = self.reader.next_buffered() {
+            if let Frame::Line(line) = &frame {
+                if line.iter().all(|b| *b == b' ') {
+                    continue;
+                }
+            }
+            self.writer.push(protocol::error_line(&ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; this was not done",
+            )));
+        }
+    }
+
+    /// Leaves every room (telling the others) and gives up the nick.
+    pub(super) fn leave_everything(&mut self) {
+        if let Some(room) = self.room_being_joined().cloned() {
+            self.hub.rooms.leave(&room, self.conn.id);
+        }
+        for room in self.joined.leave_all() {
+            self.hub.rooms.leave(&room, self.conn.id);
+        }
+        if let Some(nick) = &self.nick {
+            self.hub.nicks.release(nick, self.conn.id);
+        }
+    }
+}

@@ -34,7 +34,9 @@ impl Session {
         };
         let done = match command {
             Command::Say(text) => self.say(text).await,
-            Command::Nick(nick) => self.nick(nick),
+            Command::Nick { name, password } => self.nick(name, password).await,
+            Command::Register(password) => self.register(password).await,
+            Command::Password { old, new } => self.change_password(old, new).await,
             Command::Join { room, replay } => self.join(room, replay).await,
             Command::History { room, args } => self.history(room, args).await,
             Command::Part(room) => self.part(room),
@@ -90,7 +92,7 @@ impl Session {
         self.writer.push(protocol::error_line(&e));
     }
 
-    fn require_nick(&self) -> Result<Arc<str>, ProtocolError> {
+    pub(super) fn require_nick(&self) -> Result<Arc<str>, ProtocolError> {
         self.nick.clone().ok_or_else(|| {
             ProtocolError::new(ErrorCode::NoNick, "choose a name first: NICK <name>")
         })
@@ -99,6 +101,7 @@ impl Session {
     /// `SAY <text>`: handed to the writer; `OK SAY` comes when it is stored (see `on_acks`).
     async fn say(&mut self, text: String) -> Result<(), ProtocolError> {
         let nick = self.require_nick()?;
+        self.require_account()?;
         let Some(room) = self.joined.current().cloned() else {
             return Err(ProtocolError::new(
                 ErrorCode::NotInRoom,
@@ -115,35 +118,10 @@ impl Session {
         Ok(())
     }
 
-    /// `NICK <name>`: taken if free, and announced in every room the connection is in.
-    fn nick(&mut self, nick: String) -> Result<(), ProtocolError> {
-        let old = self.nick.clone();
-        if old.as_deref() != Some(nick.as_str()) {
-            if !self.hub.nicks.claim(&nick, old.as_deref(), self.conn.id) {
-                return Err(ProtocolError::new(
-                    ErrorCode::NickInUse,
-                    format!("{nick} is in use; choose another"),
-                ));
-            }
-            let new: Arc<str> = nick.as_str().into();
-            // In the background: a name is for live connections and must not wait on the
-            // database (the first message records its sender anyway).
-            self.hub.store.record_user(&new);
-            if let Some(old) = &old {
-                self.hub
-                    .rooms
-                    .rename(&self.joined.names(), self.conn.id, old, &new);
-            }
-            self.nick = Some(new);
-            self.conn.mailbox.mark_named();
-        }
-        self.writer.push(protocol::line(&["OK", "NICK", &nick]));
-        Ok(())
-    }
-
     /// `JOIN <room> [bound]`: subscribe, then replay (see the `replay` module).
     async fn join(&mut self, room: String, bound: protocol::Replay) -> Result<(), ProtocolError> {
         let nick = self.require_nick()?;
+        self.require_account()?;
         let room: Arc<str> = room.into();
         self.check_room_limits(&room)?;
         let store = self.hub.store.clone();
@@ -216,6 +194,7 @@ impl Session {
     /// `WHO [room]`: `MEMBER` lines, then `OK WHO <room> <count>`, listed as the client
     /// reads (see the `listing` module).
     fn who(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
+        self.require_account()?;
         let room: Arc<str> = match room {
             Some(room) => room.into(),
             None => self.joined.current().cloned().ok_or_else(|| {
@@ -229,6 +208,7 @@ impl Session {
     /// `ROOMS [AFTER <room>] [LIMIT <n>]`: `ROOM` lines, then `OK ROOMS <count>`, listed as
     /// the client reads.
     fn rooms(&mut self, args: RoomsArgs) -> Result<(), ProtocolError> {
+        self.require_account()?;
         self.start_listing(Listing::rooms(args.after, args.limit));
         Ok(())
     }

@@ -58,6 +58,14 @@ pub enum Command {
     Register(Password),
     /// `PASSWORD <old> <new>`.
     Password { old: Password, new: Password },
+    /// `PRIVATE <room>`: members only from now on.
+    Private(String),
+    /// `PUBLIC <room>`: anyone again.
+    Public(String),
+    /// `INVITE <room> <name>`: a registered name becomes a member of a private room.
+    Invite { room: String, name: String },
+    /// `UNINVITE <room> <name>`.
+    Uninvite { room: String, name: String },
     Join { room: String, replay: Replay },
     Say(String),
     History { room: String, args: HistoryArgs },
@@ -112,6 +120,8 @@ error_codes! {
     AccountRequired => "ACCOUNT_REQUIRED",
     TooManyGuesses => "TOO_MANY_GUESSES",
     ServerBusy => "SERVER_BUSY",
+    PrivateRoom => "PRIVATE_ROOM",
+    NotRoomOwner => "NOT_ROOM_OWNER",
     NotInRoom => "NOT_IN_ROOM",
     LineTooLong => "LINE_TOO_LONG",
     BadUtf8 => "BAD_UTF8",
@@ -271,6 +281,24 @@ pub fn parse(line: &str) -> Result<Option<Command>, ProtocolError> {
             }
         }
         "JOIN" => parse_join(&args)?,
+        "PRIVATE" | "PUBLIC" => {
+            let [room] = exact::<1>(&verb, &args, &format!("{verb} <room>"))?;
+            validate_room(room)?;
+            match verb.as_str() {
+                "PRIVATE" => Command::Private(room.to_string()),
+                _ => Command::Public(room.to_string()),
+            }
+        }
+        "INVITE" | "UNINVITE" => {
+            let [room, name] = exact::<2>(&verb, &args, &format!("{verb} <room> <name>"))?;
+            validate_room(room)?;
+            validate_nick(name)?;
+            let (room, name) = (room.to_string(), name.to_string());
+            match verb.as_str() {
+                "INVITE" => Command::Invite { room, name },
+                _ => Command::Uninvite { room, name },
+            }
+        }
         "HISTORY" => parse_history(&args)?,
         "PART" => Command::Part(optional_room(&verb, &args)?),
         "WHO" => Command::Who(optional_room(&verb, &args)?),
@@ -577,6 +605,10 @@ pub const HELP: &[&str] = &[
     "SAY <text>               say text in your current room (the one you joined last)",
     "HISTORY <room> [BEFORE <id>] [AFTER <id>] [LIMIT <n>]   page through a room's history",
     "PART [room]              leave a room (default: your current room)",
+    "PRIVATE <room>           make a room you are in members-only (registered names; you own it)",
+    "INVITE <room> <name>     let a registered name into a private room you are a member of",
+    "UNINVITE <room> <name>   take a member out of a private room you own",
+    "PUBLIC <room>            open a private room you own to everyone again",
     "WHO [room]               list a room's members",
     "ROOMS [AFTER <room>] [LIMIT <n>]   list rooms with members, by name",
     "PING [token]             the server answers PONG [token]",
@@ -628,6 +660,12 @@ mod tests {
         ("PASSWORD old", ErrorCode::MissingArgument),
         ("PASSWORD a b c", ErrorCode::TooManyArguments),
         ("PART a b", ErrorCode::TooManyArguments),
+        ("PRIVATE", ErrorCode::MissingArgument),
+        ("PRIVATE a/b", ErrorCode::BadRoom),
+        ("PUBLIC a b", ErrorCode::TooManyArguments),
+        ("INVITE r", ErrorCode::MissingArgument),
+        ("INVITE r bad!name", ErrorCode::BadNick),
+        ("UNINVITE r/x bob", ErrorCode::BadRoom),
         ("ROOMS x", ErrorCode::BadArgument),
         ("ROOMS LIMIT", ErrorCode::MissingArgument),
         ("ROOMS AFTER", ErrorCode::MissingArgument),

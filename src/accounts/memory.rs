@@ -1,17 +1,23 @@
 //! Accounts in memory, for `--store memory`: they last as long as the process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Account, AccountStore};
+use super::{Access, Account, AccountStore};
 use crate::store::StoreError;
 
-/// Accounts by lower-case name.
+/// Accounts by lower-case name, and private rooms.
 #[derive(Default)]
 pub struct MemoryAccounts {
     accounts: Mutex<BTreeMap<String, Account>>,
+    private: Mutex<HashMap<String, PrivateRoom>>,
+}
+
+struct PrivateRoom {
+    owner: String,
+    members: HashSet<String>,
 }
 
 #[async_trait]
@@ -52,8 +58,13 @@ impl AccountStore for MemoryAccounts {
     }
 
     async fn unregister(&self, name: &str) -> Result<bool, StoreError> {
+        let key = name.to_ascii_lowercase();
+        let mut private = self.private.lock().expect("private rooms lock");
+        for room in private.values_mut() {
+            room.members.remove(&key);
+        }
         let mut accounts = self.accounts.lock().expect("accounts lock");
-        Ok(accounts.remove(&name.to_ascii_lowercase()).is_some())
+        Ok(accounts.remove(&key).is_some())
     }
 
     async fn list(&self) -> Result<Vec<Arc<str>>, StoreError> {
@@ -61,6 +72,52 @@ impl AccountStore for MemoryAccounts {
         let mut names: Vec<_> = accounts.values().map(|a| a.name.clone()).collect();
         names.sort();
         Ok(names)
+    }
+
+    async fn room_access(&self, room: &str, member: Option<&str>) -> Result<Access, StoreError> {
+        let private = self.private.lock().expect("private rooms lock");
+        Ok(match (private.get(room), member) {
+            (None, _) => Access::Public,
+            (Some(p), Some(m)) if p.owner == m => Access::Owner,
+            (Some(p), Some(m)) if p.members.contains(m) => Access::Member,
+            (Some(_), _) => Access::Outsider,
+        })
+    }
+
+    async fn make_private(&self, room: &str, owner: &str) -> Result<bool, StoreError> {
+        let mut private = self.private.lock().expect("private rooms lock");
+        if private.contains_key(room) {
+            return Ok(false);
+        }
+        let made = PrivateRoom {
+            owner: owner.to_string(),
+            members: HashSet::from([owner.to_string()]),
+        };
+        private.insert(room.to_string(), made);
+        Ok(true)
+    }
+
+    async fn make_public(&self, room: &str, owner: &str) -> Result<bool, StoreError> {
+        let mut private = self.private.lock().expect("private rooms lock");
+        if private.get(room).is_some_and(|p| p.owner == owner) {
+            private.remove(room);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn invite(&self, room: &str, member: &str) -> Result<bool, StoreError> {
+        let mut private = self.private.lock().expect("private rooms lock");
+        Ok(private
+            .get_mut(room)
+            .is_some_and(|p| p.members.insert(member.to_string())))
+    }
+
+    async fn uninvite(&self, room: &str, member: &str) -> Result<bool, StoreError> {
+        let mut private = self.private.lock().expect("private rooms lock");
+        Ok(private
+            .get_mut(room)
+            .is_some_and(|p| p.owner != member && p.members.remove(member)))
     }
 }
 

@@ -32,7 +32,28 @@ pub struct Account {
     pub hash: String,
 }
 
-/// Where accounts live.
+/// What a name may do with a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The room is not private: anyone may.
+    Public,
+    /// Private, and the name made it so: it may also make it public and uninvite.
+    Owner,
+    /// Private, and the name was invited.
+    Member,
+    /// Private, and the name is not a member (or is a guest).
+    Outsider,
+}
+
+impl Access {
+    pub fn may_enter(self) -> bool {
+        self != Access::Outsider
+    }
+}
+
+/// Where accounts and private rooms live. Accounts are named by any spelling (matched
+/// without regard to ASCII case); members and owners of private rooms by their lower-case
+/// names.
 #[async_trait]
 pub trait AccountStore: Send + Sync + 'static {
     /// The account whose name matches `name` without regard to ASCII case.
@@ -56,6 +77,22 @@ pub trait AccountStore: Send + Sync + 'static {
 
     /// Every registered name, sorted.
     async fn list(&self) -> Result<Vec<Arc<str>>, StoreError>;
+
+    /// What `member` (a lower-case registered name; `None` for a guest) may do with `room`.
+    async fn room_access(&self, room: &str, member: Option<&str>) -> Result<Access, StoreError>;
+
+    /// Makes `room` private, owned by (and with the one member) `owner`. False if it is
+    /// private already.
+    async fn make_private(&self, room: &str, owner: &str) -> Result<bool, StoreError>;
+
+    /// Makes `room` public again if `owner` owns it. False otherwise.
+    async fn make_public(&self, room: &str, owner: &str) -> Result<bool, StoreError>;
+
+    /// Adds `member` to private `room`. False if it was a member already.
+    async fn invite(&self, room: &str, member: &str) -> Result<bool, StoreError>;
+
+    /// Removes `member` (not the owner) from private `room`. False if it was not a member.
+    async fn uninvite(&self, room: &str, member: &str) -> Result<bool, StoreError>;
 }
 
 /// Who may register a name.

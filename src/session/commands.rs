@@ -37,10 +37,14 @@ impl Session {
             Command::Nick { name, password } => self.nick(name, password).await,
             Command::Register(password) => self.register(password).await,
             Command::Password { old, new } => self.change_password(old, new).await,
+            Command::Private(room) => self.make_private(room).await,
+            Command::Public(room) => self.make_public(room).await,
+            Command::Invite { room, name } => self.invite(room, name).await,
+            Command::Uninvite { room, name } => self.uninvite(room, name).await,
             Command::Join { room, replay } => self.join(room, replay).await,
             Command::History { room, args } => self.history(room, args).await,
             Command::Part(room) => self.part(room),
-            Command::Who(room) => self.who(room),
+            Command::Who(room) => self.who(room).await,
             Command::Rooms(args) => self.rooms(args),
             Command::Ping(token) => self.ping(token),
             Command::Help => self.help(),
@@ -123,6 +127,7 @@ impl Session {
         let nick = self.require_nick()?;
         self.require_account()?;
         let room: Arc<str> = room.into();
+        let private = self.check_entry(&room).await?;
         self.check_room_limits(&room)?;
         let store = self.hub.store.clone();
         if let Err(e) = self.until_shutdown(store.record_room(&room)).await {
@@ -132,7 +137,7 @@ impl Session {
         let newly_joined = self
             .hub
             .rooms
-            .join_within_limit(&room, &nick, &self.conn)
+            .enter(&room, &nick, &self.conn, private)
             .map_err(|RoomsFull| rooms_full(self.hub.config.max_rooms))?;
         self.replay_on_join(room, bound, newly_joined).await;
         Ok(())
@@ -193,7 +198,7 @@ impl Session {
 
     /// `WHO [room]`: `MEMBER` lines, then `OK WHO <room> <count>`, listed as the client
     /// reads (see the `listing` module).
-    fn who(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
+    async fn who(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
         self.require_account()?;
         let room: Arc<str> = match room {
             Some(room) => room.into(),
@@ -201,6 +206,7 @@ impl Session {
                 ProtocolError::new(ErrorCode::MissingArgument, "usage: WHO <room>")
             })?,
         };
+        self.check_entry(&room).await?;
         self.start_listing(Listing::members(room));
         Ok(())
     }
@@ -209,7 +215,7 @@ impl Session {
     /// the client reads.
     fn rooms(&mut self, args: RoomsArgs) -> Result<(), ProtocolError> {
         self.require_account()?;
-        self.start_listing(Listing::rooms(args.after, args.limit));
+        self.start_listing(Listing::rooms(self.conn.id, args.after, args.limit));
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! - [`account`]: names that need a password (`NICK` with one, `REGISTER`, `PASSWORD`);
 //! - [`replay`]: history for `JOIN` and `HISTORY`, and the catch-up after a lag;
 //! - [`listing`]: `ROOMS` and `WHO`, a slice at a time;
+//! - [`private`]: members-only rooms (`PRIVATE`, `INVITE`, ...) and who may enter one;
 //! - [`joined`]: the rooms it is in and what it has shown of each (no message twice, never
 //!   the client's own);
 //! - [`acks`]: `SAY`s in flight, answered in the order they were said;
@@ -25,6 +26,7 @@ mod commands;
 mod flood;
 mod joined;
 mod listing;
+mod private;
 mod replay;
 mod stall;
 

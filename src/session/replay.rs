@@ -452,6 +452,7 @@ impl Session {
         args: HistoryArgs,
     ) -> Result<(), ProtocolError> {
         self.require_account()?;
+        self.check_entry(&room).await?;
         let limit = args
             .limit
             .unwrap_or(self.hub.config.history_on_join)

@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 
 use super::pool::Busy;
 use super::PgStore;
-use crate::accounts::{Account, AccountStore};
+use crate::accounts::{Access, Account, AccountStore};
 use crate::store::StoreError;
 
 const FIND: &str = "SELECT name, password_hash FROM users \
@@ -27,6 +27,18 @@ const SET_PASSWORD: &str = "UPDATE users SET password_hash = $3 \
 const UNREGISTER: &str = "UPDATE users SET password_hash = NULL \
      WHERE lower(name) = lower($1) AND password_hash IS NOT NULL RETURNING id";
 const FORGET_MEMBERSHIPS: &str = "DELETE FROM private_room_members WHERE member = lower($1)";
+const ROOM_ACCESS: &str = "SELECT p.owner, EXISTS (SELECT FROM private_room_members m \
+     WHERE m.room = p.room AND m.member = $2) FROM private_rooms p WHERE p.room = $1";
+/// The owner is the room's first member.
+const MAKE_PRIVATE: &str = "WITH made AS (INSERT INTO private_rooms (room, owner) \
+     VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING room, owner) \
+     INSERT INTO private_room_members (room, member) SELECT room, owner FROM made RETURNING room";
+const MAKE_PUBLIC: &str = "DELETE FROM private_rooms WHERE room = $1 AND owner = $2 RETURNING room";
+const INVITE: &str = "INSERT INTO private_room_members (room, member) \
+     SELECT room, $2 FROM private_rooms WHERE room = $1 ON CONFLICT DO NOTHING RETURNING room";
+const UNINVITE: &str = "DELETE FROM private_room_members m USING private_rooms p \
+     WHERE m.room = $1 AND m.member = $2 AND p.room = m.room AND p.owner <> m.member \
+     RETURNING m.room";
 const LIST: &str = "SELECT name FROM users WHERE password_hash IS NOT NULL ORDER BY name";
 
 impl PgStore {
@@ -106,5 +118,42 @@ impl AccountStore for PgStore {
     async fn list(&self) -> Result<Vec<Arc<str>>, StoreError> {
         let rows = self.rows("listing accounts", LIST, &[]).await?;
         Ok(rows.iter().map(|r| Arc::from(r.get::<_, &str>(0))).collect())
+    }
+
+    async fn room_access(&self, room: &str, member: Option<&str>) -> Result<Access, StoreError> {
+        let member = member.unwrap_or("");
+        let rows = self
+            .rows("reading a room's members", ROOM_ACCESS, &[&room, &member])
+            .await?;
+        Ok(match rows.first() {
+            None => Access::Public,
+            Some(row) if row.get::<_, &str>(0) == member => Access::Owner,
+            Some(row) if row.get::<_, bool>(1) => Access::Member,
+            Some(_) => Access::Outsider,
+        })
+    }
+
+    async fn make_private(&self, room: &str, owner: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .rows("making a room private", MAKE_PRIVATE, &[&room, &owner])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn make_public(&self, room: &str, owner: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .rows("making a room public", MAKE_PUBLIC, &[&room, &owner])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn invite(&self, room: &str, member: &str) -> Result<bool, StoreError> {
+        let rows = self.rows("inviting", INVITE, &[&room, &member]).await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn uninvite(&self, room: &str, member: &str) -> Result<bool, StoreError> {
+        let rows = self.rows("uninviting", UNINVITE, &[&room, &member]).await?;
+        Ok(!rows.is_empty())
     }
 }

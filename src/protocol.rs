@@ -57,18 +57,33 @@ pub enum Command {
     /// `REGISTER <password>`: registers the current name.
     Register(Password),
     /// `PASSWORD <old> <new>`.
-    Password { old: Password, new: Password },
+    Password {
+        old: Password,
+        new: Password,
+    },
     /// `PRIVATE <room>`: members only from now on.
     Private(String),
     /// `PUBLIC <room>`: anyone again.
     Public(String),
     /// `INVITE <room> <name>`: a registered name becomes a member of a private room.
-    Invite { room: String, name: String },
+    Invite {
+        room: String,
+        name: String,
+    },
     /// `UNINVITE <room> <name>`.
-    Uninvite { room: String, name: String },
-    Join { room: String, replay: Replay },
+    Uninvite {
+        room: String,
+        name: String,
+    },
+    Join {
+        room: String,
+        replay: Replay,
+    },
     Say(String),
-    History { room: String, args: HistoryArgs },
+    History {
+        room: String,
+        args: HistoryArgs,
+    },
     Part(Option<String>),
     Who(Option<String>),
     Rooms(RoomsArgs),

@@ -284,6 +284,12 @@ impl Rooms {
             .collect()
     }
 
+    /// True if the room has members here and is marked private.
+    pub fn is_private(&self, room: &str) -> bool {
+        self.get(room)
+            .is_some_and(|entry| entry.private.load(Ordering::Relaxed))
+    }
+
     /// Marks a room (if it has members here) private or public.
     pub fn set_private(&self, room: &str, private: bool) {
         if let Some(entry) = self.get(room) {

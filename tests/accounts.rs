@@ -50,8 +50,18 @@ async fn a_registered_name_needs_its_password_even_right_after_its_owner_leaves(
         let err = refused(&mut mallory, &format!("NICK {name}"), "NICK_REGISTERED").await;
         assert!(err.contains("NICK alice <password>"), "{err}");
     }
-    refused(&mut mallory, "NICK alice not-the-password", "WRONG_PASSWORD").await;
-    refused(&mut mallory, "NICK aLiCe not-the-password", "WRONG_PASSWORD").await;
+    refused(
+        &mut mallory,
+        "NICK alice not-the-password",
+        "WRONG_PASSWORD",
+    )
+    .await;
+    refused(
+        &mut mallory,
+        "NICK aLiCe not-the-password",
+        "WRONG_PASSWORD",
+    )
+    .await;
     refused(&mut mallory, "SAY still nobody", "NO_NICK").await;
 
     // The owner, in any case, gets the name as registered.
@@ -80,15 +90,35 @@ async fn guests_work_as_before_and_passwords_have_rules() {
     c.send("NICK carol").await;
     c.expect("OK NICK carol").await;
     refused(&mut c, &format!("NICK carol {PW}"), "NOT_REGISTERED").await;
-    refused(&mut c, "PASSWORD old-password new-password", "NOT_REGISTERED").await;
+    refused(
+        &mut c,
+        "PASSWORD old-password new-password",
+        "NOT_REGISTERED",
+    )
+    .await;
     refused(&mut c, "REGISTER short", "WEAK_PASSWORD").await;
-    refused(&mut c, &format!("REGISTER {}", "x".repeat(129)), "WEAK_PASSWORD").await;
-    refused(&mut c, &format!("REGISTER {PW} extra"), "TOO_MANY_ARGUMENTS").await;
+    refused(
+        &mut c,
+        &format!("REGISTER {}", "x".repeat(129)),
+        "WEAK_PASSWORD",
+    )
+    .await;
+    refused(
+        &mut c,
+        &format!("REGISTER {PW} extra"),
+        "TOO_MANY_ARGUMENTS",
+    )
+    .await;
     c.send(&format!("REGISTER {PW}")).await;
     c.expect("OK REGISTER carol").await;
     refused(&mut c, "REGISTER another-password", "ALREADY_REGISTERED").await;
 
-    refused(&mut c, "PASSWORD wrong-password new-password", "WRONG_PASSWORD").await;
+    refused(
+        &mut c,
+        "PASSWORD wrong-password new-password",
+        "WRONG_PASSWORD",
+    )
+    .await;
     refused(&mut c, &format!("PASSWORD {PW} short"), "WEAK_PASSWORD").await;
     c.send(&format!("PASSWORD {PW} new-password")).await;
     c.expect("OK PASSWORD").await;
@@ -114,19 +144,34 @@ async fn guessing_is_limited_per_name_and_per_address() {
     }
     let mut guesser = server.client().await;
     for n in 0..10 {
-        refused(&mut guesser, &format!("NICK alice guess-{n:04}"), "WRONG_PASSWORD").await;
+        refused(
+            &mut guesser,
+            &format!("NICK alice guess-{n:04}"),
+            "WRONG_PASSWORD",
+        )
+        .await;
     }
     let err = refused(&mut guesser, "NICK alice guess-9999", "TOO_MANY_GUESSES").await;
     assert!(err.contains("try again in"), "{err}");
     // From now on not even the right password is checked for this name (from an address
     // that never logged in to it), and a new connection does not reset that.
-    refused(&mut guesser, &format!("NICK alice {PW}"), "TOO_MANY_GUESSES").await;
+    refused(
+        &mut guesser,
+        &format!("NICK alice {PW}"),
+        "TOO_MANY_GUESSES",
+    )
+    .await;
     let mut again = server.client().await;
     refused(&mut again, &format!("NICK alice {PW}"), "TOO_MANY_GUESSES").await;
 
     // The address's own budget (20) holds it to 10 more guesses at other names.
     for n in 0..10 {
-        refused(&mut again, &format!("NICK bob guess-{n:04}"), "WRONG_PASSWORD").await;
+        refused(
+            &mut again,
+            &format!("NICK bob guess-{n:04}"),
+            "WRONG_PASSWORD",
+        )
+        .await;
     }
     refused(&mut again, &format!("NICK carol {PW}"), "TOO_MANY_GUESSES").await;
     // The connections live on.
@@ -244,7 +289,14 @@ async fn passwords_appear_nowhere_but_as_hashes() {
     let (first, wrong, second) = ("first-Secret-1", "wrong-Secret-2", "second-Secret-3");
     let mut server = Binary::start(
         linechat()
-            .args(["--listen", "127.0.0.1:0", "--rate", "0", "--database-url", &url])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--rate",
+                "0",
+                "--database-url",
+                &url,
+            ])
             // The test cluster's socket is for root and postgres only.
             .args(["--user", "root"])
             .env("LINECHAT_LOG", "trace"),
@@ -282,7 +334,10 @@ async fn passwords_appear_nowhere_but_as_hashes() {
     server.wait().await;
 
     let log = server.log().join("\n");
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "a verbose log");
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "a verbose log"
+    );
     let stored = everything_in(&url).await;
     assert!(stored.contains("$argon2id$"), "the hash is stored");
     for password in [first, wrong, second] {
@@ -378,7 +433,14 @@ async fn linechat_account_works_beside_a_running_zero_config_server() {
     let dir_arg = dir.to_str().unwrap();
     let server = Binary::start(
         linechat()
-            .args(["--listen", "127.0.0.1:0", "--registration", "closed", "--data-dir", dir_arg])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--registration",
+                "closed",
+                "--data-dir",
+                dir_arg,
+            ])
             .env_remove("DATABASE_URL")
             .env_remove("LINECHAT_USER"),
     );

@@ -87,7 +87,11 @@ async fn apply(
         }
         Action::Passwd(name) => {
             let hash = hash.expect("read above");
-            if !accounts.set_password(&name, None, &hash).await.map_err(store)? {
+            if !accounts
+                .set_password(&name, None, &hash)
+                .await
+                .map_err(store)?
+            {
                 return Err(refused(format!(
                     "{name} is not registered; `linechat account add {name}` registers it"
                 )));
@@ -120,7 +124,11 @@ async fn open(config: &Config) -> Result<Stores, AdminError> {
                 &config.data_dir,
                 managed_postgres::DATABASE,
             )
-            .ok_or_else(|| refused(format!("a server holds {dir}, but its PostgreSQL socket is not there")))?;
+            .ok_or_else(|| {
+                refused(format!(
+                    "a server holds {dir}, but its PostgreSQL socket is not there"
+                ))
+            })?;
             Ok(Stores::postgres(config, running).await?)
         }
         opened => Ok(opened?),

@@ -196,9 +196,15 @@ mod tests {
         }
         let wait = g.begin("alice", ip("10.0.0.9"), t).unwrap_err();
         assert_eq!(wait, Duration::from_secs(30), "from any address");
-        assert!(g.begin("bob", ip("10.0.0.9"), t).is_ok(), "other names are not held");
+        assert!(
+            g.begin("bob", ip("10.0.0.9"), t).is_ok(),
+            "other names are not held"
+        );
         let later = Millis(1_000 + 30_000);
-        assert!(g.begin("alice", ip("10.0.0.9"), later).is_ok(), "one back after 30 s");
+        assert!(
+            g.begin("alice", ip("10.0.0.9"), later).is_ok(),
+            "one back after 30 s"
+        );
     }
 
     #[test]
@@ -254,7 +260,10 @@ mod tests {
         for n in 0..3 {
             g.wrong(g.begin("alice", ip(&format!("10.9.9.{n}")), t).unwrap());
         }
-        assert!(g.begin("alice", ip("10.9.9.9"), t).is_err(), "the guesser waits");
+        assert!(
+            g.begin("alice", ip("10.9.9.9"), t).is_err(),
+            "the guesser waits"
+        );
         let owner = g.begin("alice", ip("10.0.0.1"), t);
         assert!(owner.is_ok(), "alice's own address still may");
     }

@@ -132,8 +132,14 @@ mod tests {
         assert!(!accounts.register("alice", "h2").await.unwrap());
         let found = accounts.find("ALICE").await.unwrap().unwrap();
         assert_eq!(&*found.name, "Alice");
-        assert!(!accounts.set_password("alice", Some("other"), "h3").await.unwrap());
-        assert!(accounts.set_password("alice", Some("h1"), "h3").await.unwrap());
+        assert!(!accounts
+            .set_password("alice", Some("other"), "h3")
+            .await
+            .unwrap());
+        assert!(accounts
+            .set_password("alice", Some("h1"), "h3")
+            .await
+            .unwrap());
         assert_eq!(accounts.find("alice").await.unwrap().unwrap().hash, "h3");
         assert_eq!(accounts.list().await.unwrap(), vec![Arc::from("Alice")]);
         assert!(accounts.unregister("aLiCe").await.unwrap());

@@ -112,7 +112,10 @@ impl Session {
             return Err(refusal(ErrorCode::WeakPassword, why));
         }
         let hash = accounts.workers.hash(password).await.map_err(busy)?;
-        if !self.until_shutdown(accounts.store.register(&name, &hash)).await? {
+        if !self
+            .until_shutdown(accounts.store.register(&name, &hash))
+            .await?
+        {
             return Err(already_registered(&name));
         }
         tracing::info!(%name, "name registered");
@@ -146,7 +149,9 @@ impl Session {
         }
         self.check_password(&account, old).await?;
         let hash = accounts.workers.hash(new).await.map_err(busy)?;
-        let store = accounts.store.set_password(&name, Some(&account.hash), &hash);
+        let store = accounts
+            .store
+            .set_password(&name, Some(&account.hash), &hash);
         if !self.until_shutdown(store).await? {
             return Err(refusal(
                 ErrorCode::WrongPassword,
@@ -179,7 +184,11 @@ impl Session {
                     ),
                 )
             })?;
-        match accounts.workers.verify(password, account.hash.clone()).await {
+        match accounts
+            .workers
+            .verify(password, account.hash.clone())
+            .await
+        {
             Ok(true) => {
                 accounts.guesses.right(guess);
                 Ok(())

@@ -206,7 +206,12 @@ impl Session {
                 ProtocolError::new(ErrorCode::MissingArgument, "usage: WHO <room>")
             })?,
         };
-        self.check_entry(&room).await?;
+        // The members here are listed from memory, so WHO needs the store only for a room
+        // marked private (as the store said at its last JOIN or PRIVATE here): then only
+        // members may list it. An empty room lists nobody.
+        if self.hub.rooms.is_private(&room) {
+            self.check_entry(&room).await?;
+        }
         self.start_listing(Listing::members(room));
         Ok(())
     }

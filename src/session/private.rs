@@ -62,7 +62,10 @@ impl Session {
         match self.access(&room).await? {
             Access::Public => {
                 let store = self.hub.accounts.store.clone();
-                if !self.until_shutdown(store.make_private(&room, &owner)).await? {
+                if !self
+                    .until_shutdown(store.make_private(&room, &owner))
+                    .await?
+                {
                     // Made private by someone else meanwhile.
                     return Err(not_a_member(&room));
                 }

@@ -92,7 +92,9 @@ impl AccountStore for PgStore {
 
     async fn register(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
         // None: another spelling of the name was registered meanwhile.
-        let rows = self.run("registering a name", REGISTER, &[&name, &hash]).await?;
+        let rows = self
+            .run("registering a name", REGISTER, &[&name, &hash])
+            .await?;
         Ok(rows.is_some_and(|rows| !rows.is_empty()))
     }
 
@@ -103,13 +105,19 @@ impl AccountStore for PgStore {
         hash: &str,
     ) -> Result<bool, StoreError> {
         let rows = self
-            .rows("changing a password", SET_PASSWORD, &[&name, &expected, &hash])
+            .rows(
+                "changing a password",
+                SET_PASSWORD,
+                &[&name, &expected, &hash],
+            )
             .await?;
         Ok(!rows.is_empty())
     }
 
     async fn unregister(&self, name: &str) -> Result<bool, StoreError> {
-        let rows = self.rows("removing an account", UNREGISTER, &[&name]).await?;
+        let rows = self
+            .rows("removing an account", UNREGISTER, &[&name])
+            .await?;
         self.rows("removing an account", FORGET_MEMBERSHIPS, &[&name])
             .await?;
         Ok(!rows.is_empty())
@@ -117,7 +125,10 @@ impl AccountStore for PgStore {
 
     async fn list(&self) -> Result<Vec<Arc<str>>, StoreError> {
         let rows = self.rows("listing accounts", LIST, &[]).await?;
-        Ok(rows.iter().map(|r| Arc::from(r.get::<_, &str>(0))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| Arc::from(r.get::<_, &str>(0)))
+            .collect())
     }
 
     async fn room_access(&self, room: &str, member: Option<&str>) -> Result<Access, StoreError> {

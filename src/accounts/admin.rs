@@ -53,10 +53,18 @@ pub async fn run(config: &Config, action: Action) -> Result<String, AdminError> 
         Action::Add(name) | Action::Passwd(name) => Some(read_password(name)?),
         _ => None,
     };
-    let stores = open(config).await?;
-    let accounts = stores.accounts.clone();
+    let Stores {
+        accounts, cluster, ..
+    } = open(config).await?;
     let done = apply(&*accounts, action, password).await;
-    drop(stores);
+    drop(accounts);
+    // A cluster started here (no server runs on the data directory) is stopped again.
+    if let Some(mut cluster) = cluster {
+        let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        if let Ok(Err(e)) = stopped {
+            tracing::warn!("could not stop PostgreSQL: {e}");
+        }
+    }
     done
 }
 

@@ -201,3 +201,28 @@ CREATE TABLE history_epoch (
 );
 INSERT INTO history_epoch (epoch)
 VALUES ((random() * 9007199254740991)::bigint + 1);
+
+-- migration 4
+-- Accounts: a user with a password hash (argon2id, a PHC string) is registered, and only its
+-- password takes its name. Names are matched without regard to ASCII case, as live names are:
+-- at most one registered name per lower-case spelling.
+ALTER TABLE users ADD COLUMN password_hash text;
+CREATE UNIQUE INDEX users_registered_name ON users (lower(name))
+    WHERE password_hash IS NOT NULL;
+
+-- Private rooms: only their members (registered names, by lower-case name) may join them,
+-- read their history or list their members, and only members see them in ROOMS. Kept by
+-- name, with no reference to rooms or users, so that emptying the history (TRUNCATE
+-- messages, rooms, users) leaves them private.
+CREATE TABLE private_rooms (
+    room       text        PRIMARY KEY,
+    owner      text        NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE private_room_members (
+    room     text        NOT NULL REFERENCES private_rooms (room) ON DELETE CASCADE,
+    member   text        NOT NULL,
+    added_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (room, member)
+);
+CREATE INDEX private_room_members_member ON private_room_members (member);

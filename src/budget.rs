@@ -51,6 +51,16 @@ impl Limit {
         })
     }
 
+    /// One token every `interval` (a divisor of a minute, at least 1 ms) after a burst of
+    /// `burst` (at least 1).
+    pub fn every(interval: Duration, burst: u32) -> Limit {
+        let ms = (interval.as_millis() as u64).clamp(1, UNITS_PER_TOKEN);
+        Limit {
+            per_ms: (UNITS_PER_TOKEN / ms).max(1),
+            burst: u64::from(burst.max(1)) * UNITS_PER_TOKEN,
+        }
+    }
+
     /// `count` a minute, all of which may come at once; `None` when `count` is 0 (unlimited).
     pub fn per_minute(count: u32) -> Option<Limit> {
         (count > 0).then(|| Limit {
@@ -103,6 +113,18 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+
+    /// Gives back a token taken for an event that turned out not to count.
+    pub fn put_back(&mut self, limit: &Limit) {
+        self.units = (self.units + UNITS_PER_TOKEN).min(limit.burst);
+    }
+
+    /// True if the bucket is full at `now`: it remembers nothing worth keeping.
+    pub fn is_full(&self, limit: &Limit, now: Millis) -> bool {
+        let mut later = *self;
+        later.refill(limit, now);
+        later.units >= limit.burst
     }
 
     /// How long until a token will be there (zero if one is).

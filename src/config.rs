@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::accounts::Registration;
+
 /// Which [`HistoryStore`](crate::store::HistoryStore) keeps messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StoreKind {
@@ -70,6 +72,10 @@ pub struct Config {
     pub rate: u32,
     /// Lines one connection may send at once, above the rate.
     pub burst: u32,
+    /// Who may register a name: anyone (`REGISTER`), or only an operator.
+    pub registration: Registration,
+    /// Only registered names may join rooms, talk, read history and list.
+    pub require_account: bool,
     /// PostgreSQL to use; `None` runs a private cluster under `data_dir`.
     pub database_url: Option<String>,
     /// Where the private cluster lives (zero-config mode).
@@ -115,6 +121,8 @@ impl Default for Config {
             max_errors: 30,
             rate: 20,
             burst: 40,
+            registration: Registration::Open,
+            require_account: false,
             database_url: None,
             data_dir: PathBuf::from("linechat-data"),
             pg_bin_dir: None,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::{AccountStore, Accounts};
 use crate::admission::{LoginWatch, NewRoomLimit};
 use crate::budget::Limit;
 use crate::config::Config;
@@ -31,6 +32,8 @@ pub struct Hub {
     pub rooms: Arc<Rooms>,
     pub nicks: Nicks,
     pub store: Arc<dyn HistoryStore>,
+    /// Registered names, password checks and guessing budgets.
+    pub accounts: Accounts,
     /// Every `SAY` goes through it: stored, then fanned out to the room, then acknowledged.
     pub writer: Writer<ConnId>,
     /// Connections that have not chosen a name yet, with their deadlines.
@@ -50,7 +53,11 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the writer for `store`, publishing to the rooms.
-    pub fn start(config: Config, store: Arc<dyn HistoryStore>) -> (Arc<Hub>, JoinHandle<()>) {
+    pub fn start(
+        config: Config,
+        store: Arc<dyn HistoryStore>,
+        accounts: Arc<dyn AccountStore>,
+    ) -> (Arc<Hub>, JoinHandle<()>) {
         let rooms = Arc::new(Rooms::with_max_rooms(config.max_rooms));
         let (writer, writer_task) = Writer::spawn(
             store.clone(),
@@ -65,6 +72,7 @@ impl Hub {
             logins: Arc::new(LoginWatch::new(config.login_timeout)),
             new_rooms: NewRoomLimit::new(config.new_rooms_per_minute, config.limit_loopback),
             page_reads: tokio::sync::Semaphore::new(config.max_page_reads.max(1)),
+            accounts: Accounts::new(accounts, config.registration, config.require_account),
             config,
             rooms,
             nicks: Nicks::default(),
@@ -102,6 +110,14 @@ impl Nicks {
         }
         owners.insert(key, conn);
         true
+    }
+
+    /// True if a connection other than `conn` holds `nick`.
+    pub fn is_held_by_other(&self, nick: &str, conn: ConnId) -> bool {
+        let owners = self.owners.lock().expect("nicks lock");
+        owners
+            .get(&nick.to_ascii_lowercase())
+            .is_some_and(|&owner| owner != conn)
     }
 
     /// Gives up a nick when its connection ends.

@@ -11,6 +11,8 @@
 //!   buffers written with vectored writes): the only place bytes become lines and back.
 //! - [`protocol`]: command parsing and server-line formatting; pure, fuzzed.
 //! - [`budget`]: flood control and the error budget, as token buckets on a monotonic clock.
+//! - [`accounts`]: registered names and their passwords (argon2id, checked off the async
+//!   threads, within a guessing budget), and private rooms.
 //! - [`hub`]: what sessions share: settings, rooms, names, the store and its writer.
 //! - [`store`]: the `HistoryStore` trait (memory, PostgreSQL), and the batched writer that
 //!   stores every `SAY` before anyone sees it or is told it was stored.
@@ -26,6 +28,7 @@
 //!
 //! PROTOCOL.md in the repository is the wire specification.
 
+pub mod accounts;
 pub mod admission;
 pub mod budget;
 pub mod config;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+use linechat::accounts::admin::{self, Action};
+use linechat::accounts::Registration;
 use linechat::privileges::{self, Plan};
 use linechat::server::{self, Server};
 use linechat::signals::Signals;
@@ -24,6 +26,9 @@ static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to listen on.
     #[arg(long, env = "LINECHAT_LISTEN", default_value_t = DEFAULTS.listen)]
     listen: SocketAddr,
@@ -160,6 +165,66 @@ struct Cli {
     /// Lines one connection may send at once before --rate applies.
     #[arg(long, env = "LINECHAT_BURST", default_value_t = DEFAULTS.burst)]
     burst: u32,
+
+    /// Who may register a name: anyone with REGISTER <password> (open), or only the operator
+    /// with `linechat account add` (closed).
+    #[arg(long, env = "LINECHAT_REGISTRATION", value_enum, default_value_t = Registering::from(DEFAULTS.registration))]
+    registration: Registering,
+
+    /// Only registered names may join rooms, talk, read history and list rooms or members;
+    /// guests get ERR ACCOUNT_REQUIRED.
+    #[arg(long, env = "LINECHAT_REQUIRE_ACCOUNT")]
+    require_account: bool,
+}
+
+/// Commands other than serving.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Registered names, in the store the server's flags (given before `account`) name; works
+    /// while the server runs.
+    Account {
+        #[command(subcommand)]
+        action: AccountCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AccountCommand {
+    /// Registers NAME. The password is read from standard input (its first line), or asked
+    /// for twice without echo on a terminal.
+    Add { name: String },
+    /// Sets NAME's password, read as for `add`.
+    Passwd { name: String },
+    /// Makes NAME a guest name again; its history stays.
+    Remove { name: String },
+    /// Lists the registered names.
+    List,
+}
+
+impl From<AccountCommand> for Action {
+    fn from(command: AccountCommand) -> Action {
+        match command {
+            AccountCommand::Add { name } => Action::Add(name),
+            AccountCommand::Passwd { name } => Action::Passwd(name),
+            AccountCommand::Remove { name } => Action::Remove(name),
+            AccountCommand::List => Action::List,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Registering {
+    Open,
+    Closed,
+}
+
+impl From<Registration> for Registering {
+    fn from(r: Registration) -> Registering {
+        match r {
+            Registration::Open => Registering::Open,
+            Registration::Closed => Registering::Closed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -208,6 +273,11 @@ impl Cli {
             max_errors: self.max_errors,
             rate: self.rate,
             burst: self.burst.max(1),
+            registration: match self.registration {
+                Registering::Open => Registration::Open,
+                Registering::Closed => Registration::Closed,
+            },
+            require_account: self.require_account,
             database_url: self.database_url,
             data_dir: self.data_dir,
             pg_bin_dir: self.pg_bin_dir,
@@ -221,15 +291,33 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // tokio-postgres logs statements' parameters (messages, password hashes) at debug: never
+    // that, whatever LINECHAT_LOG asks.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LINECHAT_LOG")
+        .unwrap_or_else(|_| "info".into())
+        .add_directive("tokio_postgres=info".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LINECHAT_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = Cli::parse().into_config();
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
+    let config = cli.into_config();
+    if let Some(Command::Account { action }) = command {
+        return match admin::run(&config, action.into()).await {
+            Ok(said) => {
+                if !said.is_empty() {
+                    println!("{said}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     allocator::return_freed_memory();
     // Each connection takes a file descriptor: allow as many as the system lets us.
     match rlimit::increase_nofile_limit(u64::MAX) {

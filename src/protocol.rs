@@ -3,6 +3,7 @@
 //! Pure functions, no I/O, so that every rule here is unit-tested and fuzzed. PROTOCOL.md is
 //! the specification; this module is its implementation.
 
+use crate::accounts::Password;
 use bytes::{Bytes, BytesMut};
 
 /// Longest nick in bytes (all nick characters are ASCII).
@@ -48,10 +49,41 @@ pub struct RoomsArgs {
 /// One parsed client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Nick(String),
-    Join { room: String, replay: Replay },
+    /// `NICK <name> [password]`: the password logs in to a registered name.
+    Nick {
+        name: String,
+        password: Option<Password>,
+    },
+    /// `REGISTER <password>`: registers the current name.
+    Register(Password),
+    /// `PASSWORD <old> <new>`.
+    Password {
+        old: Password,
+        new: Password,
+    },
+    /// `PRIVATE <room>`: members only from now on.
+    Private(String),
+    /// `PUBLIC <room>`: anyone again.
+    Public(String),
+    /// `INVITE <room> <name>`: a registered name becomes a member of a private room.
+    Invite {
+        room: String,
+        name: String,
+    },
+    /// `UNINVITE <room> <name>`.
+    Uninvite {
+        room: String,
+        name: String,
+    },
+    Join {
+        room: String,
+        replay: Replay,
+    },
     Say(String),
-    History { room: String, args: HistoryArgs },
+    History {
+        room: String,
+        args: HistoryArgs,
+    },
     Part(Option<String>),
     Who(Option<String>),
     Rooms(RoomsArgs),
@@ -94,6 +126,17 @@ error_codes! {
     BadText => "BAD_TEXT",
     NickInUse => "NICK_IN_USE",
     NoNick => "NO_NICK",
+    NickRegistered => "NICK_REGISTERED",
+    WrongPassword => "WRONG_PASSWORD",
+    NotRegistered => "NOT_REGISTERED",
+    AlreadyRegistered => "ALREADY_REGISTERED",
+    WeakPassword => "WEAK_PASSWORD",
+    RegistrationClosed => "REGISTRATION_CLOSED",
+    AccountRequired => "ACCOUNT_REQUIRED",
+    TooManyGuesses => "TOO_MANY_GUESSES",
+    ServerBusy => "SERVER_BUSY",
+    PrivateRoom => "PRIVATE_ROOM",
+    NotRoomOwner => "NOT_ROOM_OWNER",
     NotInRoom => "NOT_IN_ROOM",
     LineTooLong => "LINE_TOO_LONG",
     BadUtf8 => "BAD_UTF8",
@@ -224,12 +267,53 @@ pub fn parse(line: &str) -> Result<Option<Command>, ProtocolError> {
     }
     let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
     let command = match verb.as_str() {
-        "NICK" => {
-            let [nick] = exact::<1>(&verb, &args, "NICK <name>")?;
-            validate_nick(nick)?;
-            Command::Nick(nick.to_string())
+        // Never quote a password back: these refusals name the usage, not the input.
+        "NICK" => match args[..] {
+            [] => return err(ErrorCode::MissingArgument, "usage: NICK <name> [password]"),
+            [name] | [name, _] => {
+                validate_nick(name)?;
+                Command::Nick {
+                    name: name.to_string(),
+                    password: args.get(1).map(|p| Password::new(*p)),
+                }
+            }
+            _ => {
+                return err(
+                    ErrorCode::TooManyArguments,
+                    "usage: NICK <name> [password]; a password is one word",
+                )
+            }
+        },
+        "REGISTER" => {
+            let [password] = exact::<1>(&verb, &args, "REGISTER <password> (one word)")?;
+            Command::Register(Password::new(password))
+        }
+        "PASSWORD" => {
+            let [old, new] = exact::<2>(&verb, &args, "PASSWORD <old> <new> (one word each)")?;
+            Command::Password {
+                old: Password::new(old),
+                new: Password::new(new),
+            }
         }
         "JOIN" => parse_join(&args)?,
+        "PRIVATE" | "PUBLIC" => {
+            let [room] = exact::<1>(&verb, &args, &format!("{verb} <room>"))?;
+            validate_room(room)?;
+            match verb.as_str() {
+                "PRIVATE" => Command::Private(room.to_string()),
+                _ => Command::Public(room.to_string()),
+            }
+        }
+        "INVITE" | "UNINVITE" => {
+            let [room, name] = exact::<2>(&verb, &args, &format!("{verb} <room> <name>"))?;
+            validate_room(room)?;
+            validate_nick(name)?;
+            let (room, name) = (room.to_string(), name.to_string());
+            match verb.as_str() {
+                "INVITE" => Command::Invite { room, name },
+                _ => Command::Uninvite { room, name },
+            }
+        }
         "HISTORY" => parse_history(&args)?,
         "PART" => Command::Part(optional_room(&verb, &args)?),
         "WHO" => Command::Who(optional_room(&verb, &args)?),
@@ -529,11 +613,17 @@ pub fn hello(version: &str, epoch: u64) -> Bytes {
 
 /// The `HELP` text, one `HELP` line each.
 pub const HELP: &[&str] = &[
-    "NICK <name>              choose your name (1-32 of A-Z a-z 0-9 _ -)",
+    "NICK <name> [password]   choose your name (1-32 of A-Z a-z 0-9 _ -); a registered one needs its password",
+    "REGISTER <password>      keep your current name: from then on only NICK <name> <password> takes it",
+    "PASSWORD <old> <new>     change the password of your registered name",
     "JOIN <room> [LAST <n> | SINCE <id> | NONE]   join a room; replays history first",
     "SAY <text>               say text in your current room (the one you joined last)",
     "HISTORY <room> [BEFORE <id>] [AFTER <id>] [LIMIT <n>]   page through a room's history",
     "PART [room]              leave a room (default: your current room)",
+    "PRIVATE <room>           make a room you are in members-only (registered names; you own it)",
+    "INVITE <room> <name>     let a registered name into a private room you are a member of",
+    "UNINVITE <room> <name>   take a member out of a private room you own",
+    "PUBLIC <room>            open a private room you own to everyone again",
     "WHO [room]               list a room's members",
     "ROOMS [AFTER <room>] [LIMIT <n>]   list rooms with members, by name",
     "PING [token]             the server answers PONG [token]",
@@ -578,8 +668,19 @@ mod tests {
         ("NICK al!ce", ErrorCode::BadNick),
         ("NICK é", ErrorCode::BadNick),
         ("NICK", ErrorCode::MissingArgument),
-        ("NICK a b", ErrorCode::TooManyArguments),
+        ("NICK a b c", ErrorCode::TooManyArguments),
+        ("NICK a.b secret-word", ErrorCode::BadNick),
+        ("REGISTER", ErrorCode::MissingArgument),
+        ("REGISTER two words", ErrorCode::TooManyArguments),
+        ("PASSWORD old", ErrorCode::MissingArgument),
+        ("PASSWORD a b c", ErrorCode::TooManyArguments),
         ("PART a b", ErrorCode::TooManyArguments),
+        ("PRIVATE", ErrorCode::MissingArgument),
+        ("PRIVATE a/b", ErrorCode::BadRoom),
+        ("PUBLIC a b", ErrorCode::TooManyArguments),
+        ("INVITE r", ErrorCode::MissingArgument),
+        ("INVITE r bad!name", ErrorCode::BadNick),
+        ("UNINVITE r/x bob", ErrorCode::BadRoom),
         ("ROOMS x", ErrorCode::BadArgument),
         ("ROOMS LIMIT", ErrorCode::MissingArgument),
         ("ROOMS AFTER", ErrorCode::MissingArgument),
@@ -614,8 +715,12 @@ mod tests {
 
     #[test]
     fn verbs_are_case_insensitive_and_spacing_is_forgiving() {
-        assert_eq!(ok("nick alice"), Command::Nick("alice".into()));
-        assert_eq!(ok("  NiCk   alice  "), Command::Nick("alice".into()));
+        let nick = |name: &str| Command::Nick {
+            name: name.into(),
+            password: None,
+        };
+        assert_eq!(ok("nick alice"), nick("alice"));
+        assert_eq!(ok("  NiCk   alice  "), nick("alice"));
         assert_eq!(parse("").unwrap(), None);
         assert_eq!(parse("   ").unwrap(), None);
         assert_eq!(ok("   PING \t tok \t"), Command::Ping(Some("tok".into())));
@@ -669,6 +774,39 @@ mod tests {
                 limit: Some(20)
             })
         );
+    }
+
+    #[test]
+    fn passwords_are_one_word_and_never_quoted_back() {
+        assert_eq!(
+            ok("NICK alice s3cret-word"),
+            Command::Nick {
+                name: "alice".into(),
+                password: Some(Password::new("s3cret-word"))
+            }
+        );
+        assert_eq!(
+            ok("register  s3cret-word "),
+            Command::Register(Password::new("s3cret-word"))
+        );
+        assert_eq!(
+            ok("PASSWORD old-word new-word"),
+            Command::Password {
+                old: Password::new("old-word"),
+                new: Password::new("new-word")
+            }
+        );
+        for line in [
+            "NICK alice s3cret-word extra",
+            "REGISTER s3cret-word extra",
+            "PASSWORD s3cret-word",
+            "PASSWORD s3cret-word b c",
+        ] {
+            let refusal = parse(line).unwrap_err();
+            assert!(!refusal.text.contains("s3cret"), "{line}: {refusal}");
+        }
+        let shown = format!("{:?}", ok("NICK alice s3cret-word"));
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

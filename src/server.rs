@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accounts::{AccountStore, MemoryAccounts};
 use crate::admission::{Admission, Refusal};
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
@@ -45,38 +46,12 @@ impl Server {
     /// Opens the configured store: memory, the PostgreSQL at `database_url`, or a private
     /// cluster under `data_dir` that this server runs and stops.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let mut cluster = None;
-        let store: Arc<dyn HistoryStore> = match config.store {
-            StoreKind::Memory => Arc::new(MemoryStore::bounded(
-                config.memory_history,
-                config.memory_store_bytes,
-            )),
-            StoreKind::Postgres => {
-                let pg_config = match &config.database_url {
-                    Some(url) => tokio_postgres::Config::from_str(url)
-                        .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
-                    None => {
-                        // On an error from here on, dropping `local` asks it to stop.
-                        let local = start_cluster(&config).await?;
-                        let database = managed_postgres::DATABASE;
-                        postgres::ensure_database(&local.pg_config("postgres"), database).await?;
-                        let pg_config = local.pg_config(database);
-                        cluster = Some(local);
-                        pg_config
-                    }
-                };
-                tracing::info!("using PostgreSQL at {}", postgres::describe(&pg_config));
-                let store = PgStore::connect(PgSettings {
-                    config: pg_config,
-                    pool_size: config.pool_size,
-                    timeout: config.db_timeout,
-                    startup_timeout: config.db_startup_timeout,
-                })
-                .await?;
-                Arc::new(store)
-            }
-        };
-        let (hub, writer_task) = Hub::start(config, store);
+        let Stores {
+            history,
+            accounts,
+            cluster,
+        } = Stores::open(&config).await?;
+        let (hub, writer_task) = Hub::start(config, history, accounts);
         Ok(Server {
             hub,
             writer_task,
@@ -153,6 +128,69 @@ impl Server {
             stop_cluster(supervisor).await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// The stores a server (or `linechat account`) works on.
+pub struct Stores {
+    pub history: Arc<dyn HistoryStore>,
+    pub accounts: Arc<dyn AccountStore>,
+    /// The private cluster, in zero-config mode: stopped when dropped.
+    pub cluster: Option<ManagedPostgres>,
+}
+
+impl Stores {
+    /// Opens the configured store: memory, the PostgreSQL at `database_url`, or a private
+    /// cluster under `data_dir`, started (or created) here.
+    pub async fn open(config: &Config) -> Result<Stores, StartError> {
+        let pg_config = match (config.store, &config.database_url) {
+            (StoreKind::Memory, _) => {
+                return Ok(Stores {
+                    history: Arc::new(MemoryStore::bounded(
+                        config.memory_history,
+                        config.memory_store_bytes,
+                    )),
+                    accounts: Arc::new(MemoryAccounts::default()),
+                    cluster: None,
+                })
+            }
+            (StoreKind::Postgres, Some(url)) => tokio_postgres::Config::from_str(url)
+                .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
+            (StoreKind::Postgres, None) => {
+                // On an error from here on, dropping `local` asks it to stop.
+                let local = start_cluster(config).await?;
+                let database = managed_postgres::DATABASE;
+                postgres::ensure_database(&local.pg_config("postgres"), database).await?;
+                let pg_config = local.pg_config(database);
+                let store = Self::postgres(config, pg_config).await?;
+                return Ok(Stores {
+                    cluster: Some(local),
+                    ..store
+                });
+            }
+        };
+        Self::postgres(config, pg_config).await
+    }
+
+    /// Opens the PostgreSQL store at `pg_config`.
+    pub async fn postgres(
+        config: &Config,
+        pg_config: tokio_postgres::Config,
+    ) -> Result<Stores, StartError> {
+        tracing::info!("using PostgreSQL at {}", postgres::describe(&pg_config));
+        let store = PgStore::connect(PgSettings {
+            config: pg_config,
+            pool_size: config.pool_size,
+            timeout: config.db_timeout,
+            startup_timeout: config.db_startup_timeout,
+        })
+        .await?;
+        let store = Arc::new(store);
+        Ok(Stores {
+            history: store.clone(),
+            accounts: store,
+            cluster: None,
+        })
     }
 }
 

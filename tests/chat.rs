@@ -213,9 +213,10 @@ async fn small_commands() {
     let (help, _) = c.until("OK HELP").await;
     assert!(help.iter().all(|l| l.starts_with("HELP ")));
     // One line per command, as PROTOCOL.md says.
-    assert_eq!(help.len(), 10, "{help:?}");
+    assert_eq!(help.len(), 16, "{help:?}");
     for verb in [
-        "NICK", "JOIN", "SAY", "HISTORY", "PART", "WHO", "ROOMS", "PING", "HELP", "QUIT",
+        "NICK", "REGISTER", "PASSWORD", "JOIN", "SAY", "HISTORY", "PART", "PRIVATE", "INVITE",
+        "UNINVITE", "PUBLIC", "WHO", "ROOMS", "PING", "HELP", "QUIT",
     ] {
         assert!(
             help.iter().any(|l| l.starts_with(&format!("HELP {verb} "))),

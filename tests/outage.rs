@@ -412,13 +412,16 @@ async fn store_reads_in_a_frozen_database_give_way_to_shutdown() {
     let mut reader = server.login("reader").await;
     let mut joiner = server.login("joiner").await;
     let mut newcomer = server.login("newcomer").await;
+    // In the room: its HISTORY goes straight to the page read.
+    reader.join("r").await;
+    a.expect("JOINED r reader").await;
 
     let frozen = Frozen::freeze(&cluster);
+    // A page read waits on the store.
     reader.send("HISTORY r").await;
-    // A known room: entered, then its replay waits on the store.
+    // A known room: who may enter (private rooms) is asked of the store first, and waits.
     joiner.send("JOIN r").await;
-    a.expect("JOINED r joiner").await;
-    // A new room: its record waits on the store.
+    // A new room: the same.
     newcomer.send("JOIN elsewhere").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopping = Instant::now();

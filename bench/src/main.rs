@@ -5,6 +5,7 @@
 //! `taskset -c 1 linechat-bench fanout --server-pid $(pgrep -n linechat)`.
 
 mod load;
+mod logins;
 mod plot;
 mod replay;
 mod report;
@@ -80,6 +81,11 @@ struct Cli {
     /// replay: JOINs to time.
     #[arg(long)]
     joins: Option<usize>,
+
+    /// latency: password logins a second beside the chat load (each a new connection that
+    /// logs in to a registered name and quits): what argon2 checks cost chat latency.
+    #[arg(long, default_value_t = 0.0)]
+    logins: f64,
 
     /// latency: per-sender rates to sweep for --plot (offered load on the x axis).
     #[arg(long, value_delimiter = ',')]
@@ -205,13 +211,33 @@ async fn run(cli: &Cli) -> Result<()> {
                     messages: cli.messages.unwrap_or((duration * rate).round() as u64),
                     ..base.clone()
                 };
+                let storm = match cli.logins > 0.0 {
+                    true => Some(logins::Storm::start(&cli.addr, cli.logins).await?),
+                    false => None,
+                };
                 let result =
                     load::run(cli.target, &cli.addr, &load, patience(cli), &progress).await?;
+                let logins = match storm {
+                    Some(storm) => Some(storm.stop().await?),
+                    None => None,
+                };
                 if !cli.json {
                     let rss = cli.server_pid.map(system::rss_kib).transpose()?;
                     print_load(cli, &load, &result, rss_before, rss);
+                    if let Some(l) = &logins {
+                        let row = format!(
+                            "{} a second: {} logged in, {} refused; login p50 {} p99 {}",
+                            l.per_second,
+                            l.logged_in,
+                            l.refused,
+                            micros(l.login_us.p50),
+                            micros(l.login_us.p99)
+                        );
+                        table("password logins beside it", &[("logins".into(), row)]);
+                    }
                 }
-                points.push(json!({"rate": rate, "load": load, "result": result}));
+                points
+                    .push(json!({"rate": rate, "load": load, "result": result, "logins": logins}));
             }
             out["points"] = json!(points);
             if let Some(path) = &cli.plot {

@@ -49,6 +49,9 @@ pub enum ManagedPostgresError {
          running PostgreSQL, or run without durable history: --store memory"
     )]
     NoBinaries { searched: String },
+    /// Another server holds the data directory (and runs its cluster).
+    #[error("another linechat server is using {0}; stop it or choose another --data-dir")]
+    InUse(String),
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     #[error("unsafe data directory: {0}")]
@@ -350,13 +353,7 @@ fn run_checked(what: &str, mut command: Command) -> Result<Output, ManagedPostgr
 /// its owner may enter it (0700), which is what keeps the trust-authenticated cluster
 /// private; one that is not ours (or postgres's) is refused.
 fn socket_dir_for(data_dir: &Path, owners: &Owners) -> Result<PathBuf, ManagedPostgresError> {
-    let inside = data_dir.join("run");
-    let dir = if inside.as_os_str().len() <= MAX_SOCKET_DIR {
-        inside
-    } else {
-        let hash = fnv1a(data_dir.as_os_str().as_encoded_bytes());
-        std::env::temp_dir().join(format!("linechat-{hash:016x}"))
-    };
+    let dir = socket_dir_path(data_dir);
     // (mkdir never follows a link: one planted there makes it fail, and prepare_dir refuse.)
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e.into()),
@@ -364,6 +361,35 @@ fn socket_dir_for(data_dir: &Path, owners: &Owners) -> Result<PathBuf, ManagedPo
     }
     files::prepare_dir(&dir, 0o700, owners)?;
     Ok(dir)
+}
+
+/// How to reach database `dbname` of the cluster that a running server keeps under
+/// `data_dir` (for `linechat account`, while the server runs): its socket, if it is there.
+pub fn running_cluster_config(data_dir: &Path, dbname: &str) -> Option<tokio_postgres::Config> {
+    let socket_dir = socket_dir_path(&data_dir.canonicalize().ok()?);
+    if !socket_dir.join(format!(".s.PGSQL.{PORT}")).exists() {
+        return None;
+    }
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(&socket_dir)
+        .port(PORT)
+        .user(SUPERUSER)
+        .dbname(dbname)
+        .application_name("linechat account");
+    Some(config)
+}
+
+/// `data_dir/run`, or a directory under the system's temporary one named after `data_dir`
+/// if that path is too long for a Unix socket.
+fn socket_dir_path(data_dir: &Path) -> PathBuf {
+    let inside = data_dir.join("run");
+    if inside.as_os_str().len() <= MAX_SOCKET_DIR {
+        inside
+    } else {
+        let hash = fnv1a(data_dir.as_os_str().as_encoded_bytes());
+        std::env::temp_dir().join(format!("linechat-{hash:016x}"))
+    }
 }
 
 /// FNV-1a: a hash that stays the same across builds and platforms.
@@ -379,13 +405,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<fs::File, ManagedPostgresError> {
     // SAFETY: flock on a descriptor we own; the lock goes with the file.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     if !locked {
-        return Err(ManagedPostgresError::Command {
-            what: "locking the data directory".into(),
-            detail: format!(
-                "another linechat server is using {}; stop it or choose another --data-dir",
-                data_dir.display()
-            ),
-        });
+        return Err(ManagedPostgresError::InUse(data_dir.display().to_string()));
     }
     Ok(file)
 }

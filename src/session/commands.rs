@@ -34,11 +34,17 @@ impl Session {
         };
         let done = match command {
             Command::Say(text) => self.say(text).await,
-            Command::Nick(nick) => self.nick(nick),
+            Command::Nick { name, password } => self.nick(name, password).await,
+            Command::Register(password) => self.register(password).await,
+            Command::Password { old, new } => self.change_password(old, new).await,
+            Command::Private(room) => self.make_private(room).await,
+            Command::Public(room) => self.make_public(room).await,
+            Command::Invite { room, name } => self.invite(room, name).await,
+            Command::Uninvite { room, name } => self.uninvite(room, name).await,
             Command::Join { room, replay } => self.join(room, replay).await,
             Command::History { room, args } => self.history(room, args).await,
             Command::Part(room) => self.part(room),
-            Command::Who(room) => self.who(room),
+            Command::Who(room) => self.who(room).await,
             Command::Rooms(args) => self.rooms(args),
             Command::Ping(token) => self.ping(token),
             Command::Help => self.help(),
@@ -90,7 +96,7 @@ impl Session {
         self.writer.push(protocol::error_line(&e));
     }
 
-    fn require_nick(&self) -> Result<Arc<str>, ProtocolError> {
+    pub(super) fn require_nick(&self) -> Result<Arc<str>, ProtocolError> {
         self.nick.clone().ok_or_else(|| {
             ProtocolError::new(ErrorCode::NoNick, "choose a name first: NICK <name>")
         })
@@ -99,6 +105,7 @@ impl Session {
     /// `SAY <text>`: handed to the writer; `OK SAY` comes when it is stored (see `on_acks`).
     async fn say(&mut self, text: String) -> Result<(), ProtocolError> {
         let nick = self.require_nick()?;
+        self.require_account()?;
         let Some(room) = self.joined.current().cloned() else {
             return Err(ProtocolError::new(
                 ErrorCode::NotInRoom,
@@ -115,36 +122,12 @@ impl Session {
         Ok(())
     }
 
-    /// `NICK <name>`: taken if free, and announced in every room the connection is in.
-    fn nick(&mut self, nick: String) -> Result<(), ProtocolError> {
-        let old = self.nick.clone();
-        if old.as_deref() != Some(nick.as_str()) {
-            if !self.hub.nicks.claim(&nick, old.as_deref(), self.conn.id) {
-                return Err(ProtocolError::new(
-                    ErrorCode::NickInUse,
-                    format!("{nick} is in use; choose another"),
-                ));
-            }
-            let new: Arc<str> = nick.as_str().into();
-            // In the background: a name is for live connections and must not wait on the
-            // database (the first message records its sender anyway).
-            self.hub.store.record_user(&new);
-            if let Some(old) = &old {
-                self.hub
-                    .rooms
-                    .rename(&self.joined.names(), self.conn.id, old, &new);
-            }
-            self.nick = Some(new);
-            self.conn.mailbox.mark_named();
-        }
-        self.writer.push(protocol::line(&["OK", "NICK", &nick]));
-        Ok(())
-    }
-
     /// `JOIN <room> [bound]`: subscribe, then replay (see the `replay` module).
     async fn join(&mut self, room: String, bound: protocol::Replay) -> Result<(), ProtocolError> {
         let nick = self.require_nick()?;
+        self.require_account()?;
         let room: Arc<str> = room.into();
+        let private = self.check_entry(&room).await?;
         self.check_room_limits(&room)?;
         let store = self.hub.store.clone();
         if let Err(e) = self.until_shutdown(store.record_room(&room)).await {
@@ -154,7 +137,7 @@ impl Session {
         let newly_joined = self
             .hub
             .rooms
-            .join_within_limit(&room, &nick, &self.conn)
+            .enter(&room, &nick, &self.conn, private)
             .map_err(|RoomsFull| rooms_full(self.hub.config.max_rooms))?;
         self.replay_on_join(room, bound, newly_joined).await;
         Ok(())
@@ -215,13 +198,20 @@ impl Session {
 
     /// `WHO [room]`: `MEMBER` lines, then `OK WHO <room> <count>`, listed as the client
     /// reads (see the `listing` module).
-    fn who(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
+    async fn who(&mut self, room: Option<String>) -> Result<(), ProtocolError> {
+        self.require_account()?;
         let room: Arc<str> = match room {
             Some(room) => room.into(),
             None => self.joined.current().cloned().ok_or_else(|| {
                 ProtocolError::new(ErrorCode::MissingArgument, "usage: WHO <room>")
             })?,
         };
+        // The members here are listed from memory, so WHO needs the store only for a room
+        // marked private (as the store said at its last JOIN or PRIVATE here): then only
+        // members may list it. An empty room lists nobody.
+        if self.hub.rooms.is_private(&room) {
+            self.check_entry(&room).await?;
+        }
         self.start_listing(Listing::members(room));
         Ok(())
     }
@@ -229,7 +219,8 @@ impl Session {
     /// `ROOMS [AFTER <room>] [LIMIT <n>]`: `ROOM` lines, then `OK ROOMS <count>`, listed as
     /// the client reads.
     fn rooms(&mut self, args: RoomsArgs) -> Result<(), ProtocolError> {
-        self.start_listing(Listing::rooms(args.after, args.limit));
+        self.require_account()?;
+        self.start_listing(Listing::rooms(self.conn.id, args.after, args.limit));
         Ok(())
     }
 

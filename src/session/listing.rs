@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::mailbox::ConnId;
 use crate::protocol;
 use crate::rooms::Rooms;
 
@@ -28,7 +29,8 @@ pub(super) struct Listing {
 }
 
 enum Of {
-    Rooms,
+    /// As this connection may see them (private rooms only if it is in them).
+    Rooms(ConnId),
     Members(Arc<str>),
 }
 
@@ -41,9 +43,9 @@ pub(super) struct Slice {
 
 impl Listing {
     /// `ROOMS [AFTER <room>] [LIMIT <n>]`.
-    pub fn rooms(after: Option<String>, limit: Option<usize>) -> Listing {
+    pub fn rooms(viewer: ConnId, after: Option<String>, limit: Option<usize>) -> Listing {
         Listing {
-            of: Of::Rooms,
+            of: Of::Rooms(viewer),
             after: after.map(Arc::from),
             left: limit.unwrap_or(usize::MAX),
             count: 0,
@@ -66,8 +68,8 @@ impl Listing {
         let after = self.after.as_deref();
         let mut lines = BytesMut::new();
         let got = match &self.of {
-            Of::Rooms => {
-                let slice = rooms.list_after(after, want);
+            Of::Rooms(viewer) => {
+                let slice = rooms.list_for(Some(*viewer), after, want);
                 for (room, members) in &slice {
                     lines.extend_from_slice(&protocol::line(&["ROOM", room, &members.to_string()]));
                 }
@@ -99,7 +101,7 @@ impl Listing {
     pub fn end(&self) -> bytes::Bytes {
         let count = self.count.to_string();
         match &self.of {
-            Of::Rooms => protocol::line(&["OK", "ROOMS", &count]),
+            Of::Rooms(_) => protocol::line(&["OK", "ROOMS", &count]),
             Of::Members(room) => protocol::line(&["OK", "WHO", room, &count]),
         }
     }
@@ -129,7 +131,7 @@ mod tests {
         for i in 0..total {
             rooms.join(&format!("r{i:04}").into(), &"me".into(), &me);
         }
-        let mut listing = Listing::rooms(None, None);
+        let mut listing = Listing::rooms(1, None, None);
         let mut lines = Vec::new();
         let mut slices = 0;
         loop {
@@ -146,14 +148,14 @@ mod tests {
         assert_eq!(lines[total - 1], format!("ROOM r{:04} 1", total - 1));
         assert_eq!(lines[total], format!("OK ROOMS {total}"));
 
-        let mut limited = Listing::rooms(Some("r0009".into()), Some(3));
+        let mut limited = Listing::rooms(1, Some("r0009".into()), Some(3));
         let slice = limited.next_slice(&rooms);
         assert!(slice.done);
         assert_eq!(
             text(&slice),
             ["ROOM r0010 1", "ROOM r0011 1", "ROOM r0012 1", "OK ROOMS 3"]
         );
-        let mut none = Listing::rooms(None, Some(0));
+        let mut none = Listing::rooms(1, None, Some(0));
         assert_eq!(text(&none.next_slice(&rooms)), ["OK ROOMS 0"]);
         let mut who = Listing::members("r0001".into());
         assert_eq!(

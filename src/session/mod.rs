@@ -5,8 +5,10 @@
 //! traffic in its mailbox, or the next input line. Then it closes: `BYE <reason>` after
 //! answering everything it read. The rest of the session lives in:
 //! - [`commands`]: one handler per command;
+//! - [`account`]: names that need a password (`NICK` with one, `REGISTER`, `PASSWORD`);
 //! - [`replay`]: history for `JOIN` and `HISTORY`, and the catch-up after a lag;
 //! - [`listing`]: `ROOMS` and `WHO`, a slice at a time;
+//! - [`private`]: members-only rooms (`PRIVATE`, `INVITE`, ...) and who may enter one;
 //! - [`joined`]: the rooms it is in and what it has shown of each (no message twice, never
 //!   the client's own);
 //! - [`acks`]: `SAY`s in flight, answered in the order they were said;
@@ -17,12 +19,14 @@
 //! too slowly for its rooms lags (see [`crate::mailbox`]): once it has taken what was queued,
 //! the session catches the gap up from the store and goes live again.
 
+mod account;
 mod acks;
 mod close;
 mod commands;
 mod flood;
 mod joined;
 mod listing;
+mod private;
 mod replay;
 mod stall;
 
@@ -96,6 +100,9 @@ struct Session {
     reader: LineReader,
     writer: LineWriter,
     nick: Option<Arc<str>>,
+    /// The name is registered and this connection logged in to it (its password, or
+    /// `REGISTER`).
+    registered: bool,
     joined: JoinedRooms,
     acks: Acks,
     flood: TokenBucket,
@@ -130,6 +137,7 @@ impl Session {
             reader,
             writer,
             nick: None,
+            registered: false,
             joined: JoinedRooms::default(),
             acks: Acks::default(),
             flood,
@@ -333,11 +341,15 @@ impl Drop for Session {
 /// `ERR STORE_UNAVAILABLE` (nothing was done) or `ERR OUTCOME_UNKNOWN` (a `SAY` that may or
 /// may not be stored), with the store's reason.
 fn store_error(e: &StoreError) -> Bytes {
+    protocol::error_line(&store_refusal(e))
+}
+
+fn store_refusal(e: &StoreError) -> ProtocolError {
     let code = match e {
         StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
         StoreError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
     };
-    protocol::error_line(&ProtocolError::new(code, e.to_string()))
+    ProtocolError::new(code, e.to_string())
 }
 
 #[cfg(test)]
@@ -353,7 +365,8 @@ mod tests {
     async fn an_idle_connection_task_stays_small() {
         let store: Arc<dyn crate::store::HistoryStore> =
             Arc::new(crate::store::MemoryStore::new(10));
-        let (hub, _) = Hub::start(crate::Config::default(), store);
+        let accounts = Arc::new(crate::accounts::MemoryAccounts::default());
+        let (hub, _) = Hub::start(crate::Config::default(), store, accounts);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stream = TcpStream::connect(addr).await.unwrap();

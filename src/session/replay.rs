@@ -31,7 +31,7 @@ use crate::protocol::{
 use crate::store::{HistoryStore, Page, StoreError, StoredMessage};
 
 use super::listing::Listing;
-use super::{store_error, Session};
+use super::{store_refusal, Session};
 
 /// Why the store did not answer a session.
 pub(super) enum StoreCallError {
@@ -43,13 +43,25 @@ pub(super) enum StoreCallError {
 impl StoreCallError {
     /// The `ERR` line that answers the command.
     pub(super) fn line(&self) -> Bytes {
-        match self {
-            StoreCallError::Store(e) => store_error(e),
-            StoreCallError::ShuttingDown => protocol::error_line(&ProtocolError::new(
+        protocol::error_line(&ProtocolError::from(self))
+    }
+}
+
+impl From<&StoreCallError> for ProtocolError {
+    fn from(e: &StoreCallError) -> Self {
+        match e {
+            StoreCallError::Store(e) => store_refusal(e),
+            StoreCallError::ShuttingDown => ProtocolError::new(
                 ErrorCode::ShuttingDown,
                 "the server is shutting down; this was not done",
-            )),
+            ),
         }
+    }
+}
+
+impl From<StoreCallError> for ProtocolError {
+    fn from(e: StoreCallError) -> Self {
+        ProtocolError::from(&e)
     }
 }
 
@@ -439,6 +451,8 @@ impl Session {
         room: String,
         args: HistoryArgs,
     ) -> Result<(), ProtocolError> {
+        self.require_account()?;
+        self.check_entry(&room).await?;
         let limit = args
             .limit
             .unwrap_or(self.hub.config.history_on_join)

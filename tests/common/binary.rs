@@ -25,12 +25,15 @@ pub struct Binary {
 }
 
 impl Binary {
-    /// Starts `command` (from [`linechat`]) with `LINECHAT_LOG=info`, stdin and stdout null,
+    /// Starts `command` (from [`linechat`]) with `LINECHAT_LOG=info` (unless the test set it),
+    /// stdin and stdout null,
     /// and returns once it logs where it listens. Its log is drained from then on, so the
     /// server never blocks on a full pipe.
     pub fn start(command: &mut Command) -> Binary {
+        if !command.get_envs().any(|(k, _)| k == "LINECHAT_LOG") {
+            command.env("LINECHAT_LOG", "info");
+        }
         let mut child = command
-            .env("LINECHAT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

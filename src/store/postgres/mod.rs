@@ -25,6 +25,7 @@ use super::health::{Backoff, Health, HealthWatch, PROBE_CAP, PROBE_FIRST};
 use super::{HistoryStore, NewMessage, Page, StoreError, StoredMessage};
 use crate::protocol::MessageId;
 
+mod accounts;
 mod batch;
 mod pool;
 mod schema;

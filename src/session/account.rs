@@ -1,0 +1,244 @@
+//! Names that need a password: `NICK <name> [password]`, `REGISTER <password>` and
+//! `PASSWORD <old> <new>`, and the `--require-account` check the other commands make.
+//!
+//! A password is checked on the password threads (see [`crate::accounts::password`]), within
+//! the guessing budgets of the name and the address; it is never logged nor quoted back.
+
+use std::sync::Arc;
+
+use crate::accounts::password::CheckError;
+use crate::accounts::{Account, Password, Registration};
+use crate::budget::Millis;
+use crate::protocol::{self, ErrorCode, ProtocolError};
+
+use super::Session;
+
+fn refusal(code: ErrorCode, text: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(code, text)
+}
+
+impl Session {
+    /// `NICK <name> [password]`: a name that is not registered is taken as a guest name; a
+    /// registered one only with its password (and then as it was registered, its case
+    /// included).
+    pub(super) async fn nick(
+        &mut self,
+        name: String,
+        password: Option<Password>,
+    ) -> Result<(), ProtocolError> {
+        let unchanged = self.nick.as_deref() == Some(name.as_str());
+        if unchanged && (password.is_none() || self.registered) {
+            self.writer.push(protocol::line(&["OK", "NICK", &name]));
+            return Ok(());
+        }
+        // Held by another connection: refused before the store is asked or a password checked.
+        if self.hub.nicks.is_held_by_other(&name, self.conn.id) {
+            return Err(nick_in_use(&name));
+        }
+        let hub = self.hub.clone();
+        let accounts = &hub.accounts;
+        let account = self.until_shutdown(accounts.store.find(&name)).await?;
+        let (name, registered): (Arc<str>, bool) = match (account, password) {
+            (None, None) => {
+                if accounts.required && accounts.registration == Registration::Closed {
+                    return Err(refusal(
+                        ErrorCode::AccountRequired,
+                        format!("{name} is not registered, and only registered names may use this server; its operator makes accounts"),
+                    ));
+                }
+                (name.into(), false)
+            }
+            (None, Some(_)) => {
+                return Err(refusal(
+                    ErrorCode::NotRegistered,
+                    format!("{name} is not registered: NICK {name} takes it as a guest name, then REGISTER <password> keeps it"),
+                ))
+            }
+            (Some(account), None) => {
+                return Err(refusal(
+                    ErrorCode::NickRegistered,
+                    format!(
+                        "{} is registered; NICK {} <password> takes it",
+                        account.name, account.name
+                    ),
+                ))
+            }
+            (Some(account), Some(password)) => {
+                self.check_password(&account, password).await?;
+                (account.name, true)
+            }
+        };
+        self.take_name(name, registered)
+    }
+
+    /// Takes `name` for this connection and announces it in every room it is in.
+    fn take_name(&mut self, name: Arc<str>, registered: bool) -> Result<(), ProtocolError> {
+        let old = self.nick.clone();
+        if !self.hub.nicks.claim(&name, old.as_deref(), self.conn.id) {
+            return Err(nick_in_use(&name));
+        }
+        // In the background: a name is for live connections and must not wait on the
+        // database (the first message records its sender anyway).
+        self.hub.store.record_user(&name);
+        if let Some(old) = &old {
+            if **old != *name {
+                self.hub
+                    .rooms
+                    .rename(&self.joined.names(), self.conn.id, old, &name);
+            }
+        }
+        self.writer.push(protocol::line(&["OK", "NICK", &name]));
+        self.nick = Some(name);
+        self.registered = registered;
+        self.conn.mailbox.mark_named();
+        Ok(())
+    }
+
+    /// `REGISTER <password>`: registers the current name.
+    pub(super) async fn register(&mut self, password: Password) -> Result<(), ProtocolError> {
+        let name = self.require_nick()?;
+        let hub = self.hub.clone();
+        let accounts = &hub.accounts;
+        if self.registered {
+            return Err(already_registered(&name));
+        }
+        if accounts.registration == Registration::Closed {
+            return Err(refusal(
+                ErrorCode::RegistrationClosed,
+                "this server's operator registers names (linechat account add); ask them",
+            ));
+        }
+        if let Some(why) = password.weakness() {
+            return Err(refusal(ErrorCode::WeakPassword, why));
+        }
+        let hash = accounts.workers.hash(password).await.map_err(busy)?;
+        if !self
+            .until_shutdown(accounts.store.register(&name, &hash))
+            .await?
+        {
+            return Err(already_registered(&name));
+        }
+        tracing::info!(%name, "name registered");
+        self.registered = true;
+        self.writer.push(protocol::line(&["OK", "REGISTER", &name]));
+        Ok(())
+    }
+
+    /// `PASSWORD <old> <new>`: changes the password of the registered current name.
+    pub(super) async fn change_password(
+        &mut self,
+        old: Password,
+        new: Password,
+    ) -> Result<(), ProtocolError> {
+        let name = self.require_nick()?;
+        let hub = self.hub.clone();
+        let accounts = &hub.accounts;
+        let account = match self.registered {
+            true => self.until_shutdown(accounts.store.find(&name)).await?,
+            false => None,
+        };
+        let Some(account) = account else {
+            self.registered = false;
+            return Err(refusal(
+                ErrorCode::NotRegistered,
+                format!("{name} is not registered; REGISTER <password> registers it"),
+            ));
+        };
+        if let Some(why) = new.weakness() {
+            return Err(refusal(ErrorCode::WeakPassword, why));
+        }
+        self.check_password(&account, old).await?;
+        let hash = accounts.workers.hash(new).await.map_err(busy)?;
+        let store = accounts
+            .store
+            .set_password(&name, Some(&account.hash), &hash);
+        if !self.until_shutdown(store).await? {
+            return Err(refusal(
+                ErrorCode::WrongPassword,
+                "the password changed while this was checked; try again with the new one",
+            ));
+        }
+        tracing::info!(%name, "password changed");
+        self.writer.push(protocol::line(&["OK", "PASSWORD"]));
+        Ok(())
+    }
+
+    /// Checks `password` against `account`'s hash, within the guessing budgets.
+    async fn check_password(
+        &self,
+        account: &Account,
+        password: Password,
+    ) -> Result<(), ProtocolError> {
+        let accounts = &self.hub.accounts;
+        let key = account.name.to_ascii_lowercase();
+        let guess = accounts
+            .guesses
+            .begin(&key, self.reader.peer_ip(), Millis::now())
+            .map_err(|wait| {
+                refusal(
+                    ErrorCode::TooManyGuesses,
+                    format!(
+                        "too many wrong passwords for {} or from your address; try again in {} s",
+                        account.name,
+                        wait.as_secs().max(1)
+                    ),
+                )
+            })?;
+        match accounts
+            .workers
+            .verify(password, account.hash.clone())
+            .await
+        {
+            Ok(true) => {
+                accounts.guesses.right(guess);
+                Ok(())
+            }
+            Ok(false) => {
+                accounts.guesses.wrong(guess);
+                tracing::info!(name = %account.name, peer = ?self.reader.peer_ip(), "wrong password");
+                Err(refusal(
+                    ErrorCode::WrongPassword,
+                    format!("that is not {}'s password", account.name),
+                ))
+            }
+            Err(e) => {
+                accounts.guesses.undone(guess);
+                if e == CheckError::BadHash {
+                    tracing::warn!(name = %account.name, "the stored password hash cannot be read");
+                }
+                Err(busy(e))
+            }
+        }
+    }
+
+    /// `--require-account`: only a connection logged in to a registered name may go on.
+    pub(super) fn require_account(&self) -> Result<(), ProtocolError> {
+        if self.hub.accounts.required && !self.registered {
+            return Err(refusal(
+                ErrorCode::AccountRequired,
+                "only registered names may do this here: NICK <name> <password> logs in",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn nick_in_use(name: &str) -> ProtocolError {
+    refusal(
+        ErrorCode::NickInUse,
+        format!("{name} is in use; choose another"),
+    )
+}
+
+fn already_registered(name: &str) -> ProtocolError {
+    refusal(
+        ErrorCode::AlreadyRegistered,
+        format!("{name} is registered already; PASSWORD <old> <new> changes its password"),
+    )
+}
+
+/// A check that could not be made: `SERVER_BUSY` (a bad stored hash is reported the same way
+/// to the client, and logged).
+fn busy(e: CheckError) -> ProtocolError {
+    refusal(ErrorCode::ServerBusy, e.to_string())
+}

@@ -274,13 +274,7 @@ impl Session {
                 pager,
                 purpose: Purpose::CatchUp(catch_up),
             } => self.catch_up_page(pager, catch_up).await,
-            ForwardReplay::Listing(listing) => {
-                let slice = listing.next_slice(&self.hub.rooms);
-                if !slice.lines.is_empty() {
-                    self.writer.push(slice.lines.freeze());
-                }
-                slice.done
-            }
+            ForwardReplay::Listing(listing) => self.next_listed(listing).await,
         };
         if !done {
             self.forward = Some(forward);
@@ -289,13 +283,38 @@ impl Session {
 
     /// Starts a listing: its first slice now (most listings are one slice), the rest as the
     /// client reads.
-    pub(super) fn start_listing(&mut self, mut listing: Listing) {
-        let slice = listing.next_slice(&self.hub.rooms);
+    pub(super) async fn start_listing(
+        &mut self,
+        mut listing: Listing,
+    ) -> Result<(), ProtocolError> {
+        let candidates = listing.candidates(&self.hub.rooms);
+        let hidden = self.hidden_rooms(&candidates.rooms()).await?;
+        let slice = listing.take(candidates, &hidden);
         if !slice.lines.is_empty() {
             self.writer.push(slice.lines.freeze());
         }
         if !slice.done {
             self.forward = Some(Box::new(ForwardReplay::Listing(listing)));
+        }
+        Ok(())
+    }
+
+    /// Lists the next slice; true when the reply is complete (an `ERR` ends it if the store
+    /// cannot say which rooms are private).
+    async fn next_listed(&mut self, listing: &mut Listing) -> bool {
+        let candidates = listing.candidates(&self.hub.rooms);
+        match self.hidden_rooms(&candidates.rooms()).await {
+            Ok(hidden) => {
+                let slice = listing.take(candidates, &hidden);
+                if !slice.lines.is_empty() {
+                    self.writer.push(slice.lines.freeze());
+                }
+                slice.done
+            }
+            Err(e) => {
+                self.writer.push(protocol::error_line(&e));
+                true
+            }
         }
     }
 

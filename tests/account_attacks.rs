@@ -1,5 +1,6 @@
-//! Hostile review of the accounts change: each test here proves a problem (it FAILS on the
-//! merge a97cd74). Real TCP, real PostgreSQL where the problem needs it.
+//! Attacks on accounts and private rooms, from a hostile review: each test here failed on the
+//! first version (a97cd74) and passes since the fixes. Real TCP, real PostgreSQL where the
+//! attack needs it.
 
 mod common;
 
@@ -95,12 +96,17 @@ async fn a_guest_squatting_a_name_stops_speaking_as_it_once_it_is_registered_els
     squatter.join("r").await;
     let _bob = registered(two.addr, "bob", PW).await;
 
-    squatter.send("SAY hi, it is bob, send me the password").await;
-    let reply = squatter.line().await;
-    assert!(
-        reply.starts_with("ERR "),
-        "a guest still speaks as registered bob: {reply}"
-    );
+    // The name watch (every 2 s) closes the guest's connection, saying why; the owner may
+    // then log in there.
+    let lines = squatter
+        .until_closed_after(
+            "BYE your name has been registered by its owner: NICK <name> <password> takes it now",
+        )
+        .await;
+    assert!(lines.is_empty(), "{lines:?}");
+    let mut owner = one.client().await;
+    owner.send(&format!("NICK bob {PW}")).await;
+    owner.expect("OK NICK bob").await;
     one.stop().await.unwrap();
     two.stop().await.unwrap();
 }
@@ -188,7 +194,14 @@ async fn no_linechat_log_setting_logs_statement_parameters() {
     let url = pg::fresh_database().await;
     let mut server = Binary::start(
         linechat()
-            .args(["--listen", "127.0.0.1:0", "--rate", "0", "--database-url", &url])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--rate",
+                "0",
+                "--database-url",
+                &url,
+            ])
             .args(["--user", "root"])
             .env("LINECHAT_LOG", "info,tokio_postgres::query=debug"),
     );
@@ -217,6 +230,8 @@ async fn no_linechat_log_setting_logs_statement_parameters() {
 async fn one_address_registering_in_a_loop_does_not_lock_everyone_out_of_logins() {
     let server = TestServer::start_with(Config {
         max_errors: 0,
+        // The storm and the owner come from two loopback addresses: count them as others.
+        limit_loopback: true,
         ..memory_config()
     })
     .await;
@@ -244,7 +259,9 @@ async fn one_address_registering_in_a_loop_does_not_lock_everyone_out_of_logins(
     let mut logged_in = false;
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        let mut c = server.client().await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut c = Client::from_stream(socket.connect(server.addr).await.unwrap()).await;
         c.send(&format!("NICK owner {PW}")).await;
         let reply = c.line().await;
         if reply == "OK NICK owner" {
@@ -277,15 +294,18 @@ fn an_attacker_filling_the_known_addresses_does_not_lock_the_owner_out() {
     let g = Guesses::default();
     let t = Millis(1_000);
     let owner_ip: IpAddr = "10.0.0.1".parse().unwrap();
-    g.right(g.begin("alice", Some(owner_ip), t).unwrap());
+    g.right(g.begin("alice", Some(owner_ip), t).unwrap(), t);
     // The attacker's own successful logins, from its many addresses.
+    // (Each in a /64 of its own: addresses count by their /64.)
     for n in 0..65_536u32 {
-        let ip: IpAddr = std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | n as u128).into();
-        g.right(g.begin("mallory", Some(ip), t).unwrap());
+        let ip: IpAddr =
+            std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | (n as u128) << 64).into();
+        g.right(g.begin("mallory", Some(ip), t).unwrap(), Millis(2_000));
     }
     // Then it spends alice's budget from elsewhere.
     for n in 0..10u32 {
-        let ip: IpAddr = std::net::Ipv6Addr::from(0x2001_0db9_u128 << 96 | n as u128).into();
+        let ip: IpAddr =
+            std::net::Ipv6Addr::from(0x2001_0db9_u128 << 96 | (n as u128) << 64).into();
         g.wrong(g.begin("alice", Some(ip), t).unwrap());
     }
     assert!(
@@ -302,7 +322,11 @@ async fn linechat_account_add_refuses_a_data_dir_with_no_store() {
     let dir = pg::temp_dir("review-wrong-store");
     let _cleanup = pg::DirGuard(dir.clone());
     let dir_arg = dir.to_str().unwrap();
-    let said = account(&["--data-dir", dir_arg], &["add", "bob"], "bob-password-1\n");
+    let said = account(
+        &["--data-dir", dir_arg],
+        &["add", "bob"],
+        "bob-password-1\n",
+    );
     assert!(
         said.is_err(),
         "an account made in a brand-new, empty store: {said:?}"

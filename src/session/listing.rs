@@ -11,8 +11,11 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::protocol;
+use crate::protocol::{self, ProtocolError};
 use crate::rooms::Rooms;
+
+use super::replay::ForwardReplay;
+use super::Session;
 
 /// Names per slice: a slice of room lines is at most about 20 KiB.
 pub(super) const SLICE: usize = 256;
@@ -148,6 +151,45 @@ impl Listing {
         match &self.of {
             Of::Rooms => protocol::line(&["OK", "ROOMS", &count]),
             Of::Members(room) => protocol::line(&["OK", "WHO", room, &count]),
+        }
+    }
+}
+
+impl Session {
+    /// Starts a listing: its first slice now (most listings are one slice), the rest as the
+    /// client reads.
+    pub(super) async fn start_listing(
+        &mut self,
+        mut listing: Listing,
+    ) -> Result<(), ProtocolError> {
+        let candidates = listing.candidates(&self.hub.rooms);
+        let hidden = self.hidden_rooms(&candidates.rooms()).await?;
+        let slice = listing.take(candidates, &hidden);
+        if !slice.lines.is_empty() {
+            self.writer.push(slice.lines.freeze());
+        }
+        if !slice.done {
+            self.forward = Some(Box::new(ForwardReplay::Listing(listing)));
+        }
+        Ok(())
+    }
+
+    /// Lists the next slice; true when the reply is complete (an `ERR` ends it if the store
+    /// cannot say which rooms are private).
+    pub(super) async fn next_listed(&mut self, listing: &mut Listing) -> bool {
+        let candidates = listing.candidates(&self.hub.rooms);
+        match self.hidden_rooms(&candidates.rooms()).await {
+            Ok(hidden) => {
+                let slice = listing.take(candidates, &hidden);
+                if !slice.lines.is_empty() {
+                    self.writer.push(slice.lines.freeze());
+                }
+                slice.done
+            }
+            Err(e) => {
+                self.writer.push(protocol::error_line(&e));
+                true
+            }
         }
     }
 }

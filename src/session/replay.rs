@@ -281,43 +281,6 @@ impl Session {
         }
     }
 
-    /// Starts a listing: its first slice now (most listings are one slice), the rest as the
-    /// client reads.
-    pub(super) async fn start_listing(
-        &mut self,
-        mut listing: Listing,
-    ) -> Result<(), ProtocolError> {
-        let candidates = listing.candidates(&self.hub.rooms);
-        let hidden = self.hidden_rooms(&candidates.rooms()).await?;
-        let slice = listing.take(candidates, &hidden);
-        if !slice.lines.is_empty() {
-            self.writer.push(slice.lines.freeze());
-        }
-        if !slice.done {
-            self.forward = Some(Box::new(ForwardReplay::Listing(listing)));
-        }
-        Ok(())
-    }
-
-    /// Lists the next slice; true when the reply is complete (an `ERR` ends it if the store
-    /// cannot say which rooms are private).
-    async fn next_listed(&mut self, listing: &mut Listing) -> bool {
-        let candidates = listing.candidates(&self.hub.rooms);
-        match self.hidden_rooms(&candidates.rooms()).await {
-            Ok(hidden) => {
-                let slice = listing.take(candidates, &hidden);
-                if !slice.lines.is_empty() {
-                    self.writer.push(slice.lines.freeze());
-                }
-                slice.done
-            }
-            Err(e) => {
-                self.writer.push(protocol::error_line(&e));
-                true
-            }
-        }
-    }
-
     /// Ends a long reply early (the connection is closing): a `JOIN` is answered with what
     /// was replayed so far, a listing with what was listed, as every command read is answered.
     pub(super) fn end_forward_replay(&mut self) {

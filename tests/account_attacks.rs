@@ -54,7 +54,7 @@ fn lenient_pg(config: Config) -> Config {
     }
 }
 
-/// 1. `linechat account remove` forgets memberships but not ownership (private_rooms.owner is
+/// Attack 1: `linechat account remove` forgets memberships but not ownership (private_rooms.owner is
 /// kept, and room_access compares it by name). Whoever registers the freed name next is the
 /// owner of the removed user's private rooms: reads their history, can PUBLIC them.
 #[tokio::test]
@@ -83,7 +83,7 @@ async fn a_removed_owners_name_reregistered_by_someone_else_does_not_own_the_roo
     server.stop().await.unwrap();
 }
 
-/// 2. A guest who held a name on one server before its owner registered it on another keeps
+/// Attack 2: A guest who held a name on one server before its owner registered it on another keeps
 /// it: it goes on talking as the (now registered) name, and the owner cannot log in there.
 /// PROTOCOL.md: "from then on, on this server and on every server that shares its
 /// database, NICK <name> <password> is the only way to take it".
@@ -111,7 +111,7 @@ async fn a_guest_squatting_a_name_stops_speaking_as_it_once_it_is_registered_els
     two.stop().await.unwrap();
 }
 
-/// 3. WHO and ROOMS trust a per-server in-memory `private` flag, set only by a JOIN or
+/// Attack 3: WHO and ROOMS trust a per-server in-memory `private` flag, set only by a JOIN or
 /// PRIVATE on *this* server. A room made private on server one is still listed, and its
 /// members still named, to any outsider on server two.
 #[tokio::test]
@@ -141,7 +141,7 @@ async fn who_and_rooms_on_another_server_keep_a_private_room_private() {
     two.stop().await.unwrap();
 }
 
-/// 4. JOIN asks the store (room public), then awaits record_room, then `enter(...,
+/// Attack 4: JOIN asks the store (room public), then awaits record_room, then `enter(...,
 /// Some(false))` overwrites the room's flag. A PRIVATE landing in that window is undone in
 /// memory: the room is private in the store, but ROOMS lists it and WHO names its members to
 /// everyone on that server.
@@ -186,7 +186,7 @@ async fn a_join_racing_private_does_not_unmark_the_room() {
     server.stop().await.unwrap();
 }
 
-/// 5. The "never that, whatever LINECHAT_LOG asks" guard (tokio_postgres=info) loses to a
+/// Attack 5: The "never that, whatever LINECHAT_LOG asks" guard (tokio_postgres=info) loses to a
 /// more specific directive: LINECHAT_LOG=tokio_postgres::query=debug logs every statement's
 /// parameters, password hashes (and every chat message) included.
 #[tokio::test]
@@ -223,7 +223,7 @@ async fn no_linechat_log_setting_logs_statement_parameters() {
     );
 }
 
-/// 6. Hashing has no per-address (or per-connection) cost: REGISTER is unbudgeted, and right
+/// Attack 6: Hashing has no per-address (or per-connection) cost: REGISTER is unbudgeted, and right
 /// passwords are free. One address with no account storms REGISTER over many connections
 /// and every other user's login is refused SERVER_BUSY for as long as it likes.
 #[tokio::test]
@@ -283,7 +283,7 @@ async fn one_address_registering_in_a_loop_does_not_lock_everyone_out_of_logins(
     server.stop().await.unwrap();
 }
 
-/// 7. The lockout protection ("an address that has logged in to a name before is not held by
+/// Attack 7: The lockout protection ("an address that has logged in to a name before is not held by
 /// that name's budget") is wiped for everyone once 65,536 (name, address) pairs have logged
 /// in: `known.clear()`. An attacker fills it with its own logins (many names or IPv6
 /// addresses), then spends the victim's name budget: the owner, from its usual address, is
@@ -314,7 +314,7 @@ fn an_attacker_filling_the_known_addresses_does_not_lock_the_owner_out() {
     );
 }
 
-/// 8. The operator CLI on the wrong store: `linechat account add` on a data directory that
+/// Attack 8: The operator CLI on the wrong store: `linechat account add` on a data directory that
 /// holds no store initdb's a new cluster there and reports success; the running server
 /// (elsewhere) never sees the account.
 #[tokio::test]

@@ -207,7 +207,9 @@ VALUES ((random() * 9007199254740991)::bigint + 1);
 -- password takes its name. Names are matched without regard to ASCII case, as live names are:
 -- at most one registered name per lower-case spelling.
 ALTER TABLE users ADD COLUMN password_hash text;
-CREATE UNIQUE INDEX users_registered_name ON users (lower(name))
+-- lower() under the "C" collation folds ASCII only, whatever the database's locale (in a
+-- Turkish one, lower('I') is not 'i'), as the server does.
+CREATE UNIQUE INDEX users_registered_name ON users (lower(name COLLATE "C"))
     WHERE password_hash IS NOT NULL;
 
 -- Private rooms: only their members (registered names, by lower-case name) may join them,

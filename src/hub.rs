@@ -72,7 +72,12 @@ impl Hub {
             logins: Arc::new(LoginWatch::new(config.login_timeout)),
             new_rooms: NewRoomLimit::new(config.new_rooms_per_minute, config.limit_loopback),
             page_reads: tokio::sync::Semaphore::new(config.max_page_reads.max(1)),
-            accounts: Accounts::new(accounts, config.registration, config.require_account),
+            accounts: Accounts::new(
+                accounts,
+                config.registration,
+                config.require_account,
+                config.limit_loopback,
+            ),
             config,
             rooms,
             nicks: Nicks::default(),
@@ -90,26 +95,63 @@ impl Hub {
     }
 }
 
+/// What a held name is to the name watch ([`crate::accounts::watch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holding {
+    /// A guest name: the connection goes if the name gets registered.
+    Guest,
+    /// Being registered, or its password changed, by its holder right now: left alone.
+    Changing,
+    /// Logged in to an account, whose password hash was this: the connection goes if the
+    /// account is removed or its password changed elsewhere.
+    Account(Arc<str>),
+}
+
 /// Nicks held by live connections. Compared without regard to ASCII case, so `Alice` and
 /// `alice` cannot both be online.
 #[derive(Default)]
 pub struct Nicks {
-    owners: Mutex<HashMap<String, ConnId>>,
+    owners: Mutex<HashMap<String, (ConnId, Holding)>>,
 }
 
 impl Nicks {
-    /// Takes `new` for `conn`, giving up `old` if it had one. False if another holds `new`.
+    /// Takes `new` as a guest name for `conn`, giving up `old` if it had one. False if
+    /// another holds `new`.
     pub fn claim(&self, new: &str, old: Option<&str>, conn: ConnId) -> bool {
+        self.claim_as(new, old, conn, Holding::Guest)
+    }
+
+    /// [`claim`](Self::claim), holding it as `holding`.
+    pub fn claim_as(&self, new: &str, old: Option<&str>, conn: ConnId, holding: Holding) -> bool {
         let key = new.to_ascii_lowercase();
         let mut owners = self.owners.lock().expect("nicks lock");
-        if owners.get(&key).is_some_and(|&owner| owner != conn) {
+        if owners.get(&key).is_some_and(|(owner, _)| *owner != conn) {
             return false;
         }
         if let Some(old) = old {
             owners.remove(&old.to_ascii_lowercase());
         }
-        owners.insert(key, conn);
+        owners.insert(key, (conn, holding));
         true
+    }
+
+    /// Changes how `conn` holds `nick` (if it does).
+    pub fn set_holding(&self, nick: &str, conn: ConnId, holding: Holding) {
+        let mut owners = self.owners.lock().expect("nicks lock");
+        if let Some(entry) = owners.get_mut(&nick.to_ascii_lowercase()) {
+            if entry.0 == conn {
+                entry.1 = holding;
+            }
+        }
+    }
+
+    /// Every held name (lower-case), its connection and how it is held.
+    pub fn held(&self) -> Vec<(String, ConnId, Holding)> {
+        let owners = self.owners.lock().expect("nicks lock");
+        owners
+            .iter()
+            .map(|(key, (conn, holding))| (key.clone(), *conn, holding.clone()))
+            .collect()
     }
 
     /// True if a connection other than `conn` holds `nick`.
@@ -117,14 +159,14 @@ impl Nicks {
         let owners = self.owners.lock().expect("nicks lock");
         owners
             .get(&nick.to_ascii_lowercase())
-            .is_some_and(|&owner| owner != conn)
+            .is_some_and(|(owner, _)| *owner != conn)
     }
 
     /// Gives up a nick when its connection ends.
     pub fn release(&self, nick: &str, conn: ConnId) {
         let key = nick.to_ascii_lowercase();
         let mut owners = self.owners.lock().expect("nicks lock");
-        if owners.get(&key) == Some(&conn) {
+        if owners.get(&key).is_some_and(|(owner, _)| *owner == conn) {
             owners.remove(&key);
         }
     }

@@ -12,7 +12,7 @@
 //! login watch can wake a session that took too long to choose a name.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
@@ -81,8 +81,21 @@ pub struct Mailbox {
     lagging: AtomicBool,
     /// Set once the connection chose a name.
     named: AtomicBool,
-    /// Set by the login watch when no name came in time.
-    login_expired: AtomicBool,
+    /// Why the server closes the connection from outside ([`Eviction`] as a number; 0: it
+    /// does not): the login watch, or the name watch.
+    evicted: AtomicU8,
+}
+
+/// Why the server closes a connection from outside its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// No name came within the login timeout.
+    LoginTimeout = 1,
+    /// It holds a guest name that has been registered since (on any server).
+    NameRegistered = 2,
+    /// It is logged in to an account that was removed, or whose password was changed
+    /// elsewhere.
+    AccountChanged = 3,
 }
 
 #[derive(Debug, Default)]
@@ -113,7 +126,7 @@ impl Mailbox {
             ready: Signal::default(),
             lagging: AtomicBool::new(false),
             named: AtomicBool::new(false),
-            login_expired: AtomicBool::new(false),
+            evicted: AtomicU8::new(0),
         }
     }
 
@@ -215,14 +228,31 @@ impl Mailbox {
 
     /// True once the login watch found no name in time.
     pub fn login_expired(&self) -> bool {
-        self.login_expired.load(Ordering::Relaxed)
+        self.eviction() == Some(Eviction::LoginTimeout)
     }
 
     /// Marks the connection as out of time to choose a name, unless it has one.
     pub fn expire_login(&self) {
         if !self.named.load(Ordering::Relaxed) {
-            self.login_expired.store(true, Ordering::Relaxed);
-            self.ready.notify();
+            self.evict(Eviction::LoginTimeout);
+        }
+    }
+
+    /// Asks the session to close the connection for `why` (the first reason stays).
+    pub fn evict(&self, why: Eviction) {
+        let _ = self
+            .evicted
+            .compare_exchange(0, why as u8, Ordering::Relaxed, Ordering::Relaxed);
+        self.ready.notify();
+    }
+
+    /// Why the connection is to be closed, if it is.
+    pub fn eviction(&self) -> Option<Eviction> {
+        match self.evicted.load(Ordering::Relaxed) {
+            1 => Some(Eviction::LoginTimeout),
+            2 => Some(Eviction::NameRegistered),
+            3 => Some(Eviction::AccountChanged),
+            _ => None,
         }
     }
 
@@ -371,6 +401,12 @@ impl Mailboxes {
         if live.is_empty() && live.capacity() > 64 {
             *live = HashMap::new();
         }
+    }
+
+    /// The live mailbox of connection `id`.
+    pub fn get(&self, id: ConnId) -> Option<Arc<Mailbox>> {
+        let live = self.live.lock().expect("mailboxes");
+        live.get(&id).and_then(Weak::upgrade)
     }
 
     /// Wakes every session (to see that the server is shutting down).

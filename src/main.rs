@@ -15,6 +15,9 @@ use linechat::server::{self, Server};
 use linechat::signals::Signals;
 use linechat::{Config, StoreKind};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 /// The defaults every flag shows and falls back to.
 static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
@@ -292,14 +295,21 @@ impl Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     // tokio-postgres logs statements' parameters (messages, password hashes) at debug: never
-    // that, whatever LINECHAT_LOG asks.
+    // that, whatever LINECHAT_LOG asks (a filter after the user's, which no directive of
+    // theirs can widen).
     let filter = tracing_subscriber::EnvFilter::try_from_env("LINECHAT_LOG")
-        .unwrap_or_else(|_| "info".into())
-        .add_directive("tokio_postgres=info".parse().expect("a valid directive"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .unwrap_or_else(|_| "info".into());
+    let no_statements = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(filter)
+                .with_filter(no_statements),
+        )
         .init();
     let mut cli = Cli::parse();
     let command = cli.command.take();

@@ -135,6 +135,7 @@ error_codes! {
     AccountRequired => "ACCOUNT_REQUIRED",
     TooManyGuesses => "TOO_MANY_GUESSES",
     ServerBusy => "SERVER_BUSY",
+    TooManyRegistrations => "TOO_MANY_REGISTRATIONS",
     PrivateRoom => "PRIVATE_ROOM",
     NotRoomOwner => "NOT_ROOM_OWNER",
     NotInRoom => "NOT_IN_ROOM",

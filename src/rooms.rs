@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -28,9 +28,6 @@ struct Room {
     members: Mutex<Members>,
     /// How many members it has, readable without waiting for the room's lock (`ROOMS`).
     count: AtomicUsize,
-    /// Members only (`PRIVATE`): `ROOMS` lists it only to those in it. As the store said at
-    /// the last `JOIN` or `PRIVATE`/`PUBLIC` here; who may enter is always asked of the store.
-    private: AtomicBool,
 }
 
 #[derive(Default)]
@@ -103,18 +100,6 @@ impl Rooms {
         nick: &Arc<str>,
         conn: &ConnHandle,
     ) -> Result<bool, RoomsFull> {
-        self.enter(room, nick, conn, None)
-    }
-
-    /// As [`join_within_limit`](Self::join_within_limit), marking the room private or not
-    /// (as the store just said) before the member is in it.
-    pub fn enter(
-        &self,
-        room: &Arc<str>,
-        nick: &Arc<str>,
-        conn: &ConnHandle,
-        private: Option<bool>,
-    ) -> Result<bool, RoomsFull> {
         loop {
             let entry = {
                 let mut rooms = self.rooms.lock().expect("rooms lock");
@@ -135,9 +120,6 @@ impl Rooms {
                 drop(members);
                 self.forget_closed(room, &entry);
                 continue;
-            }
-            if let Some(private) = private {
-                entry.private.store(private, Ordering::Relaxed);
             }
             if members.by_conn.contains_key(&conn.id) {
                 return Ok(false);
@@ -252,49 +234,17 @@ impl Rooms {
     /// counts, sorted by name: one slice of a `ROOMS` reply. Counts are read without the
     /// rooms' locks: a room busy telling its members something does not hold up the list.
     pub fn list_after(&self, after: Option<&str>, max: usize) -> Vec<(Arc<str>, usize)> {
-        self.list_for(None, after, max)
-    }
-
-    /// As [`list_after`](Self::list_after), as `viewer` may see it: private rooms only if it
-    /// is in them (`None`: all rooms).
-    pub fn list_for(
-        &self,
-        viewer: Option<ConnId>,
-        after: Option<&str>,
-        max: usize,
-    ) -> Vec<(Arc<str>, usize)> {
         let rooms = self.rooms.lock().expect("rooms lock");
         let from = match after {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
         };
-        let visible = |room: &Room| {
-            !room.private.load(Ordering::Relaxed)
-                || viewer.is_none_or(|conn| {
-                    let members = room.members.lock().expect("room lock");
-                    members.by_conn.contains_key(&conn)
-                })
-        };
         rooms
             .range::<str, _>((from, Bound::Unbounded))
-            .filter(|(_, r)| visible(r))
             .map(|(name, r)| (name.clone(), r.count.load(Ordering::Relaxed)))
             .filter(|(_, count)| *count > 0)
             .take(max)
             .collect()
-    }
-
-    /// True if the room has members here and is marked private.
-    pub fn is_private(&self, room: &str) -> bool {
-        self.get(room)
-            .is_some_and(|entry| entry.private.load(Ordering::Relaxed))
-    }
-
-    /// Marks a room (if it has members here) private or public.
-    pub fn set_private(&self, room: &str, private: bool) {
-        if let Some(entry) = self.get(room) {
-            entry.private.store(private, Ordering::Relaxed);
-        }
     }
 
     /// How many rooms there are.

@@ -78,6 +78,7 @@ impl Server {
         let stopping = CancellationToken::new();
         let sessions = TaskTracker::new();
         let login_watch = tokio::spawn(hub.logins.clone().run());
+        let name_watch = tokio::spawn(crate::accounts::watch::run(hub.clone()));
         let admission = Admission::new(
             hub.config.max_connections,
             hub.config.max_per_ip,
@@ -115,6 +116,9 @@ impl Server {
         }
         drop(listener);
         login_watch.abort();
+        name_watch.abort();
+        // It holds the hub, which must go before the writer can finish.
+        let _ = name_watch.await;
         tracing::info!(clients = sessions.len(), "shutting down");
         stopping.cancel();
         // Sessions wait on their mailbox, not on the token: wake each to see it.

@@ -229,6 +229,61 @@ async fn require_account_keeps_guests_out_and_closed_registration_keeps_names_fo
     members_only.stop().await.unwrap();
 }
 
+/// One address registers a few names, then waits (`--limit-loopback` counts loopback).
+#[tokio::test]
+async fn registrations_are_budgeted_per_address() {
+    let server = TestServer::start_with(Config {
+        limit_loopback: true,
+        ..lenient()
+    })
+    .await;
+    for n in 0..3 {
+        registered(server.addr, &format!("squat{n}"), PW).await;
+    }
+    let mut c = server.login("squat3").await;
+    let err = refused(&mut c, &format!("REGISTER {PW}"), "TOO_MANY_REGISTRATIONS").await;
+    assert!(err.contains("try again in"), "{err}");
+    server.stop().await.unwrap();
+}
+
+/// What the operator changes reaches connections within the name watch's round: a guest
+/// holding a name the operator registers, and a login whose password the operator resets,
+/// are closed with BYE saying why.
+#[tokio::test]
+async fn the_operators_changes_end_the_sessions_they_concern() {
+    let url = pg::fresh_database().await;
+    let server = TestServer::start_with(Config {
+        database_url: Some(url.clone()),
+        store: linechat::StoreKind::Postgres,
+        ..lenient()
+    })
+    .await;
+    let db = ["--database-url", url.as_str()];
+    let mut guest = server.login("carl").await;
+    let mut alice = registered(server.addr, "alice", PW).await;
+    account(&db, &["add", "carl"], "carl-password\n").unwrap();
+    guest
+        .until_closed_after(
+            "BYE your name has been registered by its owner: NICK <name> <password> takes it now",
+        )
+        .await;
+    account(&db, &["passwd", "alice"], "alice-new-password\n").unwrap();
+    alice
+        .until_closed_after("BYE your account was removed or its password changed: log in again")
+        .await;
+    let mut again = server.client().await;
+    again.send("NICK alice alice-new-password").await;
+    again.expect("OK NICK alice").await;
+    // Their own password change does not close the one who made it.
+    again
+        .send("PASSWORD alice-new-password alice-newer-password")
+        .await;
+    again.expect("OK PASSWORD").await;
+    tokio::time::sleep(linechat::accounts::watch::CHECK_EVERY * 2).await;
+    again.expect_nothing_pending().await;
+    server.stop().await.unwrap();
+}
+
 /// Two servers on one database: a name registered on one needs its password on the other,
 /// and after both restart.
 #[tokio::test]

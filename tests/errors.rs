@@ -126,6 +126,7 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
         "ACCOUNT_REQUIRED",
         "TOO_MANY_GUESSES",
         "SERVER_BUSY",
+        "TOO_MANY_REGISTRATIONS",
         "PRIVATE_ROOM",
         "NOT_ROOM_OWNER",
         "STORE_UNAVAILABLE",

@@ -301,6 +301,12 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
             "messages.user_id bigint NOT NULL",
             "messages.body text NOT NULL",
             "messages.created_at timestamp with time zone NOT NULL DEFAULT now()",
+            "private_room_members.room text NOT NULL",
+            "private_room_members.member text NOT NULL",
+            "private_room_members.added_at timestamp with time zone NOT NULL DEFAULT now()",
+            "private_rooms.room text NOT NULL",
+            "private_rooms.owner text NOT NULL",
+            "private_rooms.created_at timestamp with time zone NOT NULL DEFAULT now()",
             "rooms.id bigint NOT NULL GENERATED ALWAYS AS IDENTITY",
             "rooms.name text NOT NULL",
             "rooms.created_at timestamp with time zone NOT NULL DEFAULT now()",
@@ -310,16 +316,21 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
             "users.name text NOT NULL",
             "users.created_at timestamp with time zone NOT NULL DEFAULT now()",
             "users.last_seen_at timestamp with time zone NOT NULL DEFAULT now()",
+            "users.password_hash text",
         ],
         "the tables and their columns"
     );
     // The history queries scan (room_id, id); ON CONFLICT (name) needs the unique names. That
     // a message names a room and a user that exist is checked by triggers (tests/integrity.rs).
+    // Private rooms are kept by name; their members go with them.
     assert_eq!(
         schema.keys,
         [
             "history_epoch history_epoch_pkey PRIMARY KEY (only_row)",
             "messages messages_room_id_id PRIMARY KEY (room_id, id)",
+            "private_room_members private_room_members_pkey PRIMARY KEY (room, member)",
+            "private_room_members private_room_members_room_fkey FOREIGN KEY (room) REFERENCES private_rooms(room) ON DELETE CASCADE",
+            "private_rooms private_rooms_pkey PRIMARY KEY (room)",
             "rooms rooms_name_key UNIQUE (name)",
             "rooms rooms_pkey PRIMARY KEY (id)",
             "schema_version schema_version_pkey PRIMARY KEY (version)",
@@ -328,17 +339,22 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
         ],
         "the keys"
     );
-    // The keys' own indexes, and no other: (room_id, id) is the only index of messages.
+    // The keys' own indexes, and: a member's rooms (an account's removal), and one registered
+    // name per lower-case spelling. (room_id, id) is the only index of messages.
     assert_eq!(
         schema.indexes,
         [
             "history_epoch history_epoch_pkey",
             "messages messages_room_id_id",
+            "private_room_members private_room_members_member",
+            "private_room_members private_room_members_pkey",
+            "private_rooms private_rooms_pkey",
             "rooms rooms_name_key",
             "rooms rooms_pkey",
             "schema_version schema_version_pkey",
             "users users_name_key",
             "users users_pkey",
+            "users users_registered_name",
         ],
         "the indexes"
     );

@@ -175,7 +175,9 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut readers = JoinSet::new();
     let mut senders = JoinSet::new();
-    let go = Arc::new(Notify::new());
+    // A watch, not a Notify: `notify_waiters` wakes only senders already waiting, and on a
+    // loaded machine some were not yet, so whole rooms never sent ("lost" deliveries).
+    let (go_tx, go) = watch::channel(false);
     // Write halves stay open until the run ends: dropping one would half-close it.
     let mut open_writes: Vec<OwnedWriteHalf> = Vec::new();
     for (i, (stream, leftover)) in streams.into_iter().enumerate() {
@@ -193,9 +195,9 @@ pub async fn run(
         ));
         if is_sender {
             let room = room_name(i / load.clients);
-            let (load, go) = (load.clone(), go.clone());
+            let (load, mut go) = (load.clone(), go.clone());
             senders.spawn(async move {
-                go.notified().await;
+                let _ = go.wait_for(|go| *go).await;
                 send(target, write, &room, &load, window, epoch).await
             });
         } else {
@@ -206,7 +208,7 @@ pub async fn run(
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started_ns = epoch.elapsed().as_nanos() as u64;
-    go.notify_waiters();
+    let _ = go_tx.send(true);
 
     let expected = load.expected();
     let sent_total = (load.rooms * load.senders) as u64 * load.messages;

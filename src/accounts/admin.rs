@@ -126,6 +126,14 @@ async fn open(config: &Config) -> Result<Stores, AdminError> {
     if config.store == StoreKind::Memory {
         return Err(AdminError::MemoryStore);
     }
+    // An account made in a store no server uses would be lost: the server's own cluster must
+    // exist already (a typo in --data-dir would otherwise make a new one).
+    if config.database_url.is_none() && !config.data_dir.join("pgdata/PG_VERSION").is_file() {
+        return Err(refused(format!(
+            "there is no linechat store in {}: give the --data-dir (or --database-url) the server uses",
+            config.data_dir.display()
+        )));
+    }
     match Stores::open(config).await {
         Err(StartError::ManagedPostgres(ManagedPostgresError::InUse(dir))) => {
             let running = managed_postgres::running_cluster_config(

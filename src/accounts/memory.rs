@@ -62,6 +62,10 @@ impl AccountStore for MemoryAccounts {
         let mut private = self.private.lock().expect("private rooms lock");
         for room in private.values_mut() {
             room.members.remove(&key);
+            if room.owner == key {
+                // The oldest other member would be fairest; any member keeps it usable.
+                room.owner = room.members.iter().min().cloned().unwrap_or_default();
+            }
         }
         let mut accounts = self.accounts.lock().expect("accounts lock");
         Ok(accounts.remove(&key).is_some())
@@ -72,6 +76,34 @@ impl AccountStore for MemoryAccounts {
         let mut names: Vec<_> = accounts.values().map(|a| a.name.clone()).collect();
         names.sort();
         Ok(names)
+    }
+
+    async fn registered_among(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let accounts = self.accounts.lock().expect("accounts lock");
+        Ok(keys
+            .iter()
+            .filter_map(|k| accounts.get(k).map(|a| (k.clone(), a.hash.clone())))
+            .collect())
+    }
+
+    async fn hidden_among(
+        &self,
+        rooms: &[Arc<str>],
+        member: Option<&str>,
+    ) -> Result<HashSet<String>, StoreError> {
+        let private = self.private.lock().expect("private rooms lock");
+        Ok(rooms
+            .iter()
+            .filter(|room| {
+                private
+                    .get(&***room)
+                    .is_some_and(|p| member.is_none_or(|m| !p.members.contains(m)))
+            })
+            .map(|room| room.to_string())
+            .collect())
     }
 
     async fn room_access(&self, room: &str, member: Option<&str>) -> Result<Access, StoreError> {

@@ -13,14 +13,16 @@ pub mod admin;
 pub mod guesses;
 pub mod memory;
 pub mod password;
+pub mod watch;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::store::StoreError;
 
-pub use guesses::Guesses;
+pub use guesses::{Guesses, Work};
 pub use memory::MemoryAccounts;
 pub use password::{Password, PasswordWorkers};
 
@@ -72,11 +74,27 @@ pub trait AccountStore: Send + Sync + 'static {
         hash: &str,
     ) -> Result<bool, StoreError>;
 
-    /// Makes the name matching `name` a guest name again. False if it was not registered.
+    /// Makes the name matching `name` a guest name again, out of every private room's members;
+    /// the rooms it owned pass to their oldest other member (or to nobody, staying private).
+    /// False if it was not registered.
     async fn unregister(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Every registered name, sorted.
     async fn list(&self) -> Result<Vec<Arc<str>>, StoreError>;
+
+    /// Which of `keys` (lower-case names) are registered, with their password hashes.
+    async fn registered_among(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, StoreError>;
+
+    /// Which of `rooms` are private to `member` (a lower-case registered name; `None` for a
+    /// guest): private, and it is not a member.
+    async fn hidden_among(
+        &self,
+        rooms: &[Arc<str>],
+        member: Option<&str>,
+    ) -> Result<HashSet<String>, StoreError>;
 
     /// What `member` (a lower-case registered name; `None` for a guest) may do with `room`.
     async fn room_access(&self, room: &str, member: Option<&str>) -> Result<Access, StoreError>;
@@ -110,6 +128,8 @@ pub struct Accounts {
     pub store: Arc<dyn AccountStore>,
     pub workers: PasswordWorkers,
     pub guesses: Guesses,
+    /// Password work and registrations per address.
+    pub work: Work,
     pub registration: Registration,
     /// Only registered names may join, talk and list (`--require-account`).
     pub required: bool,
@@ -119,13 +139,21 @@ pub struct Accounts {
 const CHECK_QUEUE: usize = 64;
 
 impl Accounts {
-    pub fn new(store: Arc<dyn AccountStore>, registration: Registration, required: bool) -> Self {
+    /// `count_loopback`: loopback addresses are held to the per-address budgets too
+    /// (`--limit-loopback`).
+    pub fn new(
+        store: Arc<dyn AccountStore>,
+        registration: Registration,
+        required: bool,
+        count_loopback: bool,
+    ) -> Self {
         // Half the cores for hashing at most: the others keep chat going during a storm.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Accounts {
             store,
             workers: PasswordWorkers::start((cores / 2).max(1), CHECK_QUEUE),
             guesses: Guesses::default(),
+            work: Work::new(count_loopback),
             registration,
             required,
         }

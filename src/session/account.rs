@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::accounts::password::CheckError;
 use crate::accounts::{Account, Password, Registration};
 use crate::budget::Millis;
+use crate::hub::Holding;
 use crate::protocol::{self, ErrorCode, ProtocolError};
 
 use super::Session;
@@ -38,7 +39,7 @@ impl Session {
         let hub = self.hub.clone();
         let accounts = &hub.accounts;
         let account = self.until_shutdown(accounts.store.find(&name)).await?;
-        let (name, registered): (Arc<str>, bool) = match (account, password) {
+        let (name, holding): (Arc<str>, Holding) = match (account, password) {
             (None, None) => {
                 if accounts.required && accounts.registration == Registration::Closed {
                     return Err(refusal(
@@ -46,7 +47,7 @@ impl Session {
                         format!("{name} is not registered, and only registered names may use this server; its operator makes accounts"),
                     ));
                 }
-                (name.into(), false)
+                (name.into(), Holding::Guest)
             }
             (None, Some(_)) => {
                 return Err(refusal(
@@ -65,16 +66,21 @@ impl Session {
             }
             (Some(account), Some(password)) => {
                 self.check_password(&account, password).await?;
-                (account.name, true)
+                (account.name, Holding::Account(account.hash.into()))
             }
         };
-        self.take_name(name, registered)
+        self.take_name(name, holding)
     }
 
     /// Takes `name` for this connection and announces it in every room it is in.
-    fn take_name(&mut self, name: Arc<str>, registered: bool) -> Result<(), ProtocolError> {
+    fn take_name(&mut self, name: Arc<str>, holding: Holding) -> Result<(), ProtocolError> {
         let old = self.nick.clone();
-        if !self.hub.nicks.claim(&name, old.as_deref(), self.conn.id) {
+        let registered = holding != Holding::Guest;
+        if !self
+            .hub
+            .nicks
+            .claim_as(&name, old.as_deref(), self.conn.id, holding)
+        {
             return Err(nick_in_use(&name));
         }
         // In the background: a name is for live connections and must not wait on the
@@ -111,17 +117,48 @@ impl Session {
         if let Some(why) = password.weakness() {
             return Err(refusal(ErrorCode::WeakPassword, why));
         }
-        let hash = accounts.workers.hash(password).await.map_err(busy)?;
-        if !self
-            .until_shutdown(accounts.store.register(&name, &hash))
-            .await?
-        {
-            return Err(already_registered(&name));
-        }
+        let (ip, now) = (self.reader.peer_ip(), Millis::now());
+        accounts.work.register(ip, now).map_err(|wait| {
+            refusal(
+                ErrorCode::TooManyRegistrations,
+                format!(
+                    "your address registered names too often; try again in {} s",
+                    seconds(wait)
+                ),
+            )
+        })?;
+        self.spend_password_work()?;
+        // Left alone by the name watch while it is being registered.
+        let nicks = &hub.nicks;
+        nicks.set_holding(&name, self.conn.id, Holding::Changing);
+        let registered = self.store_registration(&name, password).await;
+        let holding = match &registered {
+            Ok(hash) => Holding::Account(hash.as_str().into()),
+            Err(_) => Holding::Guest,
+        };
+        nicks.set_holding(&name, self.conn.id, holding);
+        registered?;
         tracing::info!(%name, "name registered");
         self.registered = true;
         self.writer.push(protocol::line(&["OK", "REGISTER", &name]));
         Ok(())
+    }
+
+    /// Hashes `password` and registers `name` with it; the hash.
+    async fn store_registration(
+        &self,
+        name: &str,
+        password: Password,
+    ) -> Result<String, ProtocolError> {
+        let accounts = &self.hub.accounts;
+        let hash = accounts.workers.hash(password).await.map_err(busy)?;
+        if !self
+            .until_shutdown(accounts.store.register(name, &hash))
+            .await?
+        {
+            return Err(already_registered(name));
+        }
+        Ok(hash)
     }
 
     /// `PASSWORD <old> <new>`: changes the password of the registered current name.
@@ -148,11 +185,21 @@ impl Session {
             return Err(refusal(ErrorCode::WeakPassword, why));
         }
         self.check_password(&account, old).await?;
+        self.spend_password_work()?;
         let hash = accounts.workers.hash(new).await.map_err(busy)?;
+        // Left alone by the name watch while the hash changes.
+        let nicks = &hub.nicks;
+        nicks.set_holding(&name, self.conn.id, Holding::Changing);
         let store = accounts
             .store
             .set_password(&name, Some(&account.hash), &hash);
-        if !self.until_shutdown(store).await? {
+        let changed = self.until_shutdown(store).await;
+        let now = match changed {
+            Ok(true) => hash,
+            _ => account.hash,
+        };
+        nicks.set_holding(&name, self.conn.id, Holding::Account(now.into()));
+        if !changed? {
             return Err(refusal(
                 ErrorCode::WrongPassword,
                 "the password changed while this was checked; try again with the new one",
@@ -163,6 +210,21 @@ impl Session {
         Ok(())
     }
 
+    /// Takes one password hash or check from the address's budget.
+    fn spend_password_work(&self) -> Result<(), ProtocolError> {
+        let work = &self.hub.accounts.work;
+        work.hash(self.reader.peer_ip(), Millis::now())
+            .map_err(|wait| {
+                refusal(
+                    ErrorCode::ServerBusy,
+                    format!(
+                        "your address asked for too many password checks; try again in {} s",
+                        seconds(wait)
+                    ),
+                )
+            })
+    }
+
     /// Checks `password` against `account`'s hash, within the guessing budgets.
     async fn check_password(
         &self,
@@ -170,6 +232,7 @@ impl Session {
         password: Password,
     ) -> Result<(), ProtocolError> {
         let accounts = &self.hub.accounts;
+        self.spend_password_work()?;
         let key = account.name.to_ascii_lowercase();
         let guess = accounts
             .guesses
@@ -180,7 +243,7 @@ impl Session {
                     format!(
                         "too many wrong passwords for {} or from your address; try again in {} s",
                         account.name,
-                        wait.as_secs().max(1)
+                        seconds(wait)
                     ),
                 )
             })?;
@@ -190,7 +253,7 @@ impl Session {
             .await
         {
             Ok(true) => {
-                accounts.guesses.right(guess);
+                accounts.guesses.right(guess, Millis::now());
                 Ok(())
             }
             Ok(false) => {
@@ -221,6 +284,11 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// A wait in whole seconds, at least 1.
+fn seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 fn nick_in_use(name: &str) -> ProtocolError {

@@ -19,6 +19,10 @@ pub(super) enum End {
     Shutdown,
     TooSlow,
     LoginTimeout,
+    /// Its guest name was registered meanwhile (on any server sharing the database).
+    NameRegistered,
+    /// Its account was removed, or its password changed elsewhere.
+    AccountChanged,
     TooManyErrors,
     Io(io::Error),
 }
@@ -32,6 +36,10 @@ impl End {
             End::Shutdown => "server shutting down",
             End::TooSlow => "too slow",
             End::LoginTimeout => "login timeout: choose a name with NICK sooner",
+            End::NameRegistered => {
+                "your name has been registered by its owner: NICK <name> <password> takes it now"
+            }
+            End::AccountChanged => "your account was removed or its password changed: log in again",
             End::TooManyErrors => "too many errors",
             End::Io(_) => return None,
         })
@@ -45,6 +53,12 @@ impl End {
             }
             End::LoginTimeout => tracing::info!(%peer, "closed: no NICK within the login timeout"),
             End::TooManyErrors => tracing::info!(%peer, "closed: too many errors"),
+            End::NameRegistered => {
+                tracing::info!(%peer, "closed: its guest name has been registered")
+            }
+            End::AccountChanged => {
+                tracing::info!(%peer, "closed: its account was removed or its password changed")
+            }
             // A peer that stopped answering keepalive probes (or acks) vanished without a FIN.
             End::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
                 tracing::info!(%peer, "closed: the peer vanished (no answer to keepalive probes)")

@@ -45,7 +45,7 @@ impl Session {
             Command::History { room, args } => self.history(room, args).await,
             Command::Part(room) => self.part(room),
             Command::Who(room) => self.who(room).await,
-            Command::Rooms(args) => self.rooms(args),
+            Command::Rooms(args) => self.rooms(args).await,
             Command::Ping(token) => self.ping(token),
             Command::Help => self.help(),
             Command::Quit(reason) => return Ok(Some(reason.unwrap_or_else(|| "goodbye".into()))),
@@ -127,7 +127,7 @@ impl Session {
         let nick = self.require_nick()?;
         self.require_account()?;
         let room: Arc<str> = room.into();
-        let private = self.check_entry(&room).await?;
+        self.check_entry(&room).await?;
         self.check_room_limits(&room)?;
         let store = self.hub.store.clone();
         if let Err(e) = self.until_shutdown(store.record_room(&room)).await {
@@ -137,7 +137,7 @@ impl Session {
         let newly_joined = self
             .hub
             .rooms
-            .enter(&room, &nick, &self.conn, private)
+            .join_within_limit(&room, &nick, &self.conn)
             .map_err(|RoomsFull| rooms_full(self.hub.config.max_rooms))?;
         self.replay_on_join(room, bound, newly_joined).await;
         Ok(())
@@ -206,22 +206,16 @@ impl Session {
                 ProtocolError::new(ErrorCode::MissingArgument, "usage: WHO <room>")
             })?,
         };
-        // The members here are listed from memory, so WHO needs the store only for a room
-        // marked private (as the store said at its last JOIN or PRIVATE here): then only
-        // members may list it. An empty room lists nobody.
-        if self.hub.rooms.is_private(&room) {
-            self.check_entry(&room).await?;
-        }
-        self.start_listing(Listing::members(room));
-        Ok(())
+        self.check_entry(&room).await?;
+        self.start_listing(Listing::members(room)).await
     }
 
     /// `ROOMS [AFTER <room>] [LIMIT <n>]`: `ROOM` lines, then `OK ROOMS <count>`, listed as
     /// the client reads.
-    fn rooms(&mut self, args: RoomsArgs) -> Result<(), ProtocolError> {
+    async fn rooms(&mut self, args: RoomsArgs) -> Result<(), ProtocolError> {
         self.require_account()?;
-        self.start_listing(Listing::rooms(self.conn.id, args.after, args.limit));
-        Ok(())
+        self.start_listing(Listing::rooms(args.after, args.limit))
+            .await
     }
 
     /// `PING [token]`: `PONG [token]`.

@@ -6,13 +6,16 @@
 //! next slice while the connection's output has room, as it pulls history pages, and each
 //! slice is read afresh from the registry after that name.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::mailbox::ConnId;
-use crate::protocol;
+use crate::protocol::{self, ProtocolError};
 use crate::rooms::Rooms;
+
+use super::replay::ForwardReplay;
+use super::Session;
 
 /// Names per slice: a slice of room lines is at most about 20 KiB.
 pub(super) const SLICE: usize = 256;
@@ -29,9 +32,25 @@ pub(super) struct Listing {
 }
 
 enum Of {
-    /// As this connection may see them (private rooms only if it is in them).
-    Rooms(ConnId),
+    Rooms,
     Members(Arc<str>),
+}
+
+/// What the next slice is made of, as read from the registry: the session leaves out of
+/// `Rooms` those private to it (asked of the store) before they are listed.
+pub(super) enum Candidates {
+    Rooms(Vec<(Arc<str>, usize)>),
+    Members(Vec<Arc<str>>),
+}
+
+impl Candidates {
+    /// The rooms whose privacy matters (none for a member list: `WHO` checked its room).
+    pub fn rooms(&self) -> Vec<Arc<str>> {
+        match self {
+            Candidates::Rooms(rooms) => rooms.iter().map(|(room, _)| room.clone()).collect(),
+            Candidates::Members(_) => Vec::new(),
+        }
+    }
 }
 
 /// One slice of a listing: its lines, and whether the reply is now complete (its `OK` line
@@ -43,9 +62,9 @@ pub(super) struct Slice {
 
 impl Listing {
     /// `ROOMS [AFTER <room>] [LIMIT <n>]`.
-    pub fn rooms(viewer: ConnId, after: Option<String>, limit: Option<usize>) -> Listing {
+    pub fn rooms(after: Option<String>, limit: Option<usize>) -> Listing {
         Listing {
-            of: Of::Rooms(viewer),
+            of: Of::Rooms,
             after: after.map(Arc::from),
             left: limit.unwrap_or(usize::MAX),
             count: 0,
@@ -62,35 +81,64 @@ impl Listing {
         }
     }
 
-    /// The next slice, read from the registry now.
+    /// The next slice, read from the registry now, hiding nothing (tests).
+    #[cfg(test)]
     pub fn next_slice(&mut self, rooms: &Rooms) -> Slice {
-        let want = self.left.min(SLICE);
+        let candidates = self.candidates(rooms);
+        self.take(candidates, &HashSet::new())
+    }
+
+    /// What the next slice is made of, read from the registry now: a slice's worth of rooms
+    /// (some may be hidden), or of members.
+    pub fn candidates(&self, rooms: &Rooms) -> Candidates {
         let after = self.after.as_deref();
-        let mut lines = BytesMut::new();
-        let got = match &self.of {
-            Of::Rooms(viewer) => {
-                let slice = rooms.list_for(Some(*viewer), after, want);
-                for (room, members) in &slice {
-                    lines.extend_from_slice(&protocol::line(&["ROOM", room, &members.to_string()]));
-                }
-                let last = slice.last().map(|(room, _)| room.clone());
-                (slice.len(), last)
-            }
+        match &self.of {
+            Of::Rooms => Candidates::Rooms(rooms.list_after(after, SLICE)),
             Of::Members(room) => {
-                let slice = rooms.members_after(room, after, want);
+                Candidates::Members(rooms.members_after(room, after, self.left.min(SLICE)))
+            }
+        }
+    }
+
+    /// The next slice from `candidates`, leaving out the rooms in `hidden`.
+    pub fn take(&mut self, candidates: Candidates, hidden: &HashSet<String>) -> Slice {
+        let mut lines = BytesMut::new();
+        let (read, want, shown, last) = match (&self.of, candidates) {
+            (Of::Rooms, Candidates::Rooms(slice)) => {
+                let read = slice.len();
+                let mut shown = 0;
+                let mut last = None;
+                for (room, members) in slice {
+                    if shown == self.left {
+                        break;
+                    }
+                    if !hidden.contains(&*room) {
+                        lines.extend_from_slice(&protocol::line(&[
+                            "ROOM",
+                            &room,
+                            &members.to_string(),
+                        ]));
+                        shown += 1;
+                    }
+                    last = Some(room);
+                }
+                (read, SLICE, shown, last)
+            }
+            (Of::Members(room), Candidates::Members(slice)) => {
                 for nick in &slice {
                     lines.extend_from_slice(&protocol::line(&["MEMBER", room, nick]));
                 }
-                (slice.len(), slice.last().cloned())
+                let want = self.left.min(SLICE);
+                (slice.len(), want, slice.len(), slice.last().cloned())
             }
+            _ => unreachable!("candidates of the listing's own kind"),
         };
-        let (n, last) = got;
-        self.count += n;
-        self.left -= n;
+        self.count += shown;
+        self.left -= shown;
         if last.is_some() {
             self.after = last;
         }
-        let done = n < want || self.left == 0;
+        let done = read < want || self.left == 0;
         if done {
             lines.extend_from_slice(&self.end());
         }
@@ -101,8 +149,47 @@ impl Listing {
     pub fn end(&self) -> bytes::Bytes {
         let count = self.count.to_string();
         match &self.of {
-            Of::Rooms(_) => protocol::line(&["OK", "ROOMS", &count]),
+            Of::Rooms => protocol::line(&["OK", "ROOMS", &count]),
             Of::Members(room) => protocol::line(&["OK", "WHO", room, &count]),
+        }
+    }
+}
+
+impl Session {
+    /// Starts a listing: its first slice now (most listings are one slice), the rest as the
+    /// client reads.
+    pub(super) async fn start_listing(
+        &mut self,
+        mut listing: Listing,
+    ) -> Result<(), ProtocolError> {
+        let candidates = listing.candidates(&self.hub.rooms);
+        let hidden = self.hidden_rooms(&candidates.rooms()).await?;
+        let slice = listing.take(candidates, &hidden);
+        if !slice.lines.is_empty() {
+            self.writer.push(slice.lines.freeze());
+        }
+        if !slice.done {
+            self.forward = Some(Box::new(ForwardReplay::Listing(listing)));
+        }
+        Ok(())
+    }
+
+    /// Lists the next slice; true when the reply is complete (an `ERR` ends it if the store
+    /// cannot say which rooms are private).
+    pub(super) async fn next_listed(&mut self, listing: &mut Listing) -> bool {
+        let candidates = listing.candidates(&self.hub.rooms);
+        match self.hidden_rooms(&candidates.rooms()).await {
+            Ok(hidden) => {
+                let slice = listing.take(candidates, &hidden);
+                if !slice.lines.is_empty() {
+                    self.writer.push(slice.lines.freeze());
+                }
+                slice.done
+            }
+            Err(e) => {
+                self.writer.push(protocol::error_line(&e));
+                true
+            }
         }
     }
 }
@@ -131,7 +218,7 @@ mod tests {
         for i in 0..total {
             rooms.join(&format!("r{i:04}").into(), &"me".into(), &me);
         }
-        let mut listing = Listing::rooms(1, None, None);
+        let mut listing = Listing::rooms(None, None);
         let mut lines = Vec::new();
         let mut slices = 0;
         loop {
@@ -148,14 +235,14 @@ mod tests {
         assert_eq!(lines[total - 1], format!("ROOM r{:04} 1", total - 1));
         assert_eq!(lines[total], format!("OK ROOMS {total}"));
 
-        let mut limited = Listing::rooms(1, Some("r0009".into()), Some(3));
+        let mut limited = Listing::rooms(Some("r0009".into()), Some(3));
         let slice = limited.next_slice(&rooms);
         assert!(slice.done);
         assert_eq!(
             text(&slice),
             ["ROOM r0010 1", "ROOM r0011 1", "ROOM r0012 1", "OK ROOMS 3"]
         );
-        let mut none = Listing::rooms(1, None, Some(0));
+        let mut none = Listing::rooms(None, Some(0));
         assert_eq!(text(&none.next_slice(&rooms)), ["OK ROOMS 0"]);
         let mut who = Listing::members("r0001".into());
         assert_eq!(

@@ -46,7 +46,7 @@ use crate::admission::Ticket;
 use crate::budget::{ErrorBudget, Millis, TokenBucket};
 use crate::connection::{self, Frame, LineReader, LineWriter};
 use crate::hub::Hub;
-use crate::mailbox::{ConnHandle, Delivery, Mailbox};
+use crate::mailbox::{ConnHandle, Delivery, Eviction, Mailbox};
 use crate::protocol::{self, ErrorCode, ProtocolError};
 use crate::store::StoreError;
 
@@ -232,8 +232,12 @@ impl Session {
 
     /// A reason to close that came from outside the client's lines.
     fn forced_end(&self) -> Option<End> {
-        if self.conn.mailbox.login_expired() {
-            Some(End::LoginTimeout)
+        if let Some(why) = self.conn.mailbox.eviction() {
+            Some(match why {
+                Eviction::LoginTimeout => End::LoginTimeout,
+                Eviction::NameRegistered => End::NameRegistered,
+                Eviction::AccountChanged => End::AccountChanged,
+            })
         } else if self.stall.as_ref().is_some_and(|s| s.is_stalled()) {
             Some(End::TooSlow)
         } else if self.too_many_errors {

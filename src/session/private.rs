@@ -5,6 +5,7 @@
 //! by every server on the database), never taken from this server's memory. Making a room
 //! private does not put out those already in it (as IRC's `+i`): `WHO` shows who they are.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::accounts::Access;
@@ -18,7 +19,7 @@ fn refusal(code: ErrorCode, text: impl Into<String>) -> ProtocolError {
 
 impl Session {
     /// The lower-case name this connection is logged in to, if it is registered.
-    fn account_key(&self) -> Option<String> {
+    pub(super) fn account_key(&self) -> Option<String> {
         self.registered
             .then(|| self.nick.as_deref().map(str::to_ascii_lowercase))
             .flatten()
@@ -33,20 +34,31 @@ impl Session {
             .await?)
     }
 
-    /// Refuses a room that is private to this connection, unless it is in it; returns whether
-    /// the room is private (`None`: it is in it, and the store was not asked).
-    pub(super) async fn check_entry(&self, room: &str) -> Result<Option<bool>, ProtocolError> {
-        if self.joined.contains(room) {
-            return Ok(None);
+    /// Refuses a room that is private to this connection, unless it is in it (then the store
+    /// is not asked).
+    pub(super) async fn check_entry(&self, room: &str) -> Result<(), ProtocolError> {
+        if self.joined.contains(room) || self.access(room).await?.may_enter() {
+            return Ok(());
         }
-        match self.access(room).await? {
-            Access::Outsider => Err(refusal(
-                ErrorCode::PrivateRoom,
-                format!("{room} is private: a member must INVITE your registered name"),
-            )),
-            Access::Public => Ok(Some(false)),
-            Access::Owner | Access::Member => Ok(Some(true)),
+        Err(refusal(
+            ErrorCode::PrivateRoom,
+            format!("{room} is private: a member must INVITE your registered name"),
+        ))
+    }
+
+    /// Of `rooms`, those this connection may not see listed (private, and it is not a member).
+    pub(super) async fn hidden_rooms(
+        &self,
+        rooms: &[Arc<str>],
+    ) -> Result<HashSet<String>, ProtocolError> {
+        if rooms.is_empty() {
+            return Ok(HashSet::new());
         }
+        let key = self.account_key();
+        let store = self.hub.accounts.store.clone();
+        Ok(self
+            .until_shutdown(store.hidden_among(rooms, key.as_deref()))
+            .await?)
     }
 
     /// `PRIVATE <room>`: a room the connection is in becomes members-only, owned by its
@@ -74,7 +86,6 @@ impl Session {
             Access::Owner | Access::Member => {}
             Access::Outsider => return Err(not_a_member(&room)),
         }
-        self.hub.rooms.set_private(&room, true);
         self.writer.push(protocol::line(&["OK", "PRIVATE", &room]));
         Ok(())
     }
@@ -88,7 +99,6 @@ impl Session {
                 let store = self.hub.accounts.store.clone();
                 self.until_shutdown(store.make_public(&room, &owner))
                     .await?;
-                self.hub.rooms.set_private(&room, false);
                 tracing::info!(%room, %owner, "room made public");
             }
             Access::Member => return Err(not_the_owner(&room)),

@@ -274,28 +274,10 @@ impl Session {
                 pager,
                 purpose: Purpose::CatchUp(catch_up),
             } => self.catch_up_page(pager, catch_up).await,
-            ForwardReplay::Listing(listing) => {
-                let slice = listing.next_slice(&self.hub.rooms);
-                if !slice.lines.is_empty() {
-                    self.writer.push(slice.lines.freeze());
-                }
-                slice.done
-            }
+            ForwardReplay::Listing(listing) => self.next_listed(listing).await,
         };
         if !done {
             self.forward = Some(forward);
-        }
-    }
-
-    /// Starts a listing: its first slice now (most listings are one slice), the rest as the
-    /// client reads.
-    pub(super) fn start_listing(&mut self, mut listing: Listing) {
-        let slice = listing.next_slice(&self.hub.rooms);
-        if !slice.lines.is_empty() {
-            self.writer.push(slice.lines.freeze());
-        }
-        if !slice.done {
-            self.forward = Some(Box::new(ForwardReplay::Listing(listing)));
         }
     }
 

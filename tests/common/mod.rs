@@ -105,7 +105,8 @@ impl Client {
         Client::from_stream(stream).await
     }
 
-    async fn from_stream(stream: TcpStream) -> Client {
+    /// A client on a connected stream; reads the greeting.
+    pub async fn from_stream(stream: TcpStream) -> Client {
         let (r, w) = stream.into_split();
         let mut c = Client {
             lines: BufReader::new(r).lines(),

@@ -2,6 +2,7 @@
 //! Every server on the database sees the same accounts. Statements are prepared per use:
 //! accounts are read at logins, not per message.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,19 +15,32 @@ use super::PgStore;
 use crate::accounts::{Access, Account, AccountStore};
 use crate::store::StoreError;
 
+/// Names compare as `lower(name COLLATE "C")`, ASCII folding whatever the database's locale
+/// (the index of migration 4); the server passes names already folded where it can.
 const FIND: &str = "SELECT name, password_hash FROM users \
-     WHERE lower(name) = lower($1) AND password_hash IS NOT NULL";
+     WHERE lower(name COLLATE \"C\") = lower($1 COLLATE \"C\") AND password_hash IS NOT NULL";
 /// A guest name's row (made by its first message or NICK) gets the hash; a registered one
 /// keeps its own, and then no row comes back.
 const REGISTER: &str = "INSERT INTO users (name, password_hash) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash \
      WHERE users.password_hash IS NULL RETURNING id";
 const SET_PASSWORD: &str = "UPDATE users SET password_hash = $3 \
-     WHERE lower(name) = lower($1) AND password_hash IS NOT NULL \
+     WHERE lower(name COLLATE \"C\") = lower($1 COLLATE \"C\") AND password_hash IS NOT NULL \
      AND ($2::text IS NULL OR password_hash = $2) RETURNING id";
-const UNREGISTER: &str = "UPDATE users SET password_hash = NULL \
-     WHERE lower(name) = lower($1) AND password_hash IS NOT NULL RETURNING id";
-const FORGET_MEMBERSHIPS: &str = "DELETE FROM private_room_members WHERE member = lower($1)";
+/// One statement, so all or nothing: the name becomes a guest name, leaves every private
+/// room's members, and each room it owned passes to its oldest other member (or to nobody:
+/// owner '' matches no name, and the room stays private). Whoever registers the name later
+/// gets none of it.
+const UNREGISTER: &str = "WITH gone AS (UPDATE users SET password_hash = NULL \
+     WHERE lower(name COLLATE \"C\") = $1 AND password_hash IS NOT NULL RETURNING id), \
+     handed AS (UPDATE private_rooms p SET owner = coalesce((SELECT m.member \
+       FROM private_room_members m WHERE m.room = p.room AND m.member <> $1 \
+       ORDER BY m.added_at, m.member LIMIT 1), '') WHERE p.owner = $1), \
+     forgot AS (DELETE FROM private_room_members WHERE member = $1) \
+     SELECT id FROM gone";
+/// Which of these lower-case names are registered, with their hashes.
+const REGISTERED_AMONG: &str = "SELECT lower(name COLLATE \"C\"), password_hash FROM users \
+     WHERE lower(name COLLATE \"C\") = ANY($1) AND password_hash IS NOT NULL";
 const ROOM_ACCESS: &str = "SELECT p.owner, EXISTS (SELECT FROM private_room_members m \
      WHERE m.room = p.room AND m.member = $2) FROM private_rooms p WHERE p.room = $1";
 /// The owner is the room's first member.
@@ -40,6 +54,9 @@ const UNINVITE: &str = "DELETE FROM private_room_members m USING private_rooms p
      WHERE m.room = $1 AND m.member = $2 AND p.room = m.room AND p.owner <> m.member \
      RETURNING m.room";
 const LIST: &str = "SELECT name FROM users WHERE password_hash IS NOT NULL ORDER BY name";
+/// Of these rooms, those private to `$2` (a lower-case name, or '' for a guest).
+const HIDDEN_AMONG: &str = "SELECT p.room FROM private_rooms p WHERE p.room = ANY($1) \
+     AND NOT EXISTS (SELECT FROM private_room_members m WHERE m.room = p.room AND m.member = $2)";
 
 impl PgStore {
     /// Runs `sql` with `params` within the store's deadline: its rows, or `None` if it broke
@@ -115,10 +132,9 @@ impl AccountStore for PgStore {
     }
 
     async fn unregister(&self, name: &str) -> Result<bool, StoreError> {
+        let key = name.to_ascii_lowercase();
         let rows = self
-            .rows("removing an account", UNREGISTER, &[&name])
-            .await?;
-        self.rows("removing an account", FORGET_MEMBERSHIPS, &[&name])
+            .rows("removing an account", UNREGISTER, &[&key])
             .await?;
         Ok(!rows.is_empty())
     }
@@ -129,6 +145,29 @@ impl AccountStore for PgStore {
             .iter()
             .map(|r| Arc::from(r.get::<_, &str>(0)))
             .collect())
+    }
+
+    async fn registered_among(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let rows = self
+            .rows("checking names", REGISTERED_AMONG, &[&keys])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn hidden_among(
+        &self,
+        rooms: &[Arc<str>],
+        member: Option<&str>,
+    ) -> Result<HashSet<String>, StoreError> {
+        let rooms: Vec<&str> = rooms.iter().map(|r| &**r).collect();
+        let member = member.unwrap_or("");
+        let rows = self
+            .rows("listing rooms", HIDDEN_AMONG, &[&rooms, &member])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn room_access(&self, room: &str, member: Option<&str>) -> Result<Access, StoreError> {

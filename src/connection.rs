@@ -415,6 +415,7 @@ fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn decode_all(codec: &mut LineCodec, input: &[u8]) -> Vec<Frame> {
         let mut buf = BytesMut::from(input);
@@ -575,5 +576,113 @@ mod tests {
         let mut got = Vec::new();
         client.unwrap().read_to_end(&mut got).await.unwrap();
         assert_eq!(got, expected);
+    }
+
+    /// A TLS server stream over an in-memory pipe, as the [`Transport`] takes it.
+    struct PipeTls(tokio_rustls::server::TlsStream<tokio::io::DuplexStream>);
+
+    impl crate::transport::Stream for PipeTls {
+        fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+            Err(io::ErrorKind::NotConnected.into())
+        }
+    }
+
+    impl tokio::io::AsyncRead for PipeTls {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for PipeTls {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// rustls takes bytes into its own buffer before the socket has room for them. Written
+    /// to a pipe of 1 KiB that nobody reads yet, 25 KB of lines leave the queue and mostly
+    /// stay in rustls: the writer must still count them as pending (or the session would
+    /// stop writing and they would sit unsent), and a flush must deliver every byte.
+    #[tokio::test]
+    async fn bytes_inside_tls_count_as_pending_until_flushed() {
+        use tokio::io::AsyncReadExt;
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (client_pipe, server_pipe) = tokio::io::duplex(1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (client, server) = tokio::join!(
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, client_pipe),
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(server_pipe),
+        );
+        let (mut client, server) = (client.unwrap(), server.unwrap());
+
+        let (_reader, mut writer) = split(Transport::stream(PipeTls(server)), 100);
+        let mut expected = Vec::new();
+        for i in 0..1000 {
+            let line = format!("line {i:05} of a thousand\n");
+            expected.extend_from_slice(line.as_bytes());
+            writer.push(Bytes::from(line));
+        }
+        while writer.pending() > 0 {
+            let write = tokio::time::timeout(Duration::from_secs(10), writer.write_some());
+            write
+                .await
+                .expect("rustls takes 25 KB without waiting")
+                .unwrap();
+        }
+        assert!(
+            writer.has_pending(),
+            "most of the bytes are still inside rustls"
+        );
+
+        let read = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        writer.flush().await.unwrap();
+        assert!(!writer.has_pending());
+        writer.shutdown().await.unwrap();
+        assert_eq!(
+            read.await.unwrap(),
+            expected,
+            "every byte, then close_notify"
+        );
     }
 }

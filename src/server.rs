@@ -255,23 +255,28 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Socket
 
 /// A TLS connection's task: its handshake (holding the connection's admission ticket, within
 /// the login timeout), then its session, as a plain connection's.
-async fn serve_tls(
+fn serve_tls(
     hub: Arc<Hub>,
     stream: TcpStream,
     acceptor: TlsAcceptor,
     peer: SocketAddr,
     stopping: CancellationToken,
     ticket: Ticket,
-) {
+) -> impl Future<Output = ()> + Send {
     let limits = HandshakeLimits {
         timeout: hub.config.login_timeout,
         close_grace: hub.config.close_grace,
     };
-    match tls::handshake(stream, acceptor, limits, stopping.clone()).await {
-        Ok(stream) => {
-            session::run(hub, Transport::stream(stream), peer, stopping, ticket).await;
-        }
-        Err(end) => end.log(peer),
+    // Boxed: the handshake's future (over 4 KiB, rustls's state and the deadline around it)
+    // is freed once it is done, instead of sizing the task for the connection's whole life.
+    let handshake = Box::pin(tls::handshake(stream, acceptor, limits, stopping.clone()));
+    async move {
+        // Boxed into the transport at once: the task keeps no room for the stream itself.
+        let transport = match handshake.await {
+            Ok(stream) => Transport::stream(stream),
+            Err(end) => return end.log(peer),
+        };
+        session::run(hub, transport, peer, stopping, ticket).await;
     }
 }
 

@@ -68,8 +68,13 @@ impl Transport {
                 ready!(socket.poll_read_ready(cx))?;
                 buf.reserve(READ_CHUNK);
                 match socket.try_read_buf(buf) {
-                    // Readiness was stale: it is cleared now, and the next poll waits afresh.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    // Readiness was stale: it is cleared now, and the next poll waits afresh,
+                    // without the memory just reserved (an idle connection holds none).
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
                     done => return Poll::Ready(done),
                 }
             },

@@ -598,3 +598,29 @@ async fn a_plain_listener_off_loopback_warns_that_traffic_is_in_clear() {
         local.log()
     );
 }
+
+/// Started as root, the server reads its key as root, then becomes `nobody`: a reload of a
+/// key only root may read keeps the certificate in use and says which user must read it.
+/// (Runs as root, as the rest of the suite does here and in CI.)
+#[tokio::test]
+async fn a_reload_the_unprivileged_user_cannot_read_says_so() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test must run as root");
+    let dir = pg::temp_dir("tls-unreadable");
+    let _guard = DirGuard(dir.clone());
+    let cert = Certificate::write(&dir);
+    let only_root = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(&cert.key, only_root).unwrap();
+    let server = tls_server(&cert, &[]);
+    server.wait_for_log("running as user nobody").await;
+    server.signal("-HUP");
+    let warning = server
+        .wait_for_log("SIGHUP received: kept the TLS certificate in use")
+        .await;
+    assert!(warning.contains("key.pem: Permission denied"), "{warning}");
+    let nobody = linechat::privileges::lookup("nobody").unwrap();
+    let names_the_user = format!("the server runs as uid {} now", nobody.uid);
+    assert!(warning.contains(&names_the_user), "{warning}");
+    let client = TlsClient::login(server.tls_addr.unwrap(), &[&cert.der], "alice").await;
+    assert_eq!(client.presented, cert.der, "the certificate in use stays");
+}

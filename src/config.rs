@@ -23,7 +23,14 @@ pub enum StoreKind {
 /// Everything the server needs to know to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// The plain TCP listener's address (`None`: no plain listener).
+    pub listen: Option<SocketAddr>,
+    /// The TLS listener's address (`None`: no TLS listener); it needs `tls_cert` and `tls_key`.
+    pub tls_listen: Option<SocketAddr>,
+    /// The certificate chain (PEM) the TLS listener presents; read again on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); read again on SIGHUP.
+    pub tls_key: Option<PathBuf>,
     /// Connections the kernel queues before they are accepted (0: the system's maximum).
     pub backlog: u32,
     pub store: StoreKind,
@@ -98,7 +105,10 @@ impl Default for Config {
     /// `./linechat-data`, and limits meant for an open network.
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7777))),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             backlog: 0,
             store: StoreKind::Postgres,
             history_on_join: 50,

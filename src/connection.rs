@@ -17,20 +17,19 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
-/// Bytes requested from the socket per read.
-const READ_CHUNK: usize = 4096;
+use crate::transport::Transport;
+
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
-/// Splits a connected socket into its line reader and line writer. Both poll the socket's
-/// readiness directly (not through `readable()`/`AsyncWrite`, whose futures carry a waiter of
-/// their own): a session waiting for input then holds no more than two references, which
-/// matters with thousands of idle connections.
-pub fn split(stream: TcpStream, max_line: usize) -> (LineReader, LineWriter) {
-    let socket = Arc::new(stream);
+/// Splits a connection into its line reader and line writer, which share its transport. A
+/// plain socket is polled for readiness directly (not through `readable()`/`AsyncWrite`,
+/// whose futures carry a waiter of their own): a session waiting for input then holds no
+/// more than two references, which matters with thousands of idle connections.
+pub fn split(transport: Transport, max_line: usize) -> (LineReader, LineWriter) {
+    let socket = Arc::new(transport);
     (
         LineReader::new(socket.clone(), max_line),
         LineWriter {
@@ -44,14 +43,14 @@ pub fn split(stream: TcpStream, max_line: usize) -> (LineReader, LineWriter) {
 /// connection costs no read memory, which is most of what thousands of idle connections
 /// would otherwise cost.
 pub struct LineReader {
-    read: Arc<TcpStream>,
+    read: Arc<Transport>,
     codec: LineCodec,
     buf: BytesMut,
     eof: bool,
 }
 
 impl LineReader {
-    pub fn new(read: Arc<TcpStream>, max_len: usize) -> Self {
+    pub fn new(read: Arc<Transport>, max_len: usize) -> Self {
         LineReader {
             read,
             codec: LineCodec::new(max_len),
@@ -82,17 +81,24 @@ impl LineReader {
                 self.buf = BytesMut::new();
             }
             // Only once the socket has bytes is a buffer made for them.
-            if let Err(e) = ready!(self.read.poll_read_ready(cx)) {
-                return Poll::Ready(Some(Err(e)));
-            }
-            self.buf.reserve(READ_CHUNK);
-            match self.read.try_read_buf(&mut self.buf) {
+            match ready!(self.read.poll_read_buf(cx, &mut self.buf)) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
-                // Readiness was stale: it is cleared now, and the next poll waits afresh.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // A TLS client whose TCP connection closed without `close_notify`: its lines
+                // so far count, but not a last one without LF, which may have been cut short.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.drop_partial_line();
+                    self.eof = true;
+                }
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
+        }
+    }
+
+    fn drop_partial_line(&mut self) {
+        match self.buf.iter().rposition(|&b| b == b'\n') {
+            Some(end) => self.buf.truncate(end + 1),
+            None => self.buf.clear(),
         }
     }
 }
@@ -100,7 +106,7 @@ impl LineReader {
 impl LineReader {
     /// The peer's address (asked of the socket: a session does not keep it, to stay small).
     pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
-        self.read.peer_addr().ok().map(|a| a.ip())
+        self.read.peer_ip()
     }
 
     /// True if part of a line has been read and the rest has not (an over-long one included).
@@ -119,9 +125,9 @@ impl LineReader {
     }
 }
 
-/// The writing half of a connection: the socket, and the lines waiting for it.
+/// The writing half of a connection: the transport, and the lines waiting for it.
 pub struct LineWriter {
-    socket: Arc<TcpStream>,
+    socket: Arc<Transport>,
     queue: WriteQueue,
 }
 
@@ -136,8 +142,10 @@ impl LineWriter {
         self.queue.bytes()
     }
 
+    /// True while bytes wait: in the queue, or in the transport's own buffer (TLS records
+    /// not yet on the socket), so that nothing written sits unsent.
     pub fn has_pending(&self) -> bool {
-        !self.queue.is_empty()
+        !self.queue.is_empty() || self.queue.unflushed
     }
 
     /// Drops what has not begun to be written (see [`WriteQueue::drop_unstarted`]).
@@ -145,30 +153,45 @@ impl LineWriter {
         self.queue.drop_unstarted();
     }
 
-    /// One vectored write of as many queued buffers as fit. Cancel-safe: the queue only
-    /// advances after a write returns. The iovec array lives on the stack of each poll, not
-    /// in the future, so a session waiting to write stays small.
-    pub async fn write_some(&mut self) -> io::Result<()> {
-        let LineWriter { socket, queue } = self;
-        let written = std::future::poll_fn(|cx| loop {
-            ready!(socket.poll_write_ready(cx))?;
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = queue.fill(&mut slices);
-            match socket.try_write_vectored(&slices[..count]) {
-                // Readiness was stale: it is cleared now; poll again to wait.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        })
-        .await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        queue.advance(written);
-        Ok(())
+    /// One vectored write of as many queued buffers as fit, or, once the queue is empty, a
+    /// flush of what the transport holds. Cancel-safe: the queue only advances after a write
+    /// returns.
+    pub fn write_some(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        // One closure over `self`, not an async fn with a state per await: a session waiting
+        // to write stays small.
+        std::future::poll_fn(move |cx| self.poll_write_some(cx))
     }
 
-    /// Writes everything queued.
+    fn poll_write_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let LineWriter { socket, queue } = self;
+        if queue.is_empty() {
+            ready!(socket.poll_flush(cx))?;
+            queue.unflushed = false;
+            return Poll::Ready(Ok(()));
+        }
+        // The iovec array lives on the stack of each poll, not in the future.
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let count = queue.fill(&mut slices);
+        let written = ready!(socket.poll_write_vectored(cx, &slices[..count]))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        queue.advance(written);
+        if queue.is_empty() {
+            // Everything was handed over: send on what the transport kept (nothing for a
+            // plain socket), or remember that it still must be.
+            queue.unflushed = match socket.poll_flush(cx) {
+                Poll::Ready(done) => {
+                    done?;
+                    false
+                }
+                Poll::Pending => true,
+            };
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything queued, and flushes it out of the transport.
     pub async fn flush(&mut self) -> io::Result<()> {
         while self.has_pending() {
             self.write_some().await?;
@@ -176,9 +199,10 @@ impl LineWriter {
         Ok(())
     }
 
-    /// Sends FIN: the client reads to the end of what was written.
+    /// Ends the sending direction (FIN; for TLS `close_notify` first): the client reads to
+    /// the end of what was written.
     pub async fn shutdown(&mut self) -> io::Result<()> {
-        socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Write)
+        self.socket.shutdown().await
     }
 }
 
@@ -190,6 +214,10 @@ pub struct WriteQueue {
     bytes: usize,
     /// True once the front buffer is partly written.
     started: bool,
+    /// True while bytes handed to a buffering transport (TLS) may not have reached the
+    /// socket yet. Kept here rather than in the writer, where it would cost a connection 8
+    /// bytes of padding.
+    unflushed: bool,
 }
 
 impl WriteQueue {
@@ -387,6 +415,7 @@ fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn decode_all(codec: &mut LineCodec, input: &[u8]) -> Vec<Frame> {
         let mut buf = BytesMut::from(input);
@@ -530,10 +559,11 @@ mod tests {
     #[tokio::test]
     async fn a_line_writer_writes_everything_to_the_socket() {
         use tokio::io::AsyncReadExt;
+        use tokio::net::TcpStream;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        let (_reader, mut writer) = split(accepted.unwrap().0, 100);
+        let (_reader, mut writer) = split(Transport::Tcp(accepted.unwrap().0), 100);
         let mut expected = Vec::new();
         for i in 0..1000 {
             let line = format!("line {i}\n");
@@ -546,5 +576,113 @@ mod tests {
         let mut got = Vec::new();
         client.unwrap().read_to_end(&mut got).await.unwrap();
         assert_eq!(got, expected);
+    }
+
+    /// A TLS server stream over an in-memory pipe, as the [`Transport`] takes it.
+    struct PipeTls(tokio_rustls::server::TlsStream<tokio::io::DuplexStream>);
+
+    impl crate::transport::Stream for PipeTls {
+        fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+            Err(io::ErrorKind::NotConnected.into())
+        }
+    }
+
+    impl tokio::io::AsyncRead for PipeTls {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for PipeTls {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// rustls takes bytes into its own buffer before the socket has room for them. Written
+    /// to a pipe of 1 KiB that nobody reads yet, 25 KB of lines leave the queue and mostly
+    /// stay in rustls: the writer must still count them as pending (or the session would
+    /// stop writing and they would sit unsent), and a flush must deliver every byte.
+    #[tokio::test]
+    async fn bytes_inside_tls_count_as_pending_until_flushed() {
+        use tokio::io::AsyncReadExt;
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (client_pipe, server_pipe) = tokio::io::duplex(1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (client, server) = tokio::join!(
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, client_pipe),
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(server_pipe),
+        );
+        let (mut client, server) = (client.unwrap(), server.unwrap());
+
+        let (_reader, mut writer) = split(Transport::stream(PipeTls(server)), 100);
+        let mut expected = Vec::new();
+        for i in 0..1000 {
+            let line = format!("line {i:05} of a thousand\n");
+            expected.extend_from_slice(line.as_bytes());
+            writer.push(Bytes::from(line));
+        }
+        while writer.pending() > 0 {
+            let write = tokio::time::timeout(Duration::from_secs(10), writer.write_some());
+            write
+                .await
+                .expect("rustls takes 25 KB without waiting")
+                .unwrap();
+        }
+        assert!(
+            writer.has_pending(),
+            "most of the bytes are still inside rustls"
+        );
+
+        let read = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        writer.flush().await.unwrap();
+        assert!(!writer.has_pending());
+        writer.shutdown().await.unwrap();
+        assert_eq!(
+            read.await.unwrap(),
+            expected,
+            "every byte, then close_notify"
+        );
     }
 }

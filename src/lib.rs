@@ -9,6 +9,8 @@
 //!   replies and room traffic; replays history and catches slow readers up.
 //! - [`connection`]: line framing in (with a length limit) and out (a queue of shared
 //!   buffers written with vectored writes): the only place bytes become lines and back.
+//! - [`transport`]: what carries a connection's bytes: a plain TCP socket or a TLS stream.
+//! - [`tls`]: the TLS listener's side: certificates (reloaded on SIGHUP) and handshakes.
 //! - [`protocol`]: command parsing and server-line formatting; pure, fuzzed.
 //! - [`budget`]: flood control and the error budget, as token buckets on a monotonic clock.
 //! - [`accounts`]: registered names and their passwords (argon2id, checked off the async
@@ -44,5 +46,7 @@ pub mod server;
 pub mod session;
 pub mod signals;
 pub mod store;
+pub mod tls;
+pub mod transport;
 
 pub use config::{Config, StoreKind};

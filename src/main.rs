@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use linechat::accounts::admin::{self, Action};
 use linechat::accounts::Registration;
 use linechat::privileges::{self, Plan};
-use linechat::server::{self, Server};
+use linechat::server::{self, Listeners, Server, TlsListener};
 use linechat::signals::Signals;
+use linechat::tls::{CertificateFiles, Certificates};
 use linechat::{Config, StoreKind};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -32,9 +34,25 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// Address to listen on.
-    #[arg(long, env = "LINECHAT_LISTEN", default_value_t = DEFAULTS.listen)]
-    listen: SocketAddr,
+    /// Address to listen on for plain TCP, or `off` for no plain listener (then give
+    /// --tls-listen). Plain TCP carries everything, passwords too, in clear text: keep it on
+    /// loopback, or off, on a network.
+    #[arg(long, env = "LINECHAT_LISTEN", default_value_t = Listen(DEFAULTS.listen))]
+    listen: Listen,
+
+    /// Address to listen on for TLS (e.g. 0.0.0.0:7443); needs --tls-cert and --tls-key.
+    /// Off unless given.
+    #[arg(long, env = "LINECHAT_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+
+    /// The certificate chain the TLS listener presents (PEM, the server's certificate
+    /// first). Read again on SIGHUP.
+    #[arg(long, env = "LINECHAT_TLS_CERT", requires = "tls_listen")]
+    tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1). Read again on SIGHUP.
+    #[arg(long, env = "LINECHAT_TLS_KEY", requires = "tls_listen")]
+    tls_key: Option<PathBuf>,
 
     /// Connections the kernel queues for the server before it accepts them (0: the system's
     /// maximum, net.core.somaxconn).
@@ -230,6 +248,30 @@ impl From<Registration> for Registering {
     }
 }
 
+/// A listener's address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Listen, Self::Err> {
+        match s {
+            "off" => Ok(Listen(None)),
+            addr => addr.parse().map(|addr| Listen(Some(addr))),
+        }
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Store {
     /// PostgreSQL: durable history.
@@ -250,7 +292,10 @@ impl From<StoreKind> for Store {
 impl Cli {
     fn into_config(self) -> Config {
         Config {
-            listen: self.listen,
+            listen: self.listen.0,
+            tls_listen: self.tls_listen,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
             backlog: self.backlog,
             store: match self.store {
                 Store::Memory => StoreKind::Memory,
@@ -357,15 +402,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listen = config.listen;
-    // Take the port first, so that a second server fails before touching any database.
-    let (listener, backlog) = match server::listen(listen, config.backlog) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
-        }
+    // Take the ports (and read the certificate) first, so that a second server or a bad
+    // file fails before touching any database.
+    let Some((listeners, backlog)) = open_listeners(&config) else {
+        return ExitCode::FAILURE;
     };
+    if let Some(tls) = &listeners.tls {
+        let certificates = tls.certificates.clone();
+        signals.on_reload(move || reload(&certificates));
+    }
     // Open the store (it may start PostgreSQL), unless we are told to stop meanwhile.
     let server = tokio::select! {
         started = Server::start(config) => match started {
@@ -381,7 +426,7 @@ async fn main() -> ExitCode {
     if let Err(e) = plan.apply() {
         tracing::error!("{e}");
         // Stop what was started: a shutdown before the first client.
-        server.serve(listener, async {}).await;
+        server.serve(listeners, async {}).await;
         return ExitCode::FAILURE;
     }
     if let Plan::Become(account) = &plan {
@@ -392,17 +437,108 @@ async fn main() -> ExitCode {
             account.gid
         );
     }
-    let addr = listener.local_addr().unwrap_or(listen);
-    tracing::info!(
-        "linechat listening on {addr}; backlog {backlog}; try: nc {} {}",
-        addr.ip(),
-        addr.port()
-    );
+    log_listeners(&listeners, backlog);
     // From here on a second signal hurries the shutdown the first began.
     let stop = CancellationToken::new();
     tokio::spawn(signals.watch(stop.clone(), server.hurry()));
-    server.serve(listener, stop.cancelled_owned()).await;
+    server.serve(listeners, stop.cancelled_owned()).await;
     ExitCode::SUCCESS
+}
+
+/// Binds the listeners the configuration asks for, and loads the TLS certificate; returns
+/// them with the backlog the kernel applies, or logs why not and returns `None`.
+fn open_listeners(config: &Config) -> Option<(Listeners, u32)> {
+    if config.listen.is_none() && config.tls_listen.is_none() {
+        tracing::error!(
+            "nothing to listen on: --listen is off and --tls-listen is not given; turn at \
+             least one listener on"
+        );
+        return None;
+    }
+    let backlog = std::cell::Cell::new(config.backlog);
+    let bind = |addr: SocketAddr| match server::listen(addr, config.backlog) {
+        Ok((listener, applied)) => {
+            backlog.set(applied);
+            Some(listener)
+        }
+        Err(e) => {
+            tracing::error!("cannot listen on {addr}: {e}");
+            None
+        }
+    };
+    let tls = match config.tls_listen {
+        None => None,
+        Some(addr) => {
+            let (Some(cert), Some(key)) = (config.tls_cert.clone(), config.tls_key.clone()) else {
+                tracing::error!("--tls-listen needs --tls-cert and --tls-key");
+                return None;
+            };
+            let certificates = match Certificates::load(CertificateFiles { cert, key }) {
+                Ok(certificates) => certificates,
+                Err(e) => {
+                    tracing::error!("cannot use the TLS certificate: {e}");
+                    return None;
+                }
+            };
+            Some(TlsListener {
+                listener: bind(addr)?,
+                certificates,
+            })
+        }
+    };
+    let plain = match config.listen {
+        Some(addr) => Some(bind(addr)?),
+        None => None,
+    };
+    Some((Listeners { plain, tls }, backlog.get()))
+}
+
+/// Says where the server listens, TLS first: the line a script (and the tests) wait for,
+/// `linechat listening on ADDR; ...`, is the plain listener's, or says it is off.
+fn log_listeners(listeners: &Listeners, backlog: u32) {
+    if let Some(tls) = &listeners.tls {
+        let files = tls.certificates.files();
+        if let Ok(addr) = tls.listener.local_addr() {
+            tracing::info!(
+                "linechat listening for TLS on {addr}; certificate {}, key {}; try: openssl \
+                 s_client -quiet -connect {addr}",
+                files.cert.display(),
+                files.key.display()
+            );
+        }
+    }
+    match listeners.plain.as_ref().map(TcpListener::local_addr) {
+        Some(Ok(addr)) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "the plain listener on {addr} is not on loopback: chat traffic and \
+                     passwords cross the network in clear text; on a network, use \
+                     --tls-listen, with --listen off or on 127.0.0.1"
+                );
+            }
+            tracing::info!(
+                "linechat listening on {addr}; backlog {backlog}; try: nc {} {}",
+                addr.ip(),
+                addr.port()
+            );
+        }
+        Some(Err(e)) => tracing::warn!("cannot tell where the plain listener is: {e}"),
+        None => tracing::info!("linechat plain listener off (--listen off); TLS only"),
+    }
+}
+
+/// SIGHUP: reads the TLS certificate and key again; on a bad file, keeps the ones in use.
+fn reload(certificates: &Certificates) {
+    let files = certificates.files();
+    match certificates.reload() {
+        Ok(()) => tracing::info!(
+            "SIGHUP received: reloaded the TLS certificate from {} and its key from {}; new \
+             connections get it",
+            files.cert.display(),
+            files.key.display()
+        ),
+        Err(e) => tracing::warn!("SIGHUP received: kept the TLS certificate in use: {e}"),
+    }
 }
 
 /// Giving memory back to the system once clients that asked for much of it have gone.

@@ -148,6 +148,7 @@ error_codes! {
     RoomRateLimited => "ROOM_RATE_LIMITED",
     RoomsFull => "ROOMS_FULL",
     ShuttingDown => "SHUTTING_DOWN",
+    TlsRequired => "TLS_REQUIRED",
 }
 
 /// A refusal: its code and the human text that follows it on the `ERR` line.

@@ -1,5 +1,6 @@
 //! Start-up (the store, and the private PostgreSQL cluster in zero-config mode), the accept
-//! loop, and graceful shutdown.
+//! loop (one for both listeners, plain and TLS: the same admission, limits and shutdown),
+//! and graceful shutdown.
 
 use std::future::Future;
 use std::io;
@@ -11,17 +12,20 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accounts::{AccountStore, MemoryAccounts};
-use crate::admission::{Admission, Refusal};
+use crate::admission::{Admission, Refusal, Ticket};
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
 use crate::managed_postgres::{self, ManagedPostgres, ManagedPostgresError, Search, Supervisor};
 use crate::session;
 use crate::store::postgres::{self, PgSettings};
 use crate::store::{HistoryStore, MemoryStore, PgStore, StoreError};
+use crate::tls::{self, Certificates, HandshakeLimits};
+use crate::transport::Transport;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,16 +68,18 @@ impl Server {
         self.hub.hurry.clone()
     }
 
-    /// Serves clients on `listener` until `shutdown` completes; then stops accepting, says
+    /// Serves clients on `listeners` until `shutdown` completes; then stops accepting, says
     /// `BYE` to every client (after answering what each one already sent), lets the writer
     /// finish, stops the private cluster if there is one, and returns. Meanwhile the private
     /// cluster is supervised: restarted if it dies.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    pub async fn serve(self, listeners: impl Into<Listeners>, shutdown: impl Future<Output = ()>) {
         let Server {
             hub,
             writer_task,
             cluster,
         } = self;
+        let Listeners { plain, tls } = listeners.into();
+        let tls = tls.map(|t| (t.listener, t.certificates.acceptor()));
         let supervisor = cluster.map(Supervisor::spawn);
         let stopping = CancellationToken::new();
         let sessions = TaskTracker::new();
@@ -86,35 +92,54 @@ impl Server {
         );
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
+            let (accepted, acceptor) = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let ticket = match admission.admit(peer.ip()) {
-                            Ok(ticket) => ticket,
-                            Err(why) => {
-                                turn_away(stream, peer, why);
-                                continue;
-                            }
-                        };
-                        if let Err(e) = tune(&stream, &hub.config) {
-                            tracing::debug!(%peer, error = %e, "could not set socket options");
+                accepted = accept(plain.as_ref()) => (accepted, None),
+                accepted = accept(tls.as_ref().map(|(l, _)| l)) => {
+                    (accepted, tls.as_ref().map(|(_, a)| a))
+                }
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let ticket = match admission.admit(peer.ip()) {
+                        Ok(ticket) => ticket,
+                        Err(why) => {
+                            turn_away(stream, peer, why, acceptor.is_some());
+                            continue;
                         }
-                        // The ticket is held for the session's life. (Not by wrapping the session's
-                        // future in another: that stores the future twice, doubling the memory
-                        // of every idle connection.)
-                        let session = session::run(hub.clone(), stream, peer, stopping.clone(), ticket);
-                        sessions.spawn(session);
+                    };
+                    if let Err(e) = tune(&stream, &hub.config) {
+                        tracing::debug!(%peer, error = %e, "could not set socket options");
                     }
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                    // The ticket is held for the session's life. (Not by wrapping the session's
+                    // future in another: that stores the future twice, doubling the memory
+                    // of every idle connection.)
+                    match acceptor {
+                        None => sessions.spawn(session::run(
+                            hub.clone(),
+                            Transport::Tcp(stream),
+                            peer,
+                            stopping.clone(),
+                            ticket,
+                        )),
+                        Some(acceptor) => sessions.spawn(serve_tls(
+                            hub.clone(),
+                            stream,
+                            acceptor.clone(),
+                            peer,
+                            stopping.clone(),
+                            ticket,
+                        )),
+                    };
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
-        drop(listener);
+        drop((plain, tls));
         login_watch.abort();
         name_watch.abort();
         // It holds the hub, which must go before the writer can finish.
@@ -198,6 +223,63 @@ impl Stores {
     }
 }
 
+/// Where the server takes connections: a plain TCP listener, a TLS one, or both.
+#[derive(Default)]
+pub struct Listeners {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<TlsListener>,
+}
+
+/// A listener whose connections speak TLS, and the certificates they are offered.
+pub struct TlsListener {
+    pub listener: TcpListener,
+    pub certificates: Arc<Certificates>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(plain: TcpListener) -> Listeners {
+        Listeners {
+            plain: Some(plain),
+            tls: None,
+        }
+    }
+}
+
+/// The next connection on `listener`; never, if there is none.
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A TLS connection's task: its handshake (holding the connection's admission ticket, within
+/// the login timeout), then its session, as a plain connection's.
+fn serve_tls(
+    hub: Arc<Hub>,
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    peer: SocketAddr,
+    stopping: CancellationToken,
+    ticket: Ticket,
+) -> impl Future<Output = ()> + Send {
+    let limits = HandshakeLimits {
+        timeout: hub.config.login_timeout,
+        close_grace: hub.config.close_grace,
+    };
+    // Boxed: the handshake's future (over 4 KiB, rustls's state and the deadline around it)
+    // is freed once it is done, instead of sizing the task for the connection's whole life.
+    let handshake = Box::pin(tls::handshake(stream, acceptor, limits, stopping.clone()));
+    async move {
+        // Boxed into the transport at once: the task keeps no room for the stream itself.
+        let transport = match handshake.await {
+            Ok(stream) => Transport::stream(stream),
+            Err(end) => return end.log(peer),
+        };
+        session::run(hub, transport, peer, stopping, ticket).await;
+    }
+}
+
 /// Ends the supervision of the private cluster and stops it, waiting off the async threads.
 async fn stop_cluster(supervisor: Supervisor) {
     let stopped = tokio::task::spawn_blocking(move || supervisor.finish().stop()).await;
@@ -249,8 +331,10 @@ fn system_backlog() -> Option<u32> {
 }
 
 /// Tells a connection the server cannot take it (`ERR SERVER_FULL`) and closes it. The line
-/// is written without waiting: a peer that does not read it just sees the close.
-fn turn_away(stream: TcpStream, peer: std::net::SocketAddr, why: Refusal) {
+/// is written without waiting: a peer that does not read it just sees the close. A TLS
+/// connection is closed without a word: the line could only be said after a handshake, which
+/// a full server does not spend on a client it will not take.
+fn turn_away(stream: TcpStream, peer: std::net::SocketAddr, why: Refusal, tls: bool) {
     let text = match why {
         Refusal::Total => {
             "ERR SERVER_FULL the server has as many connections as it takes; try again later\n"
@@ -259,8 +343,10 @@ fn turn_away(stream: TcpStream, peer: std::net::SocketAddr, why: Refusal) {
             "ERR SERVER_FULL too many connections from your address; close one first\n"
         }
     };
-    let _ = stream.try_write(text.as_bytes());
-    tracing::info!(%peer, reason = ?why, "connection refused: server full");
+    if !tls {
+        let _ = stream.try_write(text.as_bytes());
+    }
+    tracing::info!(%peer, reason = ?why, tls, "connection refused: server full");
 }
 
 /// Low latency for small lines, and TCP keepalive to find peers that vanished without a FIN

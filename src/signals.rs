@@ -1,10 +1,12 @@
 //! The signals the server handles, and what each one means: the one place to change that.
 //!
-//! Everything that would end the process short of SIGKILL (SIGINT from Ctrl-C, SIGTERM from
-//! a service manager, SIGHUP from a closed terminal, SIGQUIT from Ctrl-\) is caught and
-//! becomes a graceful shutdown, so that clients get their `BYE` and the server's own
-//! PostgreSQL is stopped, not left behind. A second one during that shutdown hurries it:
-//! clients are closed without their close grace, and PostgreSQL is still stopped cleanly.
+//! SIGHUP reloads (the TLS certificate and key: renewed certificates are the normal case),
+//! as for most daemons; it no longer stops the server. The other signals that would end the
+//! process short of SIGKILL (SIGINT from Ctrl-C, SIGTERM from a service manager, SIGQUIT from
+//! Ctrl-\) are caught and become a graceful shutdown, so that clients get their `BYE` and the
+//! server's own PostgreSQL is stopped, not left behind. A second one during that shutdown
+//! hurries it: clients are closed without their close grace, and PostgreSQL is still stopped
+//! cleanly.
 
 use futures::future::select_all;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -15,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Meaning {
     /// Stop accepting, close every client with `BYE`, stop what the server started, exit 0.
     Shutdown,
+    /// Read the TLS certificate and key again; keep every connection.
+    Reload,
 }
 
 /// The signals handled, by name.
@@ -28,9 +32,9 @@ const HANDLED: [(&str, SignalKind); 4] = [
 /// What `name` (one of [`HANDLED`]) means.
 fn meaning(name: &str) -> Meaning {
     match name {
-        // A closed terminal ends the server like the others, cleanly. (Once SIGHUP means
-        // "reload", this is where it says so.)
-        "SIGHUP" => Meaning::Shutdown,
+        // The daemon convention. (A server in a terminal that closes keeps running: stop it
+        // with Ctrl-C, or run it under a service manager.)
+        "SIGHUP" => Meaning::Reload,
         _ => Meaning::Shutdown,
     }
 }
@@ -39,6 +43,8 @@ fn meaning(name: &str) -> Meaning {
 /// process the default way, with no `BYE` and the managed PostgreSQL left running.
 pub struct Signals {
     streams: Vec<(&'static str, Signal)>,
+    /// What a reload does (set by [`Signals::on_reload`]).
+    reload: Box<dyn Fn() + Send>,
 }
 
 impl Signals {
@@ -48,7 +54,15 @@ impl Signals {
             .iter()
             .map(|&(name, kind)| Ok((name, signal(kind)?)))
             .collect::<std::io::Result<_>>()?;
-        Ok(Signals { streams })
+        Ok(Signals {
+            streams,
+            reload: Box::new(|| tracing::info!("SIGHUP received: nothing to reload")),
+        })
+    }
+
+    /// What to do on [`Meaning::Reload`], from now on.
+    pub fn on_reload(&mut self, reload: impl Fn() + Send + 'static) {
+        self.reload = Box::new(reload);
     }
 
     /// The next signal, by name, and what it means.
@@ -63,23 +77,33 @@ impl Signals {
         (name, meaning(name))
     }
 
-    /// Completes on the first signal that means [`Meaning::Shutdown`], having logged it.
-    /// (A meaning that does not end the server, such as a reload, is to be acted on here,
-    /// in a loop around `next`.)
+    /// Completes on the first signal that means [`Meaning::Shutdown`], having logged it;
+    /// reloads meanwhile.
     pub async fn shutdown(&mut self) {
-        let (name, meaning) = self.next().await;
-        match meaning {
-            Meaning::Shutdown => tracing::info!("{name} received: shutting down"),
+        loop {
+            match self.next().await {
+                (name, Meaning::Shutdown) => {
+                    tracing::info!("{name} received: shutting down");
+                    return;
+                }
+                (_, Meaning::Reload) => (self.reload)(),
+            }
         }
     }
 
     /// Cancels `stop` on the first stopping signal, then `hurry` on every later one (each
-    /// logged): a second signal asks the shutdown under way to be quick.
+    /// logged): a second signal asks the shutdown under way to be quick. Reloads all along.
     pub async fn watch(mut self, stop: CancellationToken, hurry: CancellationToken) {
         self.shutdown().await;
         stop.cancel();
         loop {
-            let (name, _) = self.next().await;
+            let name = match self.next().await {
+                (_, Meaning::Reload) => {
+                    (self.reload)();
+                    continue;
+                }
+                (name, Meaning::Shutdown) => name,
+            };
             tracing::warn!(
                 "{name} received during shutdown: closing clients now, without their close \
                  grace; then stopping what the server started"
@@ -94,9 +118,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_signal_that_would_end_the_process_shuts_down() {
+    fn sighup_reloads_and_every_other_signal_shuts_down() {
         for (name, _) in HANDLED {
-            assert_eq!(meaning(name), Meaning::Shutdown, "{name}");
+            let expected = match name {
+                "SIGHUP" => Meaning::Reload,
+                _ => Meaning::Shutdown,
+            };
+            assert_eq!(meaning(name), expected, "{name}");
         }
     }
 

@@ -116,6 +116,7 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
     // TOO_MANY_ROOMS, ROOM_RATE_LIMITED and ROOMS_FULL need their limits: tests/limits.rs.
     // The account codes need accounts and the operator's switches: tests/accounts.rs
     // (SERVER_BUSY, a full password-check queue: the unit tests of accounts::password).
+    // TLS_REQUIRED needs a TLS listener: tests/tls.rs.
     let elsewhere = [
         "NICK_REGISTERED",
         "WRONG_PASSWORD",
@@ -135,6 +136,7 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
         "TOO_MANY_ROOMS",
         "ROOM_RATE_LIMITED",
         "ROOMS_FULL",
+        "TLS_REQUIRED",
     ];
     for code in ErrorCode::ALL {
         let code = code.as_str();

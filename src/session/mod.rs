@@ -38,7 +38,6 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +48,7 @@ use crate::hub::Hub;
 use crate::mailbox::{ConnHandle, Delivery, Eviction, Mailbox};
 use crate::protocol::{self, ErrorCode, ProtocolError};
 use crate::store::StoreError;
+use crate::transport::Transport;
 
 use acks::Acks;
 use close::End;
@@ -65,20 +65,20 @@ const MAX_IN_FLIGHT: usize = 256;
 /// (writing, acks, room traffic, shutdown).
 const FRAMES_PER_TURN: usize = 64;
 
-/// Serves one accepted connection until it closes. `_place` is its place in the server's
-/// connection count, given back when the session ends.
+/// Serves one accepted connection (plain, or TLS after its handshake) until it closes.
+/// `place` is its place in the server's connection count, given back when the session ends.
 ///
 /// Not an `async fn`: the session is made before the future, so that the future holds the
 /// session alone and not also the arguments it was made from (an async fn keeps its
 /// arguments' slots for its whole life), which would make every connection's task larger.
 pub fn run(
     hub: Arc<Hub>,
-    stream: TcpStream,
+    transport: Transport,
     peer: SocketAddr,
     shutdown: CancellationToken,
     place: Ticket,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let mut session = Session::new(hub, stream, shutdown);
+    let mut session = Session::new(hub, transport, shutdown);
     async move {
         tracing::debug!(%peer, conn = session.conn.id, "connected");
         let end = session.serve().await;
@@ -119,8 +119,8 @@ struct Session {
 }
 
 impl Session {
-    fn new(hub: Arc<Hub>, stream: TcpStream, shutdown: CancellationToken) -> Session {
-        let (reader, writer) = connection::split(stream, hub.config.max_line);
+    fn new(hub: Arc<Hub>, transport: Transport, shutdown: CancellationToken) -> Session {
+        let (reader, writer) = connection::split(transport, hub.config.max_line);
         let conn = ConnHandle {
             id: hub.next_conn_id(),
             mailbox: Arc::new(Mailbox::new(hub.config.outbound_limit)),
@@ -373,12 +373,18 @@ mod tests {
         let (hub, _) = Hub::start(crate::Config::default(), store, accounts);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let stream = TcpStream::connect(addr).await.unwrap();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let place = crate::admission::Admission::new(0, 0, false)
             .admit(addr.ip())
             .ok()
             .unwrap();
-        let task = run(hub, stream, addr, CancellationToken::new(), place);
+        let task = run(
+            hub,
+            Transport::Tcp(stream),
+            addr,
+            CancellationToken::new(),
+            place,
+        );
         let size = std::mem::size_of_val(&task);
         assert!(size <= 640, "a connection's future is {size} bytes");
     }

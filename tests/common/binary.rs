@@ -17,7 +17,10 @@ pub fn linechat() -> Command {
 /// A running server; killed (and waited for) on drop unless it has already exited.
 pub struct Binary {
     child: Child,
+    /// The plain listener's address (the TLS one's when the plain listener is off).
     pub addr: SocketAddr,
+    /// The TLS listener's address, if the server has one.
+    pub tls_addr: Option<SocketAddr>,
     /// The open-file limit the server logged before listening, if it did.
     files: Option<u64>,
     /// Everything it logged so far.
@@ -42,6 +45,7 @@ impl Binary {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut files = None;
+        let mut tls_addr = None;
         let addr = loop {
             let line = match lines.next() {
                 Some(line) => line.unwrap(),
@@ -54,8 +58,14 @@ impl Binary {
             if let Some(rest) = line.split("open-file limit: ").nth(1) {
                 files = rest.split(' ').next().and_then(|n| n.parse().ok());
             }
+            if let Some(rest) = line.split("listening for TLS on ").nth(1) {
+                tls_addr = Some(rest.split(';').next().unwrap().parse().unwrap());
+            }
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.split(';').next().unwrap().parse().unwrap();
+            }
+            if line.contains("plain listener off") {
+                break tls_addr.expect("a TLS listener is logged before the plain one is off");
             }
         };
         let sink = log.clone();
@@ -67,6 +77,7 @@ impl Binary {
         Binary {
             child,
             addr,
+            tls_addr,
             files,
             log,
         }

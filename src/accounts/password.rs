@@ -85,8 +85,8 @@ pub struct PasswordWorkers {
 
 impl PasswordWorkers {
     /// `threads` workers (at least one), with room for `queue` checks waiting. The threads
-    /// run at a lower priority than the server's others (nice 10), so that on a busy machine
-    /// chat goes first and logins wait.
+    /// run only on CPU time nothing else wants (SCHED_IDLE), so that on a busy machine chat
+    /// goes first and logins wait.
     pub fn start(threads: usize, queue: usize) -> PasswordWorkers {
         let (jobs, receiver) = mpsc::sync_channel::<Job>(queue);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -164,13 +164,18 @@ pub fn hash_now(password: &Password) -> Result<String, CheckError> {
         .map_err(|_| CheckError::BadHash)
 }
 
-/// Nice 10 for the calling thread (Linux gives each thread its own nice value).
+/// Puts the calling thread in the idle scheduling class (SCHED_IDLE): it runs only on CPU
+/// time no other thread wants, so a chat worker waking up takes the core from a hash at
+/// once. Where that is refused, nice 19 is the next best thing.
 fn lower_priority() {
-    // SAFETY: gettid and setpriority have no memory-safety preconditions; a failure only
-    // leaves the thread at its priority.
+    // SAFETY: sched_setscheduler and setpriority on this thread (0 or its tid) with a
+    // sched_param we own; a failure only leaves the thread at its priority.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        }
     }
 }
 

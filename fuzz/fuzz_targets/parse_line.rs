@@ -51,7 +51,18 @@ fn canonical(command: &Command) -> String {
         }
     }
     match command {
-        Command::Nick(nick) => format!("NICK {nick}"),
+        Command::Nick { name, password } => match password {
+            Some(password) => format!("NICK {name} {}", password.expose()),
+            None => format!("NICK {name}"),
+        },
+        Command::Register(password) => format!("REGISTER {}", password.expose()),
+        Command::Password { old, new } => {
+            format!("PASSWORD {} {}", old.expose(), new.expose())
+        }
+        Command::Private(room) => format!("PRIVATE {room}"),
+        Command::Public(room) => format!("PUBLIC {room}"),
+        Command::Invite { room, name } => format!("INVITE {room} {name}"),
+        Command::Uninvite { room, name } => format!("UNINVITE {room} {name}"),
         Command::Join { room, replay } => match replay {
             Replay::Default => format!("JOIN {room}"),
             Replay::Last(n) => format!("JOIN {room} LAST {n}"),

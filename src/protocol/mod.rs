@@ -3,8 +3,18 @@
 //! Pure functions, no I/O, so that every rule here is unit-tested and fuzzed. PROTOCOL.md is
 //! the specification; this module is its implementation.
 
+mod errors;
+mod lines;
+
 use crate::accounts::Password;
-use bytes::{Bytes, BytesMut};
+
+pub use errors::{ErrorCode, ProtocolError};
+pub use lines::{
+    error_line, format_time, hello, line, message_line, ok_say, write_message_line, MessageKind,
+    HELP,
+};
+
+use errors::err;
 
 /// Longest nick in bytes (all nick characters are ASCII).
 pub const MAX_NICK: usize = 32;
@@ -90,86 +100,6 @@ pub enum Command {
     Ping(Option<String>),
     Help,
     Quit(Option<String>),
-}
-
-/// Declares [`ErrorCode`], its wire names and [`ErrorCode::ALL`] from one list, so that no
-/// code can be left out of any of them.
-macro_rules! error_codes {
-    ($($variant:ident => $name:literal,)*) => {
-        /// Stable error codes: the second word of an `ERR` line. PROTOCOL.md lists each one.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum ErrorCode {
-            $($variant,)*
-        }
-
-        impl ErrorCode {
-            /// Every code, in PROTOCOL.md's order.
-            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
-
-            /// The code as it appears on the wire.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(ErrorCode::$variant => $name,)*
-                }
-            }
-        }
-    };
-}
-
-error_codes! {
-    UnknownCommand => "UNKNOWN_COMMAND",
-    MissingArgument => "MISSING_ARGUMENT",
-    TooManyArguments => "TOO_MANY_ARGUMENTS",
-    BadArgument => "BAD_ARGUMENT",
-    BadNick => "BAD_NICK",
-    BadRoom => "BAD_ROOM",
-    BadText => "BAD_TEXT",
-    NickInUse => "NICK_IN_USE",
-    NoNick => "NO_NICK",
-    NickRegistered => "NICK_REGISTERED",
-    WrongPassword => "WRONG_PASSWORD",
-    NotRegistered => "NOT_REGISTERED",
-    AlreadyRegistered => "ALREADY_REGISTERED",
-    WeakPassword => "WEAK_PASSWORD",
-    RegistrationClosed => "REGISTRATION_CLOSED",
-    AccountRequired => "ACCOUNT_REQUIRED",
-    TooManyGuesses => "TOO_MANY_GUESSES",
-    ServerBusy => "SERVER_BUSY",
-    TooManyRegistrations => "TOO_MANY_REGISTRATIONS",
-    PrivateRoom => "PRIVATE_ROOM",
-    NotRoomOwner => "NOT_ROOM_OWNER",
-    NotInRoom => "NOT_IN_ROOM",
-    LineTooLong => "LINE_TOO_LONG",
-    BadUtf8 => "BAD_UTF8",
-    StoreUnavailable => "STORE_UNAVAILABLE",
-    OutcomeUnknown => "OUTCOME_UNKNOWN",
-    ServerFull => "SERVER_FULL",
-    TooManyRooms => "TOO_MANY_ROOMS",
-    RoomRateLimited => "ROOM_RATE_LIMITED",
-    RoomsFull => "ROOMS_FULL",
-    ShuttingDown => "SHUTTING_DOWN",
-    TlsRequired => "TLS_REQUIRED",
-}
-
-/// A refusal: its code and the human text that follows it on the `ERR` line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} {text}", code.as_str())]
-pub struct ProtocolError {
-    pub code: ErrorCode,
-    pub text: String,
-}
-
-impl ProtocolError {
-    pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
-        ProtocolError {
-            code,
-            text: text.into(),
-        }
-    }
-}
-
-fn err<T>(code: ErrorCode, text: impl Into<String>) -> Result<T, ProtocolError> {
-    Err(ProtocolError::new(code, text))
 }
 
 /// The rules for one kind of name: its characters, length and error code.
@@ -497,141 +427,6 @@ fn parse_rooms(mut rest: &[&str]) -> Result<Command, ProtocolError> {
     }
     Ok(Command::Rooms(r))
 }
-
-/// Formats a time in milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds.
-pub fn format_time(millis: i64) -> String {
-    match chrono::DateTime::from_timestamp_millis(millis) {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        None => "1970-01-01T00:00:00.000Z".to_string(),
-    }
-}
-
-/// Which of the two message lines to format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageKind {
-    /// `MSG`: delivered live.
-    Live,
-    /// `HIST`: replayed from the store.
-    Stored,
-}
-
-/// `MSG|HIST <room> <id> <time> <nick> <text>\n`, formatted once and shared as `Bytes`.
-pub fn message_line(
-    kind: MessageKind,
-    room: &str,
-    id: MessageId,
-    millis: i64,
-    nick: &str,
-    text: &str,
-) -> Bytes {
-    let mut out = BytesMut::with_capacity(48 + room.len() + nick.len() + text.len());
-    write_message_line(&mut out, kind, room, id, &format_time(millis), nick, text);
-    out.freeze()
-}
-
-/// Appends a message line to `out`, with its time already formatted.
-pub fn write_message_line(
-    out: &mut BytesMut,
-    kind: MessageKind,
-    room: &str,
-    id: MessageId,
-    time: &str,
-    nick: &str,
-    text: &str,
-) {
-    let word: &[u8] = match kind {
-        MessageKind::Live => b"MSG ",
-        MessageKind::Stored => b"HIST ",
-    };
-    let mut digits = itoa::Buffer::new();
-    for part in [
-        word,
-        room.as_bytes(),
-        b" ",
-        digits.format(id).as_bytes(),
-        b" ",
-        time.as_bytes(),
-        b" ",
-        nick.as_bytes(),
-        b" ",
-        text.as_bytes(),
-        b"\n",
-    ] {
-        out.extend_from_slice(part);
-    }
-}
-
-/// `OK SAY <id> <time>\n`.
-pub fn ok_say(id: MessageId, time: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(16 + 20 + time.len());
-    out.extend_from_slice(b"OK SAY ");
-    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(time.as_bytes());
-    out.extend_from_slice(b"\n");
-    out.freeze()
-}
-
-/// `ERR <CODE> <text>\n`.
-pub fn error_line(e: &ProtocolError) -> Bytes {
-    let mut line = format!("ERR {} ", e.code.as_str());
-    // The text may quote the client's input: control characters in it are written as escapes
-    // (`\x1b`, `\u{85}`), so an error never carries a CR or a terminal escape back.
-    for c in e.text.chars() {
-        match c {
-            '\t' => line.push(c),
-            c if c.is_control() && c.is_ascii() => line.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() => line.push_str(&c.escape_unicode().to_string()),
-            c => line.push(c),
-        }
-    }
-    line.push('\n');
-    Bytes::from(line)
-}
-
-/// Any other server line: the words joined by single spaces, then LF.
-pub fn line(words: &[&str]) -> Bytes {
-    let mut s = words.join(" ");
-    s.push('\n');
-    Bytes::from(s)
-}
-
-/// The greeting: `HELLO linechat <version> [epoch=<16 hex digits>] - <hint>`. The epoch (0:
-/// the store has none) names the history that message ids belong to (PROTOCOL.md, HELLO).
-pub fn hello(version: &str, epoch: u64) -> Bytes {
-    const HINT: &str = "- type NICK <name> to choose a name, then JOIN <room>, then SAY <text>. HELP lists every command.";
-    if epoch == 0 {
-        line(&["HELLO", "linechat", version, HINT])
-    } else {
-        line(&[
-            "HELLO",
-            "linechat",
-            version,
-            &format!("epoch={epoch:016x}"),
-            HINT,
-        ])
-    }
-}
-
-/// The `HELP` text, one `HELP` line each.
-pub const HELP: &[&str] = &[
-    "NICK <name> [password]   choose your name (1-32 of A-Z a-z 0-9 _ -); a registered one needs its password",
-    "REGISTER <password>      keep your current name: from then on only NICK <name> <password> takes it",
-    "PASSWORD <old> <new>     change the password of your registered name",
-    "JOIN <room> [LAST <n> | SINCE <id> | NONE]   join a room; replays history first",
-    "SAY <text>               say text in your current room (the one you joined last)",
-    "HISTORY <room> [BEFORE <id>] [AFTER <id>] [LIMIT <n>]   page through a room's history",
-    "PART [room]              leave a room (default: your current room)",
-    "PRIVATE <room>           make a room you are in members-only (registered names; you own it)",
-    "INVITE <room> <name>     let a registered name into a private room you are a member of",
-    "UNINVITE <room> <name>   take a member out of a private room you own",
-    "PUBLIC <room>            open a private room you own to everyone again",
-    "WHO [room]               list a room's members",
-    "ROOMS [AFTER <room>] [LIMIT <n>]   list rooms with members, by name",
-    "PING [token]             the server answers PONG [token]",
-    "HELP                     this list",
-    "QUIT [reason]            the server answers BYE and closes",
-];
 
 #[cfg(test)]
 mod tests {

@@ -43,7 +43,8 @@ Examples:
   linechat-client --server tls://chat.example.org:7443
   linechat-client --server tls://127.0.0.1:7443 --ca ca.pem --nick alice --room 4
   echo 'build finished' | LINECHAT_PASSWORD=... linechat-client --server tls://chat.example.org \\
-      --nick ci-bot --room builds";
+      --nick ci-bot --room builds
+";
 
 /// Chat on a linechat server from a terminal, or from a script.
 #[derive(Parser, Debug, Clone)]
@@ -54,7 +55,7 @@ pub struct Cli {
     #[arg(long, env = "LINECHAT_SERVER", default_value = "127.0.0.1:7777")]
     server: String,
     /// Speak TLS to a --server given as host:port (the same as writing tls://host:port).
-    #[arg(long, env = "LINECHAT_TLS")]
+    #[arg(long, env = "LINECHAT_TLS", value_parser = clap::builder::BoolishValueParser::new())]
     tls: bool,
     /// With TLS: trust only the CA certificate(s) in this PEM file, instead of the system's
     /// (/etc/ssl/certs). The server's certificate must name the host of --server either way.

@@ -44,12 +44,17 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub async fn join(addr: SocketAddr, nick: &str, room: &str) -> Peer {
+    /// Connected, `HELLO` not read yet.
+    pub async fn connect(addr: SocketAddr) -> Peer {
         let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
-        let mut p = Peer {
+        Peer {
             lines: BufReader::new(r).lines(),
             write: w,
-        };
+        }
+    }
+
+    pub async fn join(addr: SocketAddr, nick: &str, room: &str) -> Peer {
+        let mut p = Peer::connect(addr).await;
         p.send(&format!("NICK {nick}\nJOIN {room}")).await;
         p.until("OK JOIN").await;
         p

@@ -209,7 +209,8 @@ impl Drop for Tmux {
 }
 
 /// In a terminal: `/register` and `/password` ask without echo; the next start, the client
-/// asks for the password of the registered name (again after a wrong one). No password is
+/// asks for the password of the registered name (again after a wrong one), and `/nick` to a
+/// registered name asks for that one's. No password is
 /// ever on the screen or in the state file.
 #[tokio::test]
 async fn interactive_passwords_are_asked_for_without_echo() {
@@ -260,13 +261,28 @@ async fn interactive_passwords_are_asked_for_without_echo() {
     other.until("JOINED 4 erin").await;
     tmux.keys("logged in");
     assert_eq!(other.next_text().await, "logged in");
+
+    // /nick to another registered name asks for that name's password.
+    let third = "frank-secret-3";
+    register(addr, "frank", third).await;
+    tmux.keys("/nick frank");
+    tmux.wait_for("* frank is a registered name").await;
+    tmux.wait_for("Password for frank").await;
+    tmux.keys(third);
+    tmux.wait_for("* you are now frank").await;
+    other.until("NICK 4 erin frank").await;
+
     let s = tmux.screen();
-    assert!(!s.contains(first) && !s.contains(second), "{s}");
+    for secret in [first, second, third] {
+        assert!(!s.contains(secret), "{s}");
+    }
     tmux.keys("/quit");
-    other.until("LEFT 4 erin").await;
+    other.until("LEFT 4 frank").await;
 
     let saved = std::fs::read_to_string(&state).expect("the state file is written");
     assert!(saved.contains("erin"), "{saved}");
-    assert!(!saved.contains(first) && !saved.contains(second), "{saved}");
+    for secret in [first, second, third] {
+        assert!(!saved.contains(secret), "{saved}");
+    }
     let _ = std::fs::remove_file(state);
 }

@@ -219,6 +219,9 @@ type Conn = (
     WriteHalf<Stream>,
 );
 
+/// How long a plain connection waits for HELLO before it nudges the server (see `connect`).
+const HELLO_NUDGE: Duration = Duration::from_secs(2);
+
 /// How long connecting (TCP, and the TLS handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -276,6 +279,17 @@ impl State {
         let (read, mut write) = tokio::io::split(stream);
         let mut read = BufReader::new(read);
         let mut line = String::new();
+        // A linechat server says HELLO at once. A TLS port says nothing until it hears a
+        // ClientHello: nudged with a blank line (which a linechat server ignores), it answers
+        // ERR TLS_REQUIRED, instead of the client waiting out its login timeout.
+        if self.settings.server.tls.is_none()
+            && tokio::time::timeout(HELLO_NUDGE, read.fill_buf())
+                .await
+                .is_err()
+        {
+            write.write_all(b"\n").await?;
+            write.flush().await?;
+        }
         if read
             .read_line(&mut line)
             .await

@@ -222,12 +222,18 @@ async fn interactive_in_a_terminal() {
     let addr = server().await;
     let mut other = Peer::join(addr, "other", "4").await;
     let session = format!("linechat-test-{}", std::process::id());
+    // A tmux server of its own (others may use the default one), kept up by a session of
+    // its own: a server whose last session ends exits, and a `new-session` in that moment
+    // fails ("server exited unexpectedly").
+    let socket = format!("linechat-interactive-{}", std::process::id());
     let tmux = |args: &[&str]| {
         Command::new("tmux")
+            .args(["-L", &socket])
             .args(args)
             .output()
             .expect("tmux is installed")
     };
+    tmux(&["new-session", "-d", "-s", "keep", "sleep 3600"]);
     let state = state_file("interactive");
     let start = tmux(&[
         "new-session",
@@ -327,7 +333,7 @@ async fn interactive_in_a_terminal() {
     );
     tmux(&["send-keys", "-t", &session, "/quit", "Enter"]);
     other.until("LEFT 4 alice").await;
-    tmux(&["kill-session", "-t", &session]);
+    tmux(&["kill-server"]);
     let _ = std::fs::remove_file(state);
 }
 
@@ -427,7 +433,8 @@ async fn a_resume_point_from_another_history_is_not_used() {
         other.until("OK SAY").await;
     }
     let epoch = server_epoch(addr).await;
-    // A tmux server of its own: two tests starting the shared one at once can race.
+    // A tmux server of its own: two tests starting the shared one at once can race. Kept up
+    // by a session of its own (see `interactive_in_a_terminal`).
     let socket = format!("linechat-epoch-{}", std::process::id());
     let tmux = |args: &[&str]| {
         Command::new("tmux")
@@ -436,6 +443,7 @@ async fn a_resume_point_from_another_history_is_not_used() {
             .output()
             .expect("tmux is installed")
     };
+    tmux(&["new-session", "-d", "-s", "keep", "sleep 3600"]);
     let state = state_file("epoch");
     for (saved_epoch, same) in [(epoch.clone(), true), (format!("not-{epoch}"), false)] {
         // Saved after message 2 ("two") of the history named `saved_epoch`.

@@ -142,10 +142,15 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// The server is kept up by a session of its own: a server whose last session ends
+    /// exits, and a `new-session` in that moment fails ("server exited unexpectedly").
     fn new(tag: &str) -> Tmux {
-        Tmux {
+        let tmux = Tmux {
             socket: format!("linechat-{tag}-{}", std::process::id()),
-        }
+        };
+        let out = tmux.run(&["new-session", "-d", "-s", "keep", "sleep 3600"]);
+        assert!(out.status.success(), "{out:?}");
+        tmux
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {

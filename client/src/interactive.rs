@@ -130,13 +130,19 @@ pub async fn run(cli: Cli, server: Server) -> Result<ExitCode> {
             Ok(link) => break link,
             Err(e) => e,
         };
-        match e.downcast_ref::<Refused>() {
-            Some(Refused::NameInUse { .. }) => println!("{e}"),
-            Some(Refused::PasswordNeeded { .. }) => {}
-            Some(Refused::WrongPassword { .. }) => println!("! {e}"),
+        // A name in use: another name. A registered one: its password (or another name).
+        let in_use = match e.downcast_ref::<Refused>() {
+            Some(Refused::NameInUse { .. }) => {
+                println!("{e}");
+                true
+            }
+            Some(Refused::PasswordNeeded { .. }) => false,
+            Some(Refused::WrongPassword { .. }) => {
+                println!("! {e}");
+                false
+            }
             _ => return Err(e),
-        }
-        let in_use = matches!(e.downcast_ref(), Some(Refused::NameInUse { .. }));
+        };
         password = if in_use { None } else { ask_password(&nick)? };
         if password.is_none() {
             nick = ask(&mut editor, "Another name: ")?;

@@ -142,6 +142,10 @@ fn explain(error: &rustls::Error, host: &str) -> String {
         }
         C::Revoked => "it has been revoked".to_string(),
         C::BadSignature => "its signature does not match its issuer".to_string(),
+        // webpki's CaUsedAsEndEntity, which rustls passes on as "other".
+        C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+            "it is marked as a certificate authority's, not a server's (made with `openssl req -x509`? add -addext basicConstraints=critical,CA:FALSE)".to_string()
+        }
         other => other.to_string(),
     };
     format!("the server's certificate was refused: {why}")

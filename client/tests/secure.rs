@@ -387,3 +387,40 @@ async fn a_ca_for_a_plain_server_is_refused() {
     assert!(!out.status.success(), "{out:?}");
     assert!(stderr(&out).contains("--ca is for TLS"), "{out:?}");
 }
+
+/// A self-signed certificate marked as a CA's (what `openssl req -x509` makes by default),
+/// given as the server's and as `--ca`: refused, saying what to change.
+#[tokio::test]
+async fn a_ca_certificate_as_the_servers_own_is_refused_with_the_fix() {
+    let pki = Pki::new("caasleaf");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let own = pki.dir.join("own.pem");
+    std::fs::write(&own, cert.pem()).unwrap();
+    let plain = server().await;
+    let front = TlsFront::start(plain, &cert.pem(), &key.serialize_pem()).await;
+    let url = format!("tls://localhost:{}", front.addr.port());
+    let out = run(
+        &[
+            "--server",
+            &url,
+            "--ca",
+            own.to_str().unwrap(),
+            "--nick",
+            "x",
+            "--room",
+            "4",
+        ],
+        &[],
+        "hi\n",
+    )
+    .await;
+    assert!(!out.status.success(), "{out:?}");
+    let why = stderr(&out);
+    assert!(
+        why.contains("marked as a certificate authority's") && why.contains("CA:FALSE"),
+        "{why}"
+    );
+}

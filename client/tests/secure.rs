@@ -1,20 +1,18 @@
-//! linechat-client over TLS (certificates made here with rcgen): chat works, reconnecting
-//! works, and a certificate from another CA or for another name is refused with its reason,
-//! once, not retried forever.
+//! linechat-client over TLS against the server's own TLS listener (certificates made here
+//! with rcgen): chat works, reconnecting works, and a certificate from another CA or for
+//! another name is refused with its reason, once, not retried forever.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use linechat::server::{Listeners, TlsListener};
+use linechat::tls::{CertificateFiles, Certificates};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use common::*;
 
@@ -70,87 +68,51 @@ impl Drop for Pki {
     }
 }
 
-fn server_config(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
-    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap(),
-    )
+/// A server (in process, on the memory store) with a plain listener and a TLS one presenting
+/// a certificate for `names` from `pki`.
+struct TlsServer {
+    plain: SocketAddr,
+    tls: SocketAddr,
 }
 
-/// TLS in front of the in-process server: it presents a certificate the test can change, and
-/// can cut its connections.
-struct TlsFront {
-    addr: SocketAddr,
-    config: Arc<Mutex<Arc<rustls::ServerConfig>>>,
-    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    /// Handshakes begun, successful or not.
-    handshakes: Arc<AtomicUsize>,
-}
+impl TlsServer {
+    async fn start(pki: &Pki) -> TlsServer {
+        TlsServer::for_names(pki, &["localhost"]).await
+    }
 
-impl TlsFront {
-    async fn start(backend: SocketAddr, cert: &str, key: &str) -> TlsFront {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = Arc::new(Mutex::new(server_config(cert, key)));
-        let connections = Arc::new(Mutex::new(Vec::new()));
-        let handshakes = Arc::new(AtomicUsize::new(0));
-        let (c, conns, count) = (config.clone(), connections.clone(), handshakes.clone());
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let acceptor = tokio_rustls::TlsAcceptor::from(c.lock().unwrap().clone());
-                let task = tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let mut plain = TcpStream::connect(backend).await.unwrap();
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                });
-                conns.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        TlsFront {
-            addr,
-            config,
-            connections,
-            handshakes,
+    async fn for_names(pki: &Pki, names: &[&str]) -> TlsServer {
+        let (cert, key) = pki.leaf(names);
+        TlsServer::presenting(pki, &names.join("-"), &cert, &key).await
+    }
+
+    /// A server presenting `cert` (files named after `tag` in the PKI's directory).
+    async fn presenting(pki: &Pki, tag: &str, cert: &str, key: &str) -> TlsServer {
+        let files = CertificateFiles {
+            cert: pki.dir.join(format!("{tag}.pem")),
+            key: pki.dir.join(format!("{tag}.key")),
+        };
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        let certificates = Certificates::load(files).unwrap();
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (plain_addr, tls_addr) = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
+        let server = linechat::server::Server::start(memory_config())
+            .await
+            .unwrap();
+        let listeners = Listeners {
+            plain: Some(plain),
+            tls: Some(TlsListener {
+                listener: tls,
+                certificates,
+            }),
+        };
+        tokio::spawn(server.serve(listeners, std::future::pending()));
+        TlsServer {
+            plain: plain_addr,
+            tls: tls_addr,
         }
     }
-
-    /// New handshakes present this certificate.
-    fn present(&self, cert: &str, key: &str) {
-        *self.config.lock().unwrap() = server_config(cert, key);
-    }
-
-    /// Drops every connection (the client sees it reset).
-    fn cut(&self) {
-        for c in self.connections.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-
-    fn handshakes(&self) -> usize {
-        self.handshakes.load(Ordering::SeqCst)
-    }
-}
-
-/// A server behind TLS with a certificate for `localhost` from `pki`; returns the plain
-/// address (for peers) and the front.
-async fn tls_server(pki: &Pki) -> (SocketAddr, TlsFront) {
-    let plain = server().await;
-    let (cert, key) = pki.leaf(&["localhost"]);
-    let front = TlsFront::start(plain, &cert, &key).await;
-    (plain, front)
 }
 
 fn stderr(o: &std::process::Output) -> String {
@@ -160,9 +122,9 @@ fn stderr(o: &std::process::Output) -> String {
 #[tokio::test]
 async fn chat_over_tls_with_the_servers_ca() {
     let pki = Pki::new("chat");
-    let (plain, front) = tls_server(&pki).await;
-    let mut listener = Peer::join(plain, "listener", "4").await;
-    let url = format!("tls://localhost:{}", front.addr.port());
+    let server = TlsServer::start(&pki).await;
+    let mut listener = Peer::join(server.plain, "listener", "4").await;
+    let url = format!("tls://localhost:{}", server.tls.port());
     let args = ["--ca", pki.ca(), "--nick", "bot", "--room", "4"];
     let out = run(
         &[&["--server", &url][..], &args].concat(),
@@ -174,7 +136,7 @@ async fn chat_over_tls_with_the_servers_ca() {
     assert!(stdout(&out)[0].ends_with("<bot> over tls"), "{out:?}");
     assert_eq!(listener.next_text().await, "over tls");
     // --tls with a plain host:port is the same.
-    let host_port = format!("localhost:{}", front.addr.port());
+    let host_port = format!("localhost:{}", server.tls.port());
     let out = run(
         &[&["--server", &host_port, "--tls"][..], &args].concat(),
         &[],
@@ -185,15 +147,15 @@ async fn chat_over_tls_with_the_servers_ca() {
     assert_eq!(listener.next_text().await, "with --tls");
 }
 
-/// Without TLS this test fails: the client would talk plain text to the TLS front (no
-/// handshake, so no line ever comes back), or with TLS but no name check, to 127.0.0.1.
+/// Without TLS in the client this test fails: it would talk plain text to the TLS port, or
+/// with TLS but no name check, say its lines to 127.0.0.1.
 #[tokio::test]
 async fn a_certificate_from_another_ca_or_for_another_name_is_refused() {
     let pki = Pki::new("refused");
     let other = Pki::new("other");
-    let (plain, front) = tls_server(&pki).await;
-    let mut watcher = Peer::join(plain, "watcher", "4").await;
-    let port = front.addr.port();
+    let server = TlsServer::start(&pki).await;
+    let mut watcher = Peer::join(server.plain, "watcher", "4").await;
+    let port = server.tls.port();
     let said = |server: String, ca: Option<String>| async move {
         let mut args = vec!["--server".to_string(), server];
         if let Some(ca) = ca {
@@ -246,15 +208,17 @@ async fn a_certificate_from_another_ca_or_for_another_name_is_refused() {
     assert!(before.is_empty(), "{before:?}");
 }
 
-/// A `--follow` (which reconnects after a drop) whose server comes back with a certificate
-/// for another name stops, saying why, after one attempt: a certificate does not get better
-/// by asking again.
+/// A `--follow` (which reconnects after a drop) whose server comes back (restarted, so no
+/// TLS session to resume) with a certificate for another name stops, saying why, after one
+/// attempt: a certificate does not get better by asking again.
 #[tokio::test]
 async fn a_certificate_refused_on_reconnect_stops_the_client() {
     let pki = Pki::new("reconnect");
-    let (plain, front) = tls_server(&pki).await;
-    let mut talker = Peer::join(plain, "talker", "r").await;
-    let url = format!("tls://localhost:{}", front.addr.port());
+    let server = TlsServer::start(&pki).await;
+    // Cuts the connection; TLS passes through it as any bytes.
+    let relay = Relay::start(server.tls).await;
+    let mut talker = Peer::join(server.plain, "talker", "r").await;
+    let url = format!("tls://localhost:{}", relay.addr.port());
     let (mut child, mut out) = follow_with(
         &[
             "--server",
@@ -271,14 +235,20 @@ async fn a_certificate_refused_on_reconnect_stops_the_client() {
     talker.until("JOINED r f").await;
     talker.send("SAY before").await;
     assert!(next_line(&mut out).await.ends_with("<talker> before"));
-    let (cert, key) = pki.leaf(&["elsewhere.example"]);
-    front.present(&cert, &key);
-    let before = front.handshakes();
-    front.cut();
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .expect("the client stops instead of retrying")
-        .unwrap();
+    let elsewhere = TlsServer::for_names(&pki, &["elsewhere.example"]).await;
+    relay.redirect(elsewhere.tls);
+    let before = relay.accepted();
+    relay.cut();
+    relay.mend();
+    let status = match tokio::time::timeout(PATIENCE, child.wait()).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            child.kill().await.unwrap();
+            let mut why = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut why).await;
+            panic!("the client did not stop: {why}");
+        }
+    };
     assert!(!status.success());
     let mut why = String::new();
     child
@@ -294,16 +264,17 @@ async fn a_certificate_refused_on_reconnect_stops_the_client() {
             && why.contains("not trying again"),
         "{why}"
     );
-    assert_eq!(front.handshakes() - before, 1, "one attempt: {why}");
+    assert_eq!(relay.accepted() - before, 1, "one attempt: {why}");
 }
 
 /// The reconnect and catch-up of the link work the same over TLS.
 #[tokio::test]
 async fn over_tls_a_dropped_connection_reconnects_and_catches_up() {
     let pki = Pki::new("catchup");
-    let (plain, front) = tls_server(&pki).await;
-    let mut talker = Peer::join(plain, "talker", "c").await;
-    let url = format!("tls://localhost:{}", front.addr.port());
+    let server = TlsServer::start(&pki).await;
+    let relay = Relay::start(server.tls).await;
+    let mut talker = Peer::join(server.plain, "talker", "c").await;
+    let url = format!("tls://localhost:{}", relay.addr.port());
     let (mut child, mut out) = follow_with(
         &[
             "--server",
@@ -324,10 +295,11 @@ async fn over_tls_a_dropped_connection_reconnects_and_catches_up() {
     };
     say(&mut talker, "one").await;
     assert!(next_line(&mut out).await.ends_with("one"));
-    front.cut();
+    relay.cut();
     talker.until("LEFT c away").await;
     say(&mut talker, "two").await;
     say(&mut talker, "three").await;
+    relay.mend();
     // It comes back by itself (0.5 s later), over TLS again.
     talker.until("JOINED c away").await;
     say(&mut talker, "four").await;
@@ -388,6 +360,22 @@ async fn a_ca_for_a_plain_server_is_refused() {
     assert!(stderr(&out).contains("--ca is for TLS"), "{out:?}");
 }
 
+/// A plain address that leads to the TLS port: the client says to use TLS, soon (it nudges a
+/// silent server, which then answers ERR TLS_REQUIRED), rather than after the server's
+/// login timeout.
+#[tokio::test]
+async fn plain_text_to_the_tls_port_says_to_use_tls() {
+    let pki = Pki::new("plaintotls");
+    let server = TlsServer::start(&pki).await;
+    let out = client(server.tls, &["--nick", "x", "--room", "4"], "hi\n").await;
+    assert!(!out.status.success(), "{out:?}");
+    let why = stderr(&out);
+    assert!(
+        why.contains("takes TLS only: connect with --server tls://"),
+        "{why}"
+    );
+}
+
 /// A self-signed certificate marked as a CA's (what `openssl req -x509` makes by default),
 /// given as the server's and as `--ca`: refused, saying what to change.
 #[tokio::test]
@@ -399,9 +387,9 @@ async fn a_ca_certificate_as_the_servers_own_is_refused_with_the_fix() {
     let cert = params.self_signed(&key).unwrap();
     let own = pki.dir.join("own.pem");
     std::fs::write(&own, cert.pem()).unwrap();
-    let plain = server().await;
-    let front = TlsFront::start(plain, &cert.pem(), &key.serialize_pem()).await;
-    let url = format!("tls://localhost:{}", front.addr.port());
+    let server =
+        TlsServer::presenting(&pki, "ca-as-server", &cert.pem(), &key.serialize_pem()).await;
+    let url = format!("tls://localhost:{}", server.tls.port());
     let out = run(
         &[
             "--server",
@@ -423,4 +411,43 @@ async fn a_ca_certificate_as_the_servers_own_is_refused_with_the_fix() {
         why.contains("marked as a certificate authority's") && why.contains("CA:FALSE"),
         "{why}"
     );
+}
+
+/// A registered name logs in over TLS with the password from the environment, and the
+/// password never crosses the wire readable (through a plain connection it would: checked
+/// too, so that the check means something).
+#[tokio::test]
+async fn a_password_crosses_the_wire_only_encrypted() {
+    let pki = Pki::new("password");
+    let server = TlsServer::start(&pki).await;
+    let secret = "over-tls-secret-9";
+    let mut owner = Peer::connect(server.plain).await;
+    owner
+        .send(&format!("NICK dora\nREGISTER {secret}\nQUIT"))
+        .await;
+    owner.until("OK REGISTER dora").await;
+    owner.until("BYE").await;
+    while let Ok(Some(_)) = owner.lines.next_line().await {}
+    let mut watcher = Peer::join(server.plain, "watcher", "4").await;
+    for (tls, port) in [(true, server.tls), (false, server.plain)] {
+        let relay = Relay::start(port).await;
+        let url = match tls {
+            true => format!("tls://localhost:{}", relay.addr.port()),
+            false => relay.addr.to_string(),
+        };
+        let ca = ["--ca", pki.ca()];
+        let out = run(
+            &[
+                &["--server", &url, "--nick", "dora", "--room", "4"][..],
+                if tls { &ca[..] } else { &[] },
+            ]
+            .concat(),
+            &[("LINECHAT_PASSWORD", secret)],
+            "logged in\n",
+        )
+        .await;
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(watcher.next_text().await, "logged in");
+        assert_eq!(relay.client_sent(secret.as_bytes()), !tls, "tls: {tls}");
+    }
 }

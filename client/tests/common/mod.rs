@@ -143,9 +143,15 @@ pub fn stdout(o: &Output) -> Vec<String> {
 /// reply.
 pub struct Relay {
     pub addr: SocketAddr,
+    /// Where it relays to (see `redirect`).
+    to: Arc<Mutex<SocketAddr>>,
+    /// Connections relayed so far.
+    accepted: Arc<AtomicUsize>,
     cut: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     refuse: Arc<AtomicBool>,
     from_server: Arc<Mutex<String>>,
+    /// Every byte the client sent through it, to check what crossed the wire.
+    from_client: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Relay {
@@ -155,19 +161,35 @@ impl Relay {
         let cut = Arc::new(Mutex::new(Vec::new()));
         let refuse = Arc::new(AtomicBool::new(false));
         let from_server = Arc::new(Mutex::new(String::new()));
+        let from_client = Arc::new(Mutex::new(Vec::new()));
+        let sent = from_client.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
         let (tasks, no, log) = (cut.clone(), refuse.clone(), from_server.clone());
+        let count = accepted.clone();
+        let to = Arc::new(Mutex::new(to));
+        let target = to.clone();
         tokio::spawn(async move {
             loop {
                 let (a, _) = listener.accept().await.unwrap();
                 if no.load(Ordering::SeqCst) {
                     continue;
                 }
-                let log = log.clone();
+                count.fetch_add(1, Ordering::SeqCst);
+                let (log, sent) = (log.clone(), sent.clone());
+                let to = *target.lock().unwrap();
                 let task = tokio::spawn(async move {
                     let b = TcpStream::connect(to).await.unwrap();
                     let (mut ar, mut aw) = a.into_split();
                     let (mut br, mut bw) = b.into_split();
-                    let up = tokio::io::copy(&mut ar, &mut bw);
+                    let up = async {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = ar.read(&mut buf).await {
+                            if n == 0 || bw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            sent.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                    };
                     let down = async {
                         let mut buf = [0u8; 4096];
                         while let Ok(n) = br.read(&mut buf).await {
@@ -186,9 +208,12 @@ impl Relay {
         });
         Relay {
             addr,
+            to,
+            accepted,
             cut,
             refuse,
             from_server,
+            from_client,
         }
     }
 
@@ -202,6 +227,25 @@ impl Relay {
 
     pub fn mend(&self) {
         self.refuse.store(false, Ordering::SeqCst);
+    }
+
+    /// New connections go to `to` (a server restarted elsewhere, say).
+    pub fn redirect(&self, to: SocketAddr) {
+        *self.to.lock().unwrap() = to;
+    }
+
+    /// How many connections it has relayed.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// True if the client sent `bytes` through the relay (in the clear, that is).
+    pub fn client_sent(&self, bytes: &[u8]) -> bool {
+        self.from_client
+            .lock()
+            .unwrap()
+            .windows(bytes.len())
+            .any(|w| w == bytes)
     }
 
     /// Waits until the server has sent `text` through the relay.

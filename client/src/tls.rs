@@ -141,7 +141,14 @@ fn explain(error: &rustls::Error, host: &str) -> String {
             "it is not valid yet (is this machine's clock right?)".to_string()
         }
         C::Revoked => "it has been revoked".to_string(),
-        C::BadSignature => "its signature does not match its issuer".to_string(),
+        // A trusted certificate has the issuer's name but another key (say the system's
+        // snakeoil certificate, CN=localhost, for a self-signed CN=localhost server).
+        C::BadSignature | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "it is not signed by a certificate authority this client trusts (one it trusts has the name of its issuer, but another key)".to_string()
+        }
+        C::UnsupportedSignatureAlgorithmContext { .. } => {
+            "it is signed with an algorithm this client does not support".to_string()
+        }
         // webpki's CaUsedAsEndEntity, which rustls passes on as "other".
         C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
             "it is marked as a certificate authority's, not a server's (made with `openssl req -x509`? add -addext basicConstraints=critical,CA:FALSE)".to_string()
@@ -174,6 +181,19 @@ mod tests {
             "chat.example",
         );
         assert!(unknown.contains("not signed by a certificate authority this client trusts"));
+        let same_name = explain(
+            &rustls::Error::InvalidCertificate(
+                C::UnsupportedSignatureAlgorithmForPublicKeyContext {
+                    signature_algorithm_id: vec![1],
+                    public_key_algorithm_id: vec![2],
+                },
+            ),
+            "localhost",
+        );
+        assert!(
+            same_name.contains("not signed by a certificate authority this client trusts"),
+            "{same_name}"
+        );
         let expired = explain(&rustls::Error::InvalidCertificate(C::Expired), "x");
         assert!(expired.contains("expired"));
         // Not a TLS peer at all.

@@ -1,5 +1,6 @@
 //! The interactive chat: a line editor whose input incoming messages never garble (they are
 //! printed above it), slash commands, and a printer that turns server events into text.
+//! Passwords are asked for with echo off (a registered name, `/register`, `/password`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -11,9 +12,10 @@ use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 use tokio::sync::mpsc;
 
-use crate::link::{self, Join, Link, Settings, Update};
+use crate::link::{self, Join, Link, Refused, Server, Settings, Update};
 use crate::proto::{Event, Message};
 use crate::render::{Format, Style};
+use crate::secret::{self, Secret};
 use crate::state::State;
 use crate::Cli;
 
@@ -23,7 +25,9 @@ const HELP: &[&str] = &[
     "/who [room]       who is in a room",
     "/rooms            rooms with people in them",
     "/history [n]      the last n messages of the current room (default 20)",
-    "/nick <name>      change your name",
+    "/nick <name>      change your name (a registered one asks for its password)",
+    "/register         register your name, so that only you can take it (asks for a password)",
+    "/password         change the password of your registered name",
     "/quit [reason]    leave",
     "/help             this list",
     "anything else is said in the current room",
@@ -49,9 +53,21 @@ type Rooms = Arc<Mutex<Vec<String>>>;
 struct Replies {
     count: Mutex<u64>,
     moved: std::sync::Condvar,
+    /// A name the server answered `NICK_REGISTERED` for: the input side asks for its
+    /// password and sends the NICK again.
+    registered: Mutex<Option<String>>,
 }
 
 impl Replies {
+    fn password_wanted(&self, name: String) {
+        *self.registered.lock().expect("registered") = Some(name);
+    }
+
+    /// The registered name last asked for, once.
+    fn take_password_wanted(&self) -> Option<String> {
+        self.registered.lock().expect("registered").take()
+    }
+
     fn handled(&self) {
         *self.count.lock().expect("replies") += 1;
         self.moved.notify_all();
@@ -72,7 +88,14 @@ impl Replies {
     }
 }
 
-pub async fn run(cli: Cli) -> Result<ExitCode> {
+/// Asks for the password of `nick` (echo off); `None` if the user gave up (an empty line).
+fn ask_password(nick: &str) -> Result<Option<Secret>> {
+    Ok(secret::prompt(&format!(
+        "{nick} is registered; password (Enter alone to choose another name): "
+    ))?)
+}
+
+pub async fn run(cli: Cli, server: Server) -> Result<ExitCode> {
     let mut editor = DefaultEditor::new()?;
     let mut nick = match cli.nick.clone() {
         Some(nick) => nick,
@@ -82,6 +105,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Some(room) => room,
         None => ask(&mut editor, "Room to join (for example 4): ")?,
     };
+    // Given in the environment or a file, else asked for if the name turns out registered.
+    let mut password = cli.password()?;
     let state = Arc::new(Mutex::new(State::load()));
     let (tx, updates) = mpsc::channel(link::UPDATES);
     let link = loop {
@@ -91,8 +116,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .last_id(&cli.server, &nick, &room);
         let (since, epoch) = saved.unzip();
         let settings = Settings {
-            server: cli.server.clone(),
+            server: server.clone(),
             nick: Some(nick.clone()),
+            password: password.clone(),
             joins: vec![Join {
                 room: room.clone(),
                 bound: since.map(|id| format!("SINCE {id}")).unwrap_or_default(),
@@ -100,13 +126,26 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             reconnect: true,
             epoch: epoch.flatten(),
         };
-        match link::start(settings, tx.clone()).await {
+        let e = match link::start(settings, tx.clone()).await {
             Ok(link) => break link,
-            Err(e) if e.to_string().contains("in use") => {
+            Err(e) => e,
+        };
+        // A name in use: another name. A registered one: its password (or another name).
+        let in_use = match e.downcast_ref::<Refused>() {
+            Some(Refused::NameInUse { .. }) => {
                 println!("{e}");
-                nick = ask(&mut editor, "Another name: ")?;
+                true
             }
-            Err(e) => return Err(e),
+            Some(Refused::PasswordNeeded { .. }) => false,
+            Some(Refused::WrongPassword { .. }) => {
+                println!("! {e}");
+                false
+            }
+            _ => return Err(e),
+        };
+        password = if in_use { None } else { ask_password(&nick)? };
+        if password.is_none() {
+            nick = ask(&mut editor, "Another name: ")?;
         }
     };
     let style = Style {
@@ -122,7 +161,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         style,
         printer,
         state: state.clone(),
-        server: cli.server.clone(),
+        server: server.shown.clone(),
         nick,
         rooms: rooms.clone(),
         replies: replies.clone(),
@@ -180,6 +219,53 @@ fn read_input(mut editor: DefaultEditor, link: Link, rooms: Rooms, replies: Arc<
                         link.send(line);
                         return;
                     }
+                    Input::Nick(name) => {
+                        link.send(format!("NICK {name}"));
+                        expected += 1;
+                        replies.wait_for(expected);
+                        // A registered name: its password, then the NICK again.
+                        if replies.take_password_wanted().is_some_and(|n| n == name) {
+                            if let Ok(Some(password)) = secret::prompt(&format!(
+                                "Password for {name} (Enter alone to keep your name): "
+                            )) {
+                                link.send(format!("NICK {name} {}", password.expose()));
+                                expected += 1;
+                                replies.wait_for(expected);
+                            }
+                        }
+                    }
+                    Input::Register => {
+                        match secret::prompt_new("Password for your name (not shown): ") {
+                            Ok(Some(password)) => {
+                                link.send(format!("REGISTER {}", password.expose()));
+                                expected += 1;
+                                replies.wait_for(expected);
+                            }
+                            Ok(None) => println!("* not registered"),
+                            Err(e) => println!("! {e}"),
+                        }
+                    }
+                    Input::Password => {
+                        let asked =
+                            secret::prompt("Current password (not shown): ").and_then(|old| {
+                                match old {
+                                    Some(old) => {
+                                        Ok(secret::prompt_new("New password: ")?
+                                            .map(|new| (old, new)))
+                                    }
+                                    None => Ok(None),
+                                }
+                            });
+                        match asked {
+                            Ok(Some((old, new))) => {
+                                link.send(format!("PASSWORD {} {}", old.expose(), new.expose()));
+                                expected += 1;
+                                replies.wait_for(expected);
+                            }
+                            Ok(None) => println!("* password not changed"),
+                            Err(e) => println!("! {e}"),
+                        }
+                    }
                     Input::Help => {
                         for h in HELP {
                             println!("{h}");
@@ -206,6 +292,11 @@ fn read_input(mut editor: DefaultEditor, link: Link, rooms: Rooms, replies: Arc<
 enum Input {
     Send(String),
     Quit(String),
+    /// `/nick <name>`: may need a password, asked for if the server says so.
+    Nick(String),
+    /// `/register` and `/password`: passwords are asked for, never typed on the line.
+    Register,
+    Password,
     Help,
     Problem(String),
 }
@@ -235,8 +326,15 @@ fn command(line: &str, current: Option<&str>) -> Input {
             (None, _) => Input::Problem("! usage: /history [n]".into()),
             (_, None) => Input::Problem("! /history needs a room: you are in none".into()),
         },
-        "nick" if !rest.is_empty() => Input::Send(format!("NICK {rest}")),
-        "nick" => Input::Problem("! usage: /nick <name>".into()),
+        "nick" if !rest.is_empty() && !rest.contains(' ') => Input::Nick(rest.to_string()),
+        "nick" => Input::Problem(
+            "! usage: /nick <name> (the password of a registered name is asked for)".into(),
+        ),
+        "register" if rest.is_empty() => Input::Register,
+        "password" if rest.is_empty() => Input::Password,
+        "register" | "password" => Input::Problem(format!(
+            "! type /{word} alone: passwords are asked for, so that they are not shown"
+        )),
         "quit" if rest.is_empty() => Input::Quit("QUIT".into()),
         "quit" => Input::Quit(format!("QUIT {rest}")),
         "help" => Input::Help,
@@ -355,6 +453,9 @@ impl<P: ExternalPrinter> View<P> {
                     retry_in.unwrap_or_default().as_secs_f32()
                 )),
                 Update::Closed(reason) => return reason,
+                Update::NotRegistered { nick } => self.notice(&format!(
+                    "* {nick} is not a registered name, so the password was not used; you are a guest (/register registers it)"
+                )),
             }
         }
         None
@@ -373,7 +474,13 @@ impl<P: ExternalPrinter> View<P> {
                 self.replies.handled();
             }
             Event::Err { code, text } => {
-                self.notice(&format!("! {code}: {text}"));
+                if code == "NICK_REGISTERED" {
+                    let name = text.split(' ').next().unwrap_or_default().to_string();
+                    self.notice(&format!("* {name} is a registered name"));
+                    self.replies.password_wanted(name);
+                } else {
+                    self.notice(&format!("! {code}: {text}"));
+                }
                 self.replies.handled();
             }
             Event::Joined { room, nick } => self.notice(&format!("* {nick} joined {room}")),
@@ -447,6 +554,10 @@ impl<P: ExternalPrinter> View<P> {
                 }
             }
             "HISTORY" => self.notice("--- end of history ---"),
+            "REGISTER" => self.notice(&format!(
+                "* {first} is registered: from now on it takes your password"
+            )),
+            "PASSWORD" => self.notice("* your password is changed"),
             _ => {}
         }
     }
@@ -465,7 +576,19 @@ mod tests {
         assert_eq!(command("/who", Some("4")), send("WHO 4"));
         assert_eq!(command("/history", Some("4")), send("HISTORY 4 LIMIT 20"));
         assert_eq!(command("/history 5", Some("4")), send("HISTORY 4 LIMIT 5"));
-        assert_eq!(command("/nick bob", None), send("NICK bob"));
+        assert_eq!(command("/nick bob", None), Input::Nick("bob".into()));
+        assert!(matches!(
+            command("/nick bob secret", None),
+            Input::Problem(_)
+        ));
+        assert_eq!(command("/register", None), Input::Register);
+        assert_eq!(command("/password", None), Input::Password);
+        // A password typed on the line would be shown and kept in the line history.
+        assert!(matches!(
+            command("/register hunter22", None),
+            Input::Problem(_)
+        ));
+        assert!(matches!(command("/password a b", None), Input::Problem(_)));
         assert_eq!(command("/rooms", None), send("ROOMS"));
         assert_eq!(
             command("/quit bye all", None),

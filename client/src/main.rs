@@ -3,15 +3,20 @@
 //! On a terminal it is an interactive chat (line editing that incoming messages never garble,
 //! local times, coloured nicks, slash commands, reconnect with catch-up). With input from a
 //! pipe it says each line in `--room` and exits once all are acknowledged. `--history N` and
-//! `--follow` print a room's messages for scripts.
+//! `--follow` print a room's messages for scripts. `tls://` servers are reached over TLS, and
+//! a registered name logs in with its password (asked for, or from the environment or a file).
 
 mod interactive;
 mod link;
 mod proto;
 mod render;
+mod secret;
 mod state;
+mod target;
+mod tls;
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -20,17 +25,46 @@ use linechat::budget::{Limit, Millis, TokenBucket};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
-use link::{Join, Settings, Update};
+use link::{Join, Server, Settings, Update};
 use proto::Event;
 use render::{Format, Style};
+use secret::Secret;
+use target::Target;
+use tls::Tls;
+
+const AFTER_HELP: &str = "\
+Passwords: a registered name needs its password. On a terminal the client asks for it (not
+echoed), and /register and /password ask too. A script gives it in the environment variable
+LINECHAT_PASSWORD or in --password-file (its first line); never as a flag value, which other
+users could read in `ps`. The password is kept in memory only, to log in again after a
+reconnect; it is never written to the state file.
+
+Examples:
+  linechat-client --server tls://chat.example.org:7443
+  linechat-client --server tls://127.0.0.1:7443 --ca ca.pem --nick alice --room 4
+  echo 'build finished' | LINECHAT_PASSWORD=... linechat-client --server tls://chat.example.org \\
+      --nick ci-bot --room builds
+";
 
 /// Chat on a linechat server from a terminal, or from a script.
 #[derive(Parser, Debug, Clone)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Server address.
+    /// Server address: host:port for plain TCP, tls://host:port for TLS (the port defaults to
+    /// 7777, or 7443 with TLS).
     #[arg(long, env = "LINECHAT_SERVER", default_value = "127.0.0.1:7777")]
     server: String,
+    /// Speak TLS to a --server given as host:port (the same as writing tls://host:port).
+    #[arg(long, env = "LINECHAT_TLS", value_parser = clap::builder::BoolishValueParser::new())]
+    tls: bool,
+    /// With TLS: trust only the CA certificate(s) in this PEM file, instead of the system's
+    /// (/etc/ssl/certs). The server's certificate must name the host of --server either way.
+    #[arg(long, env = "LINECHAT_CA", value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// Read the password of a registered --nick from the first line of this file (or set
+    /// LINECHAT_PASSWORD; on a terminal it is asked for).
+    #[arg(long, env = "LINECHAT_PASSWORD_FILE", value_name = "PATH")]
+    password_file: Option<PathBuf>,
     /// Your name (asked for when interactive and not given).
     #[arg(long, env = "LINECHAT_NICK")]
     nick: Option<String>,
@@ -106,6 +140,31 @@ impl Cli {
         }
     }
 
+    /// The server to connect to, with TLS set up if its address asks for it.
+    fn endpoint(&self) -> Result<Server> {
+        let target = Target::parse(&self.server, self.tls)?;
+        let tls = match (target.tls, &self.ca) {
+            (true, ca) => Some(Tls::new(&target.host, ca.as_deref())?),
+            (false, Some(_)) => bail!(
+                "--ca is for TLS, and --server {} is plain TCP: use tls://{} or add --tls",
+                self.server,
+                self.server
+            ),
+            (false, None) => None,
+        };
+        Ok(Server {
+            shown: self.server.clone(),
+            target,
+            tls,
+        })
+    }
+
+    /// The password given for --nick (LINECHAT_PASSWORD or --password-file), if any.
+    fn password(&self) -> Result<Option<Secret>> {
+        let env = std::env::var(secret::ENV).ok();
+        Ok(secret::given(self.password_file.as_deref(), env)?)
+    }
+
     fn room(&self) -> Result<String> {
         match &self.room {
             Some(room) => Ok(room.clone()),
@@ -117,12 +176,11 @@ impl Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = if cli.history.is_some() || cli.follow {
-        read_room(&cli).await
-    } else if std::io::stdin().is_terminal() {
-        interactive::run(cli.clone()).await
-    } else {
-        say_lines(&cli).await
+    let result = match cli.endpoint() {
+        Err(e) => Err(e),
+        Ok(server) if cli.history.is_some() || cli.follow => read_room(&cli, server).await,
+        Ok(server) if std::io::stdin().is_terminal() => interactive::run(cli.clone(), server).await,
+        Ok(server) => say_lines(&cli, server).await,
     };
     match result {
         Ok(code) => code,
@@ -134,7 +192,7 @@ async fn main() -> ExitCode {
 }
 
 /// Scripted: each input line is said in --room; exits once every line is acknowledged.
-async fn say_lines(cli: &Cli) -> Result<ExitCode> {
+async fn say_lines(cli: &Cli, server: Server) -> Result<ExitCode> {
     let room = cli.room()?;
     let Some(nick) = cli.nick.clone() else {
         bail!("--nick is needed when input is not a terminal (who is speaking?)");
@@ -143,8 +201,9 @@ async fn say_lines(cli: &Cli) -> Result<ExitCode> {
     let (tx, mut updates) = mpsc::channel(link::UPDATES);
     let link = link::start(
         Settings {
-            server: cli.server.clone(),
+            server,
             nick: Some(nick),
+            password: cli.password()?,
             joins: vec![Join {
                 room: room.clone(),
                 bound: "NONE".into(),
@@ -202,6 +261,7 @@ async fn say_lines(cli: &Cli) -> Result<ExitCode> {
                     bail!("connection lost{}", reason.map(|r| format!(": {r}")).unwrap_or_default())
                 }
                 Some(Update::Lost { reason, .. }) => bail!("connection lost: {reason}"),
+                Some(Update::NotRegistered { nick }) => not_registered(&nick, &cli.server),
                 None => bail!("connection lost"),
                 Some(_) => {}
             },
@@ -226,7 +286,7 @@ async fn say_lines(cli: &Cli) -> Result<ExitCode> {
 }
 
 /// `--history N` and/or `--follow`: print a room's messages.
-async fn read_room(cli: &Cli) -> Result<ExitCode> {
+async fn read_room(cli: &Cli, server: Server) -> Result<ExitCode> {
     let room = cli.room()?;
     let style = cli.style();
     let mut stdout = std::io::stdout();
@@ -235,8 +295,9 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
         let (tx, mut updates) = mpsc::channel(link::UPDATES);
         let link = link::start(
             Settings {
-                server: cli.server.clone(),
+                server: server.clone(),
                 nick: None,
+                password: None,
                 joins: Vec::new(),
                 reconnect: false,
                 epoch: None,
@@ -290,8 +351,9 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
     let (tx, mut updates) = mpsc::channel(link::UPDATES);
     let _link = link::start(
         Settings {
-            server: cli.server.clone(),
+            server,
             nick: Some(nick),
+            password: cli.password()?,
             joins: vec![Join { room, bound }],
             reconnect: true,
             epoch: None,
@@ -322,9 +384,17 @@ async fn read_room(cli: &Cli) -> Result<ExitCode> {
                 "linechat-client: messages {first} to {last} in {room} are no longer in the server's history"
             ),
             Update::Event(Event::Err { code, text }) => bail!("{code} {text}"),
+            Update::NotRegistered { nick } => not_registered(&nick, &cli.server),
             Update::Closed(reason) => bail!("connection closed: {}", reason.unwrap_or_default()),
             _ => {}
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A password was given for a name that is not registered: it was not used.
+fn not_registered(nick: &str, server: &str) {
+    eprintln!(
+        "linechat-client: {nick} is not a registered name on {server}: the password was not used; going on as a guest"
+    );
 }

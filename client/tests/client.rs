@@ -1,126 +1,16 @@
 //! linechat-client against a real server over real TCP: the scripted modes, the errors, the
 //! interactive mode in a real terminal (tmux), and reconnecting with catch-up.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-const CLIENT: &str = env!("CARGO_BIN_EXE_linechat-client");
-/// Guards against hangs only; nothing asserts on time.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// The server configuration these tests start from: the memory store and no flood limit,
-/// spelled out rather than taken from `Config::default()` (which is meant to follow the server
-/// binary's defaults, PostgreSQL and `--rate 20`). A test about the flood limit sets it.
-fn memory_config() -> linechat::Config {
-    linechat::Config {
-        store: linechat::StoreKind::Memory,
-        rate: 0,
-        ..linechat::Config::default()
-    }
-}
-
-/// A server on `memory_config()`, on a free port.
-async fn server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = linechat::server::Server::start(memory_config())
-        .await
-        .unwrap();
-    tokio::spawn(server.serve(listener, std::future::pending()));
-    addr
-}
-
-/// A raw protocol client for the other side of the conversation.
-struct Peer {
-    lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
-    write: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Peer {
-    async fn join(addr: SocketAddr, nick: &str, room: &str) -> Peer {
-        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
-        let mut p = Peer {
-            lines: BufReader::new(r).lines(),
-            write: w,
-        };
-        p.send(&format!("NICK {nick}\nJOIN {room}")).await;
-        p.until("OK JOIN").await;
-        p
-    }
-
-    async fn send(&mut self, text: &str) {
-        self.write
-            .write_all(format!("{text}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    async fn until(&mut self, prefix: &str) -> (Vec<String>, String) {
-        let mut before = Vec::new();
-        loop {
-            let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
-                .await
-                .expect("a line in time")
-                .unwrap()
-                .expect("open connection");
-            if line.starts_with(prefix) {
-                return (before, line);
-            }
-            before.push(line);
-        }
-    }
-
-    /// The text of the next `MSG`.
-    async fn next_text(&mut self) -> String {
-        let (_, line) = self.until("MSG ").await;
-        line.splitn(6, ' ').nth(5).unwrap().to_string()
-    }
-}
-
-/// Runs the client with `args` and `input` on stdin (not a terminal: scripted mode).
-async fn client(addr: SocketAddr, args: &[&str], input: &str) -> Output {
-    let mut child = tokio::process::Command::new(CLIENT)
-        .arg("--server")
-        .arg(addr.to_string())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("LINECHAT_CLIENT_STATE", state_file("scripted"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).await.unwrap();
-    drop(stdin);
-    tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .expect("the client exits")
-        .unwrap()
-}
-
-fn state_file(tag: &str) -> std::path::PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    std::env::temp_dir().join(format!(
-        "linechat-client-{tag}-{}-{}.json",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
-}
-
-fn stdout(o: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
+use common::*;
 
 #[tokio::test]
 async fn piped_lines_are_said_and_the_client_exits_zero() {
@@ -267,112 +157,6 @@ async fn wrong_address_and_name_in_use_give_one_clear_line() {
     assert!(stderr.contains("taken is in use"), "{stderr}");
 }
 
-/// A TCP relay whose connections the test can cut, to make the client lose its connection.
-/// It keeps what the server sent through it, so a test can wait until the client has had a
-/// reply.
-struct Relay {
-    addr: SocketAddr,
-    cut: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    refuse: Arc<AtomicBool>,
-    from_server: Arc<Mutex<String>>,
-}
-
-impl Relay {
-    async fn start(to: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(Mutex::new(Vec::new()));
-        let refuse = Arc::new(AtomicBool::new(false));
-        let from_server = Arc::new(Mutex::new(String::new()));
-        let (tasks, no, log) = (cut.clone(), refuse.clone(), from_server.clone());
-        tokio::spawn(async move {
-            loop {
-                let (a, _) = listener.accept().await.unwrap();
-                if no.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let log = log.clone();
-                let task = tokio::spawn(async move {
-                    let b = TcpStream::connect(to).await.unwrap();
-                    let (mut ar, mut aw) = a.into_split();
-                    let (mut br, mut bw) = b.into_split();
-                    let up = tokio::io::copy(&mut ar, &mut bw);
-                    let down = async {
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n) = br.read(&mut buf).await {
-                            if n == 0 || aw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            log.lock()
-                                .unwrap()
-                                .push_str(&String::from_utf8_lossy(&buf[..n]));
-                        }
-                    };
-                    tokio::select! { _ = up => {}, _ = down => {} }
-                });
-                tasks.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Relay {
-            addr,
-            cut,
-            refuse,
-            from_server,
-        }
-    }
-
-    /// Drops every relayed connection (both sides see it close) and refuses new ones.
-    fn cut(&self) {
-        self.refuse.store(true, Ordering::SeqCst);
-        for t in self.cut.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-
-    fn mend(&self) {
-        self.refuse.store(false, Ordering::SeqCst);
-    }
-
-    /// Waits until the server has sent `text` through the relay.
-    async fn relayed(&self, text: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.from_server.lock().unwrap().contains(text) {
-            assert!(Instant::now() < deadline, "the server never sent {text:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// `linechat-client --follow` as `nick` in `room` through `server`; its stdout as lines.
-fn follow(
-    server: SocketAddr,
-    nick: &str,
-    room: &str,
-) -> (
-    tokio::process::Child,
-    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-) {
-    let mut child = tokio::process::Command::new(CLIENT)
-        .args([
-            "--server",
-            &server.to_string(),
-            "--nick",
-            nick,
-            "--room",
-            room,
-            "--follow",
-        ])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap()).lines();
-    (child, out)
-}
-
 #[tokio::test]
 async fn a_dropped_connection_reconnects_and_catches_up_without_duplicates() {
     let addr = server().await;
@@ -438,12 +222,18 @@ async fn interactive_in_a_terminal() {
     let addr = server().await;
     let mut other = Peer::join(addr, "other", "4").await;
     let session = format!("linechat-test-{}", std::process::id());
+    // A tmux server of its own (others may use the default one), kept up by a session of
+    // its own: a server whose last session ends exits, and a `new-session` in that moment
+    // fails ("server exited unexpectedly").
+    let socket = format!("linechat-interactive-{}", std::process::id());
     let tmux = |args: &[&str]| {
         Command::new("tmux")
+            .args(["-L", &socket])
             .args(args)
             .output()
             .expect("tmux is installed")
     };
+    tmux(&["new-session", "-d", "-s", "keep", "sleep 3600"]);
     let state = state_file("interactive");
     let start = tmux(&[
         "new-session",
@@ -543,7 +333,7 @@ async fn interactive_in_a_terminal() {
     );
     tmux(&["send-keys", "-t", &session, "/quit", "Enter"]);
     other.until("LEFT 4 alice").await;
-    tmux(&["kill-session", "-t", &session]);
+    tmux(&["kill-server"]);
     let _ = std::fs::remove_file(state);
 }
 
@@ -643,7 +433,8 @@ async fn a_resume_point_from_another_history_is_not_used() {
         other.until("OK SAY").await;
     }
     let epoch = server_epoch(addr).await;
-    // A tmux server of its own: two tests starting the shared one at once can race.
+    // A tmux server of its own: two tests starting the shared one at once can race. Kept up
+    // by a session of its own (see `interactive_in_a_terminal`).
     let socket = format!("linechat-epoch-{}", std::process::id());
     let tmux = |args: &[&str]| {
         Command::new("tmux")
@@ -652,6 +443,7 @@ async fn a_resume_point_from_another_history_is_not_used() {
             .output()
             .expect("tmux is installed")
     };
+    tmux(&["new-session", "-d", "-s", "keep", "sleep 3600"]);
     let state = state_file("epoch");
     for (saved_epoch, same) in [(epoch.clone(), true), (format!("not-{epoch}"), false)] {
         // Saved after message 2 ("two") of the history named `saved_epoch`.

@@ -6,13 +6,22 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::proto::{self, Event, Message};
+use crate::secret::Secret;
+use crate::target::Target;
+use crate::tls::{self, Tls};
 
+mod login;
 mod replies;
+
+pub use login::Refused;
+use login::{Login, Step};
 
 /// What the link reports to the user interface.
 #[derive(Debug)]
@@ -45,6 +54,9 @@ pub enum Update {
     },
     /// The link has stopped for good (after QUIT, or a failure it does not retry).
     Closed(Option<String>),
+    /// A password was given for `nick`, which is not a registered name: it was not used, and
+    /// the link goes on as a guest (and forgets the password).
+    NotRegistered { nick: String },
 }
 
 /// How to join a room the first time.
@@ -55,10 +67,28 @@ pub struct Join {
     pub bound: String,
 }
 
+/// The server: its address as the user gave it (for messages and the state file), where that
+/// leads, and TLS to it if the address asks for it.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub shown: String,
+    pub target: Target,
+    pub tls: Option<Tls>,
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub server: String,
+    pub server: Server,
     pub nick: Option<String>,
+    /// The password of `nick` if it is registered: kept (in memory only) to log in again
+    /// after a reconnect, and replaced by `REGISTER`, `PASSWORD` or a `NICK` that succeed.
+    pub password: Option<Secret>,
     pub joins: Vec<Join>,
     /// Reconnect after a drop (interactive and --follow); scripts fail instead.
     pub reconnect: bool,
@@ -93,6 +123,11 @@ enum Pending {
     },
     Quit,
     Ping,
+    /// `NICK <name> [<password>]`: on `OK NICK` the password (or none, for a guest name) is
+    /// the one to log in with from then on.
+    Nick(Option<Secret>),
+    /// `REGISTER <password>` or `PASSWORD <old> <new>`: on `OK`, the password from now on.
+    NewPassword(Secret),
     Other,
 }
 
@@ -172,12 +207,59 @@ struct State {
     epoch: Option<String>,
 }
 
+/// A connection to the server, plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type Stream = Box<dyn Io>;
+
 /// Lines from the server (read through `Lines`, whose `next_line` is cancel-safe: a line
 /// half-read when another branch of a `select!` wins is kept, not lost) and the write half.
 type Conn = (
-    tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
-    tokio::net::tcp::OwnedWriteHalf,
+    tokio::io::Lines<BufReader<ReadHalf<Stream>>>,
+    WriteHalf<Stream>,
 );
+
+/// How long a plain connection waits for HELLO before it nudges the server (see `connect`).
+const HELLO_NUDGE: Duration = Duration::from_secs(2);
+
+/// How long connecting (TCP, and the TLS handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the server, with TLS if it is asked for. A certificate the client refuses (or
+/// a peer that does not speak TLS) is a [`Refused::Tls`].
+async fn open(server: &Server) -> Result<Stream> {
+    let addr = &server.shown;
+    let target = (server.target.host.as_str(), server.target.port);
+    let attempt = async {
+        let tcp = TcpStream::connect(target)
+            .await
+            .map_err(|e| anyhow!("cannot connect to {addr}: {}", what_happened(&e)))?;
+        tcp.set_nodelay(true)?;
+        let Some(tls) = &server.tls else {
+            return Ok(Box::new(tcp) as Stream);
+        };
+        match tls.handshake(tcp).await {
+            Ok(stream) => Ok(Box::new(stream) as Stream),
+            Err(e) => match tls::refusal(&e, &server.target.host) {
+                Some(reason) => Err(Refused::Tls {
+                    server: addr.clone(),
+                    reason,
+                }
+                .into()),
+                None => Err(anyhow!("{addr}: TLS handshake: {}", what_happened(&e))),
+            },
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| anyhow!("cannot connect to {addr}: no answer in 10 s"))?
+}
+
+/// True for an error that connecting again cannot cure (see [`Refused::is_permanent`]).
+fn is_permanent(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Refused>()
+        .is_some_and(Refused::is_permanent)
+}
 
 impl State {
     async fn report(&self, update: Update) {
@@ -192,15 +274,22 @@ impl State {
     /// Connects, names itself and (re)joins its rooms: the first time with the requested
     /// bounds, after a reconnect from the last id seen in each room.
     async fn connect(&mut self, again: bool) -> Result<Conn> {
-        let addr = &self.settings.server;
-        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow!("cannot connect to {addr}: no answer in 10 s"))?
-            .map_err(|e| anyhow!("cannot connect to {addr}: {}", what_happened(&e)))?;
-        stream.set_nodelay(true)?;
-        let (read, mut write) = stream.into_split();
+        let addr = self.settings.server.shown.clone();
+        let stream = open(&self.settings.server).await?;
+        let (read, mut write) = tokio::io::split(stream);
         let mut read = BufReader::new(read);
         let mut line = String::new();
+        // A linechat server says HELLO at once. A TLS port says nothing until it hears a
+        // ClientHello: nudged with a blank line (which a linechat server ignores), it answers
+        // ERR TLS_REQUIRED, instead of the client waiting out its login timeout.
+        if self.settings.server.tls.is_none()
+            && tokio::time::timeout(HELLO_NUDGE, read.fill_buf())
+                .await
+                .is_err()
+        {
+            write.write_all(b"\n").await?;
+            write.flush().await?;
+        }
         if read
             .read_line(&mut line)
             .await
@@ -208,6 +297,9 @@ impl State {
             == 0
         {
             bail!("{addr} accepted the connection and closed it before saying HELLO");
+        }
+        if line.starts_with("ERR TLS_REQUIRED") {
+            return Err(Refused::TlsRequired { server: addr }.into());
         }
         if !line.starts_with("HELLO") {
             bail!(
@@ -227,22 +319,31 @@ impl State {
         self.epoch = epoch.clone();
         self.pending.clear();
         self.bye = None;
-        if let Some(nick) = &self.settings.nick {
-            write.write_all(format!("NICK {nick}\n").as_bytes()).await?;
+        if let Some(nick) = self.settings.nick.clone() {
+            let mut login = Login::new(&addr, &nick, self.settings.password.clone());
+            write
+                .write_all(format!("{}\n", login.line()).as_bytes())
+                .await?;
+            write.flush().await?;
             loop {
                 line.clear();
                 if read.read_line(&mut line).await? == 0 {
                     bail!("{addr} closed the connection before accepting the name");
                 }
-                match proto::parse(line.trim_end_matches(['\r', '\n'])) {
-                    Event::Ok { command, .. } if command == "NICK" => break,
-                    Event::Err { code, text } => {
-                        if code == "NICK_IN_USE" {
-                            bail!("the name {nick} is in use on {addr}; choose another");
-                        }
-                        bail!("{addr} refused the name {nick}: {code} {text}");
+                match login.on(&proto::parse(line.trim_end_matches(['\r', '\n']))) {
+                    Step::Wait => {}
+                    Step::Named(name) => {
+                        self.settings.nick = Some(name);
+                        break;
                     }
-                    _ => {}
+                    Step::Guest(plain) => {
+                        self.settings.password = None;
+                        self.report(Update::NotRegistered { nick: nick.clone() })
+                            .await;
+                        write.write_all(format!("{plain}\n").as_bytes()).await?;
+                        write.flush().await?;
+                    }
+                    Step::Refused(refused) => return Err(refused.into()),
                 }
             }
         }
@@ -304,6 +405,7 @@ impl State {
                 rejoin: again,
             });
         }
+        write.flush().await?;
         Ok((read.lines(), write))
     }
 
@@ -339,6 +441,11 @@ impl State {
                     Err(e) if self.outbox.is_closed() => {
                         return self.report(Update::Closed(Some(e.to_string()))).await;
                     }
+                    // A refused certificate or password stays refused: stop, and say why.
+                    Err(e) if is_permanent(&e) => {
+                        let reason = format!("{e:#}; not trying again");
+                        return self.report(Update::Closed(Some(reason))).await;
+                    }
                     // The next report says why this attempt failed (refused, reset...), not
                     // why the connection was lost in the first place.
                     Err(e) => reason = format!("{e:#}"),
@@ -352,7 +459,13 @@ impl State {
         loop {
             tokio::select! {
                 line = read.next_line() => {
-                    let line = line.map_err(|e| anyhow!("{}", what_happened(&e)))?;
+                    let line = match line {
+                        // A TLS peer that closed without its close_notify: for a line
+                        // protocol, the end of the connection all the same (a cut last line
+                        // is not taken as a line).
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+                        line => line.map_err(|e| anyhow!("{}", what_happened(&e)))?,
+                    };
                     let Some(line) = line else {
                         if self.quitting {
                             return Ok(());
@@ -376,6 +489,7 @@ impl State {
                         self.outbox_open = false;
                         self.quitting = true;
                         write.write_all(b"QUIT\n").await?;
+                        write.flush().await?;
                         continue;
                     };
                     let pending = self.kind_of(&out);
@@ -386,8 +500,8 @@ impl State {
                         self.quitting = true;
                     }
                     self.pending.push_back(pending);
-                    write.write_all(out.as_bytes()).await?;
-                    write.write_all(b"\n").await?;
+                    write.write_all(format!("{out}\n").as_bytes()).await?;
+                    write.flush().await?;
                 }
             }
         }

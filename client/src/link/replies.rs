@@ -5,6 +5,12 @@ use anyhow::{bail, Result};
 
 use super::{Pending, Room, State, Update};
 use crate::proto::{self, Event, Message};
+use crate::secret::Secret;
+
+/// The password word of a line we send, if it is one.
+fn password(word: Option<&str>) -> Option<Secret> {
+    Secret::new(word?.to_string()).ok()
+}
 
 impl State {
     pub(super) fn kind_of(&self, line: &str) -> Pending {
@@ -23,6 +29,15 @@ impl State {
             },
             "QUIT" => Pending::Quit,
             "PING" => Pending::Ping,
+            "NICK" => Pending::Nick(password(rest.split(' ').nth(1))),
+            "REGISTER" => match password(Some(rest)) {
+                Some(new) => Pending::NewPassword(new),
+                None => Pending::Other,
+            },
+            "PASSWORD" => match password(rest.split(' ').nth(1)) {
+                Some(new) => Pending::NewPassword(new),
+                None => Pending::Other,
+            },
             _ => Pending::Other,
         }
     }
@@ -115,10 +130,18 @@ impl State {
                             self.rooms.retain(|r| &r.name != name);
                         }
                     }
-                    ("NICK", _) => {
+                    ("NICK", pending) => {
                         if let Some(nick) = rest.first() {
                             self.settings.nick = Some(nick.clone());
                         }
+                        // The new name's password, or none for a guest name: the old name's
+                        // password is never sent for another name.
+                        if let Some(Pending::Nick(password)) = pending {
+                            self.settings.password = password;
+                        }
+                    }
+                    ("REGISTER" | "PASSWORD", Some(Pending::NewPassword(new))) => {
+                        self.settings.password = Some(new);
                     }
                     ("SAY", Some(Pending::Say { room, text })) => {
                         let id: u64 = rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);

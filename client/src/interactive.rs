@@ -28,6 +28,10 @@ const HELP: &[&str] = &[
     "/nick <name>      change your name (a registered one asks for its password)",
     "/register         register your name, so that only you can take it (asks for a password)",
     "/password         change the password of your registered name",
+    "/private [room]   make a room members-only (you own it; registered names only)",
+    "/invite <name> [room]    let a registered name into a private room",
+    "/uninvite <name> [room]  take a member out of a private room you own",
+    "/public [room]    open a private room you own to everyone again",
     "/quit [reason]    leave",
     "/help             this list",
     "anything else is said in the current room",
@@ -318,6 +322,17 @@ fn command(line: &str, current: Option<&str>) -> Input {
         "part" => need_room("PART"),
         "who" => need_room("WHO"),
         "rooms" => Input::Send("ROOMS".into()),
+        "private" => need_room("PRIVATE"),
+        "public" => need_room("PUBLIC"),
+        "invite" | "uninvite" => {
+            let verb = word.to_ascii_uppercase();
+            match (rest.split_once(' '), current) {
+                _ if rest.is_empty() => Input::Problem(format!("! usage: /{word} <name> [room]")),
+                (Some((name, room)), _) => Input::Send(format!("{verb} {} {name}", room.trim())),
+                (None, Some(room)) => Input::Send(format!("{verb} {room} {rest}")),
+                (None, None) => Input::Problem(format!("! /{word} needs a room: you are in none")),
+            }
+        }
         "history" => match (
             rest.parse::<usize>().ok().or(rest.is_empty().then_some(20)),
             current,
@@ -558,6 +573,18 @@ impl<P: ExternalPrinter> View<P> {
                 "* {first} is registered: from now on it takes your password"
             )),
             "PASSWORD" => self.notice("* your password is changed"),
+            "PRIVATE" => self.notice(&format!(
+                "* {first} is members-only now: /invite <name> lets someone in"
+            )),
+            "PUBLIC" => self.notice(&format!("* {first} is open to everyone again")),
+            "INVITE" => self.notice(&format!(
+                "* {} may join {first} now",
+                rest.get(1).map_or("", String::as_str)
+            )),
+            "UNINVITE" => self.notice(&format!(
+                "* {} is no longer a member of {first}",
+                rest.get(1).map_or("", String::as_str)
+            )),
             _ => {}
         }
     }
@@ -590,6 +617,16 @@ mod tests {
         ));
         assert!(matches!(command("/password a b", None), Input::Problem(_)));
         assert_eq!(command("/rooms", None), send("ROOMS"));
+        assert_eq!(command("/private", Some("4")), send("PRIVATE 4"));
+        assert_eq!(command("/public dev", Some("4")), send("PUBLIC dev"));
+        assert_eq!(command("/invite bob", Some("4")), send("INVITE 4 bob"));
+        assert_eq!(
+            command("/invite bob dev", Some("4")),
+            send("INVITE dev bob")
+        );
+        assert_eq!(command("/uninvite bob", Some("4")), send("UNINVITE 4 bob"));
+        assert!(matches!(command("/invite", Some("4")), Input::Problem(_)));
+        assert!(matches!(command("/invite bob", None), Input::Problem(_)));
         assert_eq!(
             command("/quit bye all", None),
             Input::Quit("QUIT bye all".into())

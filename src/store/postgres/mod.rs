@@ -19,7 +19,7 @@ use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_postgres::error::{Severity, SqlState};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::health::{Backoff, Health, HealthWatch, PROBE_CAP, PROBE_FIRST};
 use super::{HistoryStore, NewMessage, Page, StoreError, StoredMessage};
@@ -29,15 +29,21 @@ mod accounts;
 mod batch;
 mod pool;
 mod schema;
+mod tls;
+mod url;
 
 use pool::{Busy, LogErrors, PgConnection, PgManager};
 pub use pool::{HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
 pub use schema::{ensure_database, migrate, migrations, SCHEMA};
+pub use tls::{PgTls, TlsSetupError};
+pub use url::{DatabaseUrl, DatabaseUrlError, RootCert, SslMode, TlsSettings, Verify};
 
 /// Settings for [`PgStore::connect`].
 #[derive(Debug, Clone)]
 pub struct PgSettings {
     pub config: tokio_postgres::Config,
+    /// How connections use TLS (`config`'s ssl mode says whether they do).
+    pub tls: PgTls,
     /// Most connections the pool opens.
     pub pool_size: u32,
     /// Longest a single store operation (including waiting for a connection) may take; an
@@ -63,6 +69,20 @@ pub struct PgStore {
     recorders: Arc<tokio::sync::Semaphore>,
     /// The database's history epoch, read at connect (schema.sql's migration 3).
     epoch: u64,
+}
+
+/// Why an attempt to connect at start-up failed.
+enum Attempt {
+    /// Worth another try: the database may be starting, or the network down.
+    Failed(StoreError),
+    /// Trying again cannot help (the database's certificate was refused).
+    Refused(StoreError),
+}
+
+impl From<StoreError> for Attempt {
+    fn from(e: StoreError) -> Self {
+        Attempt::Failed(e)
+    }
 }
 
 /// Why a batch was not stored.
@@ -134,7 +154,8 @@ impl PgStore {
         loop {
             match Self::try_connect(&settings).await {
                 Ok(store) => return Ok(store),
-                Err(e) => {
+                Err(Attempt::Refused(e)) => return Err(e),
+                Err(Attempt::Failed(e)) => {
                     let waited = started.elapsed();
                     if !settings.startup_timeout.is_zero() && waited >= settings.startup_timeout {
                         return Err(unavailable(format!(
@@ -154,7 +175,7 @@ impl PgStore {
         }
     }
 
-    async fn try_connect(settings: &PgSettings) -> Result<PgStore, StoreError> {
+    async fn try_connect(settings: &PgSettings) -> Result<PgStore, Attempt> {
         // A database that stops answering (no RST) must turn into errors, not hangs.
         let mut config = settings.config.clone();
         if config.get_connect_timeout().is_none() {
@@ -167,13 +188,23 @@ impl PgStore {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10));
         let manager = PgManager {
-            inner: PostgresConnectionManager::new(config, NoTls),
+            inner: PostgresConnectionManager::new(config, settings.tls.connector.clone()),
         };
         let health = Arc::new(Health::default());
         // Migrate on a plain connection first: the pool's connections prepare statements
         // against the tables.
         let epoch = {
-            let client = manager.inner.connect().await.map_err(unavailable)?;
+            let client = manager.inner.connect().await.map_err(|e| {
+                if tls::certificate_refused(&e) {
+                    Attempt::Refused(unavailable(format!(
+                        "{e} (the database's certificate does not pass {}; retrying \
+                         cannot help)",
+                        settings.tls.describe()
+                    )))
+                } else {
+                    Attempt::Failed(unavailable(e))
+                }
+            })?;
             migrate(&client).await?;
             let row = client
                 .query_one(pool::HISTORY_EPOCH, &[])

@@ -117,6 +117,19 @@ fn name_vanished(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// An error with what caused it: tokio-postgres says only "db error" or "error performing
+/// TLS handshake", and the reason (a `pg_hba.conf` refusal, a certificate) is in its source.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -195,14 +208,15 @@ impl PgStore {
         // against the tables.
         let epoch = {
             let client = manager.inner.connect().await.map_err(|e| {
+                let why = with_causes(&e);
                 if tls::certificate_refused(&e) {
                     Attempt::Refused(unavailable(format!(
-                        "{e} (the database's certificate does not pass {}; retrying \
+                        "{why} (the database's certificate does not pass {}; retrying \
                          cannot help)",
                         settings.tls.describe()
                     )))
                 } else {
-                    Attempt::Failed(unavailable(e))
+                    Attempt::Failed(unavailable(why))
                 }
             })?;
             migrate(&client).await?;

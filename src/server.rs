@@ -22,7 +22,9 @@ use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
 use crate::managed_postgres::{self, ManagedPostgres, ManagedPostgresError, Search, Supervisor};
 use crate::session;
-use crate::store::postgres::{self, DatabaseUrl, DatabaseUrlError, PgSettings, PgTls, TlsSetupError};
+use crate::store::postgres::{
+    self, DatabaseUrl, DatabaseUrlError, PgSettings, PgTls, TlsSetupError,
+};
 use crate::store::{HistoryStore, MemoryStore, PgStore, StoreError};
 use crate::tls::{self, Certificates, HandshakeLimits};
 use crate::transport::Transport;

@@ -47,8 +47,7 @@ fn write_for_postgres(pgdata: &Path, name: &str, text: &str) {
     std::fs::write(&path, text).unwrap();
     let owner = std::fs::metadata(pgdata).unwrap();
     std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 /// A free TCP port on loopback (free a moment ago).
@@ -274,7 +273,10 @@ async fn verify_full_stores_and_reads_history_over_tls() {
     assert_eq!(stored_texts(tls, &db).await, texts);
 
     let encrypted = connections_use_tls(tls, &db).await;
-    assert!(!encrypted.is_empty(), "the server holds connections to {db}");
+    assert!(
+        !encrypted.is_empty(),
+        "the server holds connections to {db}"
+    );
     assert!(encrypted.iter().all(|&ssl| ssl), "{encrypted:?}");
     let log = server.log().join("\n");
     assert!(!log.contains(PASSWORD), "the password was logged:\n{log}");
@@ -306,7 +308,8 @@ async fn verify_ca_in_key_value_form_checks_the_chain_not_the_name() {
 #[tokio::test]
 async fn require_takes_a_certificate_from_an_unknown_ca() {
     let (tls, db) = fresh_database().await;
-    let server = TestServer::start_with(config(url(tls, "localhost", &db, "sslmode=require"))).await;
+    let server =
+        TestServer::start_with(config(url(tls, "localhost", &db, "sslmode=require"))).await;
     let mut c = server.login("dave").await;
     c.join("req").await;
     c.say("encrypted, unverified").await;
@@ -330,7 +333,10 @@ async fn verify_full_refuses_a_certificate_from_another_ca() {
     );
     let (status, log) = run_to_exit(&url, &[]).await;
     assert!(!status.success(), "{log}");
-    assert!(log.contains("invalid peer certificate: UnknownIssuer"), "{log}");
+    assert!(
+        log.contains("invalid peer certificate: UnknownIssuer"),
+        "{log}"
+    );
     assert!(log.contains("retrying cannot help"), "{log}");
     assert!(!log.contains("listening on"), "{log}");
     assert!(!log.contains(PASSWORD), "the password was logged:\n{log}");
@@ -386,5 +392,8 @@ async fn bad_tls_settings_stop_start_up_with_what_to_do() {
     let params = format!("sslmode=verify-full&sslrootcert={missing}");
     let (status, log) = run_to_exit(&url(tls, "localhost", &db, &params), &[]).await;
     assert!(!status.success(), "{log}");
-    assert!(log.contains(&format!("cannot read sslrootcert {missing}")), "{log}");
+    assert!(
+        log.contains(&format!("cannot read sslrootcert {missing}")),
+        "{log}"
+    );
 }

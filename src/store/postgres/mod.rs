@@ -8,6 +8,9 @@
 //! Every operation has a deadline (`--db-timeout`), the INSERT included. While the database
 //! is known to be unreachable ([`Health`]), operations fail at once, and one background task
 //! probes it until it answers again.
+//!
+//! Connections to an external database use TLS as its `--database-url` says, with libpq's
+//! `sslmode` and `sslrootcert` (`url.rs` reads them, `tls.rs` checks the certificate).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};

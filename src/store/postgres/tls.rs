@@ -11,7 +11,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::url::{RootCert, TlsSettings, Verify};
@@ -108,12 +110,10 @@ fn root_store(root: &RootCert) -> Result<RootCertStore, TlsSetupError> {
         RootCert::File(path) => {
             let shown = path.display().to_string();
             for cert in read_pem_certs(path)? {
-                store
-                    .add(cert)
-                    .map_err(|e| TlsSetupError::RootFile {
-                        path: shown.clone(),
-                        why: e.to_string(),
-                    })?;
+                store.add(cert).map_err(|e| TlsSetupError::RootFile {
+                    path: shown.clone(),
+                    why: e.to_string(),
+                })?;
             }
             if store.is_empty() {
                 return Err(TlsSetupError::EmptyRootFile(shown));
@@ -211,13 +211,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -322,7 +319,10 @@ mod tests {
     fn verify_full_checks_the_chain_and_the_name() {
         let certs = certs("full");
         let other = self::certs("full-other");
-        let v = verifier(SslMode::VerifyFull, Some(RootCert::File(certs.ca_file.clone())));
+        let v = verifier(
+            SslMode::VerifyFull,
+            Some(RootCert::File(certs.ca_file.clone())),
+        );
         assert!(passes(&*v, &certs.server, "localhost"));
         assert!(!passes(&*v, &certs.server, "127.0.0.1"), "wrong name");
         assert!(!passes(&*v, &certs.server, "db.example"), "wrong name");
@@ -333,12 +333,18 @@ mod tests {
     fn verify_ca_checks_the_chain_not_the_name() {
         let certs = certs("ca");
         let other = self::certs("ca-other");
-        let v = verifier(SslMode::VerifyCa, Some(RootCert::File(certs.ca_file.clone())));
+        let v = verifier(
+            SslMode::VerifyCa,
+            Some(RootCert::File(certs.ca_file.clone())),
+        );
         assert!(passes(&*v, &certs.server, "localhost"));
         assert!(passes(&*v, &certs.server, "127.0.0.1"));
         assert!(!passes(&*v, &other.server, "localhost"), "wrong CA");
         // Like require with a root certificate (libpq).
-        let v = verifier(SslMode::Require, Some(RootCert::File(certs.ca_file.clone())));
+        let v = verifier(
+            SslMode::Require,
+            Some(RootCert::File(certs.ca_file.clone())),
+        );
         assert!(passes(&*v, &certs.server, "127.0.0.1"));
         assert!(!passes(&*v, &other.server, "localhost"), "wrong CA");
     }

@@ -153,8 +153,8 @@ impl FromStr for DatabaseUrl {
 
     fn from_str(url: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
         let (rest, mode, root) = take_tls_params(url)?;
-        let mut config =
-            tokio_postgres::Config::from_str(&rest).map_err(|e| DatabaseUrlError::Syntax(e.to_string()))?;
+        let mut config = tokio_postgres::Config::from_str(&rest)
+            .map_err(|e| DatabaseUrlError::Syntax(e.to_string()))?;
         let root = root.map(|r| match r.as_str() {
             "system" => RootCert::System,
             _ => RootCert::File(PathBuf::from(r)),
@@ -283,7 +283,8 @@ fn key_value_params(s: &str) -> Result<Vec<Param>, DatabaseUrlError> {
     let bytes: Vec<(usize, char)> = s.char_indices().collect();
     let at = |i: usize| bytes.get(i).map(|&(_, c)| c);
     let offset = |i: usize| bytes.get(i).map_or(s.len(), |&(o, _)| o);
-    let syntax = |what: &str| DatabaseUrlError::Syntax(format!("invalid connection string: {what}"));
+    let syntax =
+        |what: &str| DatabaseUrlError::Syntax(format!("invalid connection string: {what}"));
     let mut params = Vec::new();
     let mut i = 0;
     loop {

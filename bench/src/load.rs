@@ -76,6 +76,8 @@ struct Shared {
 /// Flow control between a sender's writer and the reader that sees its acks.
 #[derive(Default)]
 struct Window {
+    /// Messages the sender has handed to its connection (for the report of a stalled run).
+    sent: AtomicU64,
     acked: AtomicU64,
     moved: Notify,
 }
@@ -189,10 +191,14 @@ pub async fn run(
     let (go_tx, go) = watch::channel(false);
     // Write halves stay open until the run ends: dropping one would half-close it.
     let mut open_writes: Vec<ConnWrite> = Vec::new();
+    let mut windows: Vec<Arc<Window>> = Vec::new();
     for (i, (stream, leftover)) in streams.into_iter().enumerate() {
         let (read, write) = stream.into_split();
         let is_sender = i % load.clients < load.senders;
         let window = Arc::new(Window::default());
+        if is_sender {
+            windows.push(window.clone());
+        }
         readers.spawn(receive(
             target,
             read,
@@ -246,6 +252,23 @@ pub async fn run(
         }
     }
     progress.finish();
+    let stalled: Vec<String> = windows
+        .iter()
+        .filter_map(|w| {
+            let (sent, acked) = (
+                w.sent.load(Ordering::Relaxed),
+                w.acked.load(Ordering::Relaxed),
+            );
+            (sent < load.messages || acked < sent).then(|| format!("sent {sent} acked {acked}"))
+        })
+        .collect();
+    if !stalled.is_empty() {
+        eprintln!(
+            "linechat-bench: {} sender(s) stalled: {}",
+            stalled.len(),
+            stalled.join("; ")
+        );
+    }
     let _ = stop_tx.send(true);
     senders.abort_all();
     drop(open_writes);
@@ -344,6 +367,7 @@ async fn send(
         // Plain TCP: nothing to do; TLS: records still held by rustls go out now.
         write.flush().await.context("send")?;
         sent += allowed;
+        window.sent.store(sent, Ordering::Relaxed);
     }
     Ok(write)
 }

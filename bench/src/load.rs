@@ -12,6 +12,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::report::{Percentiles, Progress};
+use crate::system;
 use crate::target::{Event, Parser, Target};
 use crate::transport::{Conn, ConnRead, ConnWrite, Transport};
 
@@ -62,6 +63,11 @@ pub struct LoadResult {
     pub offered_deliveries_per_sec: f64,
     pub latency_us: Percentiles,
     pub connect_us: Percentiles,
+    /// The server's CPU time (all threads, user + system) from the first send to the end,
+    /// per delivery (per acknowledged message when nobody receives), if its pid was given.
+    pub server_cpu_ns_per_delivery: Option<f64>,
+    /// The same CPU time as a share of one core.
+    pub server_cpu_share: Option<f64>,
 }
 
 /// Counters shared by every task of a run.
@@ -169,6 +175,7 @@ pub async fn run(
     addr: &str,
     load: &Load,
     patience: Duration,
+    server_pid: Option<u32>,
     progress: &Progress,
 ) -> Result<LoadResult> {
     let count = load.rooms * load.clients;
@@ -223,6 +230,7 @@ pub async fn run(
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started_ns = epoch.elapsed().as_nanos() as u64;
+    let cpu_before = server_pid.map(system::cpu_seconds).transpose()?;
     let _ = go_tx.send(true);
 
     let expected = load.expected();
@@ -252,6 +260,8 @@ pub async fn run(
         }
     }
     progress.finish();
+    let cpu_after = server_pid.map(system::cpu_seconds).transpose()?;
+    let cpu_wall = (epoch.elapsed().as_nanos() as u64 - started_ns) as f64 / 1e9;
     let stalled: Vec<String> = windows
         .iter()
         .filter_map(|w| {
@@ -280,6 +290,7 @@ pub async fn run(
     }
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let acked = shared.acked.load(Ordering::Relaxed);
+    let cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
     let last_ns = shared.last_event_ns.load(Ordering::Relaxed);
     let seconds = (last_ns.saturating_sub(started_ns)) as f64 / 1e9;
     let per_sec = |n: u64| {
@@ -307,6 +318,8 @@ pub async fn run(
         offered_deliveries_per_sec: offered,
         latency_us: Percentiles::of(&latency),
         connect_us: Percentiles::of(&connect_times),
+        server_cpu_ns_per_delivery: cpu.map(|c| c * 1e9 / delivered.max(acked).max(1) as f64),
+        server_cpu_share: cpu.map(|c| c / cpu_wall),
     })
 }
 

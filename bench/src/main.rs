@@ -26,7 +26,7 @@ use serde_json::json;
 use load::Load;
 use report::{micros, table, thousands, Percentiles, Progress};
 use target::Target;
-use transport::{TlsClient, Transport};
+use transport::{Cipher, TlsClient, Transport};
 
 /// Benchmark a linechat server (or NATS, for comparison) over real TCP.
 #[derive(Parser, Debug)]
@@ -58,6 +58,9 @@ struct Cli {
     /// The name the server's certificate must be for.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// The TLS 1.3 cipher suite to offer (default: rustls's order, AES-256-GCM first).
+    #[arg(long, value_enum, default_value_t = Cipher::Default)]
+    tls_cipher: Cipher,
     /// With --tls-addr: run over TLS only, not over plain TCP as well.
     #[arg(long, requires = "tls_addr")]
     tls_only: bool,
@@ -155,7 +158,7 @@ impl Cli {
             out.push((Transport::Plain, self.addr.clone()));
         }
         if let (Some(addr), Some(ca)) = (&self.tls_addr, &self.ca) {
-            let tls = TlsClient::new(ca, &self.server_name, resume)?;
+            let tls = TlsClient::new(ca, &self.server_name, resume, self.tls_cipher)?;
             out.push((Transport::Tls(tls), addr.clone()));
         }
         Ok(out)
@@ -219,6 +222,10 @@ async fn run(cli: &Cli) -> Result<()> {
         "target": cli.target,
         "addr": cli.addr,
     });
+    if cli.tls_addr.is_some() {
+        out["tls_addr"] = json!(cli.tls_addr);
+        out["tls_cipher"] = json!(cli.tls_cipher);
+    }
     match cli.scenario {
         Scenario::Fanout | Scenario::Bigroom | Scenario::Persist => {
             let load = cli.load();
@@ -226,8 +233,16 @@ async fn run(cli: &Cli) -> Result<()> {
             let mut rates = Vec::new();
             for (i, (transport, addr)) in cli.transports(true)?.iter().enumerate() {
                 let rss_before = cli.server_pid.map(system::rss_kib).transpose()?;
-                let result =
-                    load::run(cli.target, transport, addr, &load, patience(cli), &progress).await?;
+                let result = load::run(
+                    cli.target,
+                    transport,
+                    addr,
+                    &load,
+                    patience(cli),
+                    cli.server_pid,
+                    &progress,
+                )
+                .await?;
                 let rss_after = cli.server_pid.map(system::rss_kib).transpose()?;
                 rates.push(result.deliveries_per_sec);
                 // The first run is "result" (the plain one, when there are two), as before.
@@ -297,6 +312,7 @@ async fn run(cli: &Cli) -> Result<()> {
                     &cli.addr,
                     &load,
                     patience(cli),
+                    cli.server_pid,
                     &progress,
                 )
                 .await?;
@@ -621,6 +637,20 @@ fn print_load(
             ),
         ),
     ];
+    if let (Some(ns), Some(share)) = (r.server_cpu_ns_per_delivery, r.server_cpu_share) {
+        rows.push((
+            "server CPU".into(),
+            format!(
+                "{ns:.0} ns per {} ({:.0}% of a core)",
+                if r.expected_deliveries > 0 {
+                    "delivery"
+                } else {
+                    "message"
+                },
+                share * 100.0
+            ),
+        ));
+    }
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         rows.push((
             "server RSS".into(),

@@ -57,7 +57,7 @@ impl TlsClient {
     /// Trusts the certificates in `ca` (a CA, or the server's self-signed certificate) and
     /// checks that the server's certificate is for `server_name`. With `resume` off, every
     /// connection makes a full handshake (no session tickets or ids are kept).
-    pub fn new(ca: &Path, server_name: &str, resume: bool) -> Result<TlsClient> {
+    pub fn new(ca: &Path, server_name: &str, resume: bool, cipher: Cipher) -> Result<TlsClient> {
         let pem = std::fs::read(ca).with_context(|| format!("read --ca {}", ca.display()))?;
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&pem) {
@@ -70,7 +70,11 @@ impl TlsClient {
             "--ca {} holds no certificate",
             ca.display()
         );
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(suite) = cipher.suite() {
+            provider.cipher_suites.retain(|s| s.suite() == suite);
+        }
+        let provider = Arc::new(provider);
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
@@ -91,6 +95,28 @@ impl TlsClient {
             .connect(self.name.clone(), tcp)
             .await
             .context("TLS handshake")
+    }
+}
+
+/// The TLS 1.3 cipher suite the client offers: rustls's default order (AES-256-GCM first,
+/// which the server takes), or only one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cipher {
+    Default,
+    Aes128,
+    Aes256,
+    Chacha20,
+}
+
+impl Cipher {
+    fn suite(self) -> Option<rustls::CipherSuite> {
+        match self {
+            Cipher::Default => None,
+            Cipher::Aes128 => Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+            Cipher::Aes256 => Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
+            Cipher::Chacha20 => Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256),
+        }
     }
 }
 

@@ -61,7 +61,7 @@ struct Cli {
     /// The TLS 1.3 cipher suite to offer (default: rustls's order, AES-256-GCM first).
     #[arg(long, value_enum, default_value_t = Cipher::Default)]
     tls_cipher: Cipher,
-    /// With --tls-addr: run over TLS only, not over plain TCP as well.
+    /// With --tls-addr: run over TLS only, not over plain TCP as well (idle: over TLS).
     #[arg(long, requires = "tls_addr")]
     tls_only: bool,
 
@@ -366,11 +366,18 @@ async fn run(cli: &Cli) -> Result<()> {
         Scenario::Idle => {
             let connections = cli.connections.unwrap_or(5000);
             let rooms = cli.rooms.unwrap_or(50).max(1);
+            // One transport: TLS with --tls-only, else plain (two in one server would mix
+            // their memory).
+            let (transport, addr) = cli
+                .transports(true)?
+                .pop()
+                .expect("plain unless --tls-only, which needs --tls-addr");
+            out["transport"] = json!(transport.name());
             let started = Instant::now();
             let (streams, connect) = load::connect_all(
                 cli.target,
-                &Transport::Plain,
-                &cli.addr,
+                &transport,
+                &addr,
                 connections,
                 |i| load::room_name(i % rooms),
                 &progress,
@@ -419,7 +426,7 @@ async fn run(cli: &Cli) -> Result<()> {
                         format!("{:.2} KiB ({p:.0} bytes)", p / 1024.0),
                     ));
                 }
-                table(&title(cli), &rows);
+                table(&title_at(cli, transport.name(), &addr), &rows);
             }
         }
         Scenario::Replay => {

@@ -70,7 +70,9 @@ struct Cli {
     store: Store,
 
     /// PostgreSQL connection string (`postgresql://user@host/db` or `host=... dbname=...`).
-    /// Without it, the server runs its own PostgreSQL under --data-dir.
+    /// TLS as libpq: `sslmode=disable|prefer|require|verify-ca|verify-full` (default prefer),
+    /// `sslrootcert=<CA PEM file>|system`. Without it, the server runs its own PostgreSQL
+    /// under --data-dir.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
 

@@ -22,7 +22,9 @@ use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
 use crate::managed_postgres::{self, ManagedPostgres, ManagedPostgresError, Search, Supervisor};
 use crate::session;
-use crate::store::postgres::{self, PgSettings};
+use crate::store::postgres::{
+    self, DatabaseUrl, DatabaseUrlError, PgSettings, PgTls, TlsSetupError,
+};
 use crate::store::{HistoryStore, MemoryStore, PgStore, StoreError};
 use crate::tls::{self, Certificates, HandshakeLimits};
 use crate::transport::Transport;
@@ -34,8 +36,10 @@ pub enum StartError {
     ManagedPostgres(#[from] ManagedPostgresError),
     #[error("cannot open the message store: {0}")]
     Store(#[from] StoreError),
-    #[error("--database-url is not a PostgreSQL connection string: {0}")]
-    DatabaseUrl(String),
+    #[error("--database-url: {0}")]
+    DatabaseUrl(#[from] DatabaseUrlError),
+    #[error("--database-url: {0}")]
+    DatabaseTls(#[from] TlsSetupError),
 }
 
 /// A server whose store is open, ready to serve a listener.
@@ -172,7 +176,7 @@ impl Stores {
     /// Opens the configured store: memory, the PostgreSQL at `database_url`, or a private
     /// cluster under `data_dir`, started (or created) here.
     pub async fn open(config: &Config) -> Result<Stores, StartError> {
-        let pg_config = match (config.store, &config.database_url) {
+        let (pg_config, tls) = match (config.store, &config.database_url) {
             (StoreKind::Memory, _) => {
                 return Ok(Stores {
                     history: Arc::new(MemoryStore::bounded(
@@ -183,32 +187,41 @@ impl Stores {
                     cluster: None,
                 })
             }
-            (StoreKind::Postgres, Some(url)) => tokio_postgres::Config::from_str(url)
-                .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
+            (StoreKind::Postgres, Some(url)) => {
+                let url = DatabaseUrl::from_str(url)?;
+                (url.config, PgTls::new(&url.tls)?)
+            }
             (StoreKind::Postgres, None) => {
                 // On an error from here on, dropping `local` asks it to stop.
                 let local = start_cluster(config).await?;
                 let database = managed_postgres::DATABASE;
                 postgres::ensure_database(&local.pg_config("postgres"), database).await?;
                 let pg_config = local.pg_config(database);
-                let store = Self::postgres(config, pg_config).await?;
+                // Its Unix socket is the server's alone: no TLS.
+                let store = Self::postgres(config, pg_config, PgTls::disabled()).await?;
                 return Ok(Stores {
                     cluster: Some(local),
                     ..store
                 });
             }
         };
-        Self::postgres(config, pg_config).await
+        Self::postgres(config, pg_config, tls).await
     }
 
-    /// Opens the PostgreSQL store at `pg_config`.
+    /// Opens the PostgreSQL store at `pg_config`, its connections made through `tls`.
     pub async fn postgres(
         config: &Config,
         pg_config: tokio_postgres::Config,
+        tls: PgTls,
     ) -> Result<Stores, StartError> {
-        tracing::info!("using PostgreSQL at {}", postgres::describe(&pg_config));
+        tracing::info!(
+            "using PostgreSQL at {} ({})",
+            postgres::describe(&pg_config),
+            tls.describe()
+        );
         let store = PgStore::connect(PgSettings {
             config: pg_config,
+            tls,
             pool_size: config.pool_size,
             timeout: config.db_timeout,
             startup_timeout: config.db_startup_timeout,

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::report::{Percentiles, Progress};
+use crate::system;
 use crate::target::{Event, Parser, Target};
+use crate::transport::{Conn, ConnRead, ConnWrite, Transport};
 
 /// Digits of the send time (nanoseconds since the run's epoch) that open every payload.
 const STAMP: usize = 16;
@@ -63,6 +63,11 @@ pub struct LoadResult {
     pub offered_deliveries_per_sec: f64,
     pub latency_us: Percentiles,
     pub connect_us: Percentiles,
+    /// The server's CPU time (all threads, user + system) from the first send to the end,
+    /// per delivery (per acknowledged message when nobody receives), if its pid was given.
+    pub server_cpu_ns_per_delivery: Option<f64>,
+    /// The same CPU time as a share of one core.
+    pub server_cpu_share: Option<f64>,
 }
 
 /// Counters shared by every task of a run.
@@ -77,6 +82,8 @@ struct Shared {
 /// Flow control between a sender's writer and the reader that sees its acks.
 #[derive(Default)]
 struct Window {
+    /// Messages the sender has handed to its connection (for the report of a stalled run).
+    sent: AtomicU64,
     acked: AtomicU64,
     moved: Notify,
 }
@@ -112,34 +119,42 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-/// A unique prefix for this process's names, so runs never collide on nicks.
+/// A unique prefix for this process's names, so runs never collide on nicks: not with other
+/// processes, nor with the names of this process's previous run (plain, then TLS), which the
+/// server may not have released yet.
 pub fn run_tag() -> String {
-    format!("b{}", std::process::id() % 100_000)
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    match RUNS.fetch_add(1, Ordering::Relaxed) {
+        0 => format!("b{}", std::process::id() % 100_000),
+        n => format!("b{}r{n}", std::process::id() % 100_000),
+    }
 }
 
 /// Opens `count` connections: connection `i` joins room `room_of(i)`. Returns them in order
 /// with their connect-and-join times.
 pub async fn connect_all(
     target: Target,
+    transport: &Transport,
     addr: &str,
     count: usize,
     room_of: impl Fn(usize) -> String,
     progress: &Progress,
-) -> Result<(Vec<(TcpStream, Vec<u8>)>, Histogram<u64>)> {
+) -> Result<(Vec<(Conn, Vec<u8>)>, Histogram<u64>)> {
     let limit = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
     let mut set = JoinSet::new();
     let tag = run_tag();
     for i in 0..count {
         let permit = limit.clone().acquire_owned().await?;
         let (addr, room, name) = (addr.to_string(), room_of(i), format!("{tag}_{i}"));
+        let transport = transport.clone();
         set.spawn(async move {
             let started = Instant::now();
-            let stream = target.connect(&addr, &name, &room).await;
+            let stream = target.connect(&transport, &addr, &name, &room).await;
             drop(permit);
             (i, stream, started.elapsed())
         });
     }
-    let mut streams: Vec<Option<(TcpStream, Vec<u8>)>> = (0..count).map(|_| None).collect();
+    let mut streams: Vec<Option<(Conn, Vec<u8>)>> = (0..count).map(|_| None).collect();
     let mut times = new_histogram();
     progress.start("connecting", count as u64);
     while let Some(joined) = set.join_next().await {
@@ -156,14 +171,17 @@ pub async fn connect_all(
 /// `patience`.
 pub async fn run(
     target: Target,
+    transport: &Transport,
     addr: &str,
     load: &Load,
     patience: Duration,
+    server_pid: Option<u32>,
     progress: &Progress,
 ) -> Result<LoadResult> {
     let count = load.rooms * load.clients;
     let (streams, connect_times) = connect_all(
         target,
+        transport,
         addr,
         count,
         |i| room_name(i / load.clients),
@@ -179,11 +197,15 @@ pub async fn run(
     // loaded machine some were not yet, so whole rooms never sent ("lost" deliveries).
     let (go_tx, go) = watch::channel(false);
     // Write halves stay open until the run ends: dropping one would half-close it.
-    let mut open_writes: Vec<OwnedWriteHalf> = Vec::new();
+    let mut open_writes: Vec<ConnWrite> = Vec::new();
+    let mut windows: Vec<Arc<Window>> = Vec::new();
     for (i, (stream, leftover)) in streams.into_iter().enumerate() {
         let (read, write) = stream.into_split();
         let is_sender = i % load.clients < load.senders;
         let window = Arc::new(Window::default());
+        if is_sender {
+            windows.push(window.clone());
+        }
         readers.spawn(receive(
             target,
             read,
@@ -208,6 +230,7 @@ pub async fn run(
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started_ns = epoch.elapsed().as_nanos() as u64;
+    let cpu_before = server_pid.map(system::cpu_seconds).transpose()?;
     let _ = go_tx.send(true);
 
     let expected = load.expected();
@@ -237,6 +260,25 @@ pub async fn run(
         }
     }
     progress.finish();
+    let cpu_after = server_pid.map(system::cpu_seconds).transpose()?;
+    let cpu_wall = (epoch.elapsed().as_nanos() as u64 - started_ns) as f64 / 1e9;
+    let stalled: Vec<String> = windows
+        .iter()
+        .filter_map(|w| {
+            let (sent, acked) = (
+                w.sent.load(Ordering::Relaxed),
+                w.acked.load(Ordering::Relaxed),
+            );
+            (sent < load.messages || acked < sent).then(|| format!("sent {sent} acked {acked}"))
+        })
+        .collect();
+    if !stalled.is_empty() {
+        eprintln!(
+            "linechat-bench: {} sender(s) stalled: {}",
+            stalled.len(),
+            stalled.join("; ")
+        );
+    }
     let _ = stop_tx.send(true);
     senders.abort_all();
     drop(open_writes);
@@ -248,6 +290,7 @@ pub async fn run(
     }
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let acked = shared.acked.load(Ordering::Relaxed);
+    let cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
     let last_ns = shared.last_event_ns.load(Ordering::Relaxed);
     let seconds = (last_ns.saturating_sub(started_ns)) as f64 / 1e9;
     let per_sec = |n: u64| {
@@ -275,6 +318,8 @@ pub async fn run(
         offered_deliveries_per_sec: offered,
         latency_us: Percentiles::of(&latency),
         connect_us: Percentiles::of(&connect_times),
+        server_cpu_ns_per_delivery: cpu.map(|c| c * 1e9 / delivered.max(acked).max(1) as f64),
+        server_cpu_share: cpu.map(|c| c / cpu_wall),
     })
 }
 
@@ -285,12 +330,12 @@ pub fn room_name(room: usize) -> String {
 /// Publishes `load.messages` payloads, at `load.rate` or as fast as the window allows.
 async fn send(
     target: Target,
-    mut write: OwnedWriteHalf,
+    mut write: ConnWrite,
     room: &str,
     load: &Load,
     window: Arc<Window>,
     epoch: Instant,
-) -> Result<OwnedWriteHalf> {
+) -> Result<ConnWrite> {
     let start = Instant::now();
     let mut out = Vec::with_capacity(64 * 1024);
     let mut sent = 0u64;
@@ -332,7 +377,10 @@ async fn send(
             target.publish(room, &payload_at(epoch, stamp_at, load.size), &mut out);
         }
         write.write_all(&out).await.context("send")?;
+        // Plain TCP: nothing to do; TLS: records still held by rustls go out now.
+        write.flush().await.context("send")?;
         sent += allowed;
+        window.sent.store(sent, Ordering::Relaxed);
     }
     Ok(write)
 }
@@ -340,7 +388,7 @@ async fn send(
 /// Reads one connection until told to stop, counting and timing deliveries and acks.
 async fn receive(
     target: Target,
-    mut read: OwnedReadHalf,
+    mut read: ConnRead,
     leftover: Vec<u8>,
     shared: Arc<Shared>,
     window: Option<Arc<Window>>,

@@ -1,9 +1,11 @@
-//! linechat-bench: drives a running linechat (or NATS) server over real TCP and reports
-//! throughput, latency, lost deliveries, connect time and server memory.
+//! linechat-bench: drives a running linechat (or NATS) server over real TCP (or TLS) and
+//! reports throughput, latency, lost deliveries, connect time and server memory; and TLS
+//! handshakes per second with the server's CPU time per handshake.
 //!
 //! Run the load generator on a core of its own, away from the server:
 //! `taskset -c 1 linechat-bench fanout --server-pid $(pgrep -n linechat)`.
 
+mod handshakes;
 mod load;
 mod logins;
 mod plot;
@@ -11,6 +13,7 @@ mod replay;
 mod report;
 mod system;
 mod target;
+mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +26,7 @@ use serde_json::json;
 use load::Load;
 use report::{micros, table, thousands, Percentiles, Progress};
 use target::Target;
+use transport::{Cipher, TlsClient, Transport};
 
 /// Benchmark a linechat server (or NATS, for comparison) over real TCP.
 #[derive(Parser, Debug)]
@@ -40,9 +44,26 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1:7777")]
     addr: String,
 
-    /// The server's process id, to report its memory (RSS).
+    /// The server's process id, to report its memory (RSS) and CPU time (handshakes).
     #[arg(long)]
     server_pid: Option<u32>,
+
+    /// The server's TLS listener. fanout, bigroom and persist then run twice, over plain TCP
+    /// at --addr and over TLS here, and report both side by side; handshakes needs it.
+    #[arg(long, requires = "ca")]
+    tls_addr: Option<String>,
+    /// PEM file of the CA (or the self-signed certificate) the TLS client trusts.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// The name the server's certificate must be for.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// The TLS 1.3 cipher suite to offer (default: rustls's order, AES-256-GCM first).
+    #[arg(long, value_enum, default_value_t = Cipher::Default)]
+    tls_cipher: Cipher,
+    /// With --tls-addr: run over TLS only, not over plain TCP as well (idle: over TLS).
+    #[arg(long, requires = "tls_addr")]
+    tls_only: bool,
 
     /// Rooms (subjects, for NATS).
     #[arg(long)]
@@ -123,16 +144,33 @@ enum Scenario {
     Replay,
     /// Acknowledged (stored) messages per second from many concurrent senders.
     Persist,
+    /// New connections per second to HELLO by 16 clients for 10 s: full TLS handshakes at
+    /// --tls-addr, and plain TCP at --addr for comparison; server CPU per connection.
+    Handshakes,
 }
 
 impl Cli {
+    /// The transports to run over, each with its address: plain TCP at --addr (unless
+    /// --tls-only), then TLS at --tls-addr if given.
+    fn transports(&self, resume: bool) -> Result<Vec<(Transport, String)>> {
+        let mut out = Vec::new();
+        if !self.tls_only {
+            out.push((Transport::Plain, self.addr.clone()));
+        }
+        if let (Some(addr), Some(ca)) = (&self.tls_addr, &self.ca) {
+            let tls = TlsClient::new(ca, &self.server_name, resume, self.tls_cipher)?;
+            out.push((Transport::Tls(tls), addr.clone()));
+        }
+        Ok(out)
+    }
+
     fn load(&self) -> Load {
         let (rooms, clients, senders, messages, rate) = match self.scenario {
             Scenario::Fanout => (10, 50, 2, 2000, 0.0),
             Scenario::Bigroom => (1, 500, 1, 5000, 0.0),
             Scenario::Latency => (10, 50, 1, 2000, 200.0),
             Scenario::Persist => (50, 1, 1, 2000, 0.0),
-            Scenario::Idle | Scenario::Replay => (0, 0, 0, 0, 0.0),
+            Scenario::Idle | Scenario::Replay | Scenario::Handshakes => (0, 0, 0, 0, 0.0),
         };
         let rate = self.rate.unwrap_or(rate);
         let messages = match (self.duration, self.messages) {
@@ -184,17 +222,70 @@ async fn run(cli: &Cli) -> Result<()> {
         "target": cli.target,
         "addr": cli.addr,
     });
+    if cli.tls_addr.is_some() {
+        out["tls_addr"] = json!(cli.tls_addr);
+        out["tls_cipher"] = json!(cli.tls_cipher);
+    }
     match cli.scenario {
         Scenario::Fanout | Scenario::Bigroom | Scenario::Persist => {
             let load = cli.load();
-            let result = load::run(cli.target, &cli.addr, &load, patience(cli), &progress).await?;
-            let rss_after = cli.server_pid.map(system::rss_kib).transpose()?;
             out["load"] = json!(load);
-            out["result"] = json!(result);
-            out["server_rss_kib"] = json!(rss_after);
-            if !cli.json {
-                print_load(cli, &load, &result, rss_before, rss_after);
+            let mut rates = Vec::new();
+            for (i, (transport, addr)) in cli.transports(true)?.iter().enumerate() {
+                let rss_before = cli.server_pid.map(system::rss_kib).transpose()?;
+                let result = load::run(
+                    cli.target,
+                    transport,
+                    addr,
+                    &load,
+                    patience(cli),
+                    cli.server_pid,
+                    &progress,
+                )
+                .await?;
+                let rss_after = cli.server_pid.map(system::rss_kib).transpose()?;
+                rates.push(result.deliveries_per_sec);
+                // The first run is "result" (the plain one, when there are two), as before.
+                let key = if i == 0 { "result" } else { "tls" };
+                out[key] = json!(result);
+                out[format!("{key}_transport")] = json!(transport.name());
+                out[format!("{key}_server_rss_kib")] = json!(rss_after);
+                if !cli.json {
+                    print_load(cli, transport, addr, &load, &result, rss_before, rss_after);
+                }
             }
+            if let [plain, tls] = rates[..] {
+                let ratio = if plain > 0.0 { tls / plain } else { 0.0 };
+                out["tls_vs_plain"] = json!(ratio);
+                if !cli.json {
+                    println!("TLS / plain deliveries per second: {ratio:.2}");
+                }
+            }
+        }
+        Scenario::Handshakes => {
+            if cli.tls_addr.is_none() {
+                bail!("handshakes needs --tls-addr (and --ca)");
+            }
+            let clients = cli.clients.unwrap_or(16);
+            let duration = Duration::from_secs_f64(cli.duration.unwrap_or(10.0));
+            let mut results = Vec::new();
+            // No resumption: every TLS connection is a full handshake.
+            for (transport, addr) in cli.transports(false)? {
+                let r = handshakes::run(
+                    &transport,
+                    &addr,
+                    clients,
+                    duration,
+                    cli.server_pid,
+                    &progress,
+                )
+                .await?;
+                if !cli.json {
+                    print_handshakes(cli, &addr, &r);
+                }
+                results.push(r);
+            }
+            out["results"] = json!(results);
         }
         Scenario::Latency => {
             let base = cli.load();
@@ -215,15 +306,31 @@ async fn run(cli: &Cli) -> Result<()> {
                     true => Some(logins::Storm::start(&cli.addr, cli.logins).await?),
                     false => None,
                 };
-                let result =
-                    load::run(cli.target, &cli.addr, &load, patience(cli), &progress).await?;
+                let result = load::run(
+                    cli.target,
+                    &Transport::Plain,
+                    &cli.addr,
+                    &load,
+                    patience(cli),
+                    cli.server_pid,
+                    &progress,
+                )
+                .await?;
                 let logins = match storm {
                     Some(storm) => Some(storm.stop().await?),
                     None => None,
                 };
                 if !cli.json {
                     let rss = cli.server_pid.map(system::rss_kib).transpose()?;
-                    print_load(cli, &load, &result, rss_before, rss);
+                    print_load(
+                        cli,
+                        &Transport::Plain,
+                        &cli.addr,
+                        &load,
+                        &result,
+                        rss_before,
+                        rss,
+                    );
                     if let Some(l) = &logins {
                         let row = format!(
                             "{} a second: {} logged in, {} refused; login p50 {} p99 {}",
@@ -259,10 +366,18 @@ async fn run(cli: &Cli) -> Result<()> {
         Scenario::Idle => {
             let connections = cli.connections.unwrap_or(5000);
             let rooms = cli.rooms.unwrap_or(50).max(1);
+            // One transport: TLS with --tls-only, else plain (two in one server would mix
+            // their memory).
+            let (transport, addr) = cli
+                .transports(true)?
+                .pop()
+                .expect("plain unless --tls-only, which needs --tls-addr");
+            out["transport"] = json!(transport.name());
             let started = Instant::now();
             let (streams, connect) = load::connect_all(
                 cli.target,
-                &cli.addr,
+                &transport,
+                &addr,
                 connections,
                 |i| load::room_name(i % rooms),
                 &progress,
@@ -311,7 +426,7 @@ async fn run(cli: &Cli) -> Result<()> {
                         format!("{:.2} KiB ({p:.0} bytes)", p / 1024.0),
                     ));
                 }
-                table(&title(cli), &rows);
+                table(&title_at(cli, transport.name(), &addr), &rows);
             }
         }
         Scenario::Replay => {
@@ -379,11 +494,60 @@ fn patience(cli: &Cli) -> Duration {
 }
 
 fn title(cli: &Cli) -> String {
+    title_at(cli, "", &cli.addr)
+}
+
+/// "fanout against linechat at 127.0.0.1:7443 (tls)".
+fn title_at(cli: &Cli, transport: &str, addr: &str) -> String {
+    let over = if transport.is_empty() {
+        String::new()
+    } else {
+        format!(" ({transport})")
+    };
     format!(
-        "{:?} against {:?} at {}",
-        cli.scenario, cli.target, cli.addr
+        "{:?} against {:?} at {addr}{over}",
+        cli.scenario, cli.target
     )
     .to_lowercase()
+}
+
+fn print_handshakes(cli: &Cli, addr: &str, r: &handshakes::HandshakeResult) {
+    let mut rows = vec![
+        (
+            "connections".into(),
+            format!(
+                "{} in {:.1} s by {} clients ({} failed)",
+                r.connections, r.seconds, r.clients, r.failures
+            ),
+        ),
+        (
+            if r.transport == "tls" {
+                "full handshakes/s".into()
+            } else {
+                "connections/s".into()
+            },
+            thousands(r.per_sec),
+        ),
+        (
+            "connect to HELLO".into(),
+            format!(
+                "p50 {} p99 {} max {}",
+                micros(r.latency_us.p50),
+                micros(r.latency_us.p99),
+                micros(r.latency_us.max)
+            ),
+        ),
+    ];
+    if let (Some(per), Some(share)) = (r.server_cpu_us_per_connection, r.server_cpu_share) {
+        rows.push((
+            "server CPU".into(),
+            format!(
+                "{per:.0} us per connection ({:.0}% of a core)",
+                share * 100.0
+            ),
+        ));
+    }
+    table(&title_at(cli, r.transport, addr), &rows);
 }
 
 /// Latency series (p50, p99, p99.9 against offered load) from a latency run's JSON.
@@ -411,6 +575,8 @@ fn series_of(run: &serde_json::Value) -> Vec<plot::Series> {
 
 fn print_load(
     cli: &Cli,
+    transport: &Transport,
+    addr: &str,
     load: &Load,
     r: &load::LoadResult,
     rss_before: Option<u64>,
@@ -478,6 +644,20 @@ fn print_load(
             ),
         ),
     ];
+    if let (Some(ns), Some(share)) = (r.server_cpu_ns_per_delivery, r.server_cpu_share) {
+        rows.push((
+            "server CPU".into(),
+            format!(
+                "{ns:.0} ns per {} ({:.0}% of a core)",
+                if r.expected_deliveries > 0 {
+                    "delivery"
+                } else {
+                    "message"
+                },
+                share * 100.0
+            ),
+        ));
+    }
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         rows.push((
             "server RSS".into(),
@@ -487,5 +667,5 @@ fn print_load(
             ),
         ));
     }
-    table(&title(cli), &rows);
+    table(&title_at(cli, transport.name(), addr), &rows);
 }

@@ -17,3 +17,47 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 pub fn raise_fd_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }
+
+/// CPU time `pid` has used (user + system, all threads), in seconds, from /proc.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat (is --server-pid right?)"))?;
+    cpu_ticks(&stat)
+        .map(|ticks| ticks as f64 / clock_ticks_per_second())
+        .context("no utime/stime in /proc/<pid>/stat")
+}
+
+/// utime + stime from a /proc/<pid>/stat line. The command name (2nd field) may hold spaces,
+/// so fields are counted after its closing parenthesis: utime and stime are the 14th and
+/// 15th fields of the line.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_past_a_name_with_spaces() {
+        let stat = "1234 (tokio (x) y) S 1 1234 1234 0 -1 4194560 500 0 0 0 \
+                    250 75 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(325));
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(cpu_ticks(&own).is_some());
+    }
+}

@@ -2,9 +2,10 @@
 //! knows its handshake, how to publish a payload, and how to find payloads and acks in the
 //! bytes a connection receives.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+
+use crate::transport::{Conn, Transport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,12 +33,14 @@ impl Target {
     /// Connects, names the connection `name` and subscribes it to `room` (linechat: `JOIN
     /// room NONE`, live traffic only). Returns the stream and any bytes already read past the
     /// handshake (presence lines of others joining).
-    pub async fn connect(self, addr: &str, name: &str, room: &str) -> Result<(TcpStream, Vec<u8>)> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect to {addr}"))?;
-        stream.set_nodelay(true)?;
-        let mut stream = BufReader::new(stream);
+    pub async fn connect(
+        self,
+        transport: &Transport,
+        addr: &str,
+        name: &str,
+        room: &str,
+    ) -> Result<(Conn, Vec<u8>)> {
+        let mut stream = BufReader::new(transport.connect(addr).await?);
         let mut line = String::new();
         stream.read_line(&mut line).await?;
         match self {
@@ -87,7 +90,7 @@ impl Target {
     }
 }
 
-async fn expect_line(stream: &mut BufReader<TcpStream>, prefix: &str) -> Result<()> {
+async fn expect_line(stream: &mut BufReader<Conn>, prefix: &str) -> Result<()> {
     loop {
         let mut line = String::new();
         if stream.read_line(&mut line).await? == 0 {

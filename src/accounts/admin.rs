@@ -11,6 +11,7 @@ use crate::config::{Config, StoreKind};
 use crate::managed_postgres::{self, ManagedPostgresError};
 use crate::protocol;
 use crate::server::{StartError, Stores};
+use crate::store::postgres::PgTls;
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +146,8 @@ async fn open(config: &Config) -> Result<Stores, AdminError> {
                     "a server holds {dir}, but its PostgreSQL socket is not there"
                 ))
             })?;
-            Ok(Stores::postgres(config, running).await?)
+            // A Unix socket: no TLS.
+            Ok(Stores::postgres(config, running, PgTls::disabled()).await?)
         }
         opened => Ok(opened?),
     }

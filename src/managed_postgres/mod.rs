@@ -203,7 +203,9 @@ impl ManagedPostgres {
             .port(PORT)
             .user(SUPERUSER)
             .dbname(dbname)
-            .application_name("linechat");
+            .application_name("linechat")
+            // A Unix socket, ours alone: PostgreSQL would refuse TLS on it anyway.
+            .ssl_mode(tokio_postgres::config::SslMode::Disable);
         config
     }
 
@@ -376,7 +378,8 @@ pub fn running_cluster_config(data_dir: &Path, dbname: &str) -> Option<tokio_pos
         .port(PORT)
         .user(SUPERUSER)
         .dbname(dbname)
-        .application_name("linechat account");
+        .application_name("linechat account")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
     Some(config)
 }
 

@@ -8,6 +8,9 @@
 //! Every operation has a deadline (`--db-timeout`), the INSERT included. While the database
 //! is known to be unreachable ([`Health`]), operations fail at once, and one background task
 //! probes it until it answers again.
+//!
+//! Connections to an external database use TLS as its `--database-url` says, with libpq's
+//! `sslmode` and `sslrootcert` (`url.rs` reads them, `tls.rs` checks the certificate).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -19,7 +22,7 @@ use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_postgres::error::{Severity, SqlState};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::health::{Backoff, Health, HealthWatch, PROBE_CAP, PROBE_FIRST};
 use super::{HistoryStore, NewMessage, Page, StoreError, StoredMessage};
@@ -29,15 +32,21 @@ mod accounts;
 mod batch;
 mod pool;
 mod schema;
+mod tls;
+mod url;
 
 use pool::{Busy, LogErrors, PgConnection, PgManager};
 pub use pool::{HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
 pub use schema::{ensure_database, migrate, migrations, SCHEMA};
+pub use tls::{PgTls, TlsSetupError};
+pub use url::{DatabaseUrl, DatabaseUrlError, RootCert, SslMode, TlsSettings, Verify};
 
 /// Settings for [`PgStore::connect`].
 #[derive(Debug, Clone)]
 pub struct PgSettings {
     pub config: tokio_postgres::Config,
+    /// How connections use TLS (`config`'s ssl mode says whether they do).
+    pub tls: PgTls,
     /// Most connections the pool opens.
     pub pool_size: u32,
     /// Longest a single store operation (including waiting for a connection) may take; an
@@ -63,6 +72,20 @@ pub struct PgStore {
     recorders: Arc<tokio::sync::Semaphore>,
     /// The database's history epoch, read at connect (schema.sql's migration 3).
     epoch: u64,
+}
+
+/// Why an attempt to connect at start-up failed.
+enum Attempt {
+    /// Worth another try: the database may be starting, or the network down.
+    Failed(StoreError),
+    /// Trying again cannot help (the database's certificate was refused).
+    Refused(StoreError),
+}
+
+impl From<StoreError> for Attempt {
+    fn from(e: StoreError) -> Self {
+        Attempt::Failed(e)
+    }
 }
 
 /// Why a batch was not stored.
@@ -95,6 +118,19 @@ fn name_vanished(e: &tokio_postgres::Error) -> bool {
         e.code(),
         Some(&SqlState::NOT_NULL_VIOLATION) | Some(&SqlState::FOREIGN_KEY_VIOLATION)
     )
+}
+
+/// An error with what caused it: tokio-postgres says only "db error" or "error performing
+/// TLS handshake", and the reason (a `pg_hba.conf` refusal, a certificate) is in its source.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -134,7 +170,8 @@ impl PgStore {
         loop {
             match Self::try_connect(&settings).await {
                 Ok(store) => return Ok(store),
-                Err(e) => {
+                Err(Attempt::Refused(e)) => return Err(e),
+                Err(Attempt::Failed(e)) => {
                     let waited = started.elapsed();
                     if !settings.startup_timeout.is_zero() && waited >= settings.startup_timeout {
                         return Err(unavailable(format!(
@@ -154,7 +191,7 @@ impl PgStore {
         }
     }
 
-    async fn try_connect(settings: &PgSettings) -> Result<PgStore, StoreError> {
+    async fn try_connect(settings: &PgSettings) -> Result<PgStore, Attempt> {
         // A database that stops answering (no RST) must turn into errors, not hangs.
         let mut config = settings.config.clone();
         if config.get_connect_timeout().is_none() {
@@ -167,13 +204,24 @@ impl PgStore {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10));
         let manager = PgManager {
-            inner: PostgresConnectionManager::new(config, NoTls),
+            inner: PostgresConnectionManager::new(config, settings.tls.connector.clone()),
         };
         let health = Arc::new(Health::default());
         // Migrate on a plain connection first: the pool's connections prepare statements
         // against the tables.
         let epoch = {
-            let client = manager.inner.connect().await.map_err(unavailable)?;
+            let client = manager.inner.connect().await.map_err(|e| {
+                let why = with_causes(&e);
+                if tls::certificate_refused(&e) {
+                    Attempt::Refused(unavailable(format!(
+                        "{why} (the database's certificate does not pass {}; retrying \
+                         cannot help)",
+                        settings.tls.describe()
+                    )))
+                } else {
+                    Attempt::Failed(unavailable(why))
+                }
+            })?;
             migrate(&client).await?;
             let row = client
                 .query_one(pool::HISTORY_EPOCH, &[])

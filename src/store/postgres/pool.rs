@@ -5,7 +5,8 @@ use std::sync::Weak;
 
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::health::Health;
 
@@ -85,7 +86,7 @@ impl<'a> Busy<'a> {
 
 /// bb8-postgres's manager, plus preparing our statements on every new connection.
 pub struct PgManager {
-    pub(super) inner: PostgresConnectionManager<NoTls>,
+    pub(super) inner: PostgresConnectionManager<MakeRustlsConnect>,
 }
 
 impl ManageConnection for PgManager {

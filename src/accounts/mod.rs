@@ -135,8 +135,9 @@ pub struct Accounts {
     pub required: bool,
 }
 
-/// Password checks waiting for a thread before `SERVER_BUSY`.
-const CHECK_QUEUE: usize = 64;
+/// Password checks waiting for a thread before `SERVER_BUSY`: about a second's worth on an
+/// idle two-core machine, so that a refusal comes early rather than a login late.
+const CHECK_QUEUE: usize = 32;
 
 impl Accounts {
     /// `count_loopback`: loopback addresses are held to the per-address budgets too
@@ -147,11 +148,12 @@ impl Accounts {
         required: bool,
         count_loopback: bool,
     ) -> Self {
-        // Half the cores for hashing at most: the others keep chat going during a storm.
+        // A thread a core: they run only on CPU time that chat leaves idle (SCHED_IDLE), so
+        // they may have all of it. An argon2id check takes about 40 ms of a core here.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Accounts {
             store,
-            workers: PasswordWorkers::start((cores / 2).max(1), CHECK_QUEUE),
+            workers: PasswordWorkers::start(cores, CHECK_QUEUE),
             guesses: Guesses::default(),
             work: Work::new(count_loopback),
             registration,

@@ -117,9 +117,7 @@ async fn the_login_timeout_counts_from_accept_not_from_the_end_of_the_handshake(
     let lines = lines_to_end(stream).await;
     let elapsed = started.elapsed();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("BYE login timeout")),
+        lines.iter().any(|l| l.starts_with("BYE login timeout")),
         "{lines:?}"
     );
     assert!(
@@ -209,7 +207,10 @@ async fn an_endless_line_over_tls_is_refused_with_memory_bounded() {
     }
     assert!(got[0].starts_with("ERR LINE_TOO_LONG"), "{got:?}");
     let grown = server.rss_kib().saturating_sub(before);
-    assert!(grown < 8 * 1024, "32 MiB line grew the server by {grown} KiB");
+    assert!(
+        grown < 8 * 1024,
+        "32 MiB line grew the server by {grown} KiB"
+    );
 }
 
 /// Shutdown does not wait out handshakes under way: they are dropped at once.
@@ -370,7 +371,9 @@ async fn stalled_handshakes_count_against_max_per_ip() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut fourth = TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 64];
-    let r = tokio::time::timeout(PATIENCE, fourth.read(&mut buf)).await.unwrap();
+    let r = tokio::time::timeout(PATIENCE, fourth.read(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     server.wait_for_log("connection refused: server full").await;
     drop(held);
@@ -386,12 +389,18 @@ async fn close_notify_half_close_gets_every_reply_and_bye() {
     let server = tls_server(&cert, &[]);
     let tcp = TcpStream::connect(server.tls_addr.unwrap()).await.unwrap();
     let mut s = handshake(tcp, &cert.der).await;
-    s.write_all(b"NICK alice\nJOIN 4 NONE\nSAY hi\n").await.unwrap();
+    s.write_all(b"NICK alice\nJOIN 4 NONE\nSAY hi\n")
+        .await
+        .unwrap();
     s.shutdown().await.unwrap(); // close_notify, then FIN
     let lines = lines_to_end(s).await;
     assert!(lines.iter().any(|l| l == "OK NICK alice"), "{lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("OK SAY ")), "{lines:?}");
-    assert_eq!(lines.last().map(String::as_str), Some("BYE end of input"), "{lines:?}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("BYE end of input"),
+        "{lines:?}"
+    );
 }
 
 /// A storm of SIGHUPs while clients handshake and chat: every handshake succeeds, no
@@ -424,7 +433,10 @@ async fn a_sighup_storm_and_a_mismatched_key_break_nothing() {
     alice.write_all(b"JOIN 4 NONE\n").await.unwrap();
     alice.shutdown().await.unwrap();
     let lines = lines_to_end(alice).await;
-    assert!(lines.iter().any(|l| l.starts_with("OK JOIN 4")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("OK JOIN 4")),
+        "{lines:?}"
+    );
 }
 
 /// A --database-url that cannot be used is refused at start-up without its password in
@@ -461,7 +473,10 @@ fn a_bad_database_url_never_prints_its_password() {
         assert!(!out.status.success(), "{url}: {text}");
         // The one case an operator wrote the password as the sslmode itself is exempt.
         if !url.contains("sslmode=S3cretPw") {
-            assert!(!text.contains("S3cretPw"), "{url} printed its password: {text}");
+            assert!(
+                !text.contains("S3cretPw"),
+                "{url} printed its password: {text}"
+            );
         }
     }
 }

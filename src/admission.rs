@@ -146,9 +146,9 @@ impl NewRoomLimit {
     }
 }
 
-/// The login timeout for every connection at once: one queue of deadlines (the timeout is
-/// the same for all, so arrival order is deadline order) checked by one task, instead of a
-/// timer per connection. A connection out of time is marked in its mailbox, which wakes its
+/// The login timeout for every connection at once: one queue of deadlines, counted from
+/// accept (a TLS connection joins it after its handshake, so it is placed by its deadline),
+/// checked by one task, instead of a timer per connection. A connection out of time is marked in its mailbox, which wakes its
 /// session.
 pub struct LoginWatch {
     timeout: Duration,
@@ -164,12 +164,24 @@ impl LoginWatch {
         }
     }
 
-    /// Starts the clock for a new connection.
+    /// Starts the clock for a new connection, now.
     pub fn watch(&self, mailbox: &Arc<Mailbox>) {
+        self.watch_from(mailbox, Instant::now());
+    }
+
+    /// Watches a connection accepted at `accepted`: its time to choose a name counts from
+    /// then, a TLS handshake included.
+    pub fn watch_from(&self, mailbox: &Arc<Mailbox>, accepted: Instant) {
         if !self.timeout.is_zero() {
-            let deadline = Instant::now() + self.timeout;
+            let deadline = accepted + self.timeout;
             let mut queue = self.queue.lock().expect("login watch lock");
-            queue.push_back((deadline, mailbox.clone()));
+            // Almost always at the back; a connection whose handshake took a while goes
+            // before those accepted after it.
+            let at = queue
+                .iter()
+                .rposition(|(other, _)| *other <= deadline)
+                .map_or(0, |i| i + 1);
+            queue.insert(at, (deadline, mailbox.clone()));
         }
     }
 
@@ -205,6 +217,22 @@ impl LoginWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_watch_counts_from_accept_whenever_the_session_starts() {
+        let watch = LoginWatch::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let plain = Arc::new(Mailbox::new(10));
+        watch.watch_from(&plain, t0 + Duration::from_secs(3));
+        // Accepted first, its handshake done later: it goes first all the same.
+        let tls = Arc::new(Mailbox::new(10));
+        watch.watch_from(&tls, t0);
+        watch.expire(t0 + Duration::from_secs(10));
+        assert!(tls.login_expired(), "10 s from its accept");
+        assert!(!plain.login_expired());
+        watch.expire(t0 + Duration::from_secs(13));
+        assert!(plain.login_expired());
+    }
 
     #[test]
     fn limits_and_release() {

@@ -83,6 +83,10 @@ pub struct Config {
     pub registration: Registration,
     /// Only registered names may join rooms, talk, read history and list.
     pub require_account: bool,
+    /// How often a name's, and an address's, budget of wrong passwords gains one back (at
+    /// most a minute). Not flags: tests that must not see a refill slow them down.
+    pub name_guess_every: Duration,
+    pub address_guess_every: Duration,
     /// PostgreSQL to use; `None` runs a private cluster under `data_dir`.
     pub database_url: Option<String>,
     /// Where the private cluster lives (zero-config mode).
@@ -133,6 +137,8 @@ impl Default for Config {
             burst: 40,
             registration: Registration::Open,
             require_account: false,
+            name_guess_every: crate::accounts::guesses::NAME_EVERY,
+            address_guess_every: crate::accounts::guesses::ADDRESS_EVERY,
             database_url: None,
             data_dir: PathBuf::from("linechat-data"),
             pg_bin_dir: None,

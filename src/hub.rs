@@ -72,12 +72,7 @@ impl Hub {
             logins: Arc::new(LoginWatch::new(config.login_timeout)),
             new_rooms: NewRoomLimit::new(config.new_rooms_per_minute, config.limit_loopback),
             page_reads: tokio::sync::Semaphore::new(config.max_page_reads.max(1)),
-            accounts: Accounts::new(
-                accounts,
-                config.registration,
-                config.require_account,
-                config.limit_loopback,
-            ),
+            accounts: Accounts::new(accounts, &config),
             config,
             rooms,
             nicks: Nicks::default(),

@@ -335,6 +335,7 @@ impl Cli {
             db_timeout: Duration::from_secs(self.db_timeout.max(1)),
             db_startup_timeout: Duration::from_secs(self.db_startup_timeout),
             user: self.user,
+            ..Config::default()
         }
     }
 }

@@ -105,6 +105,7 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let accepted_at = tokio::time::Instant::now();
                     let ticket = match admission.admit(peer.ip()) {
                         Ok(ticket) => ticket,
                         Err(why) => {
@@ -123,6 +124,7 @@ impl Server {
                             hub.clone(),
                             Transport::Tcp(stream),
                             peer,
+                            accepted_at,
                             stopping.clone(),
                             ticket,
                         )),
@@ -131,6 +133,7 @@ impl Server {
                             stream,
                             acceptor.clone(),
                             peer,
+                            accepted_at,
                             stopping.clone(),
                             ticket,
                         )),
@@ -273,6 +276,7 @@ fn serve_tls(
     stream: TcpStream,
     acceptor: TlsAcceptor,
     peer: SocketAddr,
+    accepted: tokio::time::Instant,
     stopping: CancellationToken,
     ticket: Ticket,
 ) -> impl Future<Output = ()> + Send {
@@ -282,14 +286,20 @@ fn serve_tls(
     };
     // Boxed: the handshake's future (over 4 KiB, rustls's state and the deadline around it)
     // is freed once it is done, instead of sizing the task for the connection's whole life.
-    let handshake = Box::pin(tls::handshake(stream, acceptor, limits, stopping.clone()));
+    let handshake = Box::pin(tls::handshake(
+        stream,
+        acceptor,
+        limits,
+        stopping.clone(),
+        hub.hurry.clone(),
+    ));
     async move {
         // Boxed into the transport at once: the task keeps no room for the stream itself.
         let transport = match handshake.await {
             Ok(stream) => Transport::stream(stream),
             Err(end) => return end.log(peer),
         };
-        session::run(hub, transport, peer, stopping, ticket).await;
+        session::run(hub, transport, peer, accepted, stopping, ticket).await;
     }
 }
 

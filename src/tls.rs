@@ -227,6 +227,7 @@ pub async fn handshake(
     acceptor: TlsAcceptor,
     limits: HandshakeLimits,
     stopping: CancellationToken,
+    hurry: CancellationToken,
 ) -> Result<TlsStream<TcpStream>, HandshakeEnd> {
     let deadline = (!limits.timeout.is_zero()).then(|| Instant::now() + limits.timeout);
     let mut first = [0u8; 1];
@@ -236,7 +237,7 @@ pub async fn handshake(
         Err(e) => return Err(HandshakeEnd::Failed(e)),
     }
     if first[0] != HANDSHAKE_RECORD {
-        refuse_plaintext(stream, limits.close_grace).await;
+        refuse_plaintext(stream, limits.close_grace, &hurry).await;
         return Err(HandshakeEnd::Plaintext);
     }
     within(deadline, &stopping, acceptor.accept(stream))
@@ -275,16 +276,20 @@ pub fn tls_required() -> bytes::Bytes {
 
 /// Says `ERR TLS_REQUIRED`, then closes: FIN, then what the client still sends is read and
 /// dropped for up to `grace` (closing with unread input would send a reset, which can destroy
-/// the client's copy of the line).
-async fn refuse_plaintext(mut stream: TcpStream, grace: Duration) {
-    let _ = tokio::time::timeout(grace, async {
+/// the client's copy of the line), unless a second stopping signal hurries the shutdown, as
+/// it does a session's close.
+async fn refuse_plaintext(mut stream: TcpStream, grace: Duration, hurry: &CancellationToken) {
+    let drain = tokio::time::timeout(grace, async {
         stream.write_all(&tls_required()).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 1024];
         while stream.read(&mut sink).await? > 0 {}
         io::Result::Ok(())
-    })
-    .await;
+    });
+    tokio::select! {
+        _ = drain => {}
+        () = hurry.cancelled() => {}
+    }
 }
 
 #[cfg(test)]

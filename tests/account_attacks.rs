@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::accounts::{account, registered};
 use common::binary::{linechat, Binary};
 use common::{memory_config, pg, Client, TestServer};
 use linechat::accounts::Guesses;
@@ -16,36 +15,6 @@ use linechat::budget::Millis;
 use linechat::Config;
 
 const PW: &str = "correct-horse-battery";
-
-async fn registered(addr: std::net::SocketAddr, name: &str, password: &str) -> Client {
-    let mut c = Client::login(addr, name).await;
-    c.send(&format!("REGISTER {password}")).await;
-    c.expect(&format!("OK REGISTER {name}")).await;
-    c
-}
-
-/// Runs `linechat <args> account <action>` with `stdin`; its stdout, or its stderr on failure.
-fn account(args: &[&str], action: &[&str], stdin: &str) -> Result<String, String> {
-    let mut child = linechat()
-        .args(args)
-        .arg("account")
-        .args(action)
-        .env_remove("DATABASE_URL")
-        .env("LINECHAT_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
-    }
-}
 
 fn lenient_pg(config: Config) -> Config {
     Config {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::budget::Limit;
 use crate::store::StoreError;
 
 pub use guesses::{Guesses, Work};
@@ -142,22 +143,20 @@ const CHECK_QUEUE: usize = 32;
 impl Accounts {
     /// `count_loopback`: loopback addresses are held to the per-address budgets too
     /// (`--limit-loopback`).
-    pub fn new(
-        store: Arc<dyn AccountStore>,
-        registration: Registration,
-        required: bool,
-        count_loopback: bool,
-    ) -> Self {
+    pub fn new(store: Arc<dyn AccountStore>, config: &crate::Config) -> Self {
         // A thread a core: they run only on CPU time that chat leaves idle (SCHED_IDLE), so
         // they may have all of it. An argon2id check takes about 40 ms of a core here.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Accounts {
             store,
             workers: PasswordWorkers::start(cores, CHECK_QUEUE),
-            guesses: Guesses::default(),
-            work: Work::new(count_loopback),
-            registration,
-            required,
+            guesses: Guesses::new(
+                Limit::every(config.name_guess_every, guesses::NAME_BURST),
+                Limit::every(config.address_guess_every, guesses::ADDRESS_BURST),
+            ),
+            work: Work::new(config.limit_loopback),
+            registration: config.registration,
+            required: config.require_account,
         }
     }
 }

@@ -75,10 +75,17 @@ pub fn run(
     hub: Arc<Hub>,
     transport: Transport,
     peer: SocketAddr,
+    accepted: Instant,
     shutdown: CancellationToken,
     place: Ticket,
 ) -> impl std::future::Future<Output = ()> + Send {
     let mut session = Session::new(hub, transport, shutdown);
+    // No timer of its own (thousands of pending timers cost memory): the server's login
+    // watch marks the mailbox if no name came in time, counting from accept.
+    session
+        .hub
+        .logins
+        .watch_from(&session.conn.mailbox, accepted);
     async move {
         tracing::debug!(%peer, conn = session.conn.id, "connected");
         let end = session.serve().await;
@@ -159,9 +166,6 @@ impl Session {
         // One signal wakes the session for room traffic, the login watch and shutdown (the
         // server notifies every mailbox after cancelling the token); it needs no waiter node.
         let mailbox = self.conn.mailbox.clone();
-        // No timer of its own (thousands of pending timers cost memory): the server's login
-        // watch marks the mailbox if no name came in time.
-        self.hub.logins.watch(&mailbox);
         loop {
             if self.shutdown.is_cancelled() {
                 return End::Shutdown;
@@ -382,6 +386,7 @@ mod tests {
             hub,
             Transport::Tcp(stream),
             addr,
+            Instant::now(),
             CancellationToken::new(),
             place,
         );

@@ -1,6 +1,7 @@
 //! Test helpers: an in-process server on port 0 and a line-oriented client over real TCP.
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod binary;
 pub mod logs;
 pub mod pg;

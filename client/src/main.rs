@@ -11,6 +11,7 @@ mod link;
 mod proto;
 mod render;
 mod secret;
+mod slash;
 mod state;
 mod target;
 mod tls;

@@ -12,6 +12,7 @@
 //! - [`joined`]: the rooms it is in and what it has shown of each (no message twice, never
 //!   the client's own);
 //! - [`acks`]: `SAY`s in flight, answered in the order they were said;
+//! - [`store_call`]: store calls that give way to shutdown, and their `ERR`s;
 //! - [`stall`]: a client that takes no bytes (closed, `BYE too slow`), and catch-up retries.
 //!
 //! Input is only read while little output waits: a client that does not read its replies
@@ -29,6 +30,7 @@ mod listing;
 mod private;
 mod replay;
 mod stall;
+mod store_call;
 
 use std::io;
 use std::net::SocketAddr;

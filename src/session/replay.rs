@@ -19,51 +19,17 @@
 //! [`JoinedRooms`]: super::joined::JoinedRooms
 //! [`Config::page_messages`]: crate::config::Config::page_messages
 
-use std::future::Future;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::sync::SemaphorePermit;
 
-use crate::protocol::{
-    self, ErrorCode, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay,
-};
+use crate::protocol::{self, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay};
 use crate::store::{HistoryStore, Page, StoreError, StoredMessage};
 
 use super::listing::Listing;
-use super::{store_refusal, Session};
-
-/// Why the store did not answer a session.
-pub(super) enum StoreCallError {
-    Store(StoreError),
-    /// The server began shutting down first.
-    ShuttingDown,
-}
-
-impl StoreCallError {
-    /// The `ERR` line that answers the command.
-    pub(super) fn line(&self) -> Bytes {
-        protocol::error_line(&ProtocolError::from(self))
-    }
-}
-
-impl From<&StoreCallError> for ProtocolError {
-    fn from(e: &StoreCallError) -> Self {
-        match e {
-            StoreCallError::Store(e) => store_refusal(e),
-            StoreCallError::ShuttingDown => ProtocolError::new(
-                ErrorCode::ShuttingDown,
-                "the server is shutting down; this was not done",
-            ),
-        }
-    }
-}
-
-impl From<StoreCallError> for ProtocolError {
-    fn from(e: StoreCallError) -> Self {
-        ProtocolError::from(&e)
-    }
-}
+use super::store_call::StoreCallError;
+use super::Session;
 
 /// Reads a room's history forward from a cursor, a page at a time: the part that
 /// `JOIN ... SINCE` and a lag's catch-up share.
@@ -154,19 +120,6 @@ pub(super) struct CatchUp {
 }
 
 impl Session {
-    /// A store call that gives way to shutdown (it is abandoned, which is harmless for a
-    /// read or an upsert of a name).
-    pub(super) async fn until_shutdown<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreCallError> {
-        tokio::select! {
-            biased;
-            () = self.shutdown.cancelled() => Err(StoreCallError::ShuttingDown),
-            result = call => result.map_err(StoreCallError::Store),
-        }
-    }
-
     /// Replays history for a `JOIN` the rooms have taken, and answers it; a long replay
     /// (`SINCE`) is only begun here.
     pub(super) async fn replay_on_join(

@@ -6,20 +6,19 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
-};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::proto::{self, Event, Message};
 use crate::secret::Secret;
 use crate::target::Target;
-use crate::tls::{self, Tls};
+use crate::tls::Tls;
 
+mod connect;
 mod login;
 mod replies;
 
+use connect::{is_permanent, open, what_happened, Conn, HELLO_NUDGE};
 pub use login::Refused;
 use login::{Login, Step};
 
@@ -205,60 +204,6 @@ struct State {
     rejoins: Option<(usize, usize, u64)>,
     /// The history epoch of the server last connected to.
     epoch: Option<String>,
-}
-
-/// A connection to the server, plain TCP or TLS.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-type Stream = Box<dyn Io>;
-
-/// Lines from the server (read through `Lines`, whose `next_line` is cancel-safe: a line
-/// half-read when another branch of a `select!` wins is kept, not lost) and the write half.
-type Conn = (
-    tokio::io::Lines<BufReader<ReadHalf<Stream>>>,
-    WriteHalf<Stream>,
-);
-
-/// How long a plain connection waits for HELLO before it nudges the server (see `connect`).
-const HELLO_NUDGE: Duration = Duration::from_secs(2);
-
-/// How long connecting (TCP, and the TLS handshake) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Connects to the server, with TLS if it is asked for. A certificate the client refuses (or
-/// a peer that does not speak TLS) is a [`Refused::Tls`].
-async fn open(server: &Server) -> Result<Stream> {
-    let addr = &server.shown;
-    let target = (server.target.host.as_str(), server.target.port);
-    let attempt = async {
-        let tcp = TcpStream::connect(target)
-            .await
-            .map_err(|e| anyhow!("cannot connect to {addr}: {}", what_happened(&e)))?;
-        tcp.set_nodelay(true)?;
-        let Some(tls) = &server.tls else {
-            return Ok(Box::new(tcp) as Stream);
-        };
-        match tls.handshake(tcp).await {
-            Ok(stream) => Ok(Box::new(stream) as Stream),
-            Err(e) => match tls::refusal(&e, &server.target.host) {
-                Some(reason) => Err(Refused::Tls {
-                    server: addr.clone(),
-                    reason,
-                }
-                .into()),
-                None => Err(anyhow!("{addr}: TLS handshake: {}", what_happened(&e))),
-            },
-        }
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
-        .await
-        .map_err(|_| anyhow!("cannot connect to {addr}: no answer in 10 s"))?
-}
-
-/// True for an error that connecting again cannot cure (see [`Refused::is_permanent`]).
-fn is_permanent(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Refused>()
-        .is_some_and(Refused::is_permanent)
 }
 
 impl State {
@@ -505,22 +450,6 @@ impl State {
                 }
             }
         }
-    }
-}
-
-/// What a socket error means to a person: refused, reset, timed out...
-fn what_happened(e: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::ConnectionRefused => "connection refused (is the server running?)".into(),
-        ErrorKind::ConnectionReset => "the connection was reset".into(),
-        ErrorKind::ConnectionAborted => "the connection was aborted".into(),
-        ErrorKind::TimedOut => "timed out (the server or the network stopped answering)".into(),
-        ErrorKind::BrokenPipe => "the server closed the connection".into(),
-        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
-            format!("unreachable ({e})")
-        }
-        _ => e.to_string(),
     }
 }
 

@@ -21,7 +21,6 @@ use bb8::{ManageConnection, Pool};
 use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
-use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::{Client, Row, Statement};
 
 use super::health::{Backoff, Health, HealthWatch, PROBE_CAP, PROBE_FIRST};
@@ -30,11 +29,16 @@ use crate::protocol::MessageId;
 
 mod accounts;
 mod batch;
+mod errors;
 mod pool;
 mod schema;
 mod tls;
 mod url;
 
+use errors::{
+    name_vanished, proves_rolled_back, shows_unreachable, unavailable, with_causes, Attempt,
+    BatchError,
+};
 use pool::{Busy, LogErrors, PgConnection, PgManager};
 pub use pool::{HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
 pub use schema::{ensure_database, migrate, migrations, SCHEMA};
@@ -72,90 +76,6 @@ pub struct PgStore {
     recorders: Arc<tokio::sync::Semaphore>,
     /// The database's history epoch, read at connect (schema.sql's migration 3).
     epoch: u64,
-}
-
-/// Why an attempt to connect at start-up failed.
-enum Attempt {
-    /// Worth another try: the database may be starting, or the network down.
-    Failed(StoreError),
-    /// Trying again cannot help (the database's certificate was refused).
-    Refused(StoreError),
-}
-
-impl From<StoreError> for Attempt {
-    fn from(e: StoreError) -> Self {
-        Attempt::Failed(e)
-    }
-}
-
-/// Why a batch was not stored.
-enum BatchError {
-    /// A room or user the batch names no longer exists (the tables were emptied or restored
-    /// under the running server). The INSERT was refused whole (an `ERROR`), so nothing was
-    /// stored and the batch may be tried again once its names are recorded.
-    NameVanished(StoreError),
-    Store(StoreError),
-}
-
-impl From<StoreError> for BatchError {
-    fn from(e: StoreError) -> Self {
-        BatchError::Store(e)
-    }
-}
-
-impl From<BatchError> for StoreError {
-    fn from(e: BatchError) -> Self {
-        match e {
-            BatchError::NameVanished(e) | BatchError::Store(e) => e,
-        }
-    }
-}
-
-/// Whether the INSERT was refused for a name it did not find (its id came out NULL) or a
-/// reference the triggers refused: worth recording the names and one more try.
-fn name_vanished(e: &tokio_postgres::Error) -> bool {
-    matches!(
-        e.code(),
-        Some(&SqlState::NOT_NULL_VIOLATION) | Some(&SqlState::FOREIGN_KEY_VIOLATION)
-    )
-}
-
-/// An error with what caused it: tokio-postgres says only "db error" or "error performing
-/// TLS handshake", and the reason (a `pg_hba.conf` refusal, a certificate) is in its source.
-fn with_causes(e: &tokio_postgres::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-/// Whether an error shows the database unreachable (rather than refusing one statement):
-/// no answer at all (a broken or closed connection), or an answer that it cannot serve.
-fn shows_unreachable(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error()
-        .is_none_or(|db| unreachable_code(db.code().code()))
-}
-
-/// SQLSTATEs that mean the database cannot serve us now: connection exceptions (class 08),
-/// operator intervention such as a shutdown (57), too many connections (53300).
-fn unreachable_code(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("57") || code == "53300"
-}
-
-/// Whether an error answering a statement proves that its transaction did not commit. An
-/// `ERROR` does (PostgreSQL turns an error after a commit into a `PANIC`); a `FATAL` may come
-/// after the commit (a shutdown noticed before the reply was sent), and a broken connection
-/// tells nothing.
-fn proves_rolled_back(severity: Option<Severity>) -> bool {
-    severity == Some(Severity::Error)
 }
 
 fn to_db_id(id: MessageId) -> i64 {
@@ -540,28 +460,4 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or("(default)");
     format!("{host}:{port}/{db}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unreachable_means_no_connection_or_no_service() {
-        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
-            assert!(unreachable_code(code), "{code}");
-        }
-        // A statement the database refused: it is up.
-        for code in ["23503", "42P01", "53100", "40001"] {
-            assert!(!unreachable_code(code), "{code}");
-        }
-    }
-
-    #[test]
-    fn only_an_error_proves_an_insert_was_not_stored() {
-        assert!(proves_rolled_back(Some(Severity::Error)));
-        for later in [Some(Severity::Fatal), Some(Severity::Panic), None] {
-            assert!(!proves_rolled_back(later), "{later:?}");
-        }
-    }
 }

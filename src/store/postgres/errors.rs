@@ -1,0 +1,114 @@
+//! How the store reads PostgreSQL's errors: unreachable or refused, committed or not, worth
+//! another try or not. Pure, and unit-tested where it decides something.
+
+use tokio_postgres::error::{Severity, SqlState};
+
+use super::StoreError;
+
+/// Why an attempt to connect at start-up failed.
+pub(super) enum Attempt {
+    /// Worth another try: the database may be starting, or the network down.
+    Failed(StoreError),
+    /// Trying again cannot help (the database's certificate was refused).
+    Refused(StoreError),
+}
+
+impl From<StoreError> for Attempt {
+    fn from(e: StoreError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+/// Why a batch was not stored.
+pub(super) enum BatchError {
+    /// A room or user the batch names no longer exists (the tables were emptied or restored
+    /// under the running server). The INSERT was refused whole (an `ERROR`), so nothing was
+    /// stored and the batch may be tried again once its names are recorded.
+    NameVanished(StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for BatchError {
+    fn from(e: StoreError) -> Self {
+        BatchError::Store(e)
+    }
+}
+
+impl From<BatchError> for StoreError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::NameVanished(e) | BatchError::Store(e) => e,
+        }
+    }
+}
+
+/// Whether the INSERT was refused for a name it did not find (its id came out NULL) or a
+/// reference the triggers refused: worth recording the names and one more try.
+pub(super) fn name_vanished(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(&SqlState::NOT_NULL_VIOLATION) | Some(&SqlState::FOREIGN_KEY_VIOLATION)
+    )
+}
+
+/// An error with what caused it: tokio-postgres says only "db error" or "error performing
+/// TLS handshake", and the reason (a `pg_hba.conf` refusal, a certificate) is in its source.
+pub(super) fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Whether an error shows the database unreachable (rather than refusing one statement):
+/// no answer at all (a broken or closed connection), or an answer that it cannot serve.
+pub(super) fn shows_unreachable(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_none_or(|db| unreachable_code(db.code().code()))
+}
+
+/// SQLSTATEs that mean the database cannot serve us now: connection exceptions (class 08),
+/// operator intervention such as a shutdown (57), too many connections (53300).
+pub(super) fn unreachable_code(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57") || code == "53300"
+}
+
+/// Whether an error answering a statement proves that its transaction did not commit. An
+/// `ERROR` does (PostgreSQL turns an error after a commit into a `PANIC`); a `FATAL` may come
+/// after the commit (a shutdown noticed before the reply was sent), and a broken connection
+/// tells nothing.
+pub(super) fn proves_rolled_back(severity: Option<Severity>) -> bool {
+    severity == Some(Severity::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_means_no_connection_or_no_service() {
+        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(unreachable_code(code), "{code}");
+        }
+        // A statement the database refused: it is up.
+        for code in ["23503", "42P01", "53100", "40001"] {
+            assert!(!unreachable_code(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn only_an_error_proves_an_insert_was_not_stored() {
+        assert!(proves_rolled_back(Some(Severity::Error)));
+        for later in [Some(Severity::Fatal), Some(Severity::Panic), None] {
+            assert!(!proves_rolled_back(later), "{later:?}");
+        }
+    }
+}

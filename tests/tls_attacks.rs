@@ -4,79 +4,20 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
-use common::binary::{linechat, Binary};
+use common::binary::linechat;
+use common::tls::{connector, tls_server, Certificate, DirGuard};
 use common::{pg, Client, PATIENCE};
-
-struct Certificate {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
-}
-
-impl Certificate {
-    fn write(dir: &Path) -> Certificate {
-        std::fs::create_dir_all(dir).unwrap();
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap();
-        let cert = dir.join("cert.pem");
-        let key = dir.join("key.pem");
-        std::fs::write(&cert, made.cert.pem()).unwrap();
-        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-        Certificate {
-            cert,
-            key,
-            der: made.cert.der().clone(),
-        }
-    }
-}
-
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tls_server(cert: &Certificate, args: &[&str]) -> Binary {
-    let server = Binary::start(
-        linechat()
-            .args(["--store", "memory", "--rate", "0"])
-            .env("LINECHAT_LISTEN", "127.0.0.1:0")
-            .args(["--tls-listen", "127.0.0.1:0", "--tls-cert"])
-            .arg(&cert.cert)
-            .arg("--tls-key")
-            .arg(&cert.key)
-            .args(args),
-    );
-    assert!(server.tls_addr.is_some(), "{:#?}", server.log());
-    server
-}
-
-fn connector(root: &CertificateDer<'static>) -> TlsConnector {
-    let mut store = rustls::RootCertStore::empty();
-    store.add(root.clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(linechat::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
 
 async fn handshake(tcp: TcpStream, root: &CertificateDer<'static>) -> TlsStream<TcpStream> {
     let name = ServerName::try_from("localhost").unwrap();
-    tokio::time::timeout(PATIENCE, connector(root).connect(name, tcp))
+    tokio::time::timeout(PATIENCE, connector(&[root]).connect(name, tcp))
         .await
         .expect("a handshake within the patience window")
         .expect("the handshake succeeds")

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod binary;
 pub mod logs;
 pub mod pg;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;

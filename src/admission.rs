@@ -164,11 +164,6 @@ impl LoginWatch {
         }
     }
 
-    /// Starts the clock for a new connection, now.
-    pub fn watch(&self, mailbox: &Arc<Mailbox>) {
-        self.watch_from(mailbox, Instant::now());
-    }
-
     /// Watches a connection accepted at `accepted`: its time to choose a name counts from
     /// then, a TLS handshake included.
     pub fn watch_from(&self, mailbox: &Arc<Mailbox>, accepted: Instant) {
@@ -318,10 +313,10 @@ mod tests {
             Arc::new(Mailbox::new(10)),
             Arc::new(Mailbox::new(10)),
         );
-        watch.watch(&named);
-        watch.watch(&silent);
+        watch.watch_from(&named, Instant::now());
+        watch.watch_from(&silent, Instant::now());
         tokio::time::advance(Duration::from_secs(5)).await;
-        watch.watch(&late);
+        watch.watch_from(&late, Instant::now());
         named.mark_named();
         watch.expire(Instant::now());
         assert_eq!(

@@ -110,13 +110,8 @@ pub struct Nicks {
 }
 
 impl Nicks {
-    /// Takes `new` as a guest name for `conn`, giving up `old` if it had one. False if
+    /// Takes `new` for `conn`, held as `holding`, giving up `old` if it had one. False if
     /// another holds `new`.
-    pub fn claim(&self, new: &str, old: Option<&str>, conn: ConnId) -> bool {
-        self.claim_as(new, old, conn, Holding::Guest)
-    }
-
-    /// [`claim`](Self::claim), holding it as `holding`.
     pub fn claim_as(&self, new: &str, old: Option<&str>, conn: ConnId, holding: Holding) -> bool {
         let key = new.to_ascii_lowercase();
         let mut owners = self.owners.lock().expect("nicks lock");
@@ -171,21 +166,27 @@ impl Nicks {
 mod tests {
     use super::*;
 
+    impl Nicks {
+        fn claim_guest(&self, new: &str, old: Option<&str>, conn: ConnId) -> bool {
+            self.claim_as(new, old, conn, Holding::Guest)
+        }
+    }
+
     #[test]
     fn a_nick_is_held_by_one_connection_whatever_its_case() {
         let nicks = Nicks::default();
-        assert!(nicks.claim("Alice", None, 1));
-        assert!(!nicks.claim("alice", None, 2));
+        assert!(nicks.claim_guest("Alice", None, 1));
+        assert!(!nicks.claim_guest("alice", None, 2));
         assert!(
-            nicks.claim("ALICE", Some("Alice"), 1),
+            nicks.claim_guest("ALICE", Some("Alice"), 1),
             "its holder may change the case"
         );
         nicks.release("alice", 2);
         assert!(
-            !nicks.claim("alice", None, 2),
+            !nicks.claim_guest("alice", None, 2),
             "only the holder releases it"
         );
         nicks.release("ALICE", 1);
-        assert!(nicks.claim("alice", None, 2));
+        assert!(nicks.claim_guest("alice", None, 2));
     }
 }

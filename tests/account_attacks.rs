@@ -7,8 +7,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::accounts::{account, registered};
-use common::binary::{linechat, Binary};
+use common::accounts::{account, registered, server_logging_at};
 use common::{memory_config, pg, Client, TestServer};
 use linechat::accounts::Guesses;
 use linechat::budget::Millis;
@@ -161,19 +160,7 @@ async fn a_join_racing_private_does_not_unmark_the_room() {
 #[tokio::test]
 async fn no_linechat_log_setting_logs_statement_parameters() {
     let url = pg::fresh_database().await;
-    let mut server = Binary::start(
-        linechat()
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--rate",
-                "0",
-                "--database-url",
-                &url,
-            ])
-            .args(["--user", "root"])
-            .env("LINECHAT_LOG", "info,tokio_postgres::query=debug"),
-    );
+    let mut server = server_logging_at(&url, "info,tokio_postgres::query=debug");
     let mut c = Client::login(server.addr, "alice").await;
     c.send(&format!("REGISTER {PW}")).await;
     c.expect("OK REGISTER alice").await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::accounts::{account, registered};
+use common::accounts::{account, registered, server_logging_at};
 use common::binary::{linechat, Binary};
 use common::{memory_config, pg, Client, TestServer};
 use linechat::accounts::Registration;
@@ -339,20 +339,7 @@ async fn everything_in(url: &str) -> String {
 async fn passwords_appear_nowhere_but_as_hashes() {
     let url = pg::fresh_database().await;
     let (first, wrong, second) = ("first-Secret-1", "wrong-Secret-2", "second-Secret-3");
-    let mut server = Binary::start(
-        linechat()
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--rate",
-                "0",
-                "--database-url",
-                &url,
-            ])
-            // The test cluster's socket is for root and postgres only.
-            .args(["--user", "root"])
-            .env("LINECHAT_LOG", "trace"),
-    );
+    let mut server = server_logging_at(&url, "trace");
     let mut said = Vec::new();
     let (alice, other) = (0, 1);
     let mut clients = [

@@ -3,7 +3,7 @@
 //! server's flags name: the PostgreSQL at `--database-url`, or the private cluster under
 //! `--data-dir`, through its socket while a server runs it (started here otherwise).
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 
 use super::password::{hash_now, Password};
 use super::AccountStore;
@@ -177,43 +177,5 @@ fn read_password(name: &str) -> Result<Password, AdminError> {
 
 /// Asks on the terminal with echo off.
 fn prompt(question: &str) -> Result<Password, AdminError> {
-    let mut stderr = std::io::stderr();
-    write!(stderr, "{question}")?;
-    stderr.flush()?;
-    let echo = EchoOff::new();
-    let mut line = String::new();
-    let read = std::io::stdin().lock().read_line(&mut line);
-    drop(echo);
-    writeln!(stderr)?;
-    read?;
-    Ok(Password::new(line.trim_end_matches(['\n', '\r'])))
-}
-
-/// The terminal's echo, turned off until dropped.
-struct EchoOff(Option<libc::termios>);
-
-impl EchoOff {
-    fn new() -> EchoOff {
-        // SAFETY: tcgetattr/tcsetattr on stdin with a termios we own.
-        unsafe {
-            let mut term: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut term) != 0 {
-                return EchoOff(None);
-            }
-            let saved = term;
-            term.c_lflag &= !libc::ECHO;
-            term.c_lflag |= libc::ECHONL;
-            libc::tcsetattr(0, libc::TCSANOW, &term);
-            EchoOff(Some(saved))
-        }
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        if let Some(saved) = &self.0 {
-            // SAFETY: restores what tcgetattr gave.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
-        }
-    }
+    Ok(Password::new(rpassword::prompt_password(question)?))
 }

@@ -136,12 +136,7 @@ impl PasswordWorkers {
 fn run(hasher: &Argon2<'_>, job: Job) {
     match job {
         Job::Hash(password, reply) => {
-            let salt = SaltString::generate(&mut OsRng);
-            let hash = hasher
-                .hash_password(password.expose().as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|_| CheckError::BadHash);
-            let _ = reply.send(hash);
+            let _ = reply.send(hash_with(hasher, &password));
         }
         Job::Verify(password, hash, reply) => {
             let verdict = match PasswordHash::new(&hash) {
@@ -155,10 +150,15 @@ fn run(hasher: &Argon2<'_>, job: Job) {
     }
 }
 
-/// Hashes on the calling thread: for `linechat account add`, which has nothing else to do.
+/// A new argon2id PHC string for `password`, with a fresh random salt, on the calling thread
+/// (a password thread, or `linechat account add`, which has nothing else to do).
 pub fn hash_now(password: &Password) -> Result<String, CheckError> {
+    hash_with(&Argon2::default(), password)
+}
+
+fn hash_with(hasher: &Argon2<'_>, password: &Password) -> Result<String, CheckError> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
+    hasher
         .hash_password(password.expose().as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|_| CheckError::BadHash)

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use super::binary::linechat;
+use super::binary::{linechat, Binary};
 use super::Client;
 
 /// A client that took `name` and registered it with `password`.
@@ -36,4 +36,22 @@ pub fn account(args: &[&str], action: &[&str], stdin: &str) -> Result<String, St
     } else {
         Err(String::from_utf8_lossy(&out.stderr).to_string())
     }
+}
+
+/// The binary on the database at `url`, logging at `log` (`LINECHAT_LOG`), staying root (the
+/// test cluster's socket is for root and postgres only).
+pub fn server_logging_at(url: &str, log: &str) -> Binary {
+    Binary::start(
+        linechat()
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--rate",
+                "0",
+                "--database-url",
+                url,
+            ])
+            .args(["--user", "root"])
+            .env("LINECHAT_LOG", log),
+    )
 }

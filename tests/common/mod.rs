@@ -6,6 +6,7 @@ pub mod binary;
 pub mod logs;
 pub mod pg;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;

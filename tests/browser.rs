@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::web::WebServer;
-use common::{memory_config, parse_message, pg, Client, PATIENCE};
+use common::{memory_config, parse_message, pg, talk_in_chunks, Client, PATIENCE};
 use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
@@ -59,7 +59,7 @@ impl Browser {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--window-size=1180,740",
+            "--window-size=1200,860",
             &profile_arg,
         ];
         let caps = json!({
@@ -97,8 +97,11 @@ impl Browser {
     async fn open(&self, url: &str) -> Page<'_> {
         self.web().goto(url).await.expect("open the page");
         let page = Page { web: self.web() };
-        page.wait_for("the page's script", "return document.readyState === 'complete'")
-            .await;
+        page.wait_for(
+            "the page's script",
+            "return document.readyState === 'complete'",
+        )
+        .await;
         page
     }
 }
@@ -126,7 +129,10 @@ async fn wait_for_port(port: u16) {
         .await
         .is_err()
     {
-        assert!(tokio::time::Instant::now() < deadline, "chromedriver listens");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "chromedriver listens"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -155,14 +161,16 @@ impl Page<'_> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let v = self.run(script, vec![]).await;
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!(0)
-                && v != json!("");
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
                 return v;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("waiting for {what}; the page says:\n{}", self.describe().await);
+                panic!(
+                    "waiting for {what}; the page says:\n{}",
+                    self.describe().await
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -294,7 +302,8 @@ impl Page<'_> {
 
     /// Shows `room`'s tab, as a click on it does.
     async fn show_room(&self, room: &str) {
-        self.click(&format!(".tab[data-room=\"{room}\"] button")).await;
+        self.click(&format!(".tab[data-room=\"{room}\"] button"))
+            .await;
     }
 
     async fn unread(&self, room: &str) -> String {
@@ -358,12 +367,17 @@ async fn a_page_and_a_tcp_client_chat_both_ways() {
             vec![],
         )
         .await;
-    assert_eq!(time, json!(m.time), "the time element carries the message's time");
+    assert_eq!(
+        time,
+        json!(m.time),
+        "the time element carries the message's time"
+    );
 
     // Text with newlines goes as one SAY per line: no frame carries a newline.
     page.type_into("#input", "first line").await;
     page.type_into("#input", "\u{E008}\u{E007}").await; // Shift+Enter: a new line, not sent
-    page.type_into("#input", &format!("second line{ENTER}")).await;
+    page.type_into("#input", &format!("second line{ENTER}"))
+        .await;
     assert_eq!(next_msg(&mut bob).await.text, "first line");
     assert_eq!(next_msg(&mut bob).await.text, "second line");
     let got = page.wait_messages("4", 4).await;
@@ -476,6 +490,7 @@ async fn markup_in_messages_shows_as_text() {
 
 #[tokio::test]
 async fn the_page_reconnects_after_a_restart_and_misses_nothing() {
+    const AWAY: usize = 60;
     let _slot = BROWSERS.acquire().await.unwrap();
     let config = pg::config().await;
     let server = WebServer::start(config.clone()).await;
@@ -507,9 +522,8 @@ async fn the_page_reconnects_after_a_restart_and_misses_nothing() {
     let server = WebServer::start_on(config.clone(), tcp, None).await;
     let mut frank = server.login("frank").await;
     frank.join("r").await;
-    for i in 0..5 {
-        acked.push(frank.say(&format!("while away {i}")).await);
-    }
+    // More than a JOIN replays by default (50): only SINCE brings back all of them.
+    acked.extend(talk_in_chunks(&mut frank, 0..AWAY, "while away").await);
     drop(frank);
     server.stop().await;
     assert_eq!(page.messages("r").await.len(), 4, "the page was away");
@@ -519,26 +533,26 @@ async fn the_page_reconnects_after_a_restart_and_misses_nothing() {
     let mut frank = server.login("frank").await;
     frank.join("r NONE").await;
     let got = page
-        .wait_messages_within("r", 9, Duration::from_secs(40))
+        .wait_messages_within("r", 4 + AWAY, Duration::from_secs(40))
         .await;
     let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
     assert_eq!(ids, acked, "every message once, in order");
-    page.wait_for(
-        "the catch-up notice",
+    let notice = format!(
         "return [...document.querySelectorAll('.notice')].some((n) => \
-         n.textContent.includes('5 messages said meanwhile'))",
-    )
-    .await;
+         n.textContent.includes('{AWAY} messages said meanwhile'))"
+    );
+    page.wait_for("the catch-up notice", &notice).await;
 
     // Live again, both ways.
     acked.push(frank.say("after").await);
     page.say("gina after").await;
     acked.push(next_msg(&mut frank).await.id);
-    let got = page.wait_messages("r", 11).await;
+    let got = page.wait_messages("r", 6 + AWAY).await;
     let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
     assert_eq!(ids, acked, "every message once, in order");
-    assert_eq!(got[9].text, "after");
-    assert_eq!(got[10].text, "gina after");
+    assert_eq!(got[4].text, "0 while away");
+    assert_eq!(got[4 + AWAY].text, "after");
+    assert_eq!(got[5 + AWAY].text, "gina after");
     browser.close().await;
     server.stop().await;
 }
@@ -560,7 +574,8 @@ async fn screenshot_of_a_conversation() {
     alice
         .say("Morning all! Is the release still on for Friday?")
         .await;
-    bob.say("Yes, the last blocker was merged an hour ago.").await;
+    bob.say("Yes, the last blocker was merged an hour ago.")
+        .await;
     chen.say("I'll run the soak test over lunch, then tag it.")
         .await;
     alice

@@ -453,7 +453,7 @@ function onJoinReply(entry, line) {
   // Every message with a greater id now arrives live, exactly once (the replay/live seam).
   room.lastId = Math.max(entry.since === undefined ? 0 : room.lastId, lastId, maxId(entry.hist));
   if (entry.first) {
-    room.earlier.hidden = entry.hist.length === 0;
+    probeEarlier(room);
   } else if (room !== state.active) {
     bumpUnread(room, added);
   }
@@ -477,6 +477,15 @@ function onWhoReply(entry, line) {
   if (room === state.active) renderMembers();
 }
 
+/// Offers "Show earlier messages" only if there are some: one message before the first shown.
+async function probeEarlier(room) {
+  const first = Math.min(...room.ids);
+  if (!Number.isFinite(first)) return;
+  const reply = await command(`HISTORY ${room.name} BEFORE ${first} LIMIT 1`,
+    { room: room.name, probe: true });
+  if (reply && reply.startsWith("OK ")) room.earlier.hidden = fields(reply, 3)[3] === "0";
+}
+
 async function loadEarlier(name) {
   const room = state.rooms.get(name);
   if (!room) return;
@@ -488,6 +497,7 @@ async function loadEarlier(name) {
 function onHistoryReply(entry, line) {
   const room = state.rooms.get(entry.room);
   if (!room) return;
+  if (entry.probe) return;
   if (line.startsWith("ERR ")) return showError(fields(line, 2)[2]);
   const height = room.log.scrollHeight;
   for (const m of entry.hist) addMessage(room, m, false);
@@ -619,7 +629,7 @@ function messageElement(m) {
   time.className = "time";
   const date = new Date(m.time);
   time.dateTime = m.time;
-  time.textContent = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  time.textContent = shortTime(date);
   time.title = date.toLocaleString();
   const nick = document.createElement("span");
   nick.className = "nick";
@@ -631,6 +641,13 @@ function messageElement(m) {
   appendVisibleText(text, m.text);
   li.append(time, nick, text);
   return li;
+}
+
+/// The local time of day; with the date too for a message from another day.
+function shortTime(date) {
+  const clock = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (date.toDateString() === new Date().toDateString()) return clock;
+  return `${date.toLocaleDateString([], { month: "short", day: "numeric" })} ${clock}`;
 }
 
 /// Puts `text` in `el` as text nodes; invisible controls become visible marks.
@@ -829,6 +846,7 @@ function autoGrow() {
   const input = $("input");
   input.style.height = "auto";
   input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+  input.style.overflowY = input.scrollHeight > 160 ? "auto" : "hidden";
 }
 
 /// Alt+ArrowUp / Alt+ArrowDown move between rooms; Escape returns to the message field.

@@ -328,6 +328,16 @@ async fn next_msg(client: &mut Client) -> common::Message {
     }
 }
 
+/// Reads lines from `client` until a `MSG` from `nick` arrives; returns it parsed.
+async fn msg_from(client: &mut Client, nick: &str) -> common::Message {
+    loop {
+        let m = next_msg(client).await;
+        if m.nick == nick {
+            return m;
+        }
+    }
+}
+
 fn shown(id: u64, nick: &str, text: &str) -> Shown {
     Shown {
         id,
@@ -578,6 +588,11 @@ async fn screenshot_of_a_conversation() {
         .await;
     chen.say("I'll run the soak test over lunch, then tag it.")
         .await;
+    alice.say("Did the reconnect fix make it in?").await;
+    bob.say("It did: the page rejoins with SINCE, nothing lost or shown twice.")
+        .await;
+    chen.say("And <script> in a message is just text. I tried.")
+        .await;
     alice
         .say("Great. The web page works offline too, no CDN at all.")
         .await;
@@ -590,13 +605,13 @@ async fn screenshot_of_a_conversation() {
         .open(&server.page_url("nick=dana&room=lobby&room=rust"))
         .await;
     page.wait_joined("rust").await;
-    page.wait_messages("lobby", 4).await;
+    page.wait_messages("lobby", 7).await;
     page.wait_members(&["alice", "bob", "chen", "dana"]).await;
     page.say("Hi! Just joined from the browser.").await;
-    next_msg(&mut bob).await;
+    msg_from(&mut bob, "dana").await;
     let text = "Welcome, dana: the link in the invite works then";
     bob.say(text).await;
-    page.wait_messages("lobby", 6).await;
+    page.wait_messages("lobby", 9).await;
     bob.send("JOIN rust NONE").await;
     bob.until("OK JOIN rust").await;
     bob.say("Yes: same rooms, same history as netcat.").await;

@@ -453,6 +453,70 @@ async fn a_page_joining_later_sees_the_history_first_then_live() {
 }
 
 #[tokio::test]
+async fn the_login_form_takes_a_registered_name_with_its_password() {
+    const PASSWORD: &str = "correct-horse-42";
+    let _slot = BROWSERS.acquire().await.unwrap();
+    let server = WebServer::start(memory_config()).await;
+    let mut owner = server.login("Hana").await;
+    owner.send(&format!("REGISTER {PASSWORD}")).await;
+    owner.expect("OK REGISTER Hana").await;
+    owner.send("QUIT").await;
+    owner.until_closed_after("BYE goodbye").await;
+    let mut ivan = server.login("ivan").await;
+    ivan.join("club").await;
+
+    let browser = Browser::start().await;
+    let page = browser.open(&server.page_url("room=club")).await;
+    // The invite link filled in the room; the name and a wrong password are typed.
+    let rooms = page
+        .run(
+            "return document.querySelector('#login-rooms').value",
+            vec![],
+        )
+        .await;
+    assert_eq!(rooms, json!("club"));
+    page.type_into("#nick", "hana").await;
+    page.type_into("#password", "not-the-password").await;
+    page.click("#connect").await;
+    let error = page
+        .wait_for(
+            "the refusal",
+            "const e = document.querySelector('#login-error'); return !e.hidden && e.textContent",
+        )
+        .await;
+    assert!(
+        !error.as_str().unwrap().contains("not-the-password"),
+        "{error}"
+    );
+    let chat_hidden = page
+        .run("return document.querySelector('#chat').hidden", vec![])
+        .await;
+    assert_eq!(chat_hidden, json!(true), "still at the login form");
+
+    // The right password logs in, with the name as it was registered.
+    browser
+        .web()
+        .find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    page.type_into("#password", &format!("{PASSWORD}{ENTER}"))
+        .await;
+    page.wait_joined("club").await;
+    ivan.expect("JOINED club Hana").await;
+    let me = page
+        .run("return document.querySelector('#me').textContent", vec![])
+        .await;
+    assert_eq!(me, json!("Hana"));
+    page.say("signed in").await;
+    assert_eq!(msg_from(&mut ivan, "Hana").await.text, "signed in");
+    browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn markup_in_messages_shows_as_text() {
     let _slot = BROWSERS.acquire().await.unwrap();
     let server = WebServer::start(memory_config()).await;

@@ -83,6 +83,10 @@ function wsUrl() {
 function connect() {
   clearTimeout(state.retryTimer);
   state.retryTimer = null;
+  // Whatever a previous socket left unanswered is answered by nobody now.
+  for (const p of state.pending.splice(0)) p.resolve(null);
+  state.joinsInFlight = 0;
+  state.serverRoom = null;
   setStatus("connecting", state.everOnline ? "Reconnecting…" : "Connecting…");
   const ws = new WebSocket(wsUrl());
   state.ws = ws;
@@ -246,6 +250,8 @@ async function login(historyChanged) {
   if (reply === null) return;
   if (reply.startsWith("ERR ")) return loginRefused(reply);
   state.nick = fields(reply, 2)[2] || nick; // the name as registered (its case)
+  // The password stays in memory only, to log in again after a reconnect.
+  $("password").value = "";
   state.online = true;
   state.backoff = BACKOFF_MIN_MS;
   setStatus("online", "Connected");
@@ -253,7 +259,9 @@ async function login(historyChanged) {
   showChat();
   if (!state.everOnline) {
     state.everOnline = true;
-    initialRooms().forEach((room, i) => joinRoom(room, i === 0));
+    const rooms = initialRooms();
+    if (rooms.length === 0) showNoRoom();
+    rooms.forEach((room, i) => joinRoom(room, i === 0));
   } else {
     rejoinAll(historyChanged);
   }
@@ -521,6 +529,7 @@ function onPartReply(entry, line) {
 
 function removeRoom(room) {
   state.rooms.delete(room.name);
+  updateTitle();
   room.wrap.remove();
   if (room.tab) room.tab.remove();
   if (state.active === room) {
@@ -713,6 +722,14 @@ function bumpUnread(room, n) {
   room.badge.textContent = String(room.unread);
   room.badge.hidden = false;
   room.tab.classList.add("has-unread");
+  updateTitle();
+}
+
+/// The window title counts what is unread in rooms not shown.
+function updateTitle() {
+  let unread = 0;
+  for (const room of state.rooms.values()) unread += room.unread;
+  document.title = unread > 0 ? `(${unread}) linechat` : "linechat";
 }
 
 function activate(room) {
@@ -729,6 +746,7 @@ function activate(room) {
   room.unread = 0;
   room.badge.hidden = true;
   room.tab.classList.remove("has-unread");
+  updateTitle();
   $("room-title").textContent = room.name;
   $("part").hidden = false;
   $("invite").hidden = false;

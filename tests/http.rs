@@ -21,7 +21,10 @@ async fn the_page_is_served_with_a_policy_that_runs_only_its_own_script() {
     let web = server.http_addr.unwrap();
     let page = get(web, "/").await;
     assert_eq!(page.status, 200);
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     let policy = page.header("content-security-policy").unwrap();
     assert!(policy.contains("script-src 'self'"), "{policy}");
     assert!(policy.contains("connect-src 'self'"), "{policy}");
@@ -147,7 +150,10 @@ fn no_port_takes_a_connection_before_the_server_can_serve_it() {
             }
         }
     };
-    assert!(refused > 0, "the port took connections before the store was open");
+    assert!(
+        refused > 0,
+        "the port took connections before the store was open"
+    );
     assert!(greeting.starts_with("HELLO "), "{greeting}");
     let mut health = StdStream::connect(("127.0.0.1", http_port)).unwrap();
     std::io::Write::write_all(

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::web::WebServer;
+use common::web_server::WebServer;
 use common::{memory_config, parse_message, pg, talk_in_chunks, Client, PATIENCE};
 use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;

@@ -408,13 +408,12 @@ async fn a_page_joining_later_sees_the_history_first_then_live() {
     let mut carol = server.login("carol").await;
     carol.join("side").await;
     carol.join("hist").await;
-    let mut earlier = Vec::new();
-    for i in 1..=5 {
-        earlier.push(shown(carol.say(&format!("earlier {i}")).await, "carol", ""));
-    }
-    for (i, m) in earlier.iter_mut().enumerate() {
-        m.text = format!("earlier {}", i + 1);
-    }
+    // More than a JOIN replays (50): the rest is a click on "Show earlier messages" away.
+    const EARLIER: usize = 55;
+    let ids = talk_in_chunks(&mut carol, 0..EARLIER, "earlier").await;
+    let earlier: Vec<Shown> = (ids.iter().enumerate())
+        .map(|(i, &id)| shown(id, "carol", &format!("{i} earlier")))
+        .collect();
 
     let browser = Browser::start().await;
     let page = browser
@@ -423,15 +422,28 @@ async fn a_page_joining_later_sees_the_history_first_then_live() {
     page.wait_joined("side").await;
     carol.expect("JOINED hist dave").await;
     carol.expect("JOINED side dave").await;
-    // The history, in order, before anything live is said.
-    assert_eq!(page.wait_messages("hist", 5).await, earlier);
+    // The newest history, in order, before anything live is said.
+    assert_eq!(
+        page.wait_messages("hist", 50).await,
+        earlier[EARLIER - 50..]
+    );
 
     carol.send("JOIN hist NONE").await;
     carol.until("OK JOIN hist").await;
     let live = carol.say("now live").await;
-    let got = page.wait_messages("hist", 6).await;
-    assert_eq!(got[..5], earlier[..]);
-    assert_eq!(got[5], shown(live, "carol", "now live"));
+    let got = page.wait_messages("hist", 51).await;
+    assert_eq!(got[..50], earlier[EARLIER - 50..]);
+    assert_eq!(got[50], shown(live, "carol", "now live"));
+    // And the older messages, fetched with HISTORY, go before them.
+    page.wait_for(
+        "the earlier-messages button",
+        "return !document.querySelector('.log-wrap:not([hidden]) .earlier').hidden",
+    )
+    .await;
+    page.click(".log-wrap:not([hidden]) .earlier").await;
+    let got = page.wait_messages("hist", EARLIER + 1).await;
+    assert_eq!(got[..EARLIER], earlier[..]);
+    assert_eq!(got[EARLIER], shown(live, "carol", "now live"));
 
     // The first room is shown; talk in the other counts as unread there.
     carol.send("JOIN side NONE").await;

@@ -15,6 +15,10 @@ const CONTROL_RE = /[\u0000-\u0008\u000A-\u001F\u007F-\u009F]/g;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 const HEARTBEAT_MS = 25000;
+// The server ends a connection whose frame is over 4 x --max-line and 64 KiB (PROTOCOL.md,
+// WebSocket frames); longer text is refused here instead. Shorter text over --max-line gets
+// ERR LINE_TOO_LONG, which is shown.
+const MAX_FRAME_BYTES = 60000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -559,6 +563,11 @@ function sendMessage() {
   if (!room) return;
   const lines = splitMessage(input.value);
   if (lines.length === 0) return;
+  const encoder = new TextEncoder();
+  if (lines.some((line) => encoder.encode(line).length > MAX_FRAME_BYTES)) {
+    showError("That message is too long to send.");
+    return;
+  }
   if (!state.online || !room.joined) {
     showError("Not connected: the message is kept; send it once reconnected.");
     return;

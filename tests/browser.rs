@@ -528,6 +528,66 @@ async fn the_login_form_takes_a_registered_name_with_its_password() {
     server.stop().await;
 }
 
+/// While the page's script is frozen, the browser stops reading its socket and the server
+/// stops queueing for it (a slow reader, PROTOCOL.md section 8): the page is told `LAGGED`
+/// and then receives the gap, every message once and in order.
+#[tokio::test]
+async fn a_page_that_falls_behind_is_told_and_misses_nothing() {
+    const TOTAL: usize = 3000;
+    let _slot = BROWSERS.acquire().await.unwrap();
+    let config = linechat::Config {
+        outbound_limit: 256 * 1024,
+        ..memory_config()
+    };
+    let server = WebServer::start(config).await;
+    let mut talker = server.login("talker").await;
+    talker.join("busy").await;
+    let browser = Browser::start().await;
+    let page = browser.open(&server.page_url("nick=kim&room=busy")).await;
+    page.wait_joined("busy").await;
+    talker.expect("JOINED busy kim").await;
+
+    let payload = "lorem ipsum dolor ".repeat(216);
+    let flood = tokio::spawn(async move { talk_in_chunks(&mut talker, 0..TOTAL, &payload).await });
+    // Frozen in spells of a second (a script call has its own timeout) until the talker is
+    // done: meanwhile the browser's buffers and the kernel's fill, and the server's queue for
+    // the page overflows.
+    while !flood.is_finished() {
+        page.run(
+            "const until = Date.now() + 1000; while (Date.now() < until) {} return true",
+            vec![],
+        )
+        .await;
+    }
+    let acked = flood.await.unwrap();
+    let script = format!(
+        "return document.querySelectorAll('.log[data-room=\"busy\"] .message').length >= {TOTAL}"
+    );
+    page.wait_for_within("every message", &script, Duration::from_secs(60))
+        .await;
+    let ids = page
+        .run(
+            "return [...document.querySelectorAll('.log[data-room=\"busy\"] .message')] \
+             .map((m) => Number(m.dataset.id))",
+            vec![],
+        )
+        .await;
+    let ids: Vec<u64> = serde_json::from_value(ids).unwrap();
+    assert_eq!(ids, acked, "every message once, in order");
+    let told = page
+        .run(
+            "return [...document.querySelectorAll('.notice')].map((n) => n.textContent)",
+            vec![],
+        )
+        .await;
+    assert!(
+        told.to_string().contains("fell behind"),
+        "told about LAGGED: {told}"
+    );
+    browser.close().await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn markup_in_messages_shows_as_text() {
     let _slot = BROWSERS.acquire().await.unwrap();

@@ -62,7 +62,7 @@ function newRoom(name) {
   wrap.hidden = true;
   wrap.append(earlier, log);
   $("logs").append(wrap);
-  return {
+  const room = {
     name,
     wrap,
     log,
@@ -73,7 +73,13 @@ function newRoom(name) {
     members: new Set(),
     joined: false,
     tab: null,
+    stick: true,          // the reader is at the newest message: keep it in view
+    followPending: false,
   };
+  wrap.addEventListener("scroll", () => {
+    room.stick = wrap.scrollHeight - wrap.scrollTop - wrap.clientHeight < 40;
+  }, { passive: true });
+  return room;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -629,13 +635,20 @@ function addMessage(room, m, follow = true) {
       after = el;
     }
   }
-  const scroller = room.wrap;
-  const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
   room.log.insertBefore(item, after);
-  if (follow && (atBottom || m.nick === state.nick) && after === null) {
-    scroller.scrollTop = scroller.scrollHeight;
-  }
+  if (follow && after === null && (room.stick || m.nick === state.nick)) followLater(room);
   return true;
+}
+
+/// Scrolls to the newest message once per frame at most: measuring the log after each of a
+/// burst of messages (a catch-up) would lay the page out again for every one.
+function followLater(room) {
+  if (room.followPending) return;
+  room.followPending = true;
+  requestAnimationFrame(() => {
+    room.followPending = false;
+    room.wrap.scrollTop = room.wrap.scrollHeight;
+  });
 }
 
 function messageElement(m) {
@@ -696,7 +709,7 @@ function addNotice(room, text, kind = "info") {
   li.className = `notice ${kind}`;
   li.textContent = text;
   room.log.append(li);
-  room.wrap.scrollTop = room.wrap.scrollHeight;
+  followLater(room);
 }
 
 function noticeAll(text, kind) {

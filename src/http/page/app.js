@@ -431,30 +431,55 @@ function removeAllRooms() {
 /// After a reconnect: each room again, asking for exactly what came after the last id we
 /// saw (SINCE), so there is no gap; ids already shown are skipped, so no duplicate.
 function rejoinAll(historyChanged) {
-  if (historyChanged) {
-    // Another history (e.g. a memory-store server restarted): our ids mean nothing there.
-    noticeAll("The server's history was reset; showing its recent messages anew.", "warning");
-  }
   for (const room of state.rooms.values()) {
     if (historyChanged) {
-      room.lastId = 0;
-      room.ids.clear();
-      room.log.replaceChildren();
-      command(`JOIN ${room.name}`, { room: room.name, first: true });
-    } else {
-      command(`JOIN ${room.name} SINCE ${room.lastId}`, { room: room.name, since: room.lastId });
+      // Another history (a memory-store server restarted): our ids mean nothing there.
+      clearLog(room);
+      addNotice(room, "The server's history was reset; showing its recent messages anew.",
+        "warning");
     }
+    rejoin(room, historyChanged);
   }
+}
+
+/// `fresh`: the room's recent messages (a new history); otherwise all after the last seen.
+function rejoin(room, fresh = false) {
+  if (fresh) {
+    command(`JOIN ${room.name}`, { room: room.name, rejoin: true });
+  } else {
+    command(`JOIN ${room.name} SINCE ${room.lastId}`,
+      { room: room.name, rejoin: true, since: room.lastId });
+  }
+}
+
+/// A failed re-join (the store not back yet, say) is tried again while the page is online.
+function retryRejoin(room, fresh) {
+  setTimeout(() => {
+    if (state.online && !room.joined && state.rooms.get(room.name) === room) rejoin(room, fresh);
+  }, 3000);
+}
+
+function clearLog(room) {
+  room.lastId = 0;
+  room.ids.clear();
+  room.log.replaceChildren();
+}
+
+function firstId(room) {
+  let first = Infinity;
+  for (const id of room.ids) first = Math.min(first, id);
+  return first;
 }
 
 function onJoinReply(entry, line) {
   const room = state.rooms.get(entry.room);
   if (!room) return;
   if (line.startsWith("ERR ")) {
-    const text = fields(line, 2)[2];
+    const [, code, text] = fields(line, 2);
     if (entry.bound === "NONE") return showError(text);
     addNotice(room, `Could not join ${room.name}: ${text}`, "warning");
-    if (!room.joined && entry.first) removeRoom(room);
+    if (entry.first) removeRoom(room);
+    else if (entry.rejoin && code === "STORE_UNAVAILABLE") retryRejoin(room, entry.since === undefined);
     showError(text);
     return;
   }
@@ -463,19 +488,21 @@ function onJoinReply(entry, line) {
   state.serverRoom = room.name;
   if (entry.bound === "NONE") return; // only made the room current for a SAY; see sendSays
   room.joined = true;
-  let added = 0;
-  for (const m of entry.hist) if (addMessage(room, m)) added += 1;
   if (entry.since !== undefined && lastId < entry.since) {
+    // A smaller <last-id> than we sent: the history was reset, and the ids we hold are stale.
+    clearLog(room);
     addNotice(room, "The server's history was reset since this page last saw it.", "warning");
   }
+  let added = 0;
+  for (const m of entry.hist) if (addMessage(room, m)) added += 1;
   // Every message with a greater id now arrives live, exactly once (the replay/live seam).
-  room.lastId = Math.max(entry.since === undefined ? 0 : room.lastId, lastId, maxId(entry.hist));
-  if (entry.first) {
+  room.lastId = Math.max(room.lastId, lastId, maxId(entry.hist));
+  if (!entry.rejoin) {
     probeEarlier(room);
   } else if (room !== state.active) {
     bumpUnread(room, added);
   }
-  if (entry.since !== undefined) addNotice(room, catchUpText(added));
+  if (entry.rejoin) addNotice(room, catchUpText(added));
   command(`WHO ${room.name}`, { room: room.name });
 }
 
@@ -497,7 +524,7 @@ function onWhoReply(entry, line) {
 
 /// Offers "Show earlier messages" only if there are some: one message before the first shown.
 async function probeEarlier(room) {
-  const first = Math.min(...room.ids);
+  const first = firstId(room);
   if (!Number.isFinite(first)) return;
   const reply = await command(`HISTORY ${room.name} BEFORE ${first} LIMIT 1`,
     { room: room.name, probe: true });
@@ -507,7 +534,7 @@ async function probeEarlier(room) {
 async function loadEarlier(name) {
   const room = state.rooms.get(name);
   if (!room) return;
-  const first = Math.min(...room.ids);
+  const first = firstId(room);
   if (!Number.isFinite(first)) return;
   await command(`HISTORY ${name} BEFORE ${first} LIMIT 50`, { room: name });
 }

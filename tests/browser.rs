@@ -703,6 +703,46 @@ async fn the_page_reconnects_after_a_restart_and_misses_nothing() {
     server.stop().await;
 }
 
+/// A memory-store server starts a new history when it restarts (a new `epoch=` in `HELLO`,
+/// ids from 1 again): the page says so and shows the new history, instead of resuming with
+/// ids that name other messages there.
+#[tokio::test]
+async fn after_a_memory_store_restart_the_page_starts_the_room_anew() {
+    let _slot = BROWSERS.acquire().await.unwrap();
+    let server = WebServer::start(memory_config()).await;
+    let (tcp, http) = (server.addr, server.http);
+    let mut lena = server.login("lena").await;
+    lena.join("m").await;
+    for i in 0..3 {
+        lena.say(&format!("old {i}")).await;
+    }
+    let browser = Browser::start().await;
+    let page = browser.open(&server.page_url("nick=max&room=m")).await;
+    page.wait_messages("m", 3).await;
+    drop(lena);
+    server.stop().await;
+
+    // The new server's ids start at 1 again: SINCE 3 would skip its first three messages.
+    let server = WebServer::start_on(memory_config(), tcp, Some(http)).await;
+    let mut lena = server.login("lena").await;
+    lena.join("m").await;
+    let mut want = Vec::new();
+    for i in 0..4 {
+        let text = format!("new {i}");
+        want.push(shown(lena.say(&text).await, "lena", &text));
+    }
+    page.wait_for_within(
+        "the reset notice",
+        "return [...document.querySelectorAll('.notice')].some((n) => \
+         n.textContent.includes('history was reset'))",
+        Duration::from_secs(40),
+    )
+    .await;
+    assert_eq!(page.wait_messages("m", 4).await, want);
+    browser.close().await;
+    server.stop().await;
+}
+
 /// The page in a conversation, as `docs/web.png` shows it. The picture is written only when
 /// `LINECHAT_SCREENSHOT` names a file (`LINECHAT_SCREENSHOT=docs/web.png cargo test --test
 /// browser screenshot`), so that a test run leaves the tree as it was.

@@ -394,9 +394,26 @@ async fn a_page_and_a_tcp_client_chat_both_ways() {
     assert_eq!(got[2].text, "first line");
     assert_eq!(got[3].text, "second line");
 
-    // Presence follows the room: bob leaves.
-    bob.send("QUIT").await;
+    // Presence follows the room: bob leaves and comes back.
+    bob.send("PART 4").await;
     page.wait_members(&["alice"]).await;
+    bob.send("JOIN 4 NONE").await;
+    page.wait_members(&["alice", "bob"]).await;
+    // The page leaves the room (PART), then the chat (QUIT).
+    page.click("#part").await;
+    bob.until("LEFT 4 alice").await;
+    page.wait_for(
+        "the tab to go",
+        "return !document.querySelector('.tab[data-room=\"4\"]')",
+    )
+    .await;
+    page.click("#quit").await;
+    page.wait_for(
+        "the login form again",
+        "return !document.querySelector('#login').hidden \
+         && document.querySelector('.status').dataset.state === 'offline'",
+    )
+    .await;
     browser.close().await;
     server.stop().await;
 }

@@ -747,10 +747,12 @@ function renderTab(room) {
   const li = document.createElement("li");
   li.className = "tab";
   li.dataset.room = room.name;
-  li.setAttribute("role", "tab");
+  li.setAttribute("role", "presentation");
   const open = document.createElement("button");
   open.type = "button";
   open.className = "tab-open";
+  open.setAttribute("role", "tab");
+  open.setAttribute("aria-selected", "false");
   const label = document.createElement("span");
   label.className = "tab-name";
   label.textContent = room.name;
@@ -762,6 +764,7 @@ function renderTab(room) {
   li.append(open);
   $("tabs").append(li);
   room.tab = li;
+  room.tabButton = open;
   room.badge = badge;
 }
 
@@ -785,13 +788,13 @@ function activate(room) {
   if (state.active && state.active !== room) {
     state.active.wrap.hidden = true;
     state.active.tab.classList.remove("active");
-    state.active.tab.setAttribute("aria-selected", "false");
+    state.active.tabButton.setAttribute("aria-selected", "false");
   }
   state.active = room;
   room.wrap.hidden = false;
   room.log.hidden = false;
   room.tab.classList.add("active", "seen");
-  room.tab.setAttribute("aria-selected", "true");
+  room.tabButton.setAttribute("aria-selected", "true");
   room.unread = 0;
   room.badge.hidden = true;
   room.tab.classList.remove("has-unread");

@@ -134,6 +134,14 @@ impl Transport {
         }
     }
 
+    /// What carries it, as the metrics' `transport` label names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Transport::Tcp(_) => "tcp",
+            Transport::Stream(_) => "tls",
+        }
+    }
+
     /// The client's address.
     pub fn peer_ip(&self) -> Option<IpAddr> {
         let addr = match self {

@@ -1,0 +1,216 @@
+//! What the operator sees: the metrics move with real traffic over real TCP, and
+//! `--log-format json` writes one JSON object a line.
+//!
+//! One test of traffic in this file: counters are process-wide, and another test's traffic
+//! in the same process would move them too (each value is still read as a difference).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::binary::{linechat, Binary};
+use common::{memory_config, Client};
+use linechat::accounts::MemoryAccounts;
+use linechat::admission::Admission;
+use linechat::hub::Hub;
+use linechat::store::{HistoryStore, MemoryStore};
+use linechat::telemetry;
+use linechat::transport::Transport;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Every sample of a Prometheus text, by its series (`name{labels}`).
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample line");
+            (series.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// How much each of `series` moved from `before` to `after` (absent counts as 0).
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
+    let get = |m: &HashMap<String, f64>| m.get(series).copied().unwrap_or(0.0);
+    get(after) - get(before)
+}
+
+/// A hub served by the session code over real TCP, as the server's accept loop does, so the
+/// test can render the very hub its clients talk to.
+async fn serve() -> (Arc<Hub>, std::net::SocketAddr, CancellationToken) {
+    let store: Arc<dyn HistoryStore> = Arc::new(MemoryStore::new(100));
+    let (hub, _writer) = Hub::start(memory_config(), store, Arc::new(MemoryAccounts::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let admission = Admission::new(0, 0, false);
+    tokio::spawn({
+        let (hub, shutdown) = (hub.clone(), shutdown.clone());
+        async move {
+            loop {
+                let (stream, peer) = listener.accept().await.unwrap();
+                let ticket = admission.admit(peer.ip()).ok().unwrap();
+                tokio::spawn(linechat::session::run(
+                    hub.clone(),
+                    Transport::Tcp(stream),
+                    peer,
+                    tokio::time::Instant::now(),
+                    shutdown.clone(),
+                    ticket,
+                ));
+            }
+        }
+    });
+    (hub, addr, shutdown)
+}
+
+#[tokio::test]
+async fn traffic_moves_the_metrics() {
+    let (hub, addr, shutdown) = serve().await;
+    let before = samples(&telemetry::render(&hub));
+    let mut alice = Client::login(addr, "alice").await;
+    let mut bob = Client::login(addr, "bob").await;
+    let mut carol = Client::login(addr, "carol").await;
+    alice.join("4").await;
+    bob.join("4").await;
+    carol.join("4").await;
+    for text in ["one", "two", "three"] {
+        alice.say(text).await;
+    }
+    for client in [&mut bob, &mut carol] {
+        for _ in 0..3 {
+            client.until("MSG 4 ").await;
+        }
+    }
+    bob.send("FROB").await;
+    bob.expect_err("UNKNOWN_COMMAND").await;
+    bob.send("JOIN bad/room").await;
+    bob.expect_err("BAD_ROOM").await;
+
+    let text = telemetry::render(&hub);
+    let after = samples(&text);
+    let moved = |series: &str| delta(&before, &after, series);
+    assert_eq!(moved("linechat_messages_said_total"), 3.0, "{text}");
+    assert_eq!(
+        moved("linechat_messages_delivered_total"),
+        6.0,
+        "3 messages to bob and carol, none back to alice: {text}"
+    );
+    assert_eq!(
+        moved("linechat_connections_accepted_total{transport=\"tcp\"}"),
+        3.0
+    );
+    assert_eq!(
+        moved("linechat_connections_open{transport=\"tcp\"}"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        moved("linechat_errors_sent_total{code=\"UNKNOWN_COMMAND\"}"),
+        1.0
+    );
+    assert_eq!(moved("linechat_errors_sent_total{code=\"BAD_ROOM\"}"), 1.0);
+    assert_eq!(
+        moved("linechat_errors_sent_total{code=\"NICK_IN_USE\"}"),
+        0.0
+    );
+    assert_eq!(moved("linechat_store_batch_messages_sum"), 3.0, "{text}");
+    assert!(moved("linechat_store_batch_messages_count") >= 1.0);
+    assert!(moved("linechat_store_commit_seconds_count") >= 1.0);
+    // The hub's own gauges: this hub's state, whatever else the process runs.
+    assert_eq!(after["linechat_rooms"], 1.0);
+    assert_eq!(after["linechat_members"], 3.0);
+    assert_eq!(after["linechat_names_held"], 3.0);
+    assert_eq!(after["linechat_lagging_members"], 0.0);
+    for help in [
+        "# HELP linechat_messages_said_total ",
+        "# TYPE linechat_store_commit_seconds histogram",
+        "# TYPE linechat_connections_open gauge",
+    ] {
+        assert!(text.contains(help), "{help} in {text}");
+    }
+
+    // carol leaves on her own: not a forced close; the others are closed by a shutdown.
+    carol.send("QUIT").await;
+    carol.until_closed_after("BYE goodbye").await;
+    shutdown.cancel();
+    hub.mailboxes.notify_all();
+    for client in [&mut alice, &mut bob] {
+        client.until_closed_after("BYE server shutting down").await;
+    }
+    // The sessions count their close just after the BYE: wait for it.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    let after = loop {
+        let after = samples(&telemetry::render(&hub));
+        if delta(
+            &before,
+            &after,
+            "linechat_connections_open{transport=\"tcp\"}",
+        ) == 0.0
+        {
+            break after;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "linechat_forced_closes_total{reason=\"shutdown\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "linechat_forced_closes_total{reason=\"too_slow\"}"
+        ),
+        0.0
+    );
+    assert_eq!(after["linechat_rooms"], 0.0);
+    assert_eq!(after["linechat_names_held"], 0.0);
+}
+
+/// `--log-format json`: every line on stderr is one JSON object with the level, the target
+/// and the event's fields, its message among them; LINECHAT_LOG still filters it.
+#[tokio::test]
+async fn json_logs_are_one_object_a_line() {
+    let mut server = Binary::start(
+        linechat()
+            .args(["--log-format", "json", "--store", "memory", "--listen"])
+            .arg("127.0.0.1:0")
+            .env("LINECHAT_LOG", "debug"),
+    );
+    let mut client = Client::login(server.addr, "alice").await;
+    client.send("QUIT").await;
+    client.until_closed_after("BYE goodbye").await;
+    server.wait_for_log("\"closed\"").await;
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+    let log = server.log();
+    assert!(log.len() >= 3, "{log:#?}");
+    for line in &log {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let level = event["level"].as_str().unwrap_or("");
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG"].contains(&level),
+            "{line}"
+        );
+        assert!(event["fields"]["message"].is_string(), "{line}");
+        assert!(event["timestamp"].is_string(), "{line}");
+        assert!(event["target"].is_string(), "{line}");
+    }
+    assert!(log.iter().any(|l| l.contains("listening on ")), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("\"level\":\"DEBUG\"")),
+        "LINECHAT_LOG=debug applies: {log:#?}"
+    );
+}

@@ -42,7 +42,7 @@ for _ in $(seq 1 "$RUNS"); do
   for build in before after; do
     bin=$BEFORE; [ "$build" = after ] && bin=$AFTER
     data="$OUT/pgdata-$build"
-    taskset -c 0 "$bin/linechat" --store postgres --data-dir "$data" --rate 0 \
+    LINECHAT_HTTP_LISTEN=off taskset -c 0 "$bin/linechat" --store postgres --data-dir "$data" --rate 0 \
       --listen 127.0.0.1:7912 >>"$OUT/linechat-$build.log" 2>&1 &
     pid=$!
     wait_port 7912

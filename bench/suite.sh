@@ -59,11 +59,11 @@ start() {
   case $target in
     memory)
       taskset -c "$SERVER_CORE" "$LINECHAT" --store memory --memory-history "$memory_history" \
-        --rate 0 --listen 127.0.0.1:7911 2>>"$OUT/linechat-memory.log" &
+        --rate 0 --listen 127.0.0.1:7911 --http-listen 127.0.0.1:7921 2>>"$OUT/linechat-memory.log" &
       server_pid=$!; addr=127.0.0.1:7911; kind=linechat ;;
     postgres)
       taskset -c "$SERVER_CORE" "$LINECHAT" --store postgres --data-dir "$OUT/pgdata" \
-        --rate 0 --listen 127.0.0.1:7912 2>>"$OUT/linechat-postgres.log" &
+        --rate 0 --listen 127.0.0.1:7912 --http-listen 127.0.0.1:7922 2>>"$OUT/linechat-postgres.log" &
       server_pid=$!; addr=127.0.0.1:7912; kind=linechat ;;
     nats)
       taskset -c "$SERVER_CORE" nats-server -a 127.0.0.1 -p 7913 2>>"$OUT/nats.log" &

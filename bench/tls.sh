@@ -58,7 +58,7 @@ wait_port() { for _ in $(seq 1 600); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 run() {
   local key=$1 scenario=$2; shift 2
   taskset -c "$SERVER_CORE" "$LINECHAT" --store memory --rate 0 \
-    --listen 127.0.0.1:7931 --tls-listen 127.0.0.1:7932 \
+    --listen 127.0.0.1:7931 --tls-listen 127.0.0.1:7932 --http-listen off \
     --tls-cert "$OUT/$key-cert.pem" --tls-key "$OUT/$key-key.pem" 2>>"$OUT/linechat.log" &
   local pid=$!
   pids+=("$pid")

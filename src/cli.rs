@@ -35,13 +35,19 @@ pub struct Cli {
     #[arg(long, env = "LINECHAT_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
     tls_listen: Option<SocketAddr>,
 
-    /// The certificate chain the TLS listener presents (PEM, the server's certificate
-    /// first). Read again on SIGHUP.
-    #[arg(long, env = "LINECHAT_TLS_CERT", requires = "tls_listen")]
+    /// Address for HTTP, or `off`: the chat page (open it in a browser), `/ws` (the protocol
+    /// over WebSocket), `/healthz` and `/metrics`. Served as https (and wss) when
+    /// --tls-cert and --tls-key are given.
+    #[arg(long, env = "LINECHAT_HTTP_LISTEN", default_value_t = Listen(DEFAULTS.http_listen))]
+    http_listen: Listen,
+
+    /// The certificate chain the TLS listener and the https listener present (PEM, the
+    /// server's certificate first). Read again on SIGHUP.
+    #[arg(long, env = "LINECHAT_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1). Read again on SIGHUP.
-    #[arg(long, env = "LINECHAT_TLS_KEY", requires = "tls_listen")]
+    #[arg(long, env = "LINECHAT_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
     /// Connections the kernel queues for the server before it accepts them (0: the system's
@@ -300,6 +306,7 @@ impl Cli {
         Config {
             listen: self.listen.0,
             tls_listen: self.tls_listen,
+            http_listen: self.http_listen.0,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             backlog: self.backlog,

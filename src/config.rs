@@ -27,7 +27,10 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// The TLS listener's address (`None`: no TLS listener); it needs `tls_cert` and `tls_key`.
     pub tls_listen: Option<SocketAddr>,
-    /// The certificate chain (PEM) the TLS listener presents; read again on SIGHUP.
+    /// The HTTP listener's address (`None`: none): the web page, `/ws`, `/healthz` and
+    /// `/metrics`; https with `tls_cert` and `tls_key` when they are given.
+    pub http_listen: Option<SocketAddr>,
+    /// The certificate chain (PEM) the TLS listeners present; read again on SIGHUP.
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM); read again on SIGHUP.
     pub tls_key: Option<PathBuf>,
@@ -111,6 +114,7 @@ impl Default for Config {
         Config {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7777))),
             tls_listen: None,
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7778))),
             tls_cert: None,
             tls_key: None,
             backlog: 0,

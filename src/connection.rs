@@ -68,6 +68,11 @@ impl LineReader {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame>>> {
+        if let Transport::WebSocket(socket) = &*self.read {
+            // Its frames are the lines: no codec, no buffer of ours.
+            let max_len = self.codec.max_len;
+            return Transport::with_websocket(socket, |ws| ws.poll_frame(cx, max_len));
+        }
         loop {
             if self.eof {
                 return Poll::Ready(self.codec.decode_eof(&mut self.buf).transpose());
@@ -164,6 +169,9 @@ impl LineWriter {
 
     fn poll_write_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let LineWriter { socket, queue } = self;
+        if let Transport::WebSocket(ws) = &**socket {
+            return Transport::with_websocket(ws, |ws| ws.poll_send(cx, queue));
+        }
         if queue.is_empty() {
             ready!(socket.poll_flush(cx))?;
             queue.unflushed = false;
@@ -199,10 +207,11 @@ impl LineWriter {
         Ok(())
     }
 
-    /// Ends the sending direction (FIN; for TLS `close_notify` first): the client reads to
-    /// the end of what was written.
-    pub async fn shutdown(&mut self) -> io::Result<()> {
-        self.socket.shutdown().await
+    /// Ends the sending direction (FIN; for TLS `close_notify` first; for a WebSocket a
+    /// close frame with `close_code` and the `BYE`'s reason): the client reads to the end of
+    /// what was written.
+    pub async fn shutdown(&mut self, close_code: u16) -> io::Result<()> {
+        self.socket.shutdown(close_code).await
     }
 }
 
@@ -214,10 +223,10 @@ pub struct WriteQueue {
     bytes: usize,
     /// True once the front buffer is partly written.
     started: bool,
-    /// True while bytes handed to a buffering transport (TLS) may not have reached the
-    /// socket yet. Kept here rather than in the writer, where it would cost a connection 8
-    /// bytes of padding.
-    unflushed: bool,
+    /// True while bytes handed to a buffering transport (TLS, WebSocket) may not have
+    /// reached the socket yet. Kept here rather than in the writer, where it would cost a
+    /// connection 8 bytes of padding.
+    pub(crate) unflushed: bool,
 }
 
 impl WriteQueue {
@@ -251,6 +260,18 @@ impl WriteQueue {
             count += 1;
         }
         count
+    }
+
+    /// Takes the first line of the queue without its LF (the rest of the front buffer, if it
+    /// holds no LF), as a slice of the shared buffer: no copy. The queue must not be empty.
+    pub fn take_line(&mut self) -> Bytes {
+        let front = self.queue.front().expect("a line is queued");
+        let (line, taken) = match memchr(b'\n', front) {
+            Some(end) => (front.slice(..end), end + 1),
+            None => (front.clone(), front.len()),
+        };
+        self.advance(taken);
+        line
     }
 
     /// Forgets the first `written` bytes: they are on their way.
@@ -288,6 +309,17 @@ pub enum Frame {
     /// Another line's worth of a too-long line discarded. No reply, but it counts as a line
     /// read (flood control), so that one endless line is read no faster than lines are.
     Skipped,
+    /// A WebSocket frame that cannot be a line: answered with `ERR BAD_FRAME`.
+    NotALine(NotALine),
+}
+
+/// Why a WebSocket frame is not a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotALine {
+    /// Lines travel in text frames only.
+    Binary,
+    /// A line break inside a frame: one frame is one line.
+    LineBreak,
 }
 
 /// Decoder for LF- or CRLF-terminated lines with a maximum length in bytes.
@@ -572,7 +604,7 @@ mod tests {
         }
         writer.flush().await.unwrap();
         assert!(!writer.has_pending());
-        writer.shutdown().await.unwrap();
+        writer.shutdown(1000).await.unwrap();
         let mut got = Vec::new();
         client.unwrap().read_to_end(&mut got).await.unwrap();
         assert_eq!(got, expected);
@@ -678,7 +710,7 @@ mod tests {
         });
         writer.flush().await.unwrap();
         assert!(!writer.has_pending());
-        writer.shutdown().await.unwrap();
+        writer.shutdown(1000).await.unwrap();
         assert_eq!(
             read.await.unwrap(),
             expected,

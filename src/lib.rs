@@ -9,7 +9,10 @@
 //!   replies and room traffic; replays history and catches slow readers up.
 //! - [`connection`]: line framing in (with a length limit) and out (a queue of shared
 //!   buffers written with vectored writes): the only place bytes become lines and back.
-//! - [`transport`]: what carries a connection's bytes: a plain TCP socket or a TLS stream.
+//! - [`transport`]: what carries a connection's lines: a plain TCP socket, a TLS stream, or a
+//!   WebSocket (one text frame per line).
+//! - [`http`]: the HTTP listener: the web page, `/ws` (WebSocket sessions, served by
+//!   [`session`] as any other), `/healthz` and `/metrics`.
 //! - [`tls`]: the TLS listener's side: certificates (reloaded on SIGHUP) and handshakes.
 //! - [`protocol`]: command parsing and server-line formatting; pure, fuzzed.
 //! - [`budget`]: flood control and the error budget, as token buckets on a monotonic clock.
@@ -38,6 +41,7 @@ pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod fanout;
+pub mod http;
 pub mod hub;
 pub mod mailbox;
 pub mod managed_postgres;

@@ -3,15 +3,17 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use linechat::accounts::admin;
+use linechat::http::HttpListener;
 use linechat::privileges::{self, Plan};
 use linechat::server::{self, Listeners, Server, TlsListener};
 use linechat::signals::Signals;
 use linechat::tls::{CertificateFiles, Certificates};
 use linechat::{Config, StoreKind};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -72,12 +74,13 @@ async fn main() -> ExitCode {
         }
     };
     // Take the ports (and read the certificate) first, so that a second server or a bad
-    // file fails before touching any database.
-    let Some((listeners, backlog)) = open_listeners(&config) else {
+    // file fails before touching any database. They listen only once the store is open:
+    // until then a client is refused, never kept waiting for its HELLO.
+    let backlog = config.backlog;
+    let Some(bound) = bind_listeners(&config) else {
         return ExitCode::FAILURE;
     };
-    if let Some(tls) = &listeners.tls {
-        let certificates = tls.certificates.clone();
+    if let Some(certificates) = bound.certificates.clone() {
         signals.on_reload(move || reload(&certificates));
     }
     // Open the store (it may start PostgreSQL), unless we are told to stop meanwhile.
@@ -90,6 +93,10 @@ async fn main() -> ExitCode {
             }
         },
         () = signals.shutdown() => return ExitCode::SUCCESS,
+    };
+    let Some((listeners, backlog)) = bound.listen(backlog) else {
+        server.serve(Listeners::default(), async {}).await;
+        return ExitCode::FAILURE;
     };
     // Root is needed no more: the port is bound and the cluster runs.
     if let Err(e) = plan.apply() {
@@ -137,56 +144,97 @@ fn init_logging(format: LogFormat) {
         .init();
 }
 
-/// Binds the listeners the configuration asks for, and loads the TLS certificate; returns
-/// them with the backlog the kernel applies, or logs why not and returns `None`.
-fn open_listeners(config: &Config) -> Option<(Listeners, u32)> {
-    if config.listen.is_none() && config.tls_listen.is_none() {
+/// The sockets the configuration asks for, bound but not yet listening, and the TLS
+/// certificate (shared by the TLS and https listeners).
+struct Bound {
+    plain: Option<(SocketAddr, TcpSocket)>,
+    tls: Option<(SocketAddr, TcpSocket)>,
+    http: Option<(SocketAddr, TcpSocket)>,
+    certificates: Option<Arc<Certificates>>,
+}
+
+/// Binds the addresses the configuration asks for, and loads the TLS certificate; or logs
+/// why not and returns `None`.
+fn bind_listeners(config: &Config) -> Option<Bound> {
+    if config.listen.is_none() && config.tls_listen.is_none() && config.http_listen.is_none() {
         tracing::error!(
-            "nothing to listen on: --listen is off and --tls-listen is not given; turn at \
-             least one listener on"
+            "nothing to listen on: --listen and --http-listen are off and --tls-listen is not \
+             given; turn at least one listener on"
         );
         return None;
     }
-    let backlog = std::cell::Cell::new(config.backlog);
-    let bind = |addr: SocketAddr| match server::listen(addr, config.backlog) {
-        Ok((listener, applied)) => {
-            backlog.set(applied);
-            Some(listener)
-        }
-        Err(e) => {
-            tracing::error!("cannot listen on {addr}: {e}");
-            None
-        }
+    let bind = |addr: Option<SocketAddr>| match addr {
+        None => Some(None),
+        Some(addr) => match server::bind(addr) {
+            Ok(socket) => Some(Some((addr, socket))),
+            Err(e) => {
+                tracing::error!("cannot listen on {addr}: {e}");
+                None
+            }
+        },
     };
-    let tls = match config.tls_listen {
-        None => None,
-        Some(addr) => {
-            let (Some(cert), Some(key)) = (config.tls_cert.clone(), config.tls_key.clone()) else {
-                tracing::error!("--tls-listen needs --tls-cert and --tls-key");
+    let certificates = match (config.tls_cert.clone(), config.tls_key.clone()) {
+        (Some(cert), Some(key)) => match Certificates::load(CertificateFiles { cert, key }) {
+            Ok(certificates) => Some(certificates),
+            Err(e) => {
+                tracing::error!("cannot use the TLS certificate: {e}");
                 return None;
-            };
-            let certificates = match Certificates::load(CertificateFiles { cert, key }) {
-                Ok(certificates) => certificates,
-                Err(e) => {
-                    tracing::error!("cannot use the TLS certificate: {e}");
-                    return None;
-                }
-            };
-            Some(TlsListener {
-                listener: bind(addr)?,
-                certificates,
-            })
+            }
+        },
+        _ if config.tls_listen.is_some() => {
+            tracing::error!("--tls-listen needs --tls-cert and --tls-key");
+            return None;
         }
+        _ => None,
     };
-    let plain = match config.listen {
-        Some(addr) => Some(bind(addr)?),
-        None => None,
-    };
-    Some((Listeners { plain, tls }, backlog.get()))
+    Some(Bound {
+        tls: bind(config.tls_listen)?,
+        plain: bind(config.listen)?,
+        http: bind(config.http_listen)?,
+        certificates,
+    })
+}
+
+impl Bound {
+    /// Starts listening: from now on connections are taken (and served at once). Returns the
+    /// listeners with the backlog the kernel applies.
+    fn listen(self, backlog: u32) -> Option<(Listeners, u32)> {
+        let applied = std::cell::Cell::new(backlog);
+        let listen = |bound: Option<(SocketAddr, TcpSocket)>| match bound {
+            None => Some(None),
+            Some((addr, socket)) => match server::listen_bound(socket, backlog) {
+                Ok((listener, kernel)) => {
+                    applied.set(kernel);
+                    Some(Some(listener))
+                }
+                Err(e) => {
+                    tracing::error!("cannot listen on {addr}: {e}");
+                    None
+                }
+            },
+        };
+        let tls = match (listen(self.tls)?, &self.certificates) {
+            (Some(listener), Some(certificates)) => Some(TlsListener {
+                listener,
+                certificates: certificates.clone(),
+            }),
+            _ => None,
+        };
+        let listeners = Listeners {
+            tls,
+            plain: listen(self.plain)?,
+            http: listen(self.http)?.map(|listener| HttpListener {
+                listener,
+                certificates: self.certificates.clone(),
+            }),
+        };
+        Some((listeners, applied.get()))
+    }
 }
 
 /// Says where the server listens, TLS first: the line a script (and the tests) wait for,
-/// `linechat listening on ADDR; ...`, is the plain listener's, or says it is off.
+/// `linechat listening on ADDR; ...`, is the plain listener's, or says it is off. The page's
+/// URL comes last: the line to click.
 fn log_listeners(listeners: &Listeners, backlog: u32) {
     if let Some(tls) = &listeners.tls {
         let files = tls.certificates.files();
@@ -215,7 +263,26 @@ fn log_listeners(listeners: &Listeners, backlog: u32) {
             );
         }
         Some(Err(e)) => tracing::warn!("cannot tell where the plain listener is: {e}"),
-        None => tracing::info!("linechat plain listener off (--listen off); TLS only"),
+        None => tracing::info!("linechat plain listener off (--listen off)"),
+    }
+    if let Some(http) = &listeners.http {
+        if let Ok(addr) = http.listener.local_addr() {
+            let scheme = if http.certificates.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            if http.certificates.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "the HTTP listener on {addr} is not on loopback and has no certificate: \
+                     chat traffic and passwords cross the network in clear text; give \
+                     --tls-cert and --tls-key to serve https"
+                );
+            }
+            tracing::info!(
+                "linechat web page at {scheme}://{addr}/ (WebSocket at /ws, /healthz, /metrics)"
+            );
+        }
     }
 }
 

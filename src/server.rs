@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::accounts::{AccountStore, MemoryAccounts};
 use crate::admission::{Admission, Refusal, Ticket};
 use crate::config::{Config, StoreKind};
+use crate::http::{self, HttpListener};
 use crate::hub::Hub;
 use crate::managed_postgres::{self, ManagedPostgres, ManagedPostgresError, Search, Supervisor};
 use crate::session;
@@ -82,13 +83,23 @@ impl Server {
             writer_task,
             cluster,
         } = self;
-        let Listeners { plain, tls } = listeners.into();
+        let Listeners { plain, tls, http } = listeners.into();
         let tls = tls.map(|t| (t.listener, t.certificates.acceptor()));
         let supervisor = cluster.map(Supervisor::spawn);
         let stopping = CancellationToken::new();
         let sessions = TaskTracker::new();
         let login_watch = tokio::spawn(hub.logins.clone().run());
         let name_watch = tokio::spawn(crate::accounts::watch::run(hub.clone()));
+        let web = http.map(|h| {
+            let shared = http::Shared {
+                hub: hub.clone(),
+                stopping: stopping.clone(),
+                sessions: sessions.clone(),
+                readiness: Default::default(),
+            };
+            let acceptor = h.certificates.map(|c| c.acceptor());
+            (h.listener, http::router(shared.clone()), shared, acceptor)
+        });
         let admission = Admission::new(
             hub.config.max_connections,
             hub.config.max_per_ip,
@@ -96,57 +107,65 @@ impl Server {
         );
         tokio::pin!(shutdown);
         loop {
-            let (accepted, acceptor) = tokio::select! {
+            let (accepted, kind) = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = accept(plain.as_ref()) => (accepted, None),
-                accepted = accept(tls.as_ref().map(|(l, _)| l)) => {
-                    (accepted, tls.as_ref().map(|(_, a)| a))
-                }
+                accepted = accept(plain.as_ref()) => (accepted, Kind::Plain),
+                accepted = accept(tls.as_ref().map(|(l, _)| l)) => (accepted, Kind::Tls),
+                accepted = accept(web.as_ref().map(|w| &w.0)) => (accepted, Kind::Http),
             };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let accepted_at = tokio::time::Instant::now();
-                    let ticket = match admission.admit(peer.ip()) {
-                        Ok(ticket) => ticket,
-                        Err(why) => {
-                            turn_away(stream, peer, why, acceptor.is_some());
-                            continue;
-                        }
-                    };
-                    if let Err(e) = tune(&stream, &hub.config) {
-                        tracing::debug!(%peer, error = %e, "could not set socket options");
-                    }
-                    // The ticket is held for the session's life. (Not by wrapping the session's
-                    // future in another: that stores the future twice, doubling the memory
-                    // of every idle connection.)
-                    match acceptor {
-                        None => sessions.spawn(session::run(
-                            hub.clone(),
-                            Transport::Tcp(stream),
-                            peer,
-                            accepted_at,
-                            stopping.clone(),
-                            ticket,
-                        )),
-                        Some(acceptor) => sessions.spawn(serve_tls(
-                            hub.clone(),
-                            stream,
-                            acceptor.clone(),
-                            peer,
-                            accepted_at,
-                            stopping.clone(),
-                            ticket,
-                        )),
-                    };
-                }
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
+            };
+            let accepted_at = tokio::time::Instant::now();
+            let ticket = match admission.admit(peer.ip()) {
+                Ok(ticket) => ticket,
+                Err(why) => {
+                    turn_away(stream, peer, why, kind);
+                    continue;
+                }
+            };
+            if let Err(e) = tune(&stream, &hub.config) {
+                tracing::debug!(%peer, error = %e, "could not set socket options");
             }
+            // The ticket is held for the session's life. (Not by wrapping the session's
+            // future in another: that stores the future twice, doubling the memory of every
+            // idle connection.)
+            match (kind, &tls, &web) {
+                (Kind::Tls, Some((_, acceptor)), _) => sessions.spawn(serve_tls(
+                    hub.clone(),
+                    stream,
+                    acceptor.clone(),
+                    peer,
+                    accepted_at,
+                    stopping.clone(),
+                    ticket,
+                )),
+                (Kind::Http, _, Some((_, router, shared, acceptor))) => sessions.spawn(serve_http(
+                    router.clone(),
+                    shared.clone(),
+                    acceptor.clone(),
+                    stream,
+                    peer,
+                    accepted_at,
+                    ticket,
+                )),
+                _ => sessions.spawn(session::run(
+                    hub.clone(),
+                    Transport::Tcp(stream),
+                    peer,
+                    accepted_at,
+                    stopping.clone(),
+                    ticket,
+                )),
+            };
         }
-        drop((plain, tls));
+        drop((plain, tls, web));
         login_watch.abort();
         name_watch.abort();
         // It holds the hub, which must go before the writer can finish.
@@ -239,11 +258,21 @@ impl Stores {
     }
 }
 
-/// Where the server takes connections: a plain TCP listener, a TLS one, or both.
+/// Where the server takes connections: a plain TCP listener, a TLS one, an HTTP one (the
+/// page and WebSocket sessions), in any combination.
 #[derive(Default)]
 pub struct Listeners {
     pub plain: Option<TcpListener>,
     pub tls: Option<TlsListener>,
+    pub http: Option<HttpListener>,
+}
+
+/// Which listener a connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Tls,
+    Http,
 }
 
 /// A listener whose connections speak TLS, and the certificates they are offered.
@@ -256,7 +285,7 @@ impl From<TcpListener> for Listeners {
     fn from(plain: TcpListener) -> Listeners {
         Listeners {
             plain: Some(plain),
-            tls: None,
+            ..Listeners::default()
         }
     }
 }
@@ -303,6 +332,37 @@ fn serve_tls(
     }
 }
 
+/// An HTTP connection's task: its TLS handshake if the listener has a certificate (as a TLS
+/// line connection's), then HTTP until it closes or upgrades to a WebSocket session.
+async fn serve_http(
+    router: axum::Router,
+    shared: http::Shared,
+    acceptor: Option<TlsAcceptor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: tokio::time::Instant,
+    ticket: Ticket,
+) {
+    let Some(acceptor) = acceptor else {
+        return http::serve_connection(router, stream, peer, accepted, ticket, &shared).await;
+    };
+    let limits = HandshakeLimits {
+        timeout: shared.hub.config.login_timeout,
+        close_grace: shared.hub.config.close_grace,
+    };
+    let handshake = tls::handshake(
+        stream,
+        acceptor,
+        limits,
+        shared.stopping.clone(),
+        shared.hub.hurry.clone(),
+    );
+    match Box::pin(handshake).await {
+        Ok(stream) => http::serve_connection(router, stream, peer, accepted, ticket, &shared).await,
+        Err(end) => end.log(peer),
+    }
+}
+
 /// Ends the supervision of the private cluster and stops it, waiting off the async threads.
 async fn stop_cluster(supervisor: Supervisor) {
     let stopped = tokio::task::spawn_blocking(move || supervisor.finish().stop()).await;
@@ -322,14 +382,18 @@ async fn start_cluster(config: &Config) -> Result<ManagedPostgres, ManagedPostgr
 
 /// A listener on `addr` whose queue of connections not yet accepted holds `backlog` (0: the
 /// system's maximum); returns it with the backlog the kernel applies (it caps a larger one
-/// at `net.core.somaxconn`). Reuses the address as std's and tokio's `bind` do, so that a
-/// restart need not wait out the old server's connections in TIME_WAIT.
+/// at `net.core.somaxconn`). [`bind`] then [`listen_bound`].
 pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<(TcpListener, u32)> {
-    let max = system_backlog();
-    let backlog = match backlog {
-        0 => max.unwrap_or(FALLBACK_BACKLOG),
-        n => max.map_or(n, |max| n.min(max)),
-    };
+    listen_bound(bind(addr)?, backlog)
+}
+
+/// A socket bound to `addr`, not yet listening: connections to it are refused until
+/// [`listen_bound`]. Binding first takes the port (a second server fails here), so that the
+/// server can open its store before it takes any connection: once a client gets in, it is
+/// served at once. Reuses the address as std's and tokio's `bind` do, so that a restart need
+/// not wait out the old server's connections in TIME_WAIT (Linux still refuses a port that
+/// another socket listens on).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -337,6 +401,17 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<(TcpListener, u32)> 
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// Starts listening on a bound socket, with the backlog asked for (0: the system's maximum);
+/// returns the listener and the backlog the kernel applies.
+pub fn listen_bound(socket: TcpSocket, backlog: u32) -> io::Result<(TcpListener, u32)> {
+    let max = system_backlog();
+    let backlog = match backlog {
+        0 => max.unwrap_or(FALLBACK_BACKLOG),
+        n => max.map_or(n, |max| n.min(max)),
+    };
     Ok((socket.listen(backlog)?, backlog))
 }
 
@@ -357,7 +432,17 @@ fn system_backlog() -> Option<u32> {
 /// is written without waiting: a peer that does not read it just sees the close. A TLS
 /// connection is closed without a word: the line could only be said after a handshake, which
 /// a full server does not spend on a client it will not take.
-fn turn_away(stream: TcpStream, peer: std::net::SocketAddr, why: Refusal, tls: bool) {
+fn turn_away(stream: TcpStream, peer: std::net::SocketAddr, why: Refusal, kind: Kind) {
+    if kind == Kind::Http {
+        // Plain HTTP even on an https listener: a browser shows nothing either way, a
+        // script or a load balancer reads the status.
+        let _ = stream.try_write(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        tracing::info!(%peer, reason = ?why, "HTTP connection refused: server full");
+        return;
+    }
+    let tls = kind == Kind::Tls;
     let text = match why {
         Refusal::Total => {
             "ERR SERVER_FULL the server has as many connections as it takes; try again later\n"

@@ -1,7 +1,7 @@
-//! What a connection's bytes travel over: a plain TCP socket, or any other byte stream (TLS
-//! today; a WebSocket could be another). The line reader and writer share one [`Transport`]
-//! and ask it to read, write, flush and shut down, so that the session above them is one
-//! implementation whatever carries its lines.
+//! What a connection's lines travel over: a plain TCP socket, any other byte stream (TLS), or
+//! a WebSocket, whose frames are the lines. The line reader and writer share one
+//! [`Transport`] and ask it to read, write, flush and shut down, so that the session above
+//! them is one implementation whatever carries its lines.
 //!
 //! A plain socket is polled for readiness directly, as before there was a choice: an idle
 //! TCP connection holds nothing more than it did. Another stream sits behind a mutex (both
@@ -18,6 +18,8 @@ use std::task::{ready, Context, Poll};
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::http::websocket::WebSocketLines;
 
 /// Bytes asked for per read.
 pub const READ_CHUNK: usize = 4096;
@@ -40,11 +42,36 @@ pub enum Transport {
     Tcp(TcpStream),
     /// Boxed so that a plain connection does not pay for a larger kind.
     Stream(Mutex<Box<dyn Stream>>),
+    /// A WebSocket: the line reader and writer take and give whole frames
+    /// ([`WebSocketLines`]), not bytes.
+    WebSocket(Mutex<Box<WebSocketLines>>),
 }
 
 impl Transport {
     pub fn stream(stream: impl Stream + 'static) -> Transport {
         Transport::Stream(Mutex::new(Box::new(stream)))
+    }
+
+    pub fn websocket(socket: WebSocketLines) -> Transport {
+        Transport::WebSocket(Mutex::new(Box::new(socket)))
+    }
+
+    /// What carries the lines, as metrics and logs name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Transport::Tcp(_) => "tcp",
+            Transport::Stream(_) => "tls",
+            Transport::WebSocket(_) => "websocket",
+        }
+    }
+
+    /// Runs `f` on the WebSocket (locked as a stream is: never contended).
+    pub fn with_websocket<T>(
+        socket: &Mutex<Box<WebSocketLines>>,
+        f: impl FnOnce(&mut WebSocketLines) -> T,
+    ) -> T {
+        let mut guard = socket.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
     }
 
     fn with_stream<T>(
@@ -86,6 +113,8 @@ impl Transport {
                 buf.put_slice(read.filled());
                 Poll::Ready(Ok(read.filled().len()))
             }),
+            // Read a frame at a time by the line reader, never as bytes.
+            Transport::WebSocket(_) => Poll::Ready(Err(not_bytes())),
         }
     }
 
@@ -108,6 +137,8 @@ impl Transport {
             Transport::Stream(stream) => {
                 Transport::with_stream(stream, |stream| stream.poll_write_vectored(cx, slices))
             }
+            // Written a line at a time by the line writer, never as bytes.
+            Transport::WebSocket(_) => Poll::Ready(Err(not_bytes())),
         }
     }
 
@@ -117,12 +148,14 @@ impl Transport {
         match self {
             Transport::Tcp(_) => Poll::Ready(Ok(())),
             Transport::Stream(stream) => Transport::with_stream(stream, |s| s.poll_flush(cx)),
+            Transport::WebSocket(_) => Poll::Ready(Ok(())),
         }
     }
 
     /// Ends the sending direction: FIN on a plain socket; for TLS first its `close_notify`,
-    /// so the client knows it has everything.
-    pub async fn shutdown(&self) -> io::Result<()> {
+    /// so the client knows it has everything; for a WebSocket a close frame with
+    /// `close_code` (the others have no such thing).
+    pub async fn shutdown(&self, close_code: u16) -> io::Result<()> {
         match self {
             Transport::Tcp(socket) => {
                 socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
@@ -131,14 +164,12 @@ impl Transport {
                 std::future::poll_fn(|cx| Transport::with_stream(stream, |s| s.poll_shutdown(cx)))
                     .await
             }
-        }
-    }
-
-    /// What carries it, as the metrics' `transport` label names it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Transport::Tcp(_) => "tcp",
-            Transport::Stream(_) => "tls",
+            Transport::WebSocket(socket) => {
+                std::future::poll_fn(|cx| {
+                    Transport::with_websocket(socket, |ws| ws.poll_close(cx, close_code))
+                })
+                .await
+            }
         }
     }
 
@@ -147,9 +178,16 @@ impl Transport {
         let addr = match self {
             Transport::Tcp(socket) => socket.peer_addr(),
             Transport::Stream(stream) => Transport::with_stream(stream, |s| s.peer_addr()),
+            Transport::WebSocket(socket) => {
+                Ok(Transport::with_websocket(socket, |ws| ws.peer_addr()))
+            }
         };
         addr.ok().map(|a| a.ip())
     }
+}
+
+fn not_bytes() -> io::Error {
+    io::Error::other("a WebSocket carries frames, not bytes")
 }
 
 #[cfg(test)]

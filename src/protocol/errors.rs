@@ -49,6 +49,7 @@ error_codes! {
     NotInRoom => "NOT_IN_ROOM",
     LineTooLong => "LINE_TOO_LONG",
     BadUtf8 => "BAD_UTF8",
+    BadFrame => "BAD_FRAME",
     StoreUnavailable => "STORE_UNAVAILABLE",
     OutcomeUnknown => "OUTCOME_UNKNOWN",
     ServerFull => "SERVER_FULL",

@@ -59,6 +59,16 @@ impl End {
         })
     }
 
+    /// The WebSocket close code that follows the `BYE`.
+    pub(super) fn close_code(&self) -> u16 {
+        use crate::http::websocket::close_code;
+        match self {
+            End::Shutdown => close_code::GOING_AWAY,
+            End::TooSlow | End::LoginTimeout | End::TooManyErrors => close_code::POLICY,
+            _ => close_code::NORMAL,
+        }
+    }
+
     /// Forced closes at info, with the client's address; the ordinary ones at debug.
     pub(super) fn log(self, peer: SocketAddr) {
         match self {
@@ -112,7 +122,7 @@ impl Session {
         let _ = hurry
             .run_until_cancelled(tokio::time::timeout(grace, async {
                 writer.flush().await?;
-                writer.shutdown().await?;
+                writer.shutdown(end.close_code()).await?;
                 // Linger only for a client that is still sending (a line read, or part of one):
                 // an idle one is closed at once.
                 let sending = matches!(reader.next().now_or_never(), Some(Some(Ok(_))));

@@ -7,7 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::budget::{ErrorBudget, Millis};
-use crate::connection::Frame;
+use crate::connection::{Frame, NotALine};
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, RoomsArgs};
 use crate::rooms::RoomsFull;
 use crate::store::NewMessage;
@@ -69,6 +69,20 @@ impl Session {
                 ))
             }
             Frame::Skipped => return Ok(None),
+            Frame::NotALine(why) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::BadFrame,
+                    match why {
+                        NotALine::Binary => {
+                            "lines travel in text frames; the binary frame was discarded"
+                        }
+                        NotALine::LineBreak => {
+                            "one frame is one line, without line breaks inside; the frame \
+                             was discarded"
+                        }
+                    },
+                ))
+            }
             Frame::Line(bytes) => bytes,
         };
         let text = std::str::from_utf8(&line).map_err(|_| {

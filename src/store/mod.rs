@@ -110,4 +110,10 @@ pub trait HistoryStore: Send + Sync + 'static {
     async fn record_room(&self, _room: &str) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Asks the store whether it answers now, within `--db-timeout` (a load balancer's
+    /// readiness probe, `/healthz`). A store in memory always does.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

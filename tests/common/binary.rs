@@ -21,6 +21,9 @@ pub struct Binary {
     pub addr: SocketAddr,
     /// The TLS listener's address, if the server has one.
     pub tls_addr: Option<SocketAddr>,
+    /// The HTTP listener's address (the page, /ws, /healthz, /metrics), if it has one. A port
+    /// of the system's choosing unless the test gave `--http-listen`.
+    pub http_addr: Option<SocketAddr>,
     /// The open-file limit the server logged before listening, if it did.
     files: Option<u64>,
     /// Everything it logged so far.
@@ -36,6 +39,22 @@ impl Binary {
         if !command.get_envs().any(|(k, _)| k == "LINECHAT_LOG") {
             command.env("LINECHAT_LOG", "info");
         }
+        // Never the default port: tests run side by side.
+        let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
+        let http_listen = args
+            .windows(2)
+            .find(|w| w[0] == "--http-listen")
+            .map(|w| w[1].clone())
+            .or_else(|| {
+                command
+                    .get_envs()
+                    .find(|(k, _)| *k == "LINECHAT_HTTP_LISTEN")
+                    .and_then(|(_, v)| v.map(|v| v.to_owned()))
+            });
+        if http_listen.is_none() {
+            command.env("LINECHAT_HTTP_LISTEN", "127.0.0.1:0");
+        }
+        let http_off = http_listen.is_some_and(|v| v == "off");
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -68,6 +87,20 @@ impl Binary {
                 break tls_addr.expect("a TLS listener is logged before the plain one is off");
             }
         };
+        // The page's line comes right after, when there is an HTTP listener.
+        let mut http_addr = None;
+        if !http_off {
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                log.lock().unwrap().push(line.clone());
+                if let Some(rest) = line.split("web page at ").nth(1) {
+                    let url = rest.split(' ').next().unwrap();
+                    let host = url.split("://").nth(1).unwrap().trim_end_matches('/');
+                    http_addr = Some(host.parse().unwrap());
+                    break;
+                }
+            }
+        }
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -78,6 +111,7 @@ impl Binary {
             child,
             addr,
             tls_addr,
+            http_addr,
             files,
             log,
         }

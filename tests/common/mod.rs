@@ -6,6 +6,7 @@ pub mod binary;
 pub mod logs;
 pub mod pg;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub fn memory_config() -> Config {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The HTTP listener (page, /ws, /healthz, /metrics), for servers started with one.
+    pub http_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -44,17 +47,41 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> TestServer {
+        TestServer::start_listening(config, false).await
+    }
+
+    /// A server with an HTTP listener too (`http_addr`): the page, `/ws`, `/healthz`.
+    pub async fn start_web_with(config: Config) -> TestServer {
+        TestServer::start_listening(config, true).await
+    }
+
+    async fn start_listening(config: Config, web: bool) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let http = if web {
+            Some(linechat::http::HttpListener {
+                listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                certificates: None,
+            })
+        } else {
+            None
+        };
+        let http_addr = http.as_ref().map(|h| h.listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let server = linechat::server::Server::start(config)
             .await
             .expect("server starts");
-        let task = tokio::spawn(server.serve(listener, async {
+        let listeners = linechat::server::Listeners {
+            plain: Some(listener),
+            tls: None,
+            http,
+        };
+        let task = tokio::spawn(server.serve(listeners, async {
             let _ = stopped.await;
         }));
         TestServer {
             addr,
+            http_addr,
             stop: Some(stop),
             task: Some(task),
         }

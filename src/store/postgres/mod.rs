@@ -354,6 +354,22 @@ impl HistoryStore for PgStore {
         .await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_timeout("answering a probe", async {
+            self.health.check()?;
+            let mut conn = self.connection().await?;
+            let busy = Busy::new(&mut conn);
+            busy.0
+                .client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| self.failed(e))?;
+            busy.done();
+            Ok(())
+        })
+        .await
+    }
+
     fn record_user(&self, nick: &str) {
         // Never more than a few at a time (the writer needs the pool more), nothing for a
         // known name, and no task at all when there is no capacity: a flood of NICKs costs

@@ -7,18 +7,22 @@
 mod common;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::binary::{linechat, Binary};
+use common::web::WsClient;
 use common::{memory_config, Client};
 use linechat::accounts::MemoryAccounts;
 use linechat::admission::Admission;
+use linechat::http::Shared;
 use linechat::hub::Hub;
 use linechat::store::{HistoryStore, MemoryStore};
 use linechat::telemetry;
 use linechat::transport::Transport;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Every sample of a Prometheus text, by its series (`name{labels}`).
 fn samples(text: &str) -> HashMap<String, f64> {
@@ -37,15 +41,40 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &s
     get(after) - get(before)
 }
 
-/// A hub served by the session code over real TCP, as the server's accept loop does, so the
-/// test can render the very hub its clients talk to.
-async fn serve() -> (Arc<Hub>, std::net::SocketAddr, CancellationToken) {
+/// A hub served by the session code over real TCP, and over WebSocket by the HTTP routes, as
+/// the server's accept loops do, so the test can render the very hub its clients talk to.
+/// Returns the line and the HTTP listeners' addresses.
+async fn serve() -> (Arc<Hub>, SocketAddr, SocketAddr, CancellationToken) {
     let store: Arc<dyn HistoryStore> = Arc::new(MemoryStore::new(100));
     let (hub, _writer) = Hub::start(memory_config(), store, Arc::new(MemoryAccounts::default()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let admission = Admission::new(0, 0, false);
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let shared = Shared {
+        hub: hub.clone(),
+        stopping: shutdown.clone(),
+        sessions: TaskTracker::new(),
+        readiness: Arc::default(),
+    };
+    tokio::spawn({
+        let admission = admission.clone();
+        async move {
+            let router = linechat::http::router(shared.clone());
+            loop {
+                let (stream, peer) = http.accept().await.unwrap();
+                let ticket = admission.admit(peer.ip()).ok().unwrap();
+                let (router, shared) = (router.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let at = tokio::time::Instant::now();
+                    linechat::http::serve_connection(router, stream, peer, at, ticket, &shared)
+                        .await
+                });
+            }
+        }
+    });
     tokio::spawn({
         let (hub, shutdown) = (hub.clone(), shutdown.clone());
         async move {
@@ -63,16 +92,17 @@ async fn serve() -> (Arc<Hub>, std::net::SocketAddr, CancellationToken) {
             }
         }
     });
-    (hub, addr, shutdown)
+    (hub, addr, http_addr, shutdown)
 }
 
 #[tokio::test]
 async fn traffic_moves_the_metrics() {
-    let (hub, addr, shutdown) = serve().await;
+    let (hub, addr, http_addr, shutdown) = serve().await;
     let before = samples(&telemetry::render(&hub));
     let mut alice = Client::login(addr, "alice").await;
     let mut bob = Client::login(addr, "bob").await;
     let mut carol = Client::login(addr, "carol").await;
+    let mut wendy = WsClient::login(http_addr, "wendy").await;
     alice.join("4").await;
     bob.join("4").await;
     carol.join("4").await;
@@ -108,6 +138,14 @@ async fn traffic_moves_the_metrics() {
         "{text}"
     );
     assert_eq!(
+        moved("linechat_connections_accepted_total{transport=\"websocket\"}"),
+        1.0
+    );
+    assert_eq!(
+        moved("linechat_connections_open{transport=\"websocket\"}"),
+        1.0
+    );
+    assert_eq!(
         moved("linechat_errors_sent_total{code=\"UNKNOWN_COMMAND\"}"),
         1.0
     );
@@ -122,7 +160,7 @@ async fn traffic_moves_the_metrics() {
     // The hub's own gauges: this hub's state, whatever else the process runs.
     assert_eq!(after["linechat_rooms"], 1.0);
     assert_eq!(after["linechat_members"], 3.0);
-    assert_eq!(after["linechat_names_held"], 3.0);
+    assert_eq!(after["linechat_names_held"], 4.0);
     assert_eq!(after["linechat_lagging_members"], 0.0);
     for help in [
         "# HELP linechat_messages_said_total ",
@@ -132,9 +170,12 @@ async fn traffic_moves_the_metrics() {
         assert!(text.contains(help), "{help} in {text}");
     }
 
-    // carol leaves on her own: not a forced close; the others are closed by a shutdown.
+    // carol and wendy leave on their own: not forced closes; the others are closed by a
+    // shutdown.
     carol.send("QUIT").await;
     carol.until_closed_after("BYE goodbye").await;
+    wendy.send("QUIT").await;
+    assert_eq!(wendy.line().await, "BYE goodbye");
     shutdown.cancel();
     hub.mailboxes.notify_all();
     for client in [&mut alice, &mut bob] {
@@ -144,12 +185,11 @@ async fn traffic_moves_the_metrics() {
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     let after = loop {
         let after = samples(&telemetry::render(&hub));
-        if delta(
-            &before,
-            &after,
-            "linechat_connections_open{transport=\"tcp\"}",
-        ) == 0.0
-        {
+        let open = ["tcp", "websocket"].map(|t| {
+            let series = format!("linechat_connections_open{{transport=\"{t}\"}}");
+            delta(&before, &after, &series)
+        });
+        if open == [0.0, 0.0] {
             break after;
         }
         assert!(

@@ -46,7 +46,12 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &s
 /// Returns the line and the HTTP listeners' addresses.
 async fn serve() -> (Arc<Hub>, SocketAddr, SocketAddr, CancellationToken) {
     let store: Arc<dyn HistoryStore> = Arc::new(MemoryStore::new(100));
-    let (hub, _writer) = Hub::start(memory_config(), store, Arc::new(MemoryAccounts::default()));
+    // A small outbound limit, so that a member that stops reading lags soon.
+    let config = linechat::Config {
+        outbound_limit: 64 * 1024,
+        ..memory_config()
+    };
+    let (hub, _writer) = Hub::start(config, store, Arc::new(MemoryAccounts::default()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -168,6 +173,27 @@ async fn traffic_moves_the_metrics() {
         "# TYPE linechat_connections_open gauge",
     ] {
         assert!(text.contains(help), "{help} in {text}");
+    }
+
+    // A member that stops reading lags, counted while it does, and is caught up once it
+    // reads again.
+    let mut tom = Client::login(addr, "tom").await;
+    tom.join("lag").await;
+    let mut slow = Client::connect_small(addr).await;
+    slow.send("NICK slow").await;
+    slow.expect("OK NICK slow").await;
+    slow.join("lag").await;
+    tom.expect("JOINED lag slow").await;
+    common::talk_in_chunks(&mut tom, 0..3000, &"p".repeat(3000)).await;
+    let lagging = samples(&telemetry::render(&hub));
+    assert_eq!(lagging["linechat_lagging_members"], 1.0);
+    while !slow.line().await.contains(" tom 2999 ") {}
+    let caught_up = samples(&telemetry::render(&hub));
+    assert_eq!(caught_up["linechat_lagging_members"], 0.0);
+    assert!(delta(&lagging, &caught_up, "linechat_catch_ups_total") >= 1.0);
+    for client in [&mut tom, &mut slow] {
+        client.send("QUIT").await;
+        client.until_closed_after("BYE goodbye").await;
     }
 
     // carol and wendy leave on their own: not forced closes; the others are closed by a

@@ -194,6 +194,20 @@ pub struct Cli {
     /// guests get ERR ACCOUNT_REQUIRED.
     #[arg(long, env = "LINECHAT_REQUIRE_ACCOUNT")]
     require_account: bool,
+
+    /// How log lines are written to stderr: readable text, or one JSON object a line for a
+    /// log shipper. LINECHAT_LOG filters both (e.g. `LINECHAT_LOG=debug`).
+    #[arg(long, env = "LINECHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The log's format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event (`timestamp`, `level`, `fields.message`, `target`, ...).
+    Json,
 }
 
 /// Commands other than serving.

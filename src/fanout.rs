@@ -67,6 +67,8 @@ pub struct Fanout {
     rooms: Arc<Rooms>,
     /// The last time formatted: messages stored together usually share it.
     time: (i64, String),
+    /// `linechat_messages_delivered_total`.
+    delivered: metrics::Counter,
 }
 
 impl Fanout {
@@ -74,6 +76,7 @@ impl Fanout {
         Fanout {
             rooms,
             time: (i64::MIN, String::new()),
+            delivered: crate::telemetry::metrics().delivered.clone(),
         }
     }
 }
@@ -122,6 +125,7 @@ impl Publish<ConnId> for Fanout {
                 end: block.bytes.len(),
             });
         }
+        let mut delivered = 0;
         for Block {
             room,
             bytes,
@@ -130,13 +134,15 @@ impl Publish<ConnId> for Fanout {
         {
             let first = messages[0].sender;
             let only_sender = messages.iter().all(|m| m.sender == first).then_some(first);
-            self.rooms.publish(Arc::new(LiveBatch {
+            delivered += self.rooms.publish(Arc::new(LiveBatch {
                 room,
                 bytes: bytes.freeze(),
                 messages,
                 only_sender,
             }));
         }
+        // Once per stored batch, whatever its number of recipients.
+        self.delivered.increment(delivered);
     }
 }
 

@@ -144,6 +144,15 @@ impl Nicks {
             .collect()
     }
 
+    /// How many names are held.
+    pub fn len(&self) -> usize {
+        self.owners.lock().expect("nicks lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// True if a connection other than `conn` holds `nick`.
     pub fn is_held_by_other(&self, nick: &str, conn: ConnId) -> bool {
         let owners = self.owners.lock().expect("nicks lock");

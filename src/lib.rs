@@ -27,6 +27,8 @@
 //!   rooms *lags* there instead of being dropped, and its session catches it up.
 //! - [`managed_postgres`]: the PostgreSQL process the server runs itself when no database is
 //!   given.
+//! - [`telemetry`]: the metrics (`/metrics`, Prometheus text): counted per batch on the hot
+//!   paths, read from the hub at scrape time for the rest.
 //! - [`config`]: the settings and their defaults (one table, shared with the binary's flags).
 //! - [`signals`] and [`privileges`]: the binary's process-level concerns: what each signal
 //!   means, and the unprivileged user it becomes after start-up when started as root.
@@ -50,6 +52,7 @@ pub mod server;
 pub mod session;
 pub mod signals;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 

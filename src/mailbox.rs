@@ -20,6 +20,9 @@ use futures::task::AtomicWaker;
 
 use crate::fanout::LiveBatch;
 
+/// What a closed mailbox counts as queued: more than any limit, so that it takes nothing.
+const CLOSED: usize = usize::MAX / 2;
+
 /// Identifies one connection for the server's lifetime.
 pub type ConnId = u64;
 
@@ -261,7 +264,12 @@ impl Mailbox {
         let mut queue = self.queue.lock().expect("mailbox lock");
         *queue = Queue::default();
         self.lagging.store(true, Ordering::Relaxed);
-        self.queued.store(usize::MAX / 2, Ordering::Relaxed);
+        self.queued.store(CLOSED, Ordering::Relaxed);
+    }
+
+    /// True once [`close`](Self::close)d (it then counts as lagging, to take nothing more).
+    fn is_closed(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= CLOSED
     }
 
     /// Holds the mailbox's lock, as a delivery that is slow to finish would (tests only).
@@ -407,6 +415,15 @@ impl Mailboxes {
     pub fn get(&self, id: ConnId) -> Option<Arc<Mailbox>> {
         let live = self.live.lock().expect("mailboxes");
         live.get(&id).and_then(Weak::upgrade)
+    }
+
+    /// How many live connections lag now (read at a metrics scrape).
+    pub fn lagging(&self) -> usize {
+        let live = self.live.lock().expect("mailboxes");
+        live.values()
+            .filter_map(Weak::upgrade)
+            .filter(|m| m.is_lagging() && !m.is_closed())
+            .count()
     }
 
     /// Wakes every session (to see that the server is shutting down).

@@ -19,30 +19,15 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, LogFormat};
 
 mod cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // tokio-postgres logs statements' parameters (messages, password hashes) at debug: never
-    // that, whatever LINECHAT_LOG asks (a filter after the user's, which no directive of
-    // theirs can widen).
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LINECHAT_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let no_statements = tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
-    });
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(filter)
-                .with_filter(no_statements),
-        )
-        .init();
+    // Flags first: they say how to log (a bad flag is clap's to report, before any log).
     let mut cli = Cli::parse();
+    init_logging(cli.log_format);
     let command = cli.command.take();
     let config = cli.into_config();
     if let Some(Command::Account { action }) = command {
@@ -134,6 +119,29 @@ async fn main() -> ExitCode {
     tokio::spawn(signals.watch(stop.clone(), server.hurry()));
     server.serve(listeners, stop.cancelled_owned()).await;
     ExitCode::SUCCESS
+}
+
+/// Logs to stderr in `format`, filtered by LINECHAT_LOG (default `info`).
+fn init_logging(format: LogFormat) {
+    // tokio-postgres logs statements' parameters (messages, password hashes) at debug: never
+    // that, whatever LINECHAT_LOG asks (a filter after the user's, which no directive of
+    // theirs can widen).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LINECHAT_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let no_statements = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        // No colour codes in JSON, whatever stderr is.
+        LogFormat::Json => fmt.json().with_ansi(false).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter).with_filter(no_statements))
+        .init();
 }
 
 /// The sockets the configuration asks for, bound but not yet listening, and the TLS

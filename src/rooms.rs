@@ -185,9 +185,12 @@ impl Rooms {
     /// Delivers a batch of live messages to every member of its room (the session of each
     /// member skips its own messages). The sender of a batch of only its own messages gets
     /// it marked `only_ours`, which keeps its place in the room's order at no cost.
-    pub fn publish(&self, batch: Arc<LiveBatch>) {
+    ///
+    /// Returns how many message lines that makes (each message to each member but its
+    /// sender), for the metrics: counted per batch, not per member.
+    pub fn publish(&self, batch: Arc<LiveBatch>) -> u64 {
         let Some(room) = self.get(&batch.room) else {
-            return;
+            return 0;
         };
         let members = room.members.lock().expect("room lock");
         for (id, m) in &members.by_conn {
@@ -196,6 +199,18 @@ impl Rooms {
                 only_ours: batch.only_sender == Some(*id),
             });
         }
+        // Senders still in the room do not get their own messages: one look-up per message
+        // (or one per batch of a single sender), never one per member.
+        let own = match batch.only_sender {
+            Some(sender) if members.by_conn.contains_key(&sender) => batch.messages.len(),
+            Some(_) => 0,
+            None => batch
+                .messages
+                .iter()
+                .filter(|m| members.by_conn.contains_key(&m.sender))
+                .count(),
+        };
+        (members.by_conn.len() * batch.messages.len() - own) as u64
     }
 
     /// The nicks in a room, sorted; empty for a room nobody is in.
@@ -245,6 +260,17 @@ impl Rooms {
             .filter(|(_, count)| *count > 0)
             .take(max)
             .collect()
+    }
+
+    /// How many rooms there are, and how many members they have together (a connection in
+    /// three rooms counts three times). Counts are read without the rooms' locks.
+    pub fn totals(&self) -> (usize, usize) {
+        let rooms = self.rooms.lock().expect("rooms lock");
+        let members = rooms
+            .values()
+            .map(|r| r.count.load(Ordering::Relaxed))
+            .sum();
+        (rooms.len(), members)
     }
 
     /// How many rooms there are.
@@ -342,6 +368,60 @@ mod tests {
             listed.is_ok(),
             "joining and listing another room waited for a member of room a"
         );
+    }
+
+    /// What `publish` reports delivered (the metrics' count): each message to each member
+    /// but its sender, whether the batch has one sender or several, or one who left.
+    #[test]
+    fn a_publish_counts_each_message_to_each_member_but_its_sender() {
+        use crate::fanout::BatchEntry;
+        let rooms = Rooms::new();
+        let members: Vec<ConnHandle> = (1..=4).map(conn).collect();
+        for m in &members {
+            rooms.join(&"r".into(), &format!("n{}", m.id).into(), m);
+        }
+        let batch = |senders: &[ConnId]| {
+            let messages = senders
+                .iter()
+                .enumerate()
+                .map(|(i, &sender)| BatchEntry {
+                    id: i as u64 + 1,
+                    sender,
+                    end: i + 1,
+                })
+                .collect::<Vec<_>>();
+            let first = senders[0];
+            Arc::new(LiveBatch {
+                room: "r".into(),
+                bytes: Bytes::from(vec![b'\n'; senders.len()]),
+                only_sender: senders.iter().all(|s| *s == first).then_some(first),
+                messages,
+            })
+        };
+        assert_eq!(
+            rooms.publish(batch(&[1, 1, 1])),
+            9,
+            "3 messages to 3 others"
+        );
+        assert_eq!(
+            rooms.publish(batch(&[1, 2])),
+            6,
+            "2 messages to 3 others each"
+        );
+        assert_eq!(
+            rooms.publish(batch(&[9, 9])),
+            8,
+            "its sender left: 2 to all 4"
+        );
+        assert_eq!(rooms.publish(batch(&[1, 9])), 7);
+        assert_eq!(rooms.totals(), (1, 4));
+        let nobody = LiveBatch {
+            room: "empty".into(),
+            bytes: Bytes::from_static(b"\n"),
+            messages: batch(&[1]).messages.clone(),
+            only_sender: Some(1),
+        };
+        assert_eq!(rooms.publish(Arc::new(nobody)), 0, "a room nobody is in");
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::accounts::{account, registered, server_logging_at};
+use common::accounts::{account, registered, server_logging_as};
 use common::{memory_config, pg, Client, TestServer};
 use linechat::accounts::Guesses;
 use linechat::budget::Millis;
@@ -156,27 +156,29 @@ async fn a_join_racing_private_does_not_unmark_the_room() {
 
 /// Attack 5: The "never that, whatever LINECHAT_LOG asks" guard (tokio_postgres=info) loses to a
 /// more specific directive: LINECHAT_LOG=tokio_postgres::query=debug logs every statement's
-/// parameters, password hashes (and every chat message) included.
+/// parameters, password hashes (and every chat message) included. In either log format.
 #[tokio::test]
 async fn no_linechat_log_setting_logs_statement_parameters() {
     let url = pg::fresh_database().await;
-    let mut server = server_logging_at(&url, "info,tokio_postgres::query=debug");
-    let mut c = Client::login(server.addr, "alice").await;
-    c.send(&format!("REGISTER {PW}")).await;
-    c.expect("OK REGISTER alice").await;
-    c.send("QUIT").await;
-    c.until_closed_after("BYE goodbye").await;
-    server.signal("-TERM");
-    server.wait().await;
-    let log = server.log().join("\n");
-    assert!(
-        !log.contains("$argon2id$"),
-        "a password hash in the log:\n{}",
-        log.lines()
-            .filter(|l| l.contains("argon2id"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    for (format, name) in [("text", "alice"), ("json", "bobby")] {
+        let mut server = server_logging_as(&url, "info,tokio_postgres::query=debug", format);
+        let mut c = Client::login(server.addr, name).await;
+        c.send(&format!("REGISTER {PW}")).await;
+        c.expect(&format!("OK REGISTER {name}")).await;
+        c.send("QUIT").await;
+        c.until_closed_after("BYE goodbye").await;
+        server.signal("-TERM");
+        server.wait().await;
+        let log = server.log().join("\n");
+        assert!(
+            !log.contains("$argon2id$"),
+            "a password hash in the {format} log:\n{}",
+            log.lines()
+                .filter(|l| l.contains("argon2id"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }
 
 /// Attack 6: Hashing has no per-address (or per-connection) cost: REGISTER is unbudgeted, and right

@@ -81,6 +81,8 @@ pub fn ok_say(id: MessageId, time: &str) -> Bytes {
 
 /// `ERR <CODE> <text>\n`.
 pub fn error_line(e: &ProtocolError) -> Bytes {
+    // Every `ERR` is made here, and made only to be sent: counted by its code.
+    crate::telemetry::error_sent(e.code);
     let mut line = format!("ERR {} ", e.code.as_str());
     // The text may quote the client's input: control characters in it are written as escapes
     // (`\x1b`, `\u{85}`), so an error never carries a CR or a terminal escape back.

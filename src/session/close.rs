@@ -8,6 +8,7 @@ use futures::FutureExt;
 
 use crate::connection::Frame;
 use crate::protocol::{self, ErrorCode, ProtocolError};
+use crate::telemetry::ForcedClose;
 
 use super::Session;
 
@@ -42,6 +43,19 @@ impl End {
             End::AccountChanged => "your account was removed or its password changed: log in again",
             End::TooManyErrors => "too many errors",
             End::Io(_) => return None,
+        })
+    }
+
+    /// Why the server closed the connection itself, if it did (for the metrics).
+    pub(super) fn forced(&self) -> Option<ForcedClose> {
+        Some(match self {
+            End::Shutdown => ForcedClose::Shutdown,
+            End::TooSlow => ForcedClose::TooSlow,
+            End::LoginTimeout => ForcedClose::LoginTimeout,
+            End::NameRegistered => ForcedClose::NameRegistered,
+            End::AccountChanged => ForcedClose::AccountChanged,
+            End::TooManyErrors => ForcedClose::TooManyErrors,
+            End::Quit(_) | End::Eof | End::Io(_) => return None,
         })
     }
 

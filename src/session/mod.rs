@@ -81,6 +81,7 @@ pub fn run(
     shutdown: CancellationToken,
     place: Ticket,
 ) -> impl std::future::Future<Output = ()> + Send {
+    let open = crate::telemetry::connection_opened(transport.kind());
     let mut session = Session::new(hub, transport, shutdown);
     // No timer of its own (thousands of pending timers cost memory): the server's login
     // watch marks the mailbox if no name came in time, counting from accept.
@@ -96,8 +97,12 @@ pub fn run(
         Box::pin(session.close(&end)).await;
         session.leave_everything();
         session.conn.mailbox.close();
+        if let Some(why) = end.forced() {
+            crate::telemetry::forced_close(why);
+        }
         end.log(peer);
         drop(place);
+        drop(open);
     }
 }
 

@@ -284,6 +284,7 @@ impl Session {
             rooms = rooms.len(),
             "catching up after a lag"
         );
+        crate::telemetry::metrics().catch_ups.increment(1);
         // Our own messages in the gap are known by their acks: take them all first.
         self.settle_acks().await;
         let mut rooms_left = rooms.into_iter();

@@ -145,6 +145,7 @@ async fn run<T: Copy + Send + 'static>(
     let mut acks = Vec::with_capacity(max_batch);
     // Refusals are logged once per run of failures, not per batch.
     let mut failing = false;
+    let metrics = crate::telemetry::metrics();
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let now = Instant::now();
         let mut deadline = None::<Instant>;
@@ -172,30 +173,34 @@ async fn run<T: Copy + Send + 'static>(
         let Some(deadline) = deadline else {
             continue;
         };
-        let appended = store
-            .append_by(&messages, deadline)
-            .await
-            .and_then(|stored| {
-                // Every message gets its answer: a store that returned another number of rows
-                // than it was given has failed, and may have stored some of them.
-                if stored.len() == messages.len() {
-                    Ok(stored)
-                } else {
-                    tracing::error!(
-                        given = messages.len(),
-                        returned = stored.len(),
-                        "the store returned another number of messages than it was given"
-                    );
-                    Err(StoreError::OutcomeUnknown(
-                        "the store did not confirm every message".into(),
-                    ))
-                }
-            });
+        metrics.batch_size.record(messages.len() as f64);
+        let started = Instant::now();
+        let appended = store.append_by(&messages, deadline).await;
+        metrics
+            .commit_seconds
+            .record(started.elapsed().as_secs_f64());
+        let appended = appended.and_then(|stored| {
+            // Every message gets its answer: a store that returned another number of rows
+            // than it was given has failed, and may have stored some of them.
+            if stored.len() == messages.len() {
+                Ok(stored)
+            } else {
+                tracing::error!(
+                    given = messages.len(),
+                    returned = stored.len(),
+                    "the store returned another number of messages than it was given"
+                );
+                Err(StoreError::OutcomeUnknown(
+                    "the store did not confirm every message".into(),
+                ))
+            }
+        });
         match appended {
             Ok(stored) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!("the store takes messages again");
                 }
+                metrics.said.increment(stored.len() as u64);
                 publisher.publish(StoredBatch::new(&messages, &stored, &tags));
                 for (ack, s) in acks.drain(..).zip(&stored) {
                     let _ = ack.send(Ok(Ack {

@@ -41,6 +41,11 @@ pub fn account(args: &[&str], action: &[&str], stdin: &str) -> Result<String, St
 /// The binary on the database at `url`, logging at `log` (`LINECHAT_LOG`), staying root (the
 /// test cluster's socket is for root and postgres only).
 pub fn server_logging_at(url: &str, log: &str) -> Binary {
+    server_logging_as(url, log, "text")
+}
+
+/// As [`server_logging_at`], logging in `format` (`--log-format`).
+pub fn server_logging_as(url: &str, log: &str, format: &str) -> Binary {
     Binary::start(
         linechat()
             .args([
@@ -51,7 +56,7 @@ pub fn server_logging_at(url: &str, log: &str) -> Binary {
                 "--database-url",
                 url,
             ])
-            .args(["--user", "root"])
+            .args(["--user", "root", "--log-format", format])
             .env("LINECHAT_LOG", log),
     )
 }

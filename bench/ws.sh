@@ -24,7 +24,7 @@ rm -f "$OUT/ws.jsonl"
 if [ "${BUILD:-1}" != 0 ]; then
   cargo build --release --quiet -p linechat --bin linechat -p linechat-bench
 fi
-LINECHAT=${CARGO_TARGET_DIR:-target}/release/linechat
+LINECHAT=${LINECHAT:-${CARGO_TARGET_DIR:-target}/release/linechat}
 BENCH=${CARGO_TARGET_DIR:-target}/release/linechat-bench
 
 if [ "$SCALE" = tiny ]; then

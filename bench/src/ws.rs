@@ -86,9 +86,7 @@ impl AsyncRead for WsLines {
                 Poll::Pending if buf.filled().len() > start => break,
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None | Some(Ok(Message::Close(_)))) => break,
-                Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => {
-                    break
-                }
+                Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => break,
                 Poll::Ready(Some(Err(e))) if buf.filled().len() == start => {
                     return Poll::Ready(Err(io::Error::other(e)))
                 }

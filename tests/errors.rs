@@ -137,6 +137,8 @@ async fn every_error_code_is_reachable_and_the_connection_lives_on() {
         "ROOM_RATE_LIMITED",
         "ROOMS_FULL",
         "TLS_REQUIRED",
+        // tests/websocket.rs: frames_that_are_not_lines_are_refused_and_the_connection_lives_on
+        "BAD_FRAME",
     ];
     for code in ErrorCode::ALL {
         let code = code.as_str();

@@ -557,3 +557,79 @@ async fn a_reload_the_unprivileged_user_cannot_read_says_so() {
     let client = TlsClient::login(server.tls_addr.unwrap(), &[&cert.der], "alice").await;
     assert_eq!(client.presented, cert.der, "the certificate in use stays");
 }
+
+/// With a certificate, the HTTP listener serves https and wss on it: the page, `/healthz`,
+/// and a WebSocket session that chats with a plain client and logs in a registered name.
+#[tokio::test]
+async fn the_http_listener_serves_https_and_wss_with_the_same_certificate() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = pg::temp_dir("tls-web");
+    let _guard = DirGuard(dir.clone());
+    let cert = Certificate::write(&dir);
+    let server = tls_server(&cert, &[]);
+    let web = server.http_addr.expect("an https listener");
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains(&format!("web page at https://{web}/"))),
+        "{:#?}",
+        server.log()
+    );
+    let open = || async {
+        let tcp = TcpStream::connect(web).await.unwrap();
+        connector(&[&cert.der])
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("the https listener presents the certificate")
+    };
+    let mut page = open().await;
+    page.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    page.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok\n"), "{answer}");
+
+    let mut plain = Client::login(server.addr, "bob").await;
+    plain.send("REGISTER correct-horse").await;
+    plain.expect("OK REGISTER bob").await;
+    plain.send("QUIT").await;
+    plain.expect("BYE goodbye").await;
+    let mut carol = Client::login(server.addr, "carol").await;
+    carol.join("4").await;
+
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", web.port()), open().await)
+            .await
+            .expect("wss upgrade");
+    let mut next_line = async || loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(next_line().await.starts_with("HELLO "));
+    drop(next_line);
+    ws.send(Message::text("NICK bob correct-horse"))
+        .await
+        .unwrap();
+    ws.send(Message::text("JOIN 4")).await.unwrap();
+    ws.send(Message::text("SAY hello over wss")).await.unwrap();
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
+            lines.push(t.to_string());
+        }
+    }
+    assert_eq!(lines[0], "OK NICK bob");
+    assert!(lines[1].starts_with("OK JOIN 4 "), "{lines:?}");
+    assert!(lines[2].starts_with("OK SAY "), "{lines:?}");
+    carol.expect("JOINED 4 bob").await;
+    let got = carol.expect_prefix("MSG 4 ").await;
+    assert!(got.ends_with(" bob hello over wss"), "{got}");
+}

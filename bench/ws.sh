@@ -4,7 +4,7 @@
 # A fresh server per measurement, RUNS times, the transports alternating; prints the medians
 # that BENCHMARKS.md shows.
 #
-#   bash bench/ws.sh                      # full size, about 3 minutes
+#   bash bench/ws.sh                      # full size, about 2 minutes
 #   RUNS=1 SCALE=tiny bash bench/ws.sh    # seconds, to check that it all works
 #   BUILD=0 bash bench/ws.sh              # the release binaries already built
 #

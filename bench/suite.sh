@@ -60,7 +60,7 @@ start() {
     memory)
       taskset -c "$SERVER_CORE" "$LINECHAT" --store memory --memory-history "$memory_history" \
         --rate 0 --listen 127.0.0.1:7911 --http-listen 127.0.0.1:7921 2>>"$OUT/linechat-memory.log" &
-      server_pid=$!; addr=127.0.0.1:7911; kind=linechat ;;
+      server_pid=$!; addr=127.0.0.1:7911; kind=linechat; wait_port 7921 ;;
     postgres)
       taskset -c "$SERVER_CORE" "$LINECHAT" --store postgres --data-dir "$OUT/pgdata" \
         --rate 0 --listen 127.0.0.1:7912 --http-listen 127.0.0.1:7922 2>>"$OUT/linechat-postgres.log" &
@@ -89,7 +89,11 @@ run() {
 
 for i in $(seq 1 "$RUNS"); do
   for target in memory postgres nats; do
-    run "$target" fanout "${fanout[@]}"
+    # On the memory store, fanout runs over WebSocket too, after plain TCP (bench/ws.sh
+    # compares the two; here it is checked that nothing is lost).
+    ws=()
+    [ "$target" = memory ] && ws=(--ws-addr 127.0.0.1:7921)
+    run "$target" fanout "${fanout[@]}" "${ws[@]}"
     run "$target" bigroom "${bigroom[@]}"
     run "$target" latency "${latency[@]}"
     for n in "${idle[@]}"; do run "$target" idle --connections "$n"; done

@@ -47,6 +47,8 @@ lat = lambda k: (lambda r: r["result"]["latency_us"][k])
 row("fanout: deliveries/s", "fanout", res("deliveries_per_sec"), count)
 row("fanout: lost deliveries", "fanout", res("lost_deliveries"), count)
 row("fanout: latency p99", "fanout", lat("p99"), ms)
+row("fanout over WebSocket: deliveries/s", "fanout",
+    lambda r: r.get("ws", {}).get("deliveries_per_sec"), count)
 row("bigroom: deliveries/s", "bigroom", res("deliveries_per_sec"), count)
 row("bigroom: latency p99", "bigroom", lat("p99"), ms)
 for k, label in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")]:
@@ -73,9 +75,12 @@ if "--check" in sys.argv:
                 continue
             if not any(k[0] == scenario and k[1] == store for k in runs):
                 problems.append(f"no {scenario} result for {store}")
+    if not any("ws" in r for r in runs.get(("fanout", "memory", None), [])):
+        problems.append("no fanout over WebSocket for memory")
     for key, results in runs.items():
         for r in results:
             lost = r.get("result", {}).get("lost_deliveries") or 0
+            lost += r.get("ws", {}).get("lost_deliveries") or 0
             lost += sum(p["result"]["lost_deliveries"] for p in r.get("points", []))
             if lost:
                 problems.append(f"{key[0]} on {key[1]} lost {lost} deliveries")

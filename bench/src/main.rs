@@ -1,4 +1,5 @@
-//! linechat-bench: drives a running linechat (or NATS) server over real TCP (or TLS) and
+//! linechat-bench: drives a running linechat (or NATS) server over real TCP (or TLS, or
+//! WebSocket) and
 //! reports throughput, latency, lost deliveries, connect time and server memory; and TLS
 //! handshakes per second with the server's CPU time per handshake.
 //!
@@ -15,6 +16,7 @@ mod report;
 mod system;
 mod target;
 mod transport;
+mod ws;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,8 +66,16 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Cipher::Default)]
     tls_cipher: Cipher,
     /// With --tls-addr: run over TLS only, not over plain TCP as well (idle: over TLS).
-    #[arg(long, requires = "tls_addr")]
+    #[arg(long, requires = "tls_addr", conflicts_with = "ws_only")]
     tls_only: bool,
+
+    /// The server's HTTP listener: fanout, bigroom and persist then also run over a WebSocket
+    /// to ws://ADDR/ws per client (a text frame a line), reported beside plain TCP.
+    #[arg(long)]
+    ws_addr: Option<String>,
+    /// With --ws-addr: run over WebSocket only (idle: over WebSocket).
+    #[arg(long, requires = "ws_addr")]
+    ws_only: bool,
 
     /// Rooms (subjects, for NATS).
     #[arg(long)]
@@ -153,17 +163,31 @@ enum Scenario {
 
 impl Cli {
     /// The transports to run over, each with its address: plain TCP at --addr (unless
-    /// --tls-only), then TLS at --tls-addr if given.
+    /// --tls-only or --ws-only), then TLS at --tls-addr if given (unless --ws-only), then
+    /// WebSocket at --ws-addr if given (unless --tls-only).
     fn transports(&self, resume: bool) -> Result<Vec<(Transport, String)>> {
         let mut out = Vec::new();
-        if !self.tls_only {
+        if !self.tls_only && !self.ws_only {
             out.push((Transport::Plain, self.addr.clone()));
         }
-        if let (Some(addr), Some(ca)) = (&self.tls_addr, &self.ca) {
+        if let (Some(addr), Some(ca), false) = (&self.tls_addr, &self.ca, self.ws_only) {
             let tls = TlsClient::new(ca, &self.server_name, resume, self.tls_cipher)?;
             out.push((Transport::Tls(tls), addr.clone()));
         }
+        if let (Some(addr), false) = (&self.ws_addr, self.tls_only) {
+            out.push((Transport::Ws, addr.clone()));
+        }
         Ok(out)
+    }
+
+    /// The one transport of a scenario that measures a single server state (idle): TLS with
+    /// --tls-only, WebSocket with --ws-only, else plain TCP (two in one server would mix
+    /// their memory).
+    fn transport(&self) -> Result<(Transport, String)> {
+        Ok(match (self.tls_only, self.ws_only) {
+            (true, _) | (_, true) => self.transports(true)?.remove(0),
+            _ => (Transport::Plain, self.addr.clone()),
+        })
     }
 
     fn load(&self) -> Load {
@@ -228,6 +252,9 @@ async fn run(cli: &Cli) -> Result<()> {
         out["tls_addr"] = json!(cli.tls_addr);
         out["tls_cipher"] = json!(cli.tls_cipher);
     }
+    if cli.ws_addr.is_some() {
+        out["ws_addr"] = json!(cli.ws_addr);
+    }
     match cli.scenario {
         Scenario::Fanout | Scenario::Bigroom | Scenario::Persist => {
             let load = cli.load();
@@ -246,9 +273,10 @@ async fn run(cli: &Cli) -> Result<()> {
                 )
                 .await?;
                 let rss_after = cli.server_pid.map(system::rss_kib).transpose()?;
-                rates.push(result.deliveries_per_sec);
-                // The first run is "result" (the plain one, when there are two), as before.
-                let key = if i == 0 { "result" } else { "tls" };
+                rates.push((transport.name(), result.deliveries_per_sec));
+                // The first run is "result" (the plain one, when there are more), as before;
+                // the others are under their transport's name ("tls", "ws").
+                let key = if i == 0 { "result" } else { transport.name() };
                 out[key] = json!(result);
                 out[format!("{key}_transport")] = json!(transport.name());
                 out[format!("{key}_server_rss_kib")] = json!(rss_after);
@@ -256,11 +284,13 @@ async fn run(cli: &Cli) -> Result<()> {
                     print_load(cli, transport, addr, &load, &result, rss_before, rss_after);
                 }
             }
-            if let [plain, tls] = rates[..] {
-                let ratio = if plain > 0.0 { tls / plain } else { 0.0 };
-                out["tls_vs_plain"] = json!(ratio);
-                if !cli.json {
-                    println!("TLS / plain deliveries per second: {ratio:.2}");
+            if let [("plain", plain), ref others @ ..] = rates[..] {
+                for &(name, rate) in others {
+                    let ratio = if plain > 0.0 { rate / plain } else { 0.0 };
+                    out[format!("{name}_vs_plain")] = json!(ratio);
+                    if !cli.json {
+                        println!("{name} / plain deliveries per second: {ratio:.2}");
+                    }
                 }
             }
         }
@@ -368,12 +398,7 @@ async fn run(cli: &Cli) -> Result<()> {
         Scenario::Idle => {
             let connections = cli.connections.unwrap_or(5000);
             let rooms = cli.rooms.unwrap_or(50).max(1);
-            // One transport: TLS with --tls-only, else plain (two in one server would mix
-            // their memory).
-            let (transport, addr) = cli
-                .transports(true)?
-                .pop()
-                .expect("plain unless --tls-only, which needs --tls-addr");
+            let (transport, addr) = cli.transport()?;
             out["transport"] = json!(transport.name());
             let started = Instant::now();
             let (streams, connect) = load::connect_all(

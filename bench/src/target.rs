@@ -50,6 +50,8 @@ impl Target {
                 }
                 let hello = format!("NICK {name}\nJOIN {room} NONE\n");
                 stream.get_mut().write_all(hello.as_bytes()).await?;
+                // Over WebSocket the frames wait in tungstenite's buffer until a flush.
+                stream.get_mut().flush().await?;
                 expect_line(&mut stream, "OK NICK").await?;
                 expect_line(&mut stream, "OK JOIN").await?;
             }

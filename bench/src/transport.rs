@@ -1,5 +1,5 @@
-//! How the bench reaches a server: plain TCP, or TLS (rustls with ring, trusting `--ca`), so
-//! that one scenario can run over both in one run.
+//! How the bench reaches a server: plain TCP, TLS (rustls with ring, trusting `--ca`), or a
+//! WebSocket at `/ws` (a text frame a line), so that one scenario can run over each in one run.
 
 use std::io;
 use std::path::Path;
@@ -18,11 +18,14 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// Plain TCP, or TLS.
+use crate::ws::{self, WsLines};
+
+/// Plain TCP, TLS, or WebSocket.
 #[derive(Clone)]
 pub enum Transport {
     Plain,
     Tls(TlsClient),
+    Ws,
 }
 
 impl Transport {
@@ -30,10 +33,11 @@ impl Transport {
         match self {
             Transport::Plain => "plain",
             Transport::Tls(_) => "tls",
+            Transport::Ws => "ws",
         }
     }
 
-    /// Connects (and for TLS, completes the handshake).
+    /// Connects (and for TLS or WebSocket, completes the handshake).
     pub async fn connect(&self, addr: &str) -> Result<Conn> {
         let tcp = TcpStream::connect(addr)
             .await
@@ -42,6 +46,7 @@ impl Transport {
         match self {
             Transport::Plain => Ok(Conn::Plain(tcp)),
             Transport::Tls(tls) => Ok(Conn::Tls(Box::new(tls.handshake(tcp).await?))),
+            Transport::Ws => Ok(Conn::Ws(Box::new(ws::connect(tcp, addr).await?))),
         }
     }
 }
@@ -120,15 +125,16 @@ impl Cipher {
     }
 }
 
-/// A connection over either transport.
+/// A connection over any transport.
 pub enum Conn {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Ws(Box<WsLines>),
 }
 
 impl Conn {
     /// Read and write halves for two tasks: the socket's own halves for plain TCP (as
-    /// before TLS existed, so plain figures stay comparable), tokio's split for TLS.
+    /// before TLS existed, so plain figures stay comparable), tokio's split for the others.
     pub fn into_split(self) -> (ConnRead, ConnWrite) {
         match self {
             Conn::Plain(s) => {
@@ -139,6 +145,10 @@ impl Conn {
                 let (r, w) = tokio::io::split(*s);
                 (ConnRead::Tls(r), ConnWrite::Tls(w))
             }
+            Conn::Ws(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (ConnRead::Ws(r), ConnWrite::Ws(w))
+            }
         }
     }
 
@@ -147,6 +157,7 @@ impl Conn {
         match self {
             Conn::Plain(s) => s,
             Conn::Tls(s) => s.get_ref().0,
+            Conn::Ws(s) => s.tcp(),
         }
     }
 }
@@ -154,11 +165,13 @@ impl Conn {
 pub enum ConnRead {
     Plain(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Ws(tokio::io::ReadHalf<WsLines>),
 }
 
 pub enum ConnWrite {
     Plain(OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Ws(tokio::io::WriteHalf<WsLines>),
 }
 
 /// Delegates AsyncRead/AsyncWrite to whichever variant is there.
@@ -167,6 +180,7 @@ macro_rules! delegate {
         match $self.get_mut() {
             Self::Plain($s) => $e,
             Self::Tls($s) => $e,
+            Self::Ws($s) => $e,
         }
     };
 }

@@ -443,6 +443,7 @@ fn turn_away(stream: TcpStream, peer: std::net::SocketAddr, why: Refusal, kind: 
         return;
     }
     let tls = kind == Kind::Tls;
+    crate::telemetry::error_sent(crate::protocol::ErrorCode::ServerFull);
     let text = match why {
         Refusal::Total => {
             "ERR SERVER_FULL the server has as many connections as it takes; try again later\n"

@@ -606,15 +606,14 @@ async fn the_http_listener_serves_https_and_wss_with_the_same_certificate() {
         tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", web.port()), open().await)
             .await
             .expect("wss upgrade");
-    let mut next_line = async || loop {
+    let hello = loop {
         match ws.next().await.unwrap().unwrap() {
-            Message::Text(t) => return t.to_string(),
+            Message::Text(t) => break t.to_string(),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("{other:?}"),
         }
     };
-    assert!(next_line().await.starts_with("HELLO "));
-    drop(next_line);
+    assert!(hello.starts_with("HELLO "), "{hello}");
     ws.send(Message::text("NICK bob correct-horse"))
         .await
         .unwrap();

@@ -106,6 +106,7 @@ impl TlsServer {
                 listener: tls,
                 certificates,
             }),
+            http: None,
         };
         tokio::spawn(server.serve(listeners, std::future::pending()));
         TlsServer {

@@ -76,6 +76,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/style.css", get(page::style))
         .route("/ws", get(websocket_session))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
@@ -206,6 +207,18 @@ async fn healthz(State(shared): State<Shared>) -> Response {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
+}
+
+/// `/metrics`: the Prometheus text format.
+async fn metrics(State(shared): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(&shared.hub),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -496,19 +496,26 @@ async fn the_plain_listener_can_be_turned_off_but_not_every_listener() {
     let tls_addr = server.tls_addr.unwrap();
     assert_eq!(server.addr, tls_addr, "no plain listener was logged");
     server
-        .wait_for_log("plain listener off (--listen off); TLS only")
+        .wait_for_log("plain listener off (--listen off)")
         .await;
     TlsClient::login(tls_addr, &[&cert.der], "alice").await;
 
     let output = linechat()
-        .args(["--store", "memory", "--listen", "off"])
+        .args([
+            "--store",
+            "memory",
+            "--listen",
+            "off",
+            "--http-listen",
+            "off",
+        ])
         .env("LINECHAT_LOG", "info")
         .output()
         .unwrap();
     assert!(!output.status.success());
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(
-        log.contains("nothing to listen on: --listen is off and --tls-listen is not given"),
+        log.contains("nothing to listen on: --listen and --http-listen are off and --tls-listen is not given"),
         "{log}"
     );
 }

@@ -13,12 +13,15 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
+use crate::fanout::LiveBatch;
+use crate::http::websocket::frames;
 use crate::transport::Transport;
 
 /// Most buffers handed to one vectored write.
@@ -68,19 +71,12 @@ impl LineReader {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame>>> {
-        if let Transport::WebSocket(socket) = &*self.read {
-            // Its frames are the lines: no codec, no buffer of ours.
-            let max_len = self.codec.max_len;
-            return Transport::with_websocket(socket, |ws| ws.poll_frame(cx, max_len));
-        }
         loop {
-            if self.eof {
-                return Poll::Ready(self.codec.decode_eof(&mut self.buf).transpose());
+            if let Some(frame) = self.decode().transpose() {
+                return Poll::Ready(Some(frame));
             }
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Some(Err(e))),
+            if self.eof || self.websocket_closed() {
+                return Poll::Ready(None);
             }
             if self.buf.is_empty() && self.buf.capacity() > 0 {
                 self.buf = BytesMut::new();
@@ -97,6 +93,29 @@ impl LineReader {
                 }
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
+        }
+    }
+
+    /// The next frame in what has been read: lines, or a WebSocket's frames (whose input
+    /// ends at its close frame, or with the bytes, a frame cut short dropped).
+    fn decode(&mut self) -> io::Result<Option<Frame>> {
+        if let Transport::WebSocket(socket) = &*self.read {
+            let decoded = Transport::with_websocket(socket, |ws| ws.decoder.decode(&mut self.buf));
+            return Ok(decoded?);
+        }
+        if self.eof {
+            self.codec.decode_eof(&mut self.buf)
+        } else {
+            self.codec.decode(&mut self.buf)
+        }
+    }
+
+    fn websocket_closed(&self) -> bool {
+        match &*self.read {
+            Transport::WebSocket(socket) => {
+                Transport::with_websocket(socket, |ws| ws.decoder.closed())
+            }
+            _ => false,
         }
     }
 
@@ -121,12 +140,7 @@ impl LineReader {
 
     /// The next frame already read from the socket, without reading more.
     pub fn next_buffered(&mut self) -> Option<io::Result<Frame>> {
-        let decoded = if self.eof {
-            self.codec.decode_eof(&mut self.buf)
-        } else {
-            self.codec.decode(&mut self.buf)
-        };
-        decoded.transpose()
+        self.decode().transpose()
     }
 }
 
@@ -139,7 +153,38 @@ pub struct LineWriter {
 impl LineWriter {
     /// Queues a line (or several: any whole lines) to be written.
     pub fn push(&mut self, line: Bytes) {
-        self.queue.push(line);
+        let Transport::WebSocket(socket) = &*self.socket else {
+            self.queue.push(line);
+            return;
+        };
+        let open = Transport::with_websocket(socket, |ws| {
+            if let Some(reason) = line.strip_prefix(b"BYE ") {
+                let reason = line.slice_ref(reason.strip_suffix(b"\n").unwrap_or(reason));
+                ws.farewell = Some(reason);
+            }
+            !ws.decoder.closed()
+        });
+        if open {
+            self.queue.push(frames::frame_lines(&line));
+        }
+    }
+
+    /// Queues the messages of a room's batch within `range` (of its plain lines), in the
+    /// form this connection takes: a WebSocket's framed once for all its members.
+    pub fn push_live(&mut self, batch: &LiveBatch, range: Range<usize>) {
+        match &*self.socket {
+            Transport::WebSocket(socket) => {
+                if !Transport::with_websocket(socket, |ws| ws.decoder.closed()) {
+                    self.queue.push(batch.websocket_frames(range));
+                }
+            }
+            _ => self.queue.push(batch.bytes.slice(range)),
+        }
+    }
+
+    /// Answers a WebSocket ping.
+    pub fn push_pong(&mut self, payload: &[u8]) {
+        self.queue.push(frames::pong(payload));
     }
 
     /// Bytes queued and not yet written.
@@ -169,9 +214,6 @@ impl LineWriter {
 
     fn poll_write_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let LineWriter { socket, queue } = self;
-        if let Transport::WebSocket(ws) = &**socket {
-            return Transport::with_websocket(ws, |ws| ws.poll_send(cx, queue));
-        }
         if queue.is_empty() {
             ready!(socket.poll_flush(cx))?;
             queue.unflushed = false;
@@ -209,9 +251,16 @@ impl LineWriter {
 
     /// Ends the sending direction (FIN; for TLS `close_notify` first; for a WebSocket a
     /// close frame with `close_code` and the `BYE`'s reason): the client reads to the end of
-    /// what was written.
+    /// what was written. A WebSocket client that closed first gets nothing after its close
+    /// frame but the answering one.
     pub async fn shutdown(&mut self, close_code: u16) -> io::Result<()> {
-        self.socket.shutdown(close_code).await
+        if let Transport::WebSocket(socket) = &*self.socket {
+            let reason = Transport::with_websocket(socket, |ws| ws.farewell.take());
+            self.queue
+                .push(frames::close(close_code, &reason.unwrap_or_default()));
+            self.flush().await?;
+        }
+        self.socket.shutdown().await
     }
 }
 
@@ -262,18 +311,6 @@ impl WriteQueue {
         count
     }
 
-    /// Takes the first line of the queue without its LF (the rest of the front buffer, if it
-    /// holds no LF), as a slice of the shared buffer: no copy. The queue must not be empty.
-    pub fn take_line(&mut self) -> Bytes {
-        let front = self.queue.front().expect("a line is queued");
-        let (line, taken) = match memchr(b'\n', front) {
-            Some(end) => (front.slice(..end), end + 1),
-            None => (front.clone(), front.len()),
-        };
-        self.advance(taken);
-        line
-    }
-
     /// Forgets the first `written` bytes: they are on their way.
     pub fn advance(&mut self, mut written: usize) {
         assert!(written <= self.bytes, "wrote more than queued");
@@ -311,6 +348,8 @@ pub enum Frame {
     Skipped,
     /// A WebSocket frame that cannot be a line: answered with `ERR BAD_FRAME`.
     NotALine(NotALine),
+    /// A WebSocket ping, with its payload: answered with a pong, and counted as input.
+    Ping(Bytes),
 }
 
 /// Why a WebSocket frame is not a line.

@@ -8,10 +8,11 @@
 //! zero-copy slices.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::http::websocket::frames;
 use crate::mailbox::ConnId;
 use crate::protocol::{self, MessageId, MessageKind};
 use crate::rooms::Rooms;
@@ -31,6 +32,17 @@ pub struct LiveBatch {
     pub messages: Vec<BatchEntry>,
     /// The sender of every message, if they all have the same one.
     pub only_sender: Option<ConnId>,
+    /// The same lines as WebSocket text frames, made by the first WebSocket member to take
+    /// the batch and shared by the others.
+    pub websocket: OnceLock<WebSocketForm>,
+}
+
+/// A [`LiveBatch`] framed for WebSocket members: one text frame per message.
+#[derive(Debug)]
+pub struct WebSocketForm {
+    bytes: Bytes,
+    /// Where each message's frame ends in `bytes`, as `BatchEntry::end` does in the lines.
+    ends: Vec<usize>,
 }
 
 /// Where one message sits in a [`LiveBatch`].
@@ -44,6 +56,51 @@ pub struct BatchEntry {
 }
 
 impl LiveBatch {
+    pub fn new(
+        room: Arc<str>,
+        bytes: Bytes,
+        messages: Vec<BatchEntry>,
+        only_sender: Option<ConnId>,
+    ) -> LiveBatch {
+        LiveBatch {
+            room,
+            bytes,
+            messages,
+            only_sender,
+            websocket: OnceLock::new(),
+        }
+    }
+
+    /// The messages within `range` of the lines (its ends are ends of messages, as
+    /// [`LiveBatch::ranges_for`] gives them) as WebSocket frames.
+    pub fn websocket_frames(&self, range: Range<usize>) -> Bytes {
+        let form = self.websocket.get_or_init(|| {
+            let bytes = frames::frame_lines(&self.bytes);
+            let mut ends = Vec::with_capacity(self.messages.len());
+            let mut start = 0;
+            let mut framed = 0;
+            for m in &self.messages {
+                let len = m.end - start - 1;
+                framed += frames::text_header(len).len() + len;
+                ends.push(framed);
+                start = m.end;
+            }
+            debug_assert_eq!(framed, bytes.len());
+            WebSocketForm { bytes, ends }
+        });
+        let framed = |end: usize| match end {
+            0 => 0,
+            end => {
+                let i = self
+                    .messages
+                    .binary_search_by_key(&end, |m| m.end)
+                    .expect("a range ends at a message's end");
+                form.ends[i]
+            }
+        };
+        form.bytes.slice(framed(range.start)..framed(range.end))
+    }
+
     /// The byte ranges a member should get: messages newer than `last_shown` that `me` did
     /// not send, with neighbouring ranges merged (usually the whole batch in one range).
     pub fn ranges_for(&self, me: ConnId, last_shown: MessageId) -> Vec<Range<usize>> {
@@ -134,12 +191,12 @@ impl Publish<ConnId> for Fanout {
         {
             let first = messages[0].sender;
             let only_sender = messages.iter().all(|m| m.sender == first).then_some(first);
-            delivered += self.rooms.publish(Arc::new(LiveBatch {
+            delivered += self.rooms.publish(Arc::new(LiveBatch::new(
                 room,
-                bytes: bytes.freeze(),
+                bytes.freeze(),
                 messages,
                 only_sender,
-            }));
+            )));
         }
         // Once per stored batch, whatever its number of recipients.
         self.delivered.increment(delivered);
@@ -231,10 +288,34 @@ mod tests {
                 entry(4, 8, 8),
             ],
             only_sender: None,
+            websocket: Default::default(),
         };
         assert_eq!(batch.ranges_for(9, 0), vec![0..8]);
         assert_eq!(batch.ranges_for(7, 0), vec![2..4, 6..8]);
         assert_eq!(batch.ranges_for(9, 2), vec![4..8]);
         assert_eq!(batch.ranges_for(8, 4), Vec::<Range<usize>>::new());
+    }
+
+    #[test]
+    fn a_websocket_member_gets_the_same_messages_framed() {
+        let entry = |id, sender, end| BatchEntry { id, sender, end };
+        let long = format!("{}\n", "z".repeat(200));
+        let lines = format!("1\n{long}3\n");
+        let batch = LiveBatch::new(
+            "r".into(),
+            Bytes::from(lines),
+            vec![entry(1, 7, 2), entry(2, 8, 203), entry(3, 7, 205)],
+            None,
+        );
+        let all = batch.websocket_frames(0..205);
+        assert_eq!(all, frames::frame_lines(&batch.bytes));
+        assert_eq!(&batch.websocket_frames(0..2)[..], b"\x81\x011");
+        assert_eq!(&batch.websocket_frames(203..205)[..], b"\x81\x013");
+        assert_eq!(
+            batch.websocket_frames(2..203),
+            frames::frame_lines(long.as_bytes())
+        );
+        // Made once, shared by every later member.
+        assert_eq!(batch.websocket_frames(0..205).as_ptr(), all.as_ptr());
     }
 }

@@ -395,6 +395,7 @@ mod tests {
                 room: "r".into(),
                 bytes: Bytes::from(vec![b'\n'; senders.len()]),
                 only_sender: senders.iter().all(|s| *s == first).then_some(first),
+                websocket: Default::default(),
                 messages,
             })
         };
@@ -420,6 +421,7 @@ mod tests {
             bytes: Bytes::from_static(b"\n"),
             messages: batch(&[1]).messages.clone(),
             only_sender: Some(1),
+            websocket: Default::default(),
         };
         assert_eq!(rooms.publish(Arc::new(nobody)), 0, "a room nobody is in");
     }

@@ -1,7 +1,8 @@
 //! What a connection's lines travel over: a plain TCP socket, any other byte stream (TLS), or
 //! a WebSocket, whose frames are the lines. The line reader and writer share one
 //! [`Transport`] and ask it to read, write, flush and shut down, so that the session above
-//! them is one implementation whatever carries its lines.
+//! them is one implementation whatever carries its lines. A WebSocket is bytes here too;
+//! the reader and writer frame its lines ([`crate::http::websocket::frames`]).
 //!
 //! A plain socket is polled for readiness directly, as before there was a choice: an idle
 //! TCP connection holds nothing more than it did. Another stream sits behind a mutex (both
@@ -19,7 +20,7 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::http::websocket::WebSocketLines;
+use crate::http::websocket::WebSocketConn;
 
 /// Bytes asked for per read.
 pub const READ_CHUNK: usize = 4096;
@@ -42,9 +43,8 @@ pub enum Transport {
     Tcp(TcpStream),
     /// Boxed so that a plain connection does not pay for a larger kind.
     Stream(Mutex<Box<dyn Stream>>),
-    /// A WebSocket: the line reader and writer take and give whole frames
-    /// ([`WebSocketLines`]), not bytes.
-    WebSocket(Mutex<Box<WebSocketLines>>),
+    /// An upgraded HTTP connection, with the state of its WebSocket framing.
+    WebSocket(Mutex<Box<WebSocketConn>>),
 }
 
 impl Transport {
@@ -52,7 +52,7 @@ impl Transport {
         Transport::Stream(Mutex::new(Box::new(stream)))
     }
 
-    pub fn websocket(socket: WebSocketLines) -> Transport {
+    pub fn websocket(socket: WebSocketConn) -> Transport {
         Transport::WebSocket(Mutex::new(Box::new(socket)))
     }
 
@@ -67,8 +67,8 @@ impl Transport {
 
     /// Runs `f` on the WebSocket (locked as a stream is: never contended).
     pub fn with_websocket<T>(
-        socket: &Mutex<Box<WebSocketLines>>,
-        f: impl FnOnce(&mut WebSocketLines) -> T,
+        socket: &Mutex<Box<WebSocketConn>>,
+        f: impl FnOnce(&mut WebSocketConn) -> T,
     ) -> T {
         let mut guard = socket.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)
@@ -105,16 +105,12 @@ impl Transport {
                     done => return Poll::Ready(done),
                 }
             },
-            Transport::Stream(stream) => Transport::with_stream(stream, |stream| {
-                // On the stack, not in the reader: only bytes that came are kept.
-                let mut chunk = [0u8; READ_CHUNK];
-                let mut read = ReadBuf::new(&mut chunk);
-                ready!(stream.poll_read(cx, &mut read))?;
-                buf.put_slice(read.filled());
-                Poll::Ready(Ok(read.filled().len()))
-            }),
-            // Read a frame at a time by the line reader, never as bytes.
-            Transport::WebSocket(_) => Poll::Ready(Err(not_bytes())),
+            Transport::Stream(stream) => {
+                Transport::with_stream(stream, |stream| read_chunk(stream, cx, buf))
+            }
+            Transport::WebSocket(socket) => {
+                Transport::with_websocket(socket, |ws| read_chunk(ws.io(), cx, buf))
+            }
         }
     }
 
@@ -137,8 +133,9 @@ impl Transport {
             Transport::Stream(stream) => {
                 Transport::with_stream(stream, |stream| stream.poll_write_vectored(cx, slices))
             }
-            // Written a line at a time by the line writer, never as bytes.
-            Transport::WebSocket(_) => Poll::Ready(Err(not_bytes())),
+            Transport::WebSocket(socket) => {
+                Transport::with_websocket(socket, |ws| ws.io().poll_write_vectored(cx, slices))
+            }
         }
     }
 
@@ -148,14 +145,16 @@ impl Transport {
         match self {
             Transport::Tcp(_) => Poll::Ready(Ok(())),
             Transport::Stream(stream) => Transport::with_stream(stream, |s| s.poll_flush(cx)),
-            Transport::WebSocket(_) => Poll::Ready(Ok(())),
+            Transport::WebSocket(socket) => {
+                Transport::with_websocket(socket, |ws| ws.io().poll_flush(cx))
+            }
         }
     }
 
     /// Ends the sending direction: FIN on a plain socket; for TLS first its `close_notify`,
-    /// so the client knows it has everything; for a WebSocket a close frame with
-    /// `close_code` (the others have no such thing).
-    pub async fn shutdown(&self, close_code: u16) -> io::Result<()> {
+    /// so the client knows it has everything. (A WebSocket's close frame is the line
+    /// writer's: it is written before this.)
+    pub async fn shutdown(&self) -> io::Result<()> {
         match self {
             Transport::Tcp(socket) => {
                 socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
@@ -166,7 +165,7 @@ impl Transport {
             }
             Transport::WebSocket(socket) => {
                 std::future::poll_fn(|cx| {
-                    Transport::with_websocket(socket, |ws| ws.poll_close(cx, close_code))
+                    Transport::with_websocket(socket, |ws| ws.io().poll_shutdown(cx))
                 })
                 .await
             }
@@ -186,8 +185,18 @@ impl Transport {
     }
 }
 
-fn not_bytes() -> io::Error {
-    io::Error::other("a WebSocket carries frames, not bytes")
+/// One read of a stream into `buf`, through a chunk on the stack rather than the reader:
+/// only the bytes that came are kept.
+fn read_chunk(
+    stream: Pin<&mut (impl AsyncRead + ?Sized)>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut read = ReadBuf::new(&mut chunk);
+    ready!(stream.poll_read(cx, &mut read))?;
+    buf.put_slice(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
 }
 
 #[cfg(test)]

@@ -210,3 +210,125 @@ async fn websocket_connections_count_toward_the_per_address_limit() {
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     server.stop().await.unwrap();
 }
+
+/// A WebSocket client that writes frames byte by byte, to send what a library would not:
+/// fragments around a ping, text that is not UTF-8, an unmasked frame.
+struct RawWs {
+    socket: tokio::net::TcpStream,
+}
+
+impl RawWs {
+    /// Connects and upgrades by hand, checking the server's `Sec-WebSocket-Accept`.
+    async fn connect(addr: std::net::SocketAddr) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(socket.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        // RFC 6455, section 1.3's example key and answer.
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        let mut raw = RawWs { socket };
+        let (opcode, hello) = raw.read_frame().await;
+        assert_eq!(opcode, 0x1);
+        assert!(hello.starts_with(b"HELLO "), "{hello:?}");
+        raw
+    }
+
+    async fn send_frame(&mut self, first_byte: u8, payload: &[u8], masked: bool) {
+        use tokio::io::AsyncWriteExt;
+        assert!(payload.len() < 126);
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![
+            first_byte,
+            payload.len() as u8 | if masked { 0x80 } else { 0 },
+        ];
+        if masked {
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        self.socket.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame's opcode and payload (server frames are final and unmasked).
+    async fn read_frame(&mut self) -> (u8, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let first = self.socket.read_u8().await.unwrap();
+            assert_eq!(first & 0xF0, 0x80, "a final frame, no reserved bits");
+            let len = match self.socket.read_u8().await.unwrap() {
+                126 => usize::from(self.socket.read_u16().await.unwrap()),
+                127 => self.socket.read_u64().await.unwrap() as usize,
+                short => usize::from(short),
+            };
+            let mut payload = vec![0; len];
+            self.socket.read_exact(&mut payload).await.unwrap();
+            (first & 0x0F, payload)
+        };
+        tokio::time::timeout(common::PATIENCE, read).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_message_in_fragments_is_one_line_and_a_ping_between_them_is_answered() {
+    let server = web_server().await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    // "PI", a ping, "NG 7" (final): one line, PING 7; the pong comes first.
+    c.send_frame(0x01, b"PI", true).await;
+    c.send_frame(0x89, b"hey", true).await;
+    c.send_frame(0x80, b"NG 7", true).await;
+    assert_eq!(c.read_frame().await, (0xA, b"hey".to_vec()));
+    assert_eq!(c.read_frame().await, (0x1, b"PONG 7".to_vec()));
+    // A character split across fragments is whole in its line.
+    c.send_frame(0x01, b"PING \xc3", true).await;
+    c.send_frame(0x80, b"\xa9", true).await;
+    assert_eq!(c.read_frame().await, (0x1, "PONG é".as_bytes().to_vec()));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn text_that_is_not_utf8_ends_the_connection_with_1007() {
+    let server = web_server().await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    c.send_frame(0x81, b"PING \xff", true).await;
+    let (opcode, bye) = c.read_frame().await;
+    assert_eq!(opcode, 0x1);
+    assert!(bye.starts_with(b"BYE bad WebSocket frames: "), "{bye:?}");
+    let (opcode, close) = c.read_frame().await;
+    assert_eq!(opcode, 0x8);
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1007);
+    assert_eq!(&close[2..], &bye[4..]);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unmasked_client_frame_ends_the_connection_with_1002() {
+    let server = web_server().await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    c.send_frame(0x81, b"PING 1", false).await;
+    assert_eq!(c.read_frame().await.0, 0x1);
+    let (opcode, close) = c.read_frame().await;
+    assert_eq!(opcode, 0x8);
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1002);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_plain_get_of_the_websocket_endpoint_is_a_bad_request() {
+    let server = web_server().await;
+    let response = common::web::get(server.http_addr.unwrap(), "/ws").await;
+    assert_eq!(response.status, 400);
+    server.stop().await.unwrap();
+}

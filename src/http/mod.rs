@@ -15,8 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -34,7 +33,7 @@ use crate::hub::Hub;
 use crate::session;
 use crate::tls::Certificates;
 use crate::transport::Transport;
-use websocket::WebSocketLines;
+use websocket::WebSocketConn;
 
 pub use health::Readiness;
 
@@ -47,10 +46,6 @@ pub struct HttpListener {
 /// The largest request head (request line and headers) read: a browser's is a few hundred
 /// bytes; hyper's own floor is 8 KiB.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
-/// tungstenite's write buffer: frames are gathered up to this before a write (and once the
-/// queue is empty, whatever there is). Kept small: a connection keeps its buffer's memory.
-const WS_WRITE_BUFFER: usize = 8 * 1024;
-
 /// What the routes share: the hub, the server's shutdown signal and its session tracker.
 #[derive(Clone)]
 pub struct Shared {
@@ -136,15 +131,19 @@ fn header_timeout(login_timeout: Duration) -> Duration {
 async fn websocket_session(
     State(shared): State<Shared>,
     Extension(accepted): Extension<Arc<Accepted>>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
-    if !same_origin(&headers) {
+    let headers = request.headers();
+    if !same_origin(headers) {
         return (
             StatusCode::FORBIDDEN,
             "a page from another site may not open a chat connection here\n",
         )
             .into_response();
+    }
+    let switch = websocket::upgrade(headers);
+    if switch.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return switch;
     }
     let ticket = accepted
         .ticket
@@ -161,21 +160,26 @@ async fn websocket_session(
     let config = &shared.hub.config;
     // Frames a little over the line limit are read and refused (ERR LINE_TOO_LONG, as on
     // TCP); far larger ones end the connection without being buffered whole.
-    let max_message = config.max_line.saturating_mul(4).max(64 * 1024);
+    let (max_line, max_message) = (
+        config.max_line,
+        config.max_line.saturating_mul(4).max(64 * 1024),
+    );
     // Counted as a session from now, not from the upgrade's completion: shutdown waits for it.
     let tracked = shared.sessions.token();
     let (peer, at) = (accepted.peer, accepted.at);
-    upgrade
-        .read_buffer_size(1024)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .max_write_buffer_size(WS_WRITE_BUFFER + max_message + 1024)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_upgrade(move |socket| async move {
-            let transport = Transport::websocket(WebSocketLines::new(socket, peer));
-            session::run(shared.hub, transport, peer, at, shared.stopping, ticket).await;
-            drop(tracked);
-        })
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(io) => {
+                let socket = WebSocketConn::new(io, peer, max_line, max_message);
+                let transport = Transport::websocket(socket);
+                session::run(shared.hub, transport, peer, at, shared.stopping, ticket).await;
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
+        }
+        drop(tracked);
+    });
+    switch
 }
 
 /// True unless the request comes from a page of another site. A browser sends `Origin` with

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use futures::FutureExt;
 
 use crate::connection::Frame;
+use crate::http::websocket::frames::Violation;
 use crate::protocol::{self, ErrorCode, ProtocolError};
 use crate::telemetry::ForcedClose;
 
@@ -25,10 +26,30 @@ pub(super) enum End {
     /// Its account was removed, or its password changed elsewhere.
     AccountChanged,
     TooManyErrors,
+    /// A WebSocket client broke the WebSocket protocol: closed with its close code.
+    BadFrames {
+        why: String,
+        close_code: u16,
+    },
     Io(io::Error),
 }
 
 impl End {
+    /// A read failed: a WebSocket protocol violation (answered with a close frame), or the
+    /// socket is gone.
+    pub(super) fn on_read_error(e: io::Error) -> End {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Violation>())
+        {
+            Some(violation) => End::BadFrames {
+                why: format!("bad WebSocket frames: {violation}"),
+                close_code: violation.close_code(),
+            },
+            None => End::Io(e),
+        }
+    }
+
     /// The reason given with `BYE`; `None` when the socket is gone.
     pub(super) fn farewell(&self) -> Option<&str> {
         Some(match self {
@@ -42,6 +63,7 @@ impl End {
             }
             End::AccountChanged => "your account was removed or its password changed: log in again",
             End::TooManyErrors => "too many errors",
+            End::BadFrames { why, .. } => why,
             End::Io(_) => return None,
         })
     }
@@ -55,7 +77,7 @@ impl End {
             End::NameRegistered => ForcedClose::NameRegistered,
             End::AccountChanged => ForcedClose::AccountChanged,
             End::TooManyErrors => ForcedClose::TooManyErrors,
-            End::Quit(_) | End::Eof | End::Io(_) => return None,
+            End::Quit(_) | End::Eof | End::BadFrames { .. } | End::Io(_) => return None,
         })
     }
 
@@ -65,6 +87,7 @@ impl End {
         match self {
             End::Shutdown => close_code::GOING_AWAY,
             End::TooSlow | End::LoginTimeout | End::TooManyErrors => close_code::POLICY,
+            End::BadFrames { close_code, .. } => *close_code,
             _ => close_code::NORMAL,
         }
     }
@@ -77,6 +100,7 @@ impl End {
             }
             End::LoginTimeout => tracing::info!(%peer, "closed: no NICK within the login timeout"),
             End::TooManyErrors => tracing::info!(%peer, "closed: too many errors"),
+            End::BadFrames { why, .. } => tracing::info!(%peer, "closed: {why}"),
             End::NameRegistered => {
                 tracing::info!(%peer, "closed: its guest name has been registered")
             }

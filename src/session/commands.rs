@@ -18,6 +18,11 @@ use super::Session;
 impl Session {
     /// Handles one input frame. `Some(reason)` means: close with `BYE <reason>`.
     pub(super) async fn on_frame(&mut self, frame: Frame) -> io::Result<Option<String>> {
+        if let Frame::Ping(payload) = &frame {
+            // The WebSocket's own ping, answered at once: it measures the connection.
+            self.writer.push_pong(payload);
+            return Ok(None);
+        }
         let command = self.decode(frame);
         // Replies keep command order: anything but another SAY (or a PING, which measures the
         // server, never its store) waits for the SAYs in flight, at most the store's deadline.
@@ -84,6 +89,7 @@ impl Session {
                 ))
             }
             Frame::Line(bytes) => bytes,
+            Frame::Ping(_) => return Ok(None),
         };
         let text = std::str::from_utf8(&line).map_err(|_| {
             ProtocolError::new(

@@ -202,6 +202,7 @@ mod tests {
                 })
                 .collect(),
             only_sender: None,
+            websocket: Default::default(),
         }
     }
 

@@ -266,7 +266,7 @@ impl Session {
             let quit = match frame {
                 // Half-closed by the client: answer what it sent, then close.
                 None => return Some(End::Eof),
-                Some(Err(e)) => return Some(End::Io(e)),
+                Some(Err(e)) => return Some(End::on_read_error(e)),
                 // Boxed: the handlers' futures are large and rarely pending, and keeping them
                 // out of the session's own future keeps idle connections small.
                 Some(Ok(frame)) => {
@@ -324,10 +324,10 @@ impl Session {
             }
             Delivery::Messages { batch, .. } => match self.joined.take_live(&batch, self.conn.id) {
                 Show::Nothing => {}
-                Show::All => self.writer.push(batch.bytes.clone()),
+                Show::All => self.writer.push_live(&batch, 0..batch.bytes.len()),
                 Show::Ranges(ranges) => {
                     for range in ranges {
-                        self.writer.push(batch.bytes.slice(range));
+                        self.writer.push_live(&batch, range);
                     }
                 }
             },

@@ -23,7 +23,8 @@ mkdir -p "$OUT"
 rm -f "$OUT/tls.jsonl"
 
 if [ "${BUILD:-1}" != 0 ]; then
-  cargo build --release --quiet -p linechat --bin linechat -p linechat-bench
+  cargo build --release --quiet -p linechat --bin linechat
+  cargo build --release --quiet -p linechat-bench
 fi
 LINECHAT=${CARGO_TARGET_DIR:-target}/release/linechat
 BENCH=${CARGO_TARGET_DIR:-target}/release/linechat-bench

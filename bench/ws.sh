@@ -22,7 +22,8 @@ mkdir -p "$OUT"
 rm -f "$OUT/ws.jsonl"
 
 if [ "${BUILD:-1}" != 0 ]; then
-  cargo build --release --quiet -p linechat --bin linechat -p linechat-bench
+  cargo build --release --quiet -p linechat --bin linechat
+  cargo build --release --quiet -p linechat-bench
 fi
 LINECHAT=${LINECHAT:-${CARGO_TARGET_DIR:-target}/release/linechat}
 BENCH=${CARGO_TARGET_DIR:-target}/release/linechat-bench

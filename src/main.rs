@@ -142,10 +142,10 @@ fn init_logging(format: LogFormat) {
     tracing_subscriber::registry()
         .with(layer.with_filter(filter).with_filter(no_statements))
         .init();
-    // Records of crates that use `log` (tungstenite logs every frame at trace) are bridged
-    // into tracing; without a max level of their own, each one is built and dispatched
-    // before the filter drops it: 40% of the server's CPU in a WebSocket fanout. Only the
-    // levels the filter can pass are made.
+    // Records of crates that use `log` are bridged into tracing; without a max level of
+    // their own, each one is built and dispatched before the filter drops it (tungstenite's
+    // per-frame trace records once cost 40% of the server's CPU in a WebSocket fanout). Only
+    // the levels the filter can pass are made.
     log::set_max_level(match tracing_subscriber::filter::LevelFilter::current() {
         tracing_subscriber::filter::LevelFilter::OFF => log::LevelFilter::Off,
         tracing_subscriber::filter::LevelFilter::ERROR => log::LevelFilter::Error,

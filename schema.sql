@@ -228,3 +228,40 @@ CREATE TABLE private_room_members (
     PRIMARY KEY (room, member)
 );
 CREATE INDEX private_room_members_member ON private_room_members (member);
+
+-- migration 5
+-- Several servers on one database (README, "Running several servers"). Every server learns
+-- of every stored batch, its own included, from this trigger's notifications, which
+-- PostgreSQL delivers at commit and in commit order; it delivers a room's messages in that
+-- order. For that order to be the rooms' id order, a batch's INSERT locks its rooms' rows
+-- (FOR NO KEY UPDATE, in id order, before it takes any id: see INSERT_MESSAGES in
+-- src/store/postgres/pool.rs), so that within a room ids are taken in the order their
+-- transactions commit, and one statement's ids in a room are consecutive among that room's.
+--
+-- A notification reads "<origin> <room> <first id> <last id> ...": the storing session's
+-- application_name (a linechat server's name for itself), then each room's range, at most
+-- 64 rooms a notification (a payload is at most 8000 bytes; a room name at most 64).
+CREATE FUNCTION linechat_notify_messages() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    origin text := coalesce(
+        nullif(translate(current_setting('application_name'), ' ', '_'), ''), '-');
+BEGIN
+    PERFORM pg_notify('linechat_messages', origin || ' ' || part.ranges)
+    FROM (
+        SELECT string_agg(g.room || ' ' || g.first || ' ' || g.last, ' ' ORDER BY g.first)
+               AS ranges
+        FROM (
+            SELECT r.name AS room, min(n.id) AS first, max(n.id) AS last,
+                   (row_number() OVER (ORDER BY min(n.id)) - 1) / 64 AS chunk
+            FROM new_messages n JOIN rooms r ON r.id = n.room_id
+            GROUP BY r.name
+        ) g
+        GROUP BY g.chunk
+    ) part;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER messages_notify AFTER INSERT ON messages
+    REFERENCING NEW TABLE AS new_messages
+    FOR EACH STATEMENT EXECUTE FUNCTION linechat_notify_messages();
+ALTER TABLE messages ENABLE ALWAYS TRIGGER messages_notify;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::{AccountStore, Accounts};
 use crate::admission::{LoginWatch, NewRoomLimit};
 use crate::budget::Limit;
+use crate::bus::{self, Bus};
 use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::mailbox::{ConnId, Mailboxes};
@@ -48,7 +49,15 @@ pub struct Hub {
     /// Cancelled by a second stopping signal: closing sessions stop waiting out
     /// `--close-grace`.
     pub hurry: CancellationToken,
+    /// Ends the delivery of what servers sharing the store stored (`bus.rs`) with the hub.
+    delivering: CancellationToken,
     next_conn: AtomicU64,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.delivering.cancel();
+    }
 }
 
 impl Hub {
@@ -59,13 +68,33 @@ impl Hub {
         accounts: Arc<dyn AccountStore>,
     ) -> (Arc<Hub>, JoinHandle<()>) {
         let rooms = Arc::new(Rooms::with_max_rooms(config.max_rooms));
-        let (writer, writer_task) = Writer::spawn(
-            store.clone(),
-            Fanout::new(rooms.clone()),
-            WRITER_QUEUE,
-            WRITER_BATCH,
-            config.db_timeout,
-        );
+        let delivering = CancellationToken::new();
+        let (writer, writer_task) = if store.is_shared() {
+            // Stored batches, ours and other servers', are delivered as the store commits
+            // them.
+            let (bus, shared) = Bus::new();
+            tokio::spawn(bus::deliver(
+                shared,
+                store.clone(),
+                rooms.clone(),
+                delivering.clone(),
+            ));
+            Writer::spawn(
+                store.clone(),
+                bus,
+                WRITER_QUEUE,
+                WRITER_BATCH,
+                config.db_timeout,
+            )
+        } else {
+            Writer::spawn(
+                store.clone(),
+                Fanout::new(rooms.clone()),
+                WRITER_QUEUE,
+                WRITER_BATCH,
+                config.db_timeout,
+            )
+        };
         let hub = Hub {
             flood_limit: Limit::per_second(config.rate, config.burst),
             error_limit: Limit::per_minute(config.max_errors),
@@ -80,6 +109,7 @@ impl Hub {
             writer,
             mailboxes: Mailboxes::default(),
             hurry: CancellationToken::new(),
+            delivering,
             next_conn: AtomicU64::new(1),
         };
         (Arc::new(hub), writer_task)

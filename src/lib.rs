@@ -21,6 +21,8 @@
 //! - [`hub`]: what sessions share: settings, rooms, names, the store and its writer.
 //! - [`store`]: the `HistoryStore` trait (memory, PostgreSQL), and the batched writer that
 //!   stores every `SAY` before anyone sees it or is told it was stored.
+//! - [`bus`]: servers sharing one database deliver what any of them stored, their own
+//!   batches included, in the database's commit order (LISTEN/NOTIFY).
 //! - [`fanout`]: a stored batch, formatted once into shared `Bytes`, handed to each room.
 //! - [`rooms`]: membership and presence; delivers to every member's mailbox.
 //! - [`mailbox`]: each connection's bounded queue of room traffic; a reader too slow for its
@@ -38,6 +40,7 @@
 pub mod accounts;
 pub mod admission;
 pub mod budget;
+pub mod bus;
 pub mod config;
 pub mod connection;
 pub mod fanout;

@@ -108,6 +108,9 @@ struct Queue {
     /// allocated only then: every connection has a queue, and a `Vec` is three words.
     #[allow(clippy::box_collection)]
     missed: Option<Box<Vec<Arc<str>>>>,
+    /// The lag is not the client's (the server's own delivery was interrupted): it is caught
+    /// up without `LAGGED`.
+    quiet: bool,
 }
 
 impl Queue {
@@ -159,6 +162,7 @@ impl Mailbox {
         if cost > 0 && before > 0 && before + cost > self.limit {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
             self.lagging.store(true, Ordering::Relaxed);
+            queue.quiet = false;
             queue.note_missed(item.room());
         } else {
             queue.items.push_back(item);
@@ -192,14 +196,31 @@ impl Mailbox {
 
     /// Ends a lag once the session has taken everything queued before it: traffic is queued
     /// again from now on, and the rooms whose traffic was missed are returned for the session
-    /// to catch up from the store. `None` while not lagging or while items are still queued.
-    pub fn resume(&self) -> Option<Vec<Arc<str>>> {
+    /// to catch up from the store, with whether to do so quietly (see
+    /// [`Mailbox::catch_up_quietly`]). `None` while not lagging or while items are still
+    /// queued.
+    pub fn resume(&self) -> Option<(Vec<Arc<str>>, bool)> {
         let mut queue = self.queue.lock().expect("mailbox lock");
         if !self.lagging.load(Ordering::Relaxed) || !queue.items.is_empty() {
             return None;
         }
         self.lagging.store(false, Ordering::Relaxed);
-        Some(queue.missed.take().map(|rooms| *rooms).unwrap_or_default())
+        let rooms = queue.missed.take().map(|rooms| *rooms).unwrap_or_default();
+        Some((rooms, std::mem::take(&mut queue.quiet)))
+    }
+
+    /// Has the session catch `rooms` up from the store, without `LAGGED` unless it lags on
+    /// its own account too: the server's delivery of stored messages was interrupted (it lost
+    /// the database's notifications for a while), not the client's reading.
+    pub fn catch_up_quietly(&self, rooms: Vec<Arc<str>>) {
+        {
+            let mut queue = self.queue.lock().expect("mailbox lock");
+            if !self.lagging.load(Ordering::Relaxed) {
+                queue.quiet = true;
+            }
+        }
+        self.defer_catch_up(rooms);
+        self.ready.notify();
     }
 
     /// Lags again with these rooms still to catch up (the store refused the catch-up). What
@@ -350,8 +371,9 @@ mod tests {
         mailbox.deliver(presence("d", 1)); // small, but after a refusal: not queued either
         assert_eq!(mailbox.resume(), None, "items still queued");
         assert_eq!(taken(&mailbox), ["a", "b"]);
-        let missed = mailbox.resume().expect("drained: the lag ends");
+        let (missed, quietly) = mailbox.resume().expect("drained: the lag ends");
         assert_eq!(missed.iter().map(|r| &**r).collect::<Vec<_>>(), ["c", "d"]);
+        assert!(!quietly, "the client's own lag is announced");
         assert!(!mailbox.is_lagging());
         mailbox.deliver(presence("e", 30));
         assert_eq!(taken(&mailbox), ["e"]);
@@ -373,8 +395,24 @@ mod tests {
         mailbox.defer_catch_up(vec!["a".into()]);
         assert!(mailbox.is_lagging());
         assert_eq!(taken(&mailbox), ["b"]);
-        let missed = mailbox.resume().unwrap();
+        let (missed, _) = mailbox.resume().unwrap();
         assert_eq!(missed.iter().map(|r| &**r).collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn a_quiet_catch_up_is_quiet_unless_the_client_lags_too() {
+        let mailbox = Mailbox::new(100);
+        mailbox.deliver(presence("a", 10));
+        mailbox.catch_up_quietly(vec!["a".into()]);
+        assert_eq!(taken(&mailbox), Vec::<String>::new(), "dropped: it is in the store");
+        assert_eq!(mailbox.resume(), Some((vec!["a".into()], true)));
+        // Lagging on its own account first: announced.
+        mailbox.deliver(presence("b", 60));
+        mailbox.deliver(presence("c", 60));
+        mailbox.catch_up_quietly(vec!["b".into()]);
+        taken(&mailbox);
+        let (_, quietly) = mailbox.resume().unwrap();
+        assert!(!quietly);
     }
 
     #[test]

@@ -213,6 +213,21 @@ impl Rooms {
         (members.by_conn.len() * batch.messages.len() - own) as u64
     }
 
+    /// Has every member catch every room it is in up from the store, quietly: the server
+    /// lost track of what was stored for a while (its notifications, see `bus.rs`).
+    pub fn catch_up_everyone(&self) {
+        let rooms: Vec<(Arc<str>, Arc<Room>)> = {
+            let rooms = self.rooms.lock().expect("rooms lock");
+            rooms.iter().map(|(n, r)| (n.clone(), r.clone())).collect()
+        };
+        for (name, room) in rooms {
+            let members = room.members.lock().expect("room lock");
+            for m in members.by_conn.values() {
+                m.conn.mailbox.catch_up_quietly(vec![name.clone()]);
+            }
+        }
+    }
+
     /// The nicks in a room, sorted; empty for a room nobody is in.
     pub fn members(&self, room: &str) -> Vec<Arc<str>> {
         self.members_after(room, None, usize::MAX)

@@ -193,8 +193,8 @@ impl Session {
                 }
                 // The socket took everything queued before the gap: catch it up.
                 if self.catch_up_due() {
-                    if let Some(rooms) = mailbox.resume() {
-                        Box::pin(self.start_catch_up(rooms)).await;
+                    if let Some((rooms, quietly)) = mailbox.resume() {
+                        Box::pin(self.start_catch_up(rooms, quietly)).await;
                         continue;
                     }
                 }

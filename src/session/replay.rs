@@ -116,6 +116,8 @@ impl JoinReplay {
 /// the store let go, then the gap as `MSG` lines.
 pub(super) struct CatchUp {
     announced: bool,
+    /// No `LAGGED` for any room: the lag was the server's.
+    quietly: bool,
     rooms_left: std::vec::IntoIter<Arc<str>>,
 }
 
@@ -278,7 +280,8 @@ impl Session {
 
     /// Begins catching up what a lag made the client miss, room by room. Live traffic is
     /// queued again meanwhile; what the catch-up shows is dropped from it by `last_shown`.
-    pub(super) async fn start_catch_up(&mut self, rooms: Vec<Arc<str>>) {
+    /// Quietly (no `LAGGED`) when the lag was the server's, not the client's.
+    pub(super) async fn start_catch_up(&mut self, rooms: Vec<Arc<str>>, quietly: bool) {
         tracing::debug!(
             conn = self.conn.id,
             rooms = rooms.len(),
@@ -290,7 +293,8 @@ impl Session {
         let mut rooms_left = rooms.into_iter();
         if let Some(pager) = self.next_room_to_catch_up(&mut rooms_left) {
             let purpose = Purpose::CatchUp(CatchUp {
-                announced: false,
+                announced: quietly,
+                quietly,
                 rooms_left,
             });
             self.forward = Some(Box::new(ForwardReplay::History { pager, purpose }));
@@ -316,6 +320,7 @@ impl Session {
         let store = &hub.store;
         let CatchUp {
             announced,
+            quietly,
             rooms_left,
         } = catch_up;
         let room = pager.room.clone();
@@ -374,7 +379,7 @@ impl Session {
         match self.next_room_to_catch_up(rooms_left) {
             Some(next) => {
                 *pager = next;
-                *announced = false;
+                *announced = *quietly;
                 false
             }
             None => true,

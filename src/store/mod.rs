@@ -65,6 +65,23 @@ pub enum StoreError {
     OutcomeUnknown(String),
 }
 
+/// What other servers sharing the store stored (and this one: see [`HistoryStore::subscribe`]),
+/// in the order it was committed.
+pub struct Subscription {
+    /// How this server's own batches are marked in [`Stored::origin`].
+    pub origin: String,
+    /// Closes when the subscription is lost; subscribe again, then catch up from the store.
+    pub stored: tokio::sync::mpsc::Receiver<Stored>,
+}
+
+/// Messages one transaction stored, by room: for each room, its ids from `first` to `last`
+/// are all this transaction's, and no other transaction stores ids in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub origin: String,
+    pub rooms: Vec<(Arc<str>, MessageId, MessageId)>,
+}
+
 /// Where history lives. Ids are unique and increasing within a room.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
@@ -109,6 +126,19 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Records that a room of this name exists (on `JOIN`). Stores without rooms ignore it.
     async fn record_room(&self, _room: &str) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// True if other servers may store into this history too (PostgreSQL): this server then
+    /// learns of every stored batch, its own included, through [`HistoryStore::subscribe`],
+    /// and delivers them in the order they were committed.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Starts receiving what is stored, by any server, from now on. `None` if the store is
+    /// not shared.
+    async fn subscribe(&self) -> Option<Result<Subscription, StoreError>> {
+        None
     }
 
     /// Asks the store whether it answers now, within `--db-timeout` (a load balancer's

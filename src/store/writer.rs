@@ -71,6 +71,14 @@ impl<'a, T> StoredBatch<'a, T> {
 /// Where the writer hands each stored batch, before any of its acks is sent.
 pub trait Publish<T>: Send + 'static {
     fn publish(&mut self, batch: StoredBatch<'_, T>);
+
+    /// A batch is on its way to the store: [`Publish::publish`] or [`Publish::not_stored`]
+    /// follows. (Servers sharing a database learn of stored batches from it, this one's
+    /// included, and must know that one of their own may be about to show up.)
+    fn storing(&mut self) {}
+
+    /// The batch announced by [`Publish::storing`] was refused, or its outcome is unknown.
+    fn not_stored(&mut self) {}
 }
 
 struct Job<T> {
@@ -175,6 +183,7 @@ async fn run<T: Copy + Send + 'static>(
         };
         metrics.batch_size.record(messages.len() as f64);
         let started = Instant::now();
+        publisher.storing();
         let appended = store.append_by(&messages, deadline).await;
         metrics
             .commit_seconds
@@ -210,6 +219,7 @@ async fn run<T: Copy + Send + 'static>(
                 }
             }
             Err(e) => {
+                publisher.not_stored();
                 match &e {
                     // Rare (the store goes down after it), and each one matters.
                     StoreError::OutcomeUnknown(_) => tracing::warn!(

@@ -30,6 +30,7 @@ use crate::protocol::MessageId;
 mod accounts;
 mod batch;
 mod errors;
+mod notify;
 mod pool;
 mod schema;
 mod tls;
@@ -76,6 +77,19 @@ pub struct PgStore {
     recorders: Arc<tokio::sync::Semaphore>,
     /// The database's history epoch, read at connect (schema.sql's migration 3).
     epoch: u64,
+    /// This server among those sharing the database: its connections' `application_name`,
+    /// which marks the batches it stores (see notify.rs).
+    origin: String,
+    /// How to open the connection that listens for stored batches.
+    listen: (tokio_postgres::Config, tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// A name for this server that no other is likely to have.
+fn new_origin() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("linechat-{:016x}", hasher.finish())
 }
 
 fn to_db_id(id: MessageId) -> i64 {
@@ -123,6 +137,9 @@ impl PgStore {
         config
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10));
+        let origin = new_origin();
+        config.application_name(&origin);
+        let listen = (config.clone(), settings.tls.connector.clone());
         let manager = PgManager {
             inner: PostgresConnectionManager::new(config, settings.tls.connector.clone()),
         };
@@ -178,6 +195,8 @@ impl PgStore {
             known_rooms: Mutex::new(HashSet::new()),
             recorders: Arc::new(tokio::sync::Semaphore::new(2)),
             epoch,
+            origin,
+            listen,
         })
     }
 
@@ -352,6 +371,14 @@ impl HistoryStore for PgStore {
             Ok(id as MessageId)
         })
         .await
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn subscribe(&self) -> Option<Result<crate::store::Subscription, StoreError>> {
+        Some(self.open_subscription().await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

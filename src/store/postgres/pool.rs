@@ -19,10 +19,19 @@ use crate::store::health::Health;
 /// ids follow the batch; each row comes back with the ids it was stored with, so that this is
 /// checked, not assumed. The triggers of schema.sql's migration 2 check (and lock) every room
 /// and user the rows reference, once per statement.
-pub const INSERT_MESSAGES: &str = "INSERT INTO messages (room_id, user_id, body) \
+///
+/// Before any id is taken, the batch's rooms are locked (FOR NO KEY UPDATE, in id order, so
+/// two batches never wait for each other in a circle): room ids are looked up in `locked`,
+/// each look-up reading all of it (a scalar subquery checks that one row came), and every
+/// inserted row needs them. Another server's batch into one of these rooms waits for this
+/// one to commit, so within a room ids are taken in commit order (schema.sql's migration 5
+/// says why that matters).
+pub const INSERT_MESSAGES: &str = "WITH locked AS MATERIALIZED (SELECT id, name FROM rooms \
+         WHERE name = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE) \
+     INSERT INTO messages (room_id, user_id, body) \
      SELECT ids.rooms[batch.r], ids.users[batch.u], batch.body \
      FROM (SELECT \
-         ARRAY(SELECT (SELECT id FROM rooms WHERE name = n.name) \
+         ARRAY(SELECT (SELECT id FROM locked WHERE name = n.name) \
                FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS rooms, \
          ARRAY(SELECT (SELECT id FROM users WHERE name = n.name) \
                FROM unnest($2::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS users) ids, \

@@ -1,0 +1,368 @@
+//! Servers sharing one database are one chat: each delivers what any of them stored, its own
+//! batches included, in the order the database committed them (which, per room, is id
+//! order: schema.sql's migration 5). Without this, a message said on one server would never
+//! reach members on another, and two servers' batches into one room could reach members in
+//! different orders.
+//!
+//! The writer hands its stored batches to a [`Bus`] instead of the fan-out. The database
+//! notifies every server of every commit ([`HistoryStore::subscribe`]); [`deliver`] takes
+//! those notifications in order and publishes each batch: its own from memory (with the
+//! senders, who get `OK SAY` rather than their own `MSG`), another server's read from the
+//! store, and only for rooms that have members here.
+//!
+//! A lost subscription (the connection broke, the database restarted) is taken again, and
+//! then every member catches up from the store from what it was last shown, quietly (no
+//! `LAGGED`: the lag was the server's): nothing stored meanwhile is missed, nothing shown
+//! twice.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::Fanout;
+use crate::mailbox::ConnId;
+use crate::protocol::MessageId;
+use crate::rooms::Rooms;
+use crate::store::writer::{Publish, StoredBatch};
+use crate::store::{HistoryStore, NewMessage, Page, Stored, StoredMessage};
+
+/// Own batches kept for their notification. More means notifications were lost (and the
+/// catch-up after the lost subscription covers them): the oldest go.
+const MAX_OWN_BATCHES: usize = 1024;
+/// The sender of a message another server stored: no connection here.
+const NOBODY: ConnId = 0;
+
+/// The writer's publisher when the store is shared: keeps each stored batch until the
+/// database's notification of it comes.
+pub struct Bus {
+    shared: Arc<Shared>,
+}
+
+/// What the writer and [`deliver`] share.
+#[derive(Default)]
+pub struct Shared {
+    state: Mutex<State>,
+    /// Told whenever a batch of ours was stored or given up on.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Batches the writer is storing now: a notification of ours that matches no kept batch
+    /// may be for one of them.
+    storing: usize,
+    /// Our stored batches, oldest first, each message with its sender, until notified.
+    own: VecDeque<OwnBatch>,
+}
+
+struct OwnBatch {
+    messages: VecDeque<(NewMessage, StoredMessage, ConnId)>,
+}
+
+impl Bus {
+    pub fn new() -> (Bus, Arc<Shared>) {
+        let shared = Arc::new(Shared::default());
+        (
+            Bus {
+                shared: shared.clone(),
+            },
+            shared,
+        )
+    }
+
+    fn change(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.shared.state.lock().expect("bus lock"));
+        self.shared.changed.notify_one();
+    }
+}
+
+impl Publish<ConnId> for Bus {
+    fn storing(&mut self) {
+        self.change(|state| state.storing += 1);
+    }
+
+    fn publish(&mut self, batch: StoredBatch<'_, ConnId>) {
+        let messages = batch
+            .iter()
+            .map(|(m, s, tag)| (m.clone(), s.clone(), *tag))
+            .collect();
+        self.change(|state| {
+            state.storing -= 1;
+            state.own.push_back(OwnBatch { messages });
+            if state.own.len() > MAX_OWN_BATCHES {
+                state.own.pop_front();
+            }
+        });
+    }
+
+    fn not_stored(&mut self) {
+        self.change(|state| state.storing -= 1);
+    }
+}
+
+impl State {
+    /// Takes our messages of `room` with ids `first..=last` if a kept batch holds them.
+    /// Batches before that one are dropped: ours commit in order, so their notifications
+    /// came first or were lost.
+    fn take_own(
+        &mut self,
+        room: &str,
+        first: MessageId,
+        last: MessageId,
+    ) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
+        let at = self.own.iter().position(|batch| {
+            batch
+                .messages
+                .iter()
+                .any(|(m, s, _)| s.id == first && *m.room == *room)
+        })?;
+        self.own.drain(..at);
+        let batch = self.own.front_mut().expect("found");
+        let (taken, kept) = std::mem::take(&mut batch.messages)
+            .into_iter()
+            .partition(|(m, s, _)| *m.room == *room && (first..=last).contains(&s.id));
+        batch.messages = kept;
+        if batch.messages.is_empty() {
+            self.own.pop_front();
+        }
+        Some(taken.into_iter().collect())
+    }
+}
+
+/// Delivers every stored batch, as the database notifies them, until `stopping`.
+pub async fn deliver(
+    shared: Arc<Shared>,
+    store: Arc<dyn HistoryStore>,
+    rooms: Arc<Rooms>,
+    stopping: CancellationToken,
+) {
+    let mut fanout = Fanout::new(rooms.clone());
+    let mut retry = Retry::default();
+    loop {
+        let subscribed = tokio::select! {
+            subscribed = store.subscribe() => subscribed,
+            () = stopping.cancelled() => return,
+        };
+        let mut subscription = match subscribed {
+            None => return,
+            Some(Ok(subscription)) => subscription,
+            Some(Err(e)) => {
+                if retry.failed() {
+                    tracing::warn!(error = %e, "cannot listen for stored messages; retrying");
+                }
+                if retry.wait(&stopping).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if retry.succeeded() {
+            tracing::info!("listening for stored messages again: members catch up from the store");
+        }
+        // Whatever was stored before the subscription began comes from the store.
+        rooms.catch_up_everyone();
+        loop {
+            let stored = tokio::select! {
+                stored = subscription.stored.recv() => stored,
+                () = stopping.cancelled() => return,
+            };
+            let Some(stored) = stored else {
+                break;
+            };
+            let own = stored.origin == subscription.origin;
+            tracing::trace!(?stored, own, "stored");
+            let batch = collect(&shared, &*store, &rooms, stored, own, &stopping).await;
+            let Some((messages, kept, tags)) = batch else {
+                return;
+            };
+            if !messages.is_empty() {
+                fanout.publish(StoredBatch::new(&messages, &kept, &tags));
+            }
+        }
+        tracing::warn!("lost the notifications of stored messages; listening again");
+        retry.failed();
+    }
+}
+
+type Parts = (Vec<NewMessage>, Vec<StoredMessage>, Vec<ConnId>);
+
+/// The messages of one notification that rooms here need, with their senders if ours.
+/// `None` if the server stops meanwhile.
+async fn collect(
+    shared: &Shared,
+    store: &dyn HistoryStore,
+    rooms: &Rooms,
+    stored: Stored,
+    own: bool,
+    stopping: &CancellationToken,
+) -> Option<Parts> {
+    let mut parts: Parts = Default::default();
+    for (room, first, last) in stored.rooms {
+        if !rooms.exists(&room) {
+            continue;
+        }
+        let taken = if own {
+            take_own(shared, &room, first, last).await
+        } else {
+            None
+        };
+        let messages = match taken {
+            Some(messages) => messages,
+            None => read(store, &room, first, last, stopping).await?,
+        };
+        for (m, s, tag) in messages {
+            parts.0.push(m);
+            parts.1.push(s);
+            parts.2.push(tag);
+        }
+    }
+    Some(parts)
+}
+
+/// Our messages of `room` in `first..=last`, once the writer has them; `None` if it gave up
+/// on the batch (its outcome unknown to it: the notification says it was stored).
+async fn take_own(
+    shared: &Shared,
+    room: &Arc<str>,
+    first: MessageId,
+    last: MessageId,
+) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
+    loop {
+        let changed = shared.changed.notified();
+        {
+            let mut state = shared.state.lock().expect("bus lock");
+            if let Some(taken) = state.take_own(room, first, last) {
+                return Some(taken);
+            }
+            if state.storing == 0 {
+                return None;
+            }
+        }
+        // The writer is storing: its batch may be this one, back from the database.
+        changed.await;
+    }
+}
+
+/// Another server's messages of `room` in `first..=last`, from the store, retried until it
+/// answers; `None` if the server stops first.
+async fn read(
+    store: &dyn HistoryStore,
+    room: &Arc<str>,
+    first: MessageId,
+    last: MessageId,
+    stopping: &CancellationToken,
+) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
+    let page = Page::Oldest {
+        after: first.saturating_sub(1),
+        before: Some(last.saturating_add(1)),
+        limit: usize::try_from(last.saturating_sub(first).saturating_add(1)).unwrap_or(usize::MAX),
+    };
+    let mut retry = Retry::default();
+    loop {
+        match store.page(room, page).await {
+            Ok(messages) => {
+                return Some(
+                    messages
+                        .into_iter()
+                        .map(|s| {
+                            let m = NewMessage {
+                                room: room.clone(),
+                                nick: s.nick.clone(),
+                                text: s.text.clone(),
+                            };
+                            (m, s, NOBODY)
+                        })
+                        .collect(),
+                )
+            }
+            Err(e) => {
+                if retry.failed() {
+                    tracing::warn!(error = %e, %room, "cannot read another server's messages; retrying");
+                }
+                retry.wait(stopping).await.ok()?;
+            }
+        }
+    }
+}
+
+/// Backoff between attempts, and whether a run of failures is worth a log line.
+#[derive(Default)]
+struct Retry {
+    failures: u32,
+}
+
+impl Retry {
+    /// Counts a failure; true for the first of a run.
+    fn failed(&mut self) -> bool {
+        self.failures += 1;
+        self.failures == 1
+    }
+
+    /// Ends a run of failures; true if there was one.
+    fn succeeded(&mut self) -> bool {
+        std::mem::take(&mut self.failures) > 0
+    }
+
+    async fn wait(&self, stopping: &CancellationToken) -> Result<(), ()> {
+        let delay = Duration::from_millis(100 << self.failures.min(6)).min(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = stopping.cancelled() => Err(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(room: &str, id: MessageId, sender: ConnId) -> (NewMessage, StoredMessage, ConnId) {
+        (
+            NewMessage {
+                room: room.into(),
+                nick: "n".into(),
+                text: format!("m{id}"),
+            },
+            StoredMessage {
+                id,
+                millis: 0,
+                nick: "n".into(),
+                text: format!("m{id}"),
+            },
+            sender,
+        )
+    }
+
+    fn state(batches: &[&[(&str, MessageId)]]) -> State {
+        State {
+            storing: 0,
+            own: batches
+                .iter()
+                .map(|b| OwnBatch {
+                    messages: b.iter().map(|(r, id)| stored(r, *id, 7)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn ids(taken: Option<Vec<(NewMessage, StoredMessage, ConnId)>>) -> Option<Vec<MessageId>> {
+        taken.map(|t| t.into_iter().map(|(_, s, _)| s.id).collect())
+    }
+
+    #[test]
+    fn own_messages_are_taken_a_room_at_a_time_and_earlier_batches_dropped() {
+        let mut s = state(&[&[("a", 1)], &[("a", 2), ("b", 3), ("a", 4)], &[("a", 5)]]);
+        // Batch 1's notification never came; batch 2's comes room by room.
+        assert_eq!(ids(s.take_own("b", 3, 3)), Some(vec![3]));
+        assert_eq!(s.own.len(), 2, "batch 1 dropped, batch 2 kept for room a");
+        assert_eq!(ids(s.take_own("a", 2, 4)), Some(vec![2, 4]));
+        assert_eq!(s.own.len(), 1);
+        // Not ours (or not kept): read from the store instead.
+        assert_eq!(ids(s.take_own("a", 9, 9)), None);
+        assert_eq!(ids(s.take_own("a", 5, 5)), Some(vec![5]));
+        assert!(s.own.is_empty());
+    }
+}

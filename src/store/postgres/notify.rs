@@ -1,0 +1,107 @@
+//! What every server sharing the database stored, as PostgreSQL notifies it (schema.sql's
+//! migration 5): at commit, in commit order, one notification per transaction (or a few, for
+//! very many rooms) naming its origin (the storing connection's `application_name`, which
+//! for linechat's own connections is its server's [`PgStore::origin`]) and, per room, the
+//! first and last id it stored there.
+
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::AsyncMessage;
+
+use super::*;
+use crate::store::{Stored, Subscription};
+
+/// The channel the trigger notifies on.
+const CHANNEL: &str = "linechat_messages";
+/// Notifications waiting for the subscriber; past that, the connection is not read (the
+/// database keeps them meanwhile).
+const BACKLOG: usize = 1024;
+
+impl PgStore {
+    /// Opens a connection of its own that listens for stored batches.
+    pub(super) async fn open_subscription(&self) -> Result<Subscription, StoreError> {
+        let (config, tls) = &self.listen;
+        let connect = tokio::time::timeout(self.timeout, config.connect(tls.clone()));
+        let (client, mut connection) = match connect.await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(e)) => return Err(unavailable(with_causes(&e))),
+            Err(_) => return Err(unavailable("connecting to listen took too long")),
+        };
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        let (listening_tx, listening_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            // The connection is driven here, by the task that owns its client, until it
+            // breaks or the subscriber goes.
+            let statement = format!("LISTEN {CHANNEL}");
+            let listen = client.batch_execute(&statement);
+            let mut listen = std::pin::pin!(listen.fuse());
+            let mut listening = Some(listening_tx);
+            loop {
+                tokio::select! {
+                    done = &mut listen, if listening.is_some() => {
+                        let _ = listening.take().expect("once").send(done);
+                    }
+                    message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
+                        match message {
+                            Some(Ok(AsyncMessage::Notification(n))) => {
+                                let Some(stored) = parse(n.payload()) else {
+                                    tracing::warn!(payload = n.payload(), "an unreadable notification");
+                                    continue;
+                                };
+                                if tx.send(stored).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %with_causes(&e), "the notification connection broke");
+                                return;
+                            }
+                            None => return,
+                        }
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(self.timeout, listening_rx).await {
+            Ok(Ok(Ok(()))) => Ok(Subscription {
+                origin: self.origin.clone(),
+                stored: rx,
+            }),
+            Ok(Ok(Err(e))) => Err(unavailable(with_causes(&e))),
+            Ok(Err(_)) => Err(unavailable("the notification connection broke")),
+            Err(_) => Err(unavailable("LISTEN took too long")),
+        }
+    }
+}
+
+/// `<origin> (<room> <first> <last>)*`, as the trigger writes it.
+fn parse(payload: &str) -> Option<Stored> {
+    let mut words = payload.split(' ');
+    let origin = words.next()?.to_owned();
+    let mut rooms = Vec::new();
+    while let Some(room) = words.next() {
+        let first = words.next()?.parse().ok()?;
+        let last = words.next()?.parse().ok()?;
+        rooms.push((Arc::from(room), first, last));
+    }
+    Some(Stored { origin, rooms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_names_its_origin_and_each_rooms_ids() {
+        assert_eq!(
+            parse("linechat-00ff 4 10 12 lobby 11 11"),
+            Some(Stored {
+                origin: "linechat-00ff".into(),
+                rooms: vec![("4".into(), 10, 12), ("lobby".into(), 11, 11)],
+            })
+        );
+        assert_eq!(parse("psql 4 10"), None);
+        assert_eq!(parse("psql 4 x 12"), None);
+    }
+}

@@ -220,18 +220,22 @@ struct RawWs {
 impl RawWs {
     /// Connects and upgrades by hand, checking the server's `Sec-WebSocket-Accept`.
     async fn connect(addr: std::net::SocketAddr) -> RawWs {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        RawWs::connect_sending(addr, b"").await
+    }
+
+    /// Connects and upgrades by hand, with `early` written right behind the request, in
+    /// the same write, before the 101 can have come.
+    async fn connect_sending(addr: std::net::SocketAddr, early: &[u8]) -> RawWs {
+        use tokio::io::AsyncWriteExt;
         let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
-        socket.write_all(request.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(socket.read_u8().await.unwrap());
-        }
-        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(early);
+        socket.write_all(&bytes).await.unwrap();
+        let head = read_head(&mut socket).await;
         assert!(head.starts_with("http/1.1 101"), "{head}");
         // RFC 6455, section 1.3's example key and answer.
         assert!(
@@ -243,6 +247,39 @@ impl RawWs {
         assert_eq!(opcode, 0x1);
         assert!(hello.starts_with(b"HELLO "), "{hello:?}");
         raw
+    }
+
+    /// Writes `bytes` as they are.
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.socket.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads frames up to the server's close frame; the text frames before it, and the
+    /// close frame's code.
+    async fn until_close(&mut self) -> (Vec<String>, u16) {
+        let mut texts = Vec::new();
+        loop {
+            match self.read_frame().await {
+                (0x1, text) => texts.push(String::from_utf8(text).unwrap()),
+                (0x8, close) => return (texts, u16::from_be_bytes([close[0], close[1]])),
+                other => panic!("unexpected frame {other:?} after {texts:?}"),
+            }
+        }
+    }
+
+    /// Text frames up to one equal to `last`, which ends the list.
+    async fn until_close_or(&mut self, last: &str) -> (Vec<String>, String) {
+        let mut texts = Vec::new();
+        loop {
+            let (opcode, text) = self.read_frame().await;
+            assert_eq!(opcode, 0x1, "{texts:?}");
+            let text = String::from_utf8(text).unwrap();
+            if text == last {
+                return (texts, text);
+            }
+            texts.push(text);
+        }
     }
 
     async fn send_frame(&mut self, first_byte: u8, payload: &[u8], masked: bool) {
@@ -279,6 +316,36 @@ impl RawWs {
         };
         tokio::time::timeout(common::PATIENCE, read).await.unwrap()
     }
+}
+
+/// Reads an HTTP response's head, lower-cased.
+async fn read_head(socket: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(socket.read_u8().await.unwrap());
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// A masked client frame of any length, as a browser would send it.
+fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![first_byte];
+    match payload.len() {
+        0..=125 => frame.push(0x80 | payload.len() as u8),
+        126..=0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }
 
 #[tokio::test]
@@ -330,5 +397,370 @@ async fn a_plain_get_of_the_websocket_endpoint_is_a_bad_request() {
     let server = web_server().await;
     let response = common::web::get(server.http_addr.unwrap(), "/ws").await;
     assert_eq!(response.status, 400);
+    server.stop().await.unwrap();
+}
+
+// Hostile clients: what a careless or malicious one sends over a real socket.
+
+#[tokio::test]
+async fn frames_split_at_every_byte_are_read_whole() {
+    let server = web_server().await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    c.socket.set_nodelay(true).unwrap();
+    let long = format!("PING {}", "é".repeat(100));
+    let input = [
+        client_frame(0x81, b"PING 1"),
+        client_frame(0x01, b"PI"),
+        client_frame(0x89, b"ping"),
+        client_frame(0x00, b"NG "),
+        client_frame(0x80, b"2"),
+        client_frame(0x81, long.as_bytes()),
+        client_frame(0x81, b""),
+        client_frame(0x81, b"PING 3"),
+    ]
+    .concat();
+    for byte in &input {
+        c.send_raw(&[*byte]).await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(c.read_frame().await, (0x1, b"PONG 1".to_vec()));
+    assert_eq!(c.read_frame().await, (0xA, b"ping".to_vec()));
+    assert_eq!(c.read_frame().await, (0x1, b"PONG 2".to_vec()));
+    let pong = format!("PONG {}", "é".repeat(100));
+    assert_eq!(c.read_frame().await, (0x1, pong.into_bytes()));
+    // The empty frame is a blank line: no answer.
+    assert_eq!(c.read_frame().await, (0x1, b"PONG 3".to_vec()));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bytes_sent_right_behind_the_upgrade_request_are_read() {
+    let server = web_server().await;
+    let early = [
+        client_frame(0x81, b"NICK early"),
+        client_frame(0x81, b"PING x"),
+    ]
+    .concat();
+    let mut c = RawWs::connect_sending(server.http_addr.unwrap(), &early).await;
+    assert_eq!(c.read_frame().await, (0x1, b"OK NICK early".to_vec()));
+    assert_eq!(c.read_frame().await, (0x1, b"PONG x".to_vec()));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_64_bit_length_with_its_top_bit_set_ends_the_connection() {
+    let server = web_server().await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(b"PING 1");
+    c.send_raw(&frame).await;
+    let (texts, code) = c.until_close().await;
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].starts_with("BYE bad WebSocket frames"),
+        "{texts:?}"
+    );
+    assert!(code == 1002 || code == 1009, "{code}");
+    server.stop().await.unwrap();
+}
+
+/// A message in fragments may not grow past the limit the server set, whatever the
+/// fragments declare; the fragments are not kept past what a line can be.
+#[tokio::test]
+async fn a_fragmented_message_past_the_limit_ends_the_connection() {
+    let mut config = memory_config();
+    config.max_line = 64;
+    let server = TestServer::start_web_with(config).await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    c.send_raw(&client_frame(0x01, b"SAY ")).await;
+    let chunk = [b'x'; 1000];
+    let mut sent = 4;
+    let mut flood = Vec::new();
+    while sent <= 64 * 1024 {
+        flood.extend(client_frame(0x00, &chunk));
+        sent += chunk.len();
+    }
+    // The server may close before it has all of it.
+    use tokio::io::AsyncWriteExt;
+    let _ = c.socket.write_all(&flood).await;
+    let (texts, code) = c.until_close().await;
+    assert!(texts.iter().all(|t| t.starts_with("BYE ")), "{texts:?}");
+    assert_eq!(code, 1009);
+    server.stop().await.unwrap();
+}
+
+/// Every frame is input, as every line (a blank one too) is on TCP: a client over its rate
+/// is not read, however it frames what it sends. Empty fragments of one message must not be
+/// read at the socket's speed, free of the rate.
+#[tokio::test]
+async fn empty_fragments_are_input_to_flood_control() {
+    use tokio::io::AsyncReadExt;
+    let mut config = memory_config();
+    config.rate = 1;
+    config.burst = 1;
+    let server = TestServer::start_web_with(config).await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    // "PING 1" with 100,000 empty fragments inside: at one frame a second, never answered
+    // within the test.
+    let mut input = client_frame(0x01, b"PING ");
+    input.extend(client_frame(0x00, b"").repeat(100_000));
+    input.extend(client_frame(0x80, b"1"));
+    c.send_raw(&input).await;
+    let mut byte = [0u8; 1];
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        c.socket.read_exact(&mut byte),
+    )
+    .await;
+    assert!(
+        answer.is_err(),
+        "100,000 frames were read at once from a client allowed one a second"
+    );
+    server.stop().await.unwrap();
+}
+
+/// A client that sends pings and never reads: the pongs are bounded, and the server stops
+/// reading once its output is high, rather than queueing pongs without end.
+#[tokio::test]
+async fn a_ping_flood_from_a_client_that_never_reads_is_not_read_without_end() {
+    let server = web_server().await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    let ping = client_frame(0x89, &[b'p'; 125]);
+    let block: Vec<u8> = ping.repeat(8 * 1024);
+    let flood = async {
+        // 100 MB of pings: as many bytes of pongs.
+        for _ in 0..100 {
+            c.send_raw(&block).await;
+        }
+    };
+    let read_everything = tokio::time::timeout(std::time::Duration::from_secs(5), flood).await;
+    assert!(read_everything.is_err(), "the server read 100 MB of pings");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_frames_with_bad_payloads_are_protocol_errors() {
+    let server = web_server().await;
+    let web = server.http_addr.unwrap();
+    // (payload, the close code the server must answer with)
+    let cases: [(&[u8], u16); 6] = [
+        (b"\x03", 1002),
+        // Codes a client may not send (RFC 6455, 7.4.1 and 7.4.2).
+        (b"\x03\xe7", 1002),
+        (b"\x03\xed", 1002),
+        (b"\x03\xee", 1002),
+        (b"\x13\x88", 1002),
+        // A reason that is not UTF-8.
+        (b"\x03\xe8\xff", 1007),
+    ];
+    for (payload, want) in cases {
+        let mut c = RawWs::connect(web).await;
+        c.send_raw(&client_frame(0x88, payload)).await;
+        let (_, code) = c.until_close().await;
+        assert_eq!(code, want, "close payload {payload:?}");
+    }
+    // A good one, with an application's code and a reason, is answered normally.
+    let mut c = RawWs::connect(web).await;
+    c.send_raw(&client_frame(0x88, b"\x0f\xa0bye \xc3\xa9"))
+        .await;
+    let (texts, code) = c.until_close().await;
+    assert_eq!((texts.len(), code), (0, 1000), "{texts:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn nothing_after_a_close_frame_is_done() {
+    let server = web_server().await;
+    let web = server.http_addr.unwrap();
+    let mut c = RawWs::connect(web).await;
+    let input = [
+        client_frame(0x81, b"NICK closer"),
+        client_frame(0x81, b"JOIN 9"),
+        client_frame(0x88, b"\x03\xe8"),
+        client_frame(0x81, b"SAY after the close"),
+        client_frame(0x89, b"ping after the close"),
+    ]
+    .concat();
+    c.send_raw(&input).await;
+    let (texts, code) = c.until_close().await;
+    assert_eq!(texts, ["OK NICK closer", "OK JOIN 9 0 0"]);
+    assert_eq!(code, 1000);
+    let mut tcp = Client::login(server.addr, "tess").await;
+    let joined = tcp.join("9").await;
+    assert!(
+        joined.iter().all(|l| !l.contains("after the close")),
+        "{joined:?}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_line_of_exactly_max_line_with_crlf_is_a_line() {
+    let mut config = memory_config();
+    config.max_line = 64;
+    let server = TestServer::start_web_with(config).await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    let exact = format!("PING {}\r\n", "x".repeat(59));
+    c.send_raw(&client_frame(0x81, exact.as_bytes())).await;
+    let (_, pong) = c.read_frame().await;
+    assert_eq!(pong, format!("PONG {}", "x".repeat(59)).into_bytes());
+    // In fragments, CR and LF each in one of their own.
+    let fragments = [
+        client_frame(0x01, &exact.as_bytes()[..64]),
+        client_frame(0x00, b"\r"),
+        client_frame(0x80, b"\n"),
+    ]
+    .concat();
+    c.send_raw(&fragments).await;
+    let (_, pong) = c.read_frame().await;
+    assert_eq!(pong, format!("PONG {}", "x".repeat(59)).into_bytes());
+    // One more byte is too long.
+    let over = format!("PING {}\r\n", "x".repeat(60));
+    c.send_raw(&client_frame(0x81, over.as_bytes())).await;
+    let (_, err) = c.read_frame().await;
+    assert!(err.starts_with(b"ERR LINE_TOO_LONG "), "{err:?}");
+    server.stop().await.unwrap();
+}
+
+/// Handshake requests a careless client sends.
+#[tokio::test]
+async fn handshake_edge_cases() {
+    use tokio::io::AsyncWriteExt;
+    let server = web_server().await;
+    let web = server.http_addr.unwrap();
+    let status = |request: String| async move {
+        let mut socket = tokio::net::TcpStream::connect(web).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let head = tokio::time::timeout(common::PATIENCE, read_head(&mut socket))
+            .await
+            .expect("an answer");
+        head[9..12].to_owned()
+    };
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let request = |version: &str, connection: &str, extra: &str| {
+        format!(
+            "GET /ws {version}\r\nHost: {web}\r\nConnection: {connection}\r\n\
+             Upgrade: websocket\r\n{extra}\r\n"
+        )
+    };
+    let v13 = "Sec-WebSocket-Version: 13\r\n";
+    assert_eq!(status(request("HTTP/1.1", "Upgrade", v13)).await, "400");
+    assert_eq!(
+        status(request(
+            "HTTP/1.1",
+            "Upgrade",
+            &format!("Sec-WebSocket-Version: 8\r\n{key}")
+        ))
+        .await,
+        "426"
+    );
+    assert_eq!(
+        status(request(
+            "HTTP/1.1",
+            "keep-alive, Upgrade",
+            &format!("{v13}{key}")
+        ))
+        .await,
+        "101"
+    );
+    // HTTP/1.0 has no upgrade: a refusal, never a 101 over a connection that cannot switch.
+    let answer = status(request("HTTP/1.0", "Upgrade", &format!("{v13}{key}"))).await;
+    assert_ne!(answer, "101");
+    server.stop().await.unwrap();
+}
+
+/// Messages of a WebSocket member and a TCP member, stored in the same batches: each member
+/// gets exactly the other's, every one its own well-formed frame (or line), with the
+/// multibyte text intact; an observer gets all of them.
+#[tokio::test]
+async fn a_websocket_member_gets_exactly_the_others_messages_of_a_shared_batch() {
+    const EACH: usize = 200;
+    let server = web_server().await;
+    let web = server.http_addr.unwrap();
+    let mut ws = RawWs::connect(web).await;
+    ws.send_raw(
+        &[
+            client_frame(0x81, b"NICK wes"),
+            client_frame(0x81, "JOIN r7".as_bytes()),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(ws.read_frame().await.1, b"OK NICK wes");
+    assert_eq!(ws.read_frame().await.1, "OK JOIN r7 0 0".as_bytes());
+    let mut observer = RawWs::connect(web).await;
+    observer
+        .send_raw(
+            &[
+                client_frame(0x81, b"NICK obi"),
+                client_frame(0x81, "JOIN r7".as_bytes()),
+            ]
+            .concat(),
+        )
+        .await;
+    observer.read_frame().await;
+    observer.read_frame().await;
+    let mut tcp = Client::login(server.addr, "tcp").await;
+    tcp.join("r7").await;
+    let (joined, _) = ws.until_close_or("JOINED r7 tcp").await;
+    assert!(joined.iter().all(|l| l.starts_with("JOINED")), "{joined:?}");
+    observer.until_close_or("JOINED r7 tcp").await;
+
+    let ws_says: Vec<u8> = (0..EACH)
+        .flat_map(|i| client_frame(0x81, format!("SAY wß {i} 日本語").as_bytes()))
+        .collect();
+    let tcp_says: String = (0..EACH).map(|i| format!("SAY tç {i} 😀\n")).collect();
+    tokio::join!(ws.send_raw(&ws_says), tcp.send_raw(tcp_says.as_bytes()));
+
+    // The WebSocket member: its acks and the TCP member's messages, nothing else.
+    let (mut acks, mut msgs) = (0, Vec::new());
+    while acks < EACH || msgs.len() < EACH {
+        let (opcode, text) = ws.read_frame().await;
+        assert_eq!(opcode, 0x1);
+        let text = String::from_utf8(text).expect("UTF-8 text frames");
+        if text.starts_with("OK SAY ") {
+            acks += 1;
+        } else {
+            assert!(text.starts_with("MSG r7 "), "{text:?}");
+            msgs.push(text);
+        }
+    }
+    for (i, msg) in msgs.iter().enumerate() {
+        assert!(msg.ends_with(&format!(" tcp tç {i} 😀")), "{i}: {msg:?}");
+    }
+    // The TCP member: the WebSocket member's messages.
+    let (mut acks, mut msgs) = (0, Vec::new());
+    while acks < EACH || msgs.len() < EACH {
+        let line = tcp.line().await;
+        if line.starts_with("OK SAY ") {
+            acks += 1;
+        } else {
+            assert!(line.starts_with("MSG r7 "), "{line:?}");
+            msgs.push(line);
+        }
+    }
+    for (i, msg) in msgs.iter().enumerate() {
+        assert!(
+            msg.ends_with(&format!(" wes wß {i} 日本語")),
+            "{i}: {msg:?}"
+        );
+    }
+    // The observer: all of them, each in order of its sender.
+    let mut seen = (0, 0);
+    for _ in 0..2 * EACH {
+        let (_, text) = observer.read_frame().await;
+        let text = String::from_utf8(text).unwrap();
+        if text.ends_with(&format!(" wes wß {} 日本語", seen.0)) {
+            seen.0 += 1;
+        } else {
+            assert!(
+                text.ends_with(&format!(" tcp tç {} 😀", seen.1)),
+                "{text:?}"
+            );
+            seen.1 += 1;
+        }
+    }
     server.stop().await.unwrap();
 }

@@ -44,7 +44,7 @@ pub enum Violation {
     UnexpectedContinuation,
     #[error("a new message began before the last one ended")]
     UnfinishedMessage,
-    #[error("a close frame's payload cannot be one byte")]
+    #[error("a close frame's payload must be empty or a valid code and a UTF-8 reason")]
     BadClosePayload,
     #[error("a text message that is not UTF-8")]
     NotUtf8,
@@ -172,9 +172,7 @@ impl FrameDecoder {
             // Answers nothing, but is input all the same (flood control counts it).
             PONG => return Ok(Some(Frame::Skipped)),
             CLOSE => {
-                if payload.len() == 1 {
-                    return Err(Violation::BadClosePayload);
-                }
+                check_close(&payload)?;
                 self.closed = true;
                 return Ok(None);
             }
@@ -190,7 +188,7 @@ impl FrameDecoder {
                     partial.payload.extend_from_slice(&payload);
                 }
                 if !header.fin {
-                    return Ok(None);
+                    return Ok(Some(Frame::Skipped));
                 }
                 let partial = self.partial.take().expect("just seen");
                 return self
@@ -208,7 +206,9 @@ impl FrameDecoder {
                 payload,
                 len,
             });
-            return Ok(None);
+            // Every frame is input, so that flood control counts fragments as it counts
+            // lines: empty ones cost nothing else, and could come without end.
+            return Ok(Some(Frame::Skipped));
         }
         let len = payload.len();
         self.message(binary, payload, len).map(Some)
@@ -243,6 +243,24 @@ impl FrameDecoder {
             Frame::Line(line)
         })
     }
+}
+
+/// A close frame's payload: none, or a code a peer may send (RFC 6455, 7.4) and a UTF-8
+/// reason.
+fn check_close(payload: &[u8]) -> Result<(), Violation> {
+    let Some((code, reason)) = payload.split_first_chunk::<2>() else {
+        return match payload.len() {
+            0 => Ok(()),
+            _ => Err(Violation::BadClosePayload),
+        };
+    };
+    match u16::from_be_bytes(*code) {
+        // 1004-1006 and 1015 are reserved or only for reporting; 1012-1014 are IANA's.
+        1000..=1003 | 1007..=1014 | 3000..=4999 => {}
+        _ => return Err(Violation::BadClosePayload),
+    }
+    std::str::from_utf8(reason).map_err(|_| Violation::NotUtf8)?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -431,7 +449,12 @@ mod tests {
         .concat();
         assert_eq!(
             decode_all(&mut d, &input).unwrap(),
-            [Frame::Ping(Bytes::from_static(b"p")), line("SAY hello")]
+            [
+                Frame::Skipped,
+                Frame::Ping(Bytes::from_static(b"p")),
+                Frame::Skipped,
+                line("SAY hello")
+            ]
         );
     }
 
@@ -456,6 +479,7 @@ mod tests {
                 Frame::NotALine(NotALine::LineBreak),
                 Frame::NotALine(NotALine::LineBreak),
                 Frame::TooLong,
+                Frame::Skipped,
                 Frame::TooLong,
                 line("12345678"),
                 Frame::Skipped,
@@ -538,7 +562,47 @@ mod tests {
             client_frame(true, CONTINUATION, b"\xa9"),
         ]
         .concat();
-        assert_eq!(decode_all(&mut d, &input), Ok(vec![line("SAY é")]));
+        assert_eq!(
+            decode_all(&mut d, &input),
+            Ok(vec![Frame::Skipped, line("SAY é")])
+        );
+    }
+
+    /// Every fragment is input (flood control counts it), an empty one too.
+    #[test]
+    fn each_fragment_is_input() {
+        let mut d = FrameDecoder::new(10, 100);
+        let mut input = client_frame(false, TEXT, b"PING");
+        for _ in 0..50 {
+            input.extend(client_frame(false, CONTINUATION, b""));
+        }
+        input.extend(client_frame(true, CONTINUATION, b" 1"));
+        let frames = decode_all(&mut d, &input).unwrap();
+        assert_eq!(frames.len(), 52);
+        assert!(frames[..51].iter().all(|f| *f == Frame::Skipped));
+        assert_eq!(frames[51], line("PING 1"));
+    }
+
+    #[test]
+    fn a_close_frame_has_a_valid_code_and_a_utf8_reason() {
+        let closes = |payload: &[u8]| {
+            let mut d = FrameDecoder::new(10, 100);
+            decode_all(&mut d, &client_frame(true, CLOSE, payload)).map(|_| d.closed())
+        };
+        let code = |code: u16, reason: &[u8]| [&code.to_be_bytes()[..], reason].concat();
+        assert_eq!(closes(b""), Ok(true));
+        for good in [1000, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert_eq!(closes(&code(good, "bye é".as_bytes())), Ok(true), "{good}");
+        }
+        assert_eq!(closes(b"\x03"), Err(Violation::BadClosePayload));
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 2999, 5000, 65535] {
+            assert_eq!(
+                closes(&code(bad, b"")),
+                Err(Violation::BadClosePayload),
+                "{bad}"
+            );
+        }
+        assert_eq!(closes(&code(1000, b"\xff")), Err(Violation::NotUtf8));
     }
 
     #[test]

@@ -665,6 +665,17 @@ async fn handshake_edge_cases() {
         .await,
         "101"
     );
+    // A key must be 16 bytes in base64 (RFC 6455, 4.1).
+    let bad_key = format!("{v13}Sec-WebSocket-Key: not a nonce\r\n");
+    assert_eq!(
+        status(request("HTTP/1.1", "Upgrade", &bad_key)).await,
+        "400"
+    );
+    let short_key = format!("{v13}Sec-WebSocket-Key: c2hvcnQ=\r\n");
+    assert_eq!(
+        status(request("HTTP/1.1", "Upgrade", &short_key)).await,
+        "400"
+    );
     // HTTP/1.0 has no upgrade: a refusal, never a 101 over a connection that cannot switch.
     let answer = status(request("HTTP/1.0", "Upgrade", &format!("{v13}{key}"))).await;
     assert_ne!(answer, "101");
@@ -763,4 +774,137 @@ async fn a_websocket_member_gets_exactly_the_others_messages_of_a_shared_batch()
         }
     }
     server.stop().await.unwrap();
+}
+
+/// A WebSocket member that stops reading lags, then catches up from the store: what reaches
+/// it on every path (live batches, `LAGGED`, the catch-up's pages, its own ack) is whole
+/// text frames, every message once, in order, never its own.
+#[tokio::test]
+async fn a_slow_websocket_member_lags_then_catches_up_in_frames() {
+    const TOTAL: usize = 2000;
+    let config = linechat::Config {
+        outbound_limit: 256 * 1024,
+        ..memory_config()
+    };
+    let server = TestServer::start_web_with(config).await;
+    let mut talker = server.login("talker").await;
+    talker.join("r").await;
+    let mut slow = RawWs::connect(server.http_addr.unwrap()).await;
+    slow.send_raw(
+        &[
+            client_frame(0x81, b"NICK slow"),
+            client_frame(0x81, b"JOIN r"),
+        ]
+        .concat(),
+    )
+    .await;
+    talker.expect("JOINED r slow").await;
+    let payload = "ä".repeat(1500);
+    let mut acked = common::talk_in_chunks(&mut talker, 0..TOTAL / 2, &payload).await;
+    slow.send_raw(&client_frame(0x81, b"SAY from the back row"))
+        .await;
+    acked.extend(common::talk_in_chunks(&mut talker, TOTAL / 2..TOTAL, &payload).await);
+
+    let (_, ok) = slow.until_close_or("OK JOIN r 0 0").await;
+    assert_eq!(ok, "OK JOIN r 0 0");
+    let (mut got, mut lagged, mut own_acks) = (Vec::new(), 0, 0);
+    while got.len() < TOTAL || own_acks == 0 {
+        let (opcode, text) = slow.read_frame().await;
+        assert_eq!(opcode, 0x1);
+        let line = String::from_utf8(text).expect("UTF-8 text frames");
+        assert!(!line.contains('\n'), "one line a frame: {line:.80}");
+        if line.starts_with("LAGGED r ") {
+            lagged += 1;
+        } else if line.starts_with("OK SAY ") {
+            own_acks += 1;
+        } else {
+            let m = common::parse_message(&line);
+            assert_eq!(
+                (m.kind.as_str(), m.nick.as_str()),
+                ("MSG", "talker"),
+                "{line:.80}"
+            );
+            assert_eq!(m.text, format!("{} {payload}", got.len()), "no gap");
+            got.push(m.id);
+        }
+    }
+    assert_eq!(got, acked);
+    assert!(lagged > 0, "the slow member lagged");
+    assert_eq!(own_acks, 1);
+    server.stop().await.unwrap();
+}
+
+/// A client that pings and never reads is closed as too slow; what it then reads is whole
+/// frames (the pong being written when the rest was dropped is finished), `BYE too slow`,
+/// and close code 1008.
+#[tokio::test]
+async fn a_websocket_client_too_slow_for_its_pongs_gets_whole_frames_then_1008() {
+    let config = linechat::Config {
+        stall_timeout: std::time::Duration::from_secs(1),
+        close_grace: std::time::Duration::from_secs(20),
+        ..memory_config()
+    };
+    let server = TestServer::start_web_with(config).await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    let ping = client_frame(0x89, &[b'p'; 125]);
+    let block: Vec<u8> = ping.repeat(8 * 1024);
+    let flood = async {
+        for _ in 0..100 {
+            c.send_raw(&block).await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(4), flood).await;
+    let mut pongs = 0;
+    loop {
+        match c.read_frame().await {
+            (0xA, payload) => {
+                assert_eq!(payload, [b'p'; 125]);
+                pongs += 1;
+            }
+            (0x1, bye) => {
+                assert_eq!(bye, b"BYE too slow");
+                break;
+            }
+            other => panic!("{other:?} after {pongs} pongs"),
+        }
+    }
+    assert!(pongs > 0);
+    let (opcode, close) = c.read_frame().await;
+    assert_eq!(
+        (opcode, u16::from_be_bytes([close[0], close[1]])),
+        (0x8, 1008)
+    );
+    drop(c);
+    server.stop().await.unwrap();
+}
+
+/// An upgrade request that declares a body and never sends it: the server must neither hang
+/// on it nor keep its shutdown waiting.
+#[tokio::test]
+async fn an_upgrade_request_with_a_body_never_sent_does_not_hold_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = web_server().await;
+    let web = server.http_addr.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(web).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {web}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Content-Length: 10\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let head = tokio::time::timeout(common::PATIENCE, read_head(&mut socket))
+        .await
+        .expect("an answer");
+    if head.starts_with("http/1.1 101") {
+        // Then a session: its greeting.
+        let mut first = [0u8; 2];
+        tokio::time::timeout(common::PATIENCE, socket.read_exact(&mut first))
+            .await
+            .expect("a greeting after the 101")
+            .unwrap();
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), server.stop())
+        .await
+        .expect("the server stops")
+        .unwrap();
 }

@@ -908,3 +908,33 @@ async fn an_upgrade_request_with_a_body_never_sent_does_not_hold_the_server() {
         .expect("the server stops")
         .unwrap();
 }
+
+/// A frame far over `--max-line` costs flood control a line per line's worth of bytes, as
+/// an over-long line does on TCP: big frames are not read faster than lines.
+#[tokio::test]
+async fn big_frames_are_read_no_faster_than_lines() {
+    use tokio::io::AsyncReadExt;
+    let mut config = memory_config();
+    config.max_line = 64;
+    config.rate = 1;
+    config.burst = 2;
+    let server = TestServer::start_web_with(config).await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    // 60 KB each: some 900 lines' worth, so at a line a second the PING is not read within
+    // the test.
+    let big = client_frame(0x81, &[b'x'; 60_000]);
+    c.send_raw(&[big.clone(), big, client_frame(0x81, b"PING 1")].concat())
+        .await;
+    assert!(c.read_frame().await.1.starts_with(b"ERR LINE_TOO_LONG "));
+    let mut byte = [0u8; 1];
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        c.socket.read_exact(&mut byte),
+    )
+    .await;
+    assert!(
+        answer.is_err(),
+        "120 KB were read at once at a line a second"
+    );
+    server.stop().await.unwrap();
+}

@@ -80,6 +80,10 @@ pub struct FrameDecoder {
     partial: Option<Partial>,
     /// Set once the client's close frame has come: nothing after it is input.
     closed: bool,
+    /// [`Frame::Skipped`]s still owed for the last data frame: one per line's worth of its
+    /// payload after the first, so that flood control reads big frames no faster than lines,
+    /// as it reads a long line on TCP.
+    owed: usize,
 }
 
 #[derive(Debug)]
@@ -97,6 +101,7 @@ impl FrameDecoder {
             max_message,
             partial: None,
             closed: false,
+            owed: 0,
         }
     }
 
@@ -108,6 +113,10 @@ impl FrameDecoder {
     /// The next input frame in `buf`, consuming the client frames it took; `None` when a
     /// whole frame has not arrived yet, or the input is over.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Violation> {
+        if self.owed > 0 {
+            self.owed -= 1;
+            return Ok(Some(Frame::Skipped));
+        }
         while !self.closed {
             let Some((header, len)) = self.header(buf)? else {
                 return Ok(None);
@@ -121,6 +130,9 @@ impl FrameDecoder {
             let mask = buf.get_u32();
             let mut payload = buf.split_to(len);
             unmask(&mut payload, mask);
+            if header.opcode & 0x8 == 0 {
+                self.owed = len.saturating_sub(1) / self.max_line.saturating_add(2);
+            }
             if let Some(frame) = self.take(header, payload)? {
                 return Ok(Some(frame));
             }
@@ -581,6 +593,38 @@ mod tests {
         assert_eq!(frames.len(), 52);
         assert!(frames[..51].iter().all(|f| *f == Frame::Skipped));
         assert_eq!(frames[51], line("PING 1"));
+    }
+
+    /// A frame costs flood control a token per line's worth of payload, as a long line does
+    /// on TCP: its frame, then a `Skipped` for each further line's worth.
+    #[test]
+    fn a_big_frame_is_input_a_line_at_a_time() {
+        let mut d = FrameDecoder::new(8, 1000);
+        let input = [
+            client_frame(true, TEXT, &[b'x'; 10]),
+            client_frame(true, TEXT, &[b'x'; 11]),
+            client_frame(false, TEXT, &[b'x'; 30]),
+            client_frame(true, CONTINUATION, &[b'x'; 21]),
+            client_frame(true, TEXT, b"PING"),
+        ]
+        .concat();
+        let frames = decode_all(&mut d, &input).unwrap();
+        // 10 bytes; 11 (a line's worth more); 30 in a fragment (two more); 21 (two more).
+        assert_eq!(
+            frames,
+            [
+                Frame::TooLong,
+                Frame::TooLong,
+                Frame::Skipped,
+                Frame::Skipped,
+                Frame::Skipped,
+                Frame::Skipped,
+                Frame::TooLong,
+                Frame::Skipped,
+                Frame::Skipped,
+                line("PING"),
+            ]
+        );
     }
 
     #[test]

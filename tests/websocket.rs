@@ -938,3 +938,51 @@ async fn big_frames_are_read_no_faster_than_lines() {
     );
     server.stop().await.unwrap();
 }
+
+/// Many frames right behind the upgrade request, far more than the request head may be:
+/// every one is read, in order, whatever hyper had buffered.
+#[tokio::test]
+async fn many_frames_sent_right_behind_the_upgrade_request_are_all_read() {
+    let server = web_server().await;
+    let mut early = client_frame(0x81, b"NICK eager");
+    for i in 0..3000 {
+        early.extend(client_frame(0x81, format!("PING {i:0100}").as_bytes()));
+    }
+    let mut c = RawWs::connect_sending(server.http_addr.unwrap(), &early).await;
+    assert_eq!(c.read_frame().await, (0x1, b"OK NICK eager".to_vec()));
+    for i in 0..3000 {
+        let want = format!("PONG {i:0100}");
+        assert_eq!(c.read_frame().await, (0x1, want.into_bytes()));
+    }
+    server.stop().await.unwrap();
+}
+
+/// At shutdown every command already read is refused with `ERR SHUTTING_DOWN`; WebSocket
+/// pings, pongs and fragments are not commands and get no `ERR` each.
+#[tokio::test]
+async fn at_shutdown_only_buffered_commands_are_refused() {
+    let mut config = memory_config();
+    config.rate = 1;
+    config.burst = 1;
+    let server = TestServer::start_web_with(config).await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    let mut input = client_frame(0x81, b"PING a");
+    for _ in 0..20 {
+        input.extend(client_frame(0x89, b"ping"));
+        input.extend(client_frame(0x8A, b"pong"));
+    }
+    input.extend(client_frame(0x01, b"PING "));
+    input.extend(client_frame(0x80, b"b"));
+    c.send_raw(&input).await;
+    // Over its rate after `PING a`: the rest waits, read but not done.
+    assert_eq!(c.read_frame().await, (0x1, b"PONG a".to_vec()));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(server.stop());
+    let (texts, code) = c.until_close().await;
+    assert_eq!(texts.len(), 2, "one ERR for the one command: {texts:?}");
+    assert!(texts[0].starts_with("ERR SHUTTING_DOWN "), "{texts:?}");
+    assert_eq!(texts[1], "BYE server shutting down");
+    assert_eq!(code, 1001);
+    drop(c);
+    stopping.await.unwrap().unwrap();
+}

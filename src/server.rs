@@ -318,6 +318,7 @@ fn serve_tls(
     let handshake = Box::pin(tls::handshake(
         stream,
         acceptor,
+        tls::tls_required(),
         limits,
         stopping.clone(),
         hub.hurry.clone(),
@@ -353,6 +354,7 @@ async fn serve_http(
     let handshake = tls::handshake(
         stream,
         acceptor,
+        tls::https_required(),
         limits,
         shared.stopping.clone(),
         shared.hub.hurry.clone(),

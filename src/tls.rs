@@ -190,7 +190,7 @@ pub struct HandshakeLimits {
 /// Why a TLS connection ended before its session began.
 #[derive(Debug)]
 pub enum HandshakeEnd {
-    /// The client spoke plain text; it was told `ERR TLS_REQUIRED`.
+    /// The client spoke plain text; it was told to use TLS.
     Plaintext,
     /// Not finished within the login timeout.
     TimedOut,
@@ -208,7 +208,7 @@ impl HandshakeEnd {
     pub fn log(&self, peer: SocketAddr) {
         match self {
             HandshakeEnd::Plaintext => {
-                tracing::info!(%peer, "closed: plain text on the TLS port (ERR TLS_REQUIRED)")
+                tracing::info!(%peer, "closed: plain text on a TLS port (told to use TLS)")
             }
             HandshakeEnd::TimedOut => {
                 tracing::info!(%peer, "closed: TLS handshake not finished within the login timeout")
@@ -221,10 +221,12 @@ impl HandshakeEnd {
 
 /// Runs the server's side of a TLS handshake on `stream`, within `limits.timeout`, giving up
 /// at once if `stopping` is cancelled. A client whose first byte is not a TLS handshake
-/// record gets `ERR TLS_REQUIRED` in plain text and is closed.
+/// record gets `refusal` in plain text (`ERR TLS_REQUIRED` on the line port, an HTTP 400 on
+/// the HTTP one) and is closed.
 pub async fn handshake(
     stream: TcpStream,
     acceptor: TlsAcceptor,
+    refusal: bytes::Bytes,
     limits: HandshakeLimits,
     stopping: CancellationToken,
     hurry: CancellationToken,
@@ -237,7 +239,7 @@ pub async fn handshake(
         Err(e) => return Err(HandshakeEnd::Failed(e)),
     }
     if first[0] != HANDSHAKE_RECORD {
-        refuse_plaintext(stream, limits.close_grace, &hurry).await;
+        refuse_plaintext(stream, refusal, limits.close_grace, &hurry).await;
         return Err(HandshakeEnd::Plaintext);
     }
     within(deadline, &stopping, acceptor.accept(stream))
@@ -274,13 +276,28 @@ pub fn tls_required() -> bytes::Bytes {
     ))
 }
 
-/// Says `ERR TLS_REQUIRED`, then closes: FIN, then what the client still sends is read and
-/// dropped for up to `grace` (closing with unread input would send a reset, which can destroy
-/// the client's copy of the line), unless a second stopping signal hurries the shutdown, as
+/// The HTTP response a plain-HTTP client gets on an https port.
+pub fn https_required() -> bytes::Bytes {
+    let body = "this port speaks https: open it as https://, not http://\n";
+    bytes::Bytes::from(format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// Says `refusal`, then closes: FIN, then what the client still sends is read and dropped
+/// for up to `grace` (closing with unread input would send a reset, which can destroy the
+/// client's copy of the refusal), unless a second stopping signal hurries the shutdown, as
 /// it does a session's close.
-async fn refuse_plaintext(mut stream: TcpStream, grace: Duration, hurry: &CancellationToken) {
+async fn refuse_plaintext(
+    mut stream: TcpStream,
+    refusal: bytes::Bytes,
+    grace: Duration,
+    hurry: &CancellationToken,
+) {
     let drain = tokio::time::timeout(grace, async {
-        stream.write_all(&tls_required()).await?;
+        stream.write_all(&refusal).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 1024];
         while stream.read(&mut sink).await? > 0 {}

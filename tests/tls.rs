@@ -267,7 +267,7 @@ async fn plain_text_on_the_tls_port_gets_tls_required() {
         "{got:?}"
     );
     assert_eq!(got.lines().count(), 1, "{got:?}");
-    server.wait_for_log("plain text on the TLS port").await;
+    server.wait_for_log("plain text on a TLS port").await;
 }
 
 /// A TLS client that starts a handshake and stalls, and one that says nothing at all, are
@@ -600,6 +600,19 @@ async fn the_http_listener_serves_https_and_wss_with_the_same_certificate() {
     page.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("ok\n"), "{answer}");
+    // Plain HTTP to the https port: an HTTP answer a browser shows, not a protocol line.
+    let mut plain_http = TcpStream::connect(web).await.unwrap();
+    plain_http
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    plain_http.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.ends_with("open it as https://, not http://\n"),
+        "{answer}"
+    );
 
     let mut plain = Client::login(server.addr, "bob").await;
     plain.send("REGISTER correct-horse").await;

@@ -986,3 +986,36 @@ async fn at_shutdown_only_buffered_commands_are_refused() {
     drop(c);
     stopping.await.unwrap().unwrap();
 }
+
+/// A client whose frame is too big to read is told so (`BYE`, then close code 1009) even
+/// while it is still sending that frame: the server reads and drops the rest rather than
+/// closing with unread input, whose reset could destroy the client's copy of the close.
+#[tokio::test]
+async fn a_client_still_sending_a_huge_frame_gets_the_close_frame() {
+    let mut config = memory_config();
+    config.max_line = 64;
+    let server = TestServer::start_web_with(config).await;
+    for _ in 0..3 {
+        let c = RawWs::connect(server.http_addr.unwrap()).await;
+        let huge = client_frame(0x81, &vec![b'x'; 4 << 20]);
+        let (read, mut write) = c.socket.into_split();
+        let sending = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = write.write_all(&huge).await;
+            write
+        });
+        // Late, so that the server has long answered when the reads come.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let write = sending.await.unwrap();
+        let mut c = RawWs {
+            socket: read.reunite(write).unwrap(),
+        };
+        let (texts, code) = c.until_close().await;
+        assert!(
+            texts[0].starts_with("BYE bad WebSocket frames: "),
+            "{texts:?}"
+        );
+        assert_eq!(code, 1009);
+    }
+    server.stop().await.unwrap();
+}

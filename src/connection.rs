@@ -343,8 +343,9 @@ pub enum Frame {
     Line(BytesMut),
     /// A line longer than the limit; its bytes were (or are being) discarded.
     TooLong,
-    /// Another line's worth of a too-long line discarded. No reply, but it counts as a line
-    /// read (flood control), so that one endless line is read no faster than lines are.
+    /// Another line's worth of a too-long line discarded (or of a big WebSocket frame; or a
+    /// WebSocket fragment or pong). No reply, but it counts as a line read (flood control),
+    /// so that one endless line, or endless fragments, are read no faster than lines are.
     Skipped,
     /// A WebSocket frame that cannot be a line: answered with `ERR BAD_FRAME`.
     NotALine(NotALine),

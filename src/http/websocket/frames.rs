@@ -2,8 +2,10 @@
 //! buffers, without a socket, so it is tested and fuzzed on its own.
 //!
 //! In: client frames (always masked) are decoded once whole; a text message (one frame, or
-//! fragments up to its final one) is one input line. Pings become [`Frame::Ping`] for the
-//! session to answer; a close frame ends the input. Every violation of the protocol, and any
+//! fragments up to its final one) is one input line. Every frame is input to flood control
+//! as lines are on TCP: a fragment, a pong, and each line's worth of a big frame beyond its
+//! first is a [`Frame::Skipped`]. Pings become [`Frame::Ping`] for the session to answer; a
+//! close frame ends the input. Every violation of the protocol, and any
 //! frame or message over the decoder's limit, is an error that ends the connection.
 //!
 //! Out: server frames are unmasked, so a framed line is the same bytes for every recipient:

@@ -133,9 +133,16 @@ impl LineReader {
         self.read.peer_ip()
     }
 
-    /// True if part of a line has been read and the rest has not (an over-long one included).
+    /// True if part of a line has been read and the rest has not (an over-long one included;
+    /// on a WebSocket, a message whose final fragment has not come).
     pub fn has_partial_line(&self) -> bool {
-        !self.buf.is_empty() || self.codec.discarding
+        let mid_message = match &*self.read {
+            Transport::WebSocket(socket) => {
+                Transport::with_websocket(socket, |ws| ws.decoder.mid_message())
+            }
+            _ => false,
+        };
+        !self.buf.is_empty() || self.codec.discarding || mid_message
     }
 
     /// The next frame already read from the socket, without reading more.

@@ -1019,3 +1019,41 @@ async fn a_client_still_sending_a_huge_frame_gets_the_close_frame() {
     }
     server.stop().await.unwrap();
 }
+
+/// A client in the middle of a message in fragments is still sending, as one in the middle
+/// of a line is: closed by the server, it is read until it closes too (its close frame), not
+/// cut off with a reset by the fragments still coming.
+#[tokio::test]
+async fn a_client_mid_message_is_read_until_it_closes_too() {
+    use tokio::io::AsyncReadExt;
+    let config = linechat::Config {
+        login_timeout: std::time::Duration::from_secs(1),
+        close_grace: std::time::Duration::from_secs(10),
+        ..memory_config()
+    };
+    let server = TestServer::start_web_with(config).await;
+    let mut c = RawWs::connect(server.http_addr.unwrap()).await;
+    c.send_raw(&client_frame(0x01, b"NI")).await;
+    let (texts, code) = c.until_close().await;
+    assert!(texts[0].starts_with("BYE login timeout"), "{texts:?}");
+    assert_eq!(code, 1008);
+    // The server waits for the rest (its side is closed, it still reads): what the client
+    // sends now is taken, not answered with a reset.
+    use tokio::io::AsyncWriteExt;
+    let later = [
+        client_frame(0x80, b"CK late"),
+        client_frame(0x89, b"still here"),
+        client_frame(0x88, b"\x03\xe8"),
+    ];
+    for frame in later {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        c.socket
+            .write_all(&frame)
+            .await
+            .expect("the server still reads");
+    }
+    let mut byte = [0u8; 1];
+    let end = tokio::time::timeout(common::PATIENCE, c.socket.read(&mut byte)).await;
+    assert_eq!(end.expect("the server closes").unwrap(), 0);
+    server.stop().await.unwrap();
+}

@@ -112,6 +112,11 @@ impl FrameDecoder {
         self.closed
     }
 
+    /// True while a message in fragments waits for its final one.
+    pub fn mid_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
     /// The next input frame in `buf`, consuming the client frames it took; `None` when a
     /// whole frame has not arrived yet, or the input is over.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Violation> {

@@ -133,9 +133,16 @@ impl LineReader {
         self.read.peer_ip()
     }
 
-    /// True if part of a line has been read and the rest has not (an over-long one included).
+    /// True if part of a line has been read and the rest has not (an over-long one included;
+    /// on a WebSocket, a message whose final fragment has not come).
     pub fn has_partial_line(&self) -> bool {
-        !self.buf.is_empty() || self.codec.discarding
+        let mid_message = match &*self.read {
+            Transport::WebSocket(socket) => {
+                Transport::with_websocket(socket, |ws| ws.decoder.mid_message())
+            }
+            _ => false,
+        };
+        !self.buf.is_empty() || self.codec.discarding || mid_message
     }
 
     /// The next frame already read from the socket, without reading more.
@@ -343,8 +350,9 @@ pub enum Frame {
     Line(BytesMut),
     /// A line longer than the limit; its bytes were (or are being) discarded.
     TooLong,
-    /// Another line's worth of a too-long line discarded. No reply, but it counts as a line
-    /// read (flood control), so that one endless line is read no faster than lines are.
+    /// Another line's worth of a too-long line discarded (or of a big WebSocket frame; or a
+    /// WebSocket fragment or pong). No reply, but it counts as a line read (flood control),
+    /// so that one endless line, or endless fragments, are read no faster than lines are.
     Skipped,
     /// A WebSocket frame that cannot be a line: answered with `ERR BAD_FRAME`.
     NotALine(NotALine),

@@ -820,3 +820,189 @@ async fn screenshot_of_a_conversation() {
     browser.close().await;
     server.stop().await;
 }
+
+/// The ranges named by the page's MISSED notices, in DOM order, each with the ids of the
+/// messages just before and just after it in the log.
+async fn missed_notices(
+    page: &Page<'_>,
+    room: &str,
+) -> Vec<((u64, u64), Option<u64>, Option<u64>)> {
+    let v = page
+        .run(
+            r#"const log = document.querySelector(`.log[data-room="${CSS.escape(arguments[0])}"]`);
+               const items = [...log.children];
+               const near = (from, step) => {
+                 for (let i = from; i >= 0 && i < items.length; i += step) {
+                   if (items[i].classList.contains('message')) return Number(items[i].dataset.id);
+                 }
+                 return null;
+               };
+               return items.flatMap((el, i) => {
+                 const m = /^Messages (\d+) to (\d+) are no longer kept/.exec(el.textContent);
+                 if (!el.classList.contains('notice') || !m) return [];
+                 return [[Number(m[1]), Number(m[2]), near(i - 1, -1), near(i + 1, 1)]];
+               });"#,
+            vec![json!(room)],
+        )
+        .await;
+    let rows: Vec<(u64, u64, Option<u64>, Option<u64>)> = serde_json::from_value(v).unwrap();
+    rows.into_iter()
+        .map(|(first, last, before, after)| ((first, last), before, after))
+        .collect()
+}
+
+/// A page that falls further behind than the memory store keeps (`--memory-history`) is told
+/// `MISSED` for the ids the store let go (PROTOCOL.md section 8, Slow readers): the page shows
+/// that, in the log where the gap is, then every message still kept and the live ones, each
+/// once and in order.
+#[tokio::test]
+async fn a_page_behind_what_the_memory_store_keeps_is_told_what_it_missed() {
+    const TOTAL: usize = 3000;
+    const KEPT: usize = 100;
+    let _slot = BROWSERS.acquire().await.unwrap();
+    let config = linechat::Config {
+        outbound_limit: 256 * 1024,
+        memory_history: KEPT,
+        ..memory_config()
+    };
+    let server = WebServer::start(config).await;
+    let mut talker = server.login("talker").await;
+    talker.join("kept").await;
+    let browser = Browser::start().await;
+    let page = browser.open(&server.page_url("nick=nora&room=kept")).await;
+    page.wait_joined("kept").await;
+    talker.expect("JOINED kept nora").await;
+
+    let payload = "lorem ipsum dolor ".repeat(216);
+    let flood = tokio::spawn(async move {
+        let acked = talk_in_chunks(&mut talker, 0..TOTAL, &payload).await;
+        (talker, acked)
+    });
+    // Frozen as in a_page_that_falls_behind_is_told_and_misses_nothing, while the store keeps
+    // only the newest KEPT of the TOTAL messages.
+    while !flood.is_finished() {
+        page.run(
+            "const until = Date.now() + 1000; while (Date.now() < until) {} return true",
+            vec![],
+        )
+        .await;
+    }
+    let (mut talker, acked) = flood.await.unwrap();
+    let newest = *acked.last().unwrap();
+    let script = format!(
+        "const m = [...document.querySelectorAll('.log[data-room=\"kept\"] .message')].pop(); \
+         return !!m && Number(m.dataset.id) === {newest}"
+    );
+    page.wait_for_within("the newest message", &script, Duration::from_secs(60))
+        .await;
+
+    let missed = missed_notices(&page, "kept").await;
+    assert!(
+        !missed.is_empty(),
+        "a MISSED notice; the page says:\n{}",
+        page.describe().await
+    );
+    let mut want: Vec<u64> = acked.clone();
+    for &((first, last), before, after) in &missed {
+        assert!(first <= last, "{missed:?}");
+        // Where the gap is: after the last message the page had, before the first one kept.
+        assert_eq!(before, Some(first - 1).filter(|&id| id > 0), "{missed:?}");
+        assert_eq!(after, Some(last + 1), "{missed:?}");
+        want.retain(|id| !(first..=last).contains(id));
+    }
+    // The store still held its newest KEPT: none of those is missed.
+    assert!(
+        want.ends_with(&acked[TOTAL - KEPT..]),
+        "the kept messages are shown"
+    );
+    let ids: Vec<u64> = page.messages("kept").await.iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids, want,
+        "every message kept, once, in order; only the missed ones not"
+    );
+
+    // And live again after the gap, in both directions.
+    let live = talker.say("after the gap").await;
+    page.say("nora is back").await;
+    let back = next_msg(&mut talker).await;
+    assert_eq!(back.text, "nora is back");
+    let got = page.wait_messages("kept", want.len() + 2).await;
+    assert_eq!(got.len(), want.len() + 2, "nothing shown twice");
+    assert_eq!(got[want.len()], shown(live, "talker", "after the gap"));
+    assert_eq!(got[want.len() + 1], shown(back.id, "nora", "nora is back"));
+    browser.close().await;
+    server.stop().await;
+}
+
+/// "Copy invite link" offers `/?room=<the room shown>` on the page's own origin (and not the
+/// inviter's name: the invitee chooses one); that link, opened in another browser, fills in
+/// the room, and the invitee is in it once they give a name.
+#[tokio::test]
+async fn the_invite_link_opens_the_room_in_another_browser() {
+    // Two browsers at once: both slots, taken together so two such tests cannot deadlock.
+    let _slots = BROWSERS.acquire_many(2).await.unwrap();
+    let server = WebServer::start(memory_config()).await;
+    let mut pat = server.login("pat").await;
+    pat.join("club.house").await;
+
+    let inviter = Browser::start().await;
+    let page = inviter
+        .open(&server.page_url("nick=quinn&room=lobby,club.house"))
+        .await;
+    page.wait_joined("club.house").await;
+    pat.expect("JOINED club.house quinn").await;
+    // The link is for the room shown, whichever it is.
+    page.show_room("club.house").await;
+    page.click("#invite").await;
+    // Where the clipboard is refused (as in a headless browser) the link is shown instead,
+    // on the button, for the user to copy by hand; otherwise it is in the clipboard.
+    let shown_link = page
+        .wait_for(
+            "the invite link",
+            "const t = document.querySelector('#invite').textContent; \
+             return t !== 'Copy invite link' && t",
+        )
+        .await;
+    let link = if shown_link == json!("Link copied") {
+        // Pasted where the user would paste it: into a text field, with Ctrl+V.
+        page.type_into("#room", "\u{E009}v\u{E000}").await;
+        let pasted = page
+            .run("return document.querySelector('#room').value", vec![])
+            .await;
+        pasted.as_str().unwrap().to_string()
+    } else {
+        shown_link.as_str().unwrap().to_string()
+    };
+    assert_eq!(link, format!("http://{}/?room=club.house", server.http));
+
+    let invitee = Browser::start().await;
+    let page2 = invitee.open(&link).await;
+    let filled = page2
+        .run(
+            "return [document.querySelector('#login-rooms').value, \
+                     document.querySelector('#nick').value]",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        filled,
+        json!(["club.house", ""]),
+        "the room filled in, the name not"
+    );
+    page2.type_into("#nick", &format!("rosa{ENTER}")).await;
+    page2.wait_joined("club.house").await;
+    pat.expect("JOINED club.house rosa").await;
+    page.wait_members(&["pat", "quinn", "rosa"]).await;
+    page2.wait_members(&["pat", "quinn", "rosa"]).await;
+    page2.say("thanks for the link").await;
+    let m = msg_from(&mut pat, "rosa").await;
+    assert_eq!(
+        (m.room.as_str(), m.text.as_str()),
+        ("club.house", "thanks for the link")
+    );
+    let got = page.wait_messages("club.house", 1).await;
+    assert_eq!(got, [shown(m.id, "rosa", "thanks for the link")]);
+    invitee.close().await;
+    inviter.close().await;
+    server.stop().await;
+}

@@ -155,6 +155,31 @@ async fn history_limit_is_capped_and_memory_is_bounded() {
     server.stop().await.unwrap();
 }
 
+/// A client resuming with `SINCE` from before what the memory store still keeps is told
+/// which ids it will not get, then replayed the rest.
+#[tokio::test]
+async fn join_since_names_what_the_store_no_longer_holds() {
+    let config = Config {
+        memory_history: 10,
+        ..memory_config()
+    };
+    let (server, _talker) = room_with(config, "r", 15).await;
+    let mut c = server.login("back").await;
+    c.send("JOIN r SINCE 2").await;
+    let missed = c.line().await;
+    assert!(missed.starts_with("MISSED r 3 5 "), "{missed}");
+    let (hist, ok) = c.until("OK JOIN").await;
+    assert_eq!((ids(&hist), ok.as_str()), (range(6, 15), "OK JOIN r 10 15"));
+    // Nothing was dropped after 5: no MISSED.
+    c.send("JOIN r SINCE 5").await;
+    let (hist, ok) = c.until("OK JOIN").await;
+    assert_eq!((ids(&hist), ok.as_str()), (range(6, 15), "OK JOIN r 10 15"));
+    // A SINCE past the room's end is from another history: no MISSED either.
+    c.send("JOIN r SINCE 99").await;
+    c.expect("OK JOIN r 0 15").await;
+    server.stop().await.unwrap();
+}
+
 /// Members who join while the room is busy get every message exactly once: `HIST` up to the
 /// id in `OK JOIN`, then `MSG` after it, with no gap and no duplicate.
 #[tokio::test]

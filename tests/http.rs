@@ -13,7 +13,6 @@ use common::binary::linechat;
 use common::pg::{self, DirGuard};
 use common::web::get;
 use common::{memory_config, TestServer, PATIENCE};
-use linechat::Config;
 
 #[tokio::test]
 async fn the_page_is_served_with_a_policy_that_runs_only_its_own_script() {
@@ -56,21 +55,8 @@ async fn healthz_is_ok_with_a_memory_store() {
 async fn healthz_follows_the_database() {
     let dir = pg::temp_dir("healthz");
     let _guard = DirGuard(dir.clone());
-    let cluster = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || pg::start_cluster(&dir)
-    })
-    .await
-    .unwrap();
-    linechat::store::postgres::ensure_database(&cluster.pg_config("postgres"), "linechat")
-        .await
-        .unwrap();
-    let config = Config {
-        store: linechat::StoreKind::Postgres,
-        database_url: Some(cluster.url("linechat")),
-        db_timeout: std::time::Duration::from_secs(2),
-        ..memory_config()
-    };
+    let (cluster, config) =
+        pg::own_cluster(&dir, std::time::Duration::from_secs(2), memory_config()).await;
     let server = TestServer::start_web_with(config).await;
     let web = server.http_addr.unwrap();
     assert_eq!(get(web, "/healthz").await.status, 200);

@@ -31,21 +31,7 @@ async fn server_on_own_cluster(
     db_timeout: Duration,
     config: Config,
 ) -> (TestServer, ManagedPostgres) {
-    let cluster = tokio::task::spawn_blocking({
-        let dir = dir.to_path_buf();
-        move || pg::start_cluster(&dir)
-    })
-    .await
-    .unwrap();
-    linechat::store::postgres::ensure_database(&cluster.pg_config("postgres"), "linechat")
-        .await
-        .unwrap();
-    let config = Config {
-        store: linechat::StoreKind::Postgres,
-        database_url: Some(cluster.url("linechat")),
-        db_timeout,
-        ..config
-    };
+    let (cluster, config) = pg::own_cluster(dir, db_timeout, config).await;
     (TestServer::start_with(config).await, cluster)
 }
 

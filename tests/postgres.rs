@@ -643,21 +643,7 @@ async fn db_bulk(url: &str, room: &str, n: i32) {
 /// A private PostgreSQL cluster under `dir` that a test may stop and restart, and a server
 /// on it with `config`'s other settings.
 async fn server_on_own_cluster(dir: &Path, config: Config) -> (TestServer, ManagedPostgres) {
-    let cluster = tokio::task::spawn_blocking({
-        let dir = dir.to_path_buf();
-        move || pg::start_cluster(&dir)
-    })
-    .await
-    .unwrap();
-    linechat::store::postgres::ensure_database(&cluster.pg_config("postgres"), "linechat")
-        .await
-        .unwrap();
-    let config = Config {
-        store: linechat::StoreKind::Postgres,
-        database_url: Some(cluster.url("linechat")),
-        db_timeout: Duration::from_secs(2),
-        ..config
-    };
+    let (cluster, config) = pg::own_cluster(dir, Duration::from_secs(2), config).await;
     (TestServer::start_with(config).await, cluster)
 }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Extension, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -138,6 +138,14 @@ async fn websocket_session(
         return (
             StatusCode::FORBIDDEN,
             "a page from another site may not open a chat connection here\n",
+        )
+            .into_response();
+    }
+    // HTTP/1.0 cannot switch protocols (hyper would send the 101, then not upgrade).
+    if request.version() < Version::HTTP_11 {
+        return (
+            StatusCode::BAD_REQUEST,
+            "a WebSocket handshake needs HTTP/1.1\n",
         )
             .into_response();
     }

@@ -162,10 +162,11 @@ impl Session {
     /// `ERR SHUTTING_DOWN`, so that nothing the server took in goes unanswered.
     fn refuse_unread(&mut self) {
         while let Some(Ok(frame)) = self.reader.next_buffered() {
-            if let Frame::Line(line) = &frame {
-                if line.iter().all(|b| *b == b' ') {
-                    continue;
-                }
+            match &frame {
+                Frame::Line(line) if line.iter().all(|b| *b == b' ') => continue,
+                // Not commands: a WebSocket's ping or fragment, a long line's rest.
+                Frame::Ping(_) | Frame::Skipped => continue,
+                _ => {}
             }
             self.writer.push(protocol::error_line(&ProtocolError::new(
                 ErrorCode::ShuttingDown,

@@ -23,6 +23,10 @@ impl Session {
             self.writer.push_pong(payload);
             return Ok(None);
         }
+        if let Frame::Skipped = frame {
+            // Input without a reply (a fragment, a pong): nothing to keep in order.
+            return Ok(None);
+        }
         let command = self.decode(frame);
         // Replies keep command order: anything but another SAY (or a PING, which measures the
         // server, never its store) waits for the SAYs in flight, at most the store's deadline.

@@ -143,8 +143,21 @@ impl Session {
                 return;
             }
             Replay::Since(since) => {
+                // Read before the room's end: the store only ever lets go of more.
+                let forgotten = store.forgotten_through(&room);
                 match self.until_shutdown(store.latest_id(&room)).await {
                     Ok(newest_before) => {
+                        // Ids after `since` that the store let go of: named, not skipped in
+                        // silence. (Past the room's end, `since` is from a reset history.)
+                        if forgotten > since && since < newest_before {
+                            self.writer.push(protocol::line(&[
+                                "MISSED",
+                                &room,
+                                &(since + 1).to_string(),
+                                &forgotten.min(newest_before).to_string(),
+                                "these messages were dropped from history before you could read them",
+                            ]));
+                        }
                         let pager = ForwardPager::new(room, since, max_page);
                         let purpose = Purpose::Join(JoinReplay {
                             since,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use linechat::managed_postgres::{ManagedPostgres, Search};
 use linechat::{Config, StoreKind};
@@ -91,6 +92,32 @@ pub async fn config() -> Config {
         database_url: Some(fresh_database().await),
         ..super::memory_config()
     }
+}
+
+/// A private cluster under `dir`, which a test may stop and restart (the shared one must stay
+/// up), with an empty database `linechat`; and a config on that database: `db_timeout`, and
+/// `config`'s other settings.
+pub async fn own_cluster(
+    dir: &Path,
+    db_timeout: Duration,
+    config: Config,
+) -> (ManagedPostgres, Config) {
+    let cluster = tokio::task::spawn_blocking({
+        let dir = dir.to_path_buf();
+        move || start_cluster(&dir)
+    })
+    .await
+    .unwrap();
+    linechat::store::postgres::ensure_database(&cluster.pg_config("postgres"), "linechat")
+        .await
+        .unwrap();
+    let config = Config {
+        store: StoreKind::Postgres,
+        database_url: Some(cluster.url("linechat")),
+        db_timeout,
+        ..config
+    };
+    (cluster, config)
 }
 
 /// Stops whatever PostgreSQL runs on `dir`'s data and removes `dir` (when dropped), so that a

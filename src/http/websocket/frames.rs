@@ -2,8 +2,10 @@
 //! buffers, without a socket, so it is tested and fuzzed on its own.
 //!
 //! In: client frames (always masked) are decoded once whole; a text message (one frame, or
-//! fragments up to its final one) is one input line. Pings become [`Frame::Ping`] for the
-//! session to answer; a close frame ends the input. Every violation of the protocol, and any
+//! fragments up to its final one) is one input line. Every frame is input to flood control
+//! as lines are on TCP: a fragment, a pong, and each line's worth of a big frame beyond its
+//! first is a [`Frame::Skipped`]. Pings become [`Frame::Ping`] for the session to answer; a
+//! close frame ends the input. Every violation of the protocol, and any
 //! frame or message over the decoder's limit, is an error that ends the connection.
 //!
 //! Out: server frames are unmasked, so a framed line is the same bytes for every recipient:
@@ -44,7 +46,7 @@ pub enum Violation {
     UnexpectedContinuation,
     #[error("a new message began before the last one ended")]
     UnfinishedMessage,
-    #[error("a close frame's payload cannot be one byte")]
+    #[error("a close frame's payload must be empty or a valid code and a UTF-8 reason")]
     BadClosePayload,
     #[error("a text message that is not UTF-8")]
     NotUtf8,
@@ -80,6 +82,10 @@ pub struct FrameDecoder {
     partial: Option<Partial>,
     /// Set once the client's close frame has come: nothing after it is input.
     closed: bool,
+    /// [`Frame::Skipped`]s still owed for the last data frame: one per line's worth of its
+    /// payload after the first, so that flood control reads big frames no faster than lines,
+    /// as it reads a long line on TCP.
+    owed: usize,
 }
 
 #[derive(Debug)]
@@ -97,6 +103,7 @@ impl FrameDecoder {
             max_message,
             partial: None,
             closed: false,
+            owed: 0,
         }
     }
 
@@ -105,9 +112,18 @@ impl FrameDecoder {
         self.closed
     }
 
+    /// True while a message in fragments waits for its final one.
+    pub fn mid_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
     /// The next input frame in `buf`, consuming the client frames it took; `None` when a
     /// whole frame has not arrived yet, or the input is over.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Violation> {
+        if self.owed > 0 {
+            self.owed -= 1;
+            return Ok(Some(Frame::Skipped));
+        }
         while !self.closed {
             let Some((header, len)) = self.header(buf)? else {
                 return Ok(None);
@@ -121,6 +137,9 @@ impl FrameDecoder {
             let mask = buf.get_u32();
             let mut payload = buf.split_to(len);
             unmask(&mut payload, mask);
+            if header.opcode & 0x8 == 0 {
+                self.owed = len.saturating_sub(1) / self.max_line.saturating_add(2);
+            }
             if let Some(frame) = self.take(header, payload)? {
                 return Ok(Some(frame));
             }
@@ -172,9 +191,7 @@ impl FrameDecoder {
             // Answers nothing, but is input all the same (flood control counts it).
             PONG => return Ok(Some(Frame::Skipped)),
             CLOSE => {
-                if payload.len() == 1 {
-                    return Err(Violation::BadClosePayload);
-                }
+                check_close(&payload)?;
                 self.closed = true;
                 return Ok(None);
             }
@@ -190,7 +207,7 @@ impl FrameDecoder {
                     partial.payload.extend_from_slice(&payload);
                 }
                 if !header.fin {
-                    return Ok(None);
+                    return Ok(Some(Frame::Skipped));
                 }
                 let partial = self.partial.take().expect("just seen");
                 return self
@@ -208,7 +225,9 @@ impl FrameDecoder {
                 payload,
                 len,
             });
-            return Ok(None);
+            // Every frame is input, so that flood control counts fragments as it counts
+            // lines: empty ones cost nothing else, and could come without end.
+            return Ok(Some(Frame::Skipped));
         }
         let len = payload.len();
         self.message(binary, payload, len).map(Some)
@@ -243,6 +262,24 @@ impl FrameDecoder {
             Frame::Line(line)
         })
     }
+}
+
+/// A close frame's payload: none, or a code a peer may send (RFC 6455, 7.4) and a UTF-8
+/// reason.
+fn check_close(payload: &[u8]) -> Result<(), Violation> {
+    let Some((code, reason)) = payload.split_first_chunk::<2>() else {
+        return match payload.len() {
+            0 => Ok(()),
+            _ => Err(Violation::BadClosePayload),
+        };
+    };
+    match u16::from_be_bytes(*code) {
+        // 1004-1006 and 1015 are reserved or only for reporting; 1012-1014 are IANA's.
+        1000..=1003 | 1007..=1014 | 3000..=4999 => {}
+        _ => return Err(Violation::BadClosePayload),
+    }
+    std::str::from_utf8(reason).map_err(|_| Violation::NotUtf8)?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -431,7 +468,12 @@ mod tests {
         .concat();
         assert_eq!(
             decode_all(&mut d, &input).unwrap(),
-            [Frame::Ping(Bytes::from_static(b"p")), line("SAY hello")]
+            [
+                Frame::Skipped,
+                Frame::Ping(Bytes::from_static(b"p")),
+                Frame::Skipped,
+                line("SAY hello")
+            ]
         );
     }
 
@@ -456,6 +498,7 @@ mod tests {
                 Frame::NotALine(NotALine::LineBreak),
                 Frame::NotALine(NotALine::LineBreak),
                 Frame::TooLong,
+                Frame::Skipped,
                 Frame::TooLong,
                 line("12345678"),
                 Frame::Skipped,
@@ -538,7 +581,79 @@ mod tests {
             client_frame(true, CONTINUATION, b"\xa9"),
         ]
         .concat();
-        assert_eq!(decode_all(&mut d, &input), Ok(vec![line("SAY é")]));
+        assert_eq!(
+            decode_all(&mut d, &input),
+            Ok(vec![Frame::Skipped, line("SAY é")])
+        );
+    }
+
+    /// Every fragment is input (flood control counts it), an empty one too.
+    #[test]
+    fn each_fragment_is_input() {
+        let mut d = FrameDecoder::new(10, 100);
+        let mut input = client_frame(false, TEXT, b"PING");
+        for _ in 0..50 {
+            input.extend(client_frame(false, CONTINUATION, b""));
+        }
+        input.extend(client_frame(true, CONTINUATION, b" 1"));
+        let frames = decode_all(&mut d, &input).unwrap();
+        assert_eq!(frames.len(), 52);
+        assert!(frames[..51].iter().all(|f| *f == Frame::Skipped));
+        assert_eq!(frames[51], line("PING 1"));
+    }
+
+    /// A frame costs flood control a token per line's worth of payload, as a long line does
+    /// on TCP: its frame, then a `Skipped` for each further line's worth.
+    #[test]
+    fn a_big_frame_is_input_a_line_at_a_time() {
+        let mut d = FrameDecoder::new(8, 1000);
+        let input = [
+            client_frame(true, TEXT, &[b'x'; 10]),
+            client_frame(true, TEXT, &[b'x'; 11]),
+            client_frame(false, TEXT, &[b'x'; 30]),
+            client_frame(true, CONTINUATION, &[b'x'; 21]),
+            client_frame(true, TEXT, b"PING"),
+        ]
+        .concat();
+        let frames = decode_all(&mut d, &input).unwrap();
+        // 10 bytes; 11 (a line's worth more); 30 in a fragment (two more); 21 (two more).
+        assert_eq!(
+            frames,
+            [
+                Frame::TooLong,
+                Frame::TooLong,
+                Frame::Skipped,
+                Frame::Skipped,
+                Frame::Skipped,
+                Frame::Skipped,
+                Frame::TooLong,
+                Frame::Skipped,
+                Frame::Skipped,
+                line("PING"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_close_frame_has_a_valid_code_and_a_utf8_reason() {
+        let closes = |payload: &[u8]| {
+            let mut d = FrameDecoder::new(10, 100);
+            decode_all(&mut d, &client_frame(true, CLOSE, payload)).map(|_| d.closed())
+        };
+        let code = |code: u16, reason: &[u8]| [&code.to_be_bytes()[..], reason].concat();
+        assert_eq!(closes(b""), Ok(true));
+        for good in [1000, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert_eq!(closes(&code(good, "bye é".as_bytes())), Ok(true), "{good}");
+        }
+        assert_eq!(closes(b"\x03"), Err(Violation::BadClosePayload));
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 2999, 5000, 65535] {
+            assert_eq!(
+                closes(&code(bad, b"")),
+                Err(Violation::BadClosePayload),
+                "{bad}"
+            );
+        }
+        assert_eq!(closes(&code(1000, b"\xff")), Err(Violation::NotUtf8));
     }
 
     #[test]

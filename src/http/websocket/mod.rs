@@ -101,8 +101,18 @@ pub fn upgrade(headers: &HeaderMap) -> Response {
         )
             .into_response();
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return (StatusCode::BAD_REQUEST, "no Sec-WebSocket-Key\n").into_response();
+    // A nonce of 16 bytes in base64 (RFC 6455, 4.1); anything else is not a WebSocket client.
+    let nonce = headers.get(header::SEC_WEBSOCKET_KEY).filter(|key| {
+        base64::engine::general_purpose::STANDARD
+            .decode(key.as_bytes())
+            .is_ok_and(|nonce| nonce.len() == 16)
+    });
+    let Some(key) = nonce else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "no Sec-WebSocket-Key of 16 bytes in base64\n",
+        )
+            .into_response();
     };
     let accept = HeaderValue::from_str(&accept_key(key.as_bytes())).expect("base64 is ASCII");
     (
@@ -165,5 +175,14 @@ mod tests {
             StatusCode::UPGRADE_REQUIRED
         );
         assert_eq!(status(&good[..3]), StatusCode::BAD_REQUEST);
+        for key in [
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "c2hvcnQ=",
+            "not base64 at all!!!!!!=",
+        ] {
+            let pairs = [good[0], good[1], good[2], ("sec-websocket-key", key)];
+            assert_eq!(status(&pairs), StatusCode::BAD_REQUEST, "{key:?}");
+        }
     }
 }

@@ -307,7 +307,8 @@ impl Retry {
     }
 
     async fn wait(&self, stopping: &CancellationToken) -> Result<(), ()> {
-        let delay = Duration::from_millis(100 << self.failures.min(6)).min(Duration::from_secs(5));
+        // As the store's own probe: 0.1 s, doubling, at most 2 s.
+        let delay = Duration::from_millis(100 << self.failures.min(5)).min(Duration::from_secs(2));
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
             () = stopping.cancelled() => Err(()),

@@ -141,7 +141,12 @@ impl Mailbox {
         let mut queue = self.queue.lock().expect("mailbox lock");
         // Once lagging, nothing more until the session has caught up: a later, smaller item
         // must not slip in after one that was refused, or the client would see a hole.
-        if self.lagging.load(Ordering::Relaxed) {
+        // Except presence in a quiet catch-up (the server's lag, not the client's: its
+        // messages come from the store, but presence is in no store), while it fits.
+        let keep_presence = queue.quiet
+            && matches!(item, Delivery::Presence { .. })
+            && self.queued.load(Ordering::Relaxed) + item.cost() <= self.limit;
+        if self.lagging.load(Ordering::Relaxed) && !keep_presence {
             // A marker of our own messages alone is no reason to catch the room up: their
             // ids are known from their acks, and the room's next traffic moves past them.
             if !matches!(
@@ -404,7 +409,14 @@ mod tests {
         let mailbox = Mailbox::new(100);
         mailbox.deliver(presence("a", 10));
         mailbox.catch_up_quietly(vec!["a".into()]);
-        assert_eq!(taken(&mailbox), Vec::<String>::new(), "dropped: it is in the store");
+        assert_eq!(
+            taken(&mailbox),
+            Vec::<String>::new(),
+            "dropped: it is in the store"
+        );
+        // Presence still comes (no store holds it).
+        mailbox.deliver(presence("c", 10));
+        assert_eq!(taken(&mailbox), ["c"]);
         assert_eq!(mailbox.resume(), Some((vec!["a".into()], true)));
         // Lagging on its own account first: announced.
         mailbox.deliver(presence("b", 60));

@@ -348,7 +348,12 @@ impl Session {
                 tracing::warn!(conn = self.conn.id, error = %e, "catch-up after a lag deferred");
                 let mut left = vec![room];
                 left.extend(rooms_left);
-                self.conn.mailbox.defer_catch_up(left);
+                if *quietly {
+                    // Still the server's lag, not the client's: retried without LAGGED.
+                    self.conn.mailbox.catch_up_quietly(left);
+                } else {
+                    self.conn.mailbox.defer_catch_up(left);
+                }
                 self.watch_stall()
                     .retry_catch_up(tokio::time::Instant::now());
                 return true;

@@ -81,7 +81,10 @@ pub struct PgStore {
     /// which marks the batches it stores (see notify.rs).
     origin: String,
     /// How to open the connection that listens for stored batches.
-    listen: (tokio_postgres::Config, tokio_postgres_rustls::MakeRustlsConnect),
+    listen: (
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    ),
 }
 
 /// A name for this server that no other is likely to have.

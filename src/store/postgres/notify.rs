@@ -41,6 +41,8 @@ impl PgStore {
                     done = &mut listen, if listening.is_some() => {
                         let _ = listening.take().expect("once").send(done);
                     }
+                    // The subscriber is gone (the server stops): so is the connection.
+                    () = tx.closed() => return,
                     message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
                         match message {
                             Some(Ok(AsyncMessage::Notification(n))) => {

@@ -323,7 +323,7 @@ async fn shutdown_says_bye_to_everyone_after_answering_them() {
         let waiting: i64 = db
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'",
+                 AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO messages%'",
                 &[],
             )
             .await

@@ -29,9 +29,9 @@ use crate::rooms::Rooms;
 use crate::store::writer::{Publish, StoredBatch};
 use crate::store::{HistoryStore, NewMessage, Page, Stored, StoredMessage};
 
-/// Own batches kept for their notification. More means notifications were lost (and the
-/// catch-up after the lost subscription covers them): the oldest go.
-const MAX_OWN_BATCHES: usize = 1024;
+/// Own messages kept for their notification: a few batches' worth. More means notifications
+/// were lost (the catch-up after the lost subscription covers them): the oldest batches go.
+const MAX_OWN_MESSAGES: usize = 8 * 1024;
 /// The sender of a message another server stored: no connection here.
 const NOBODY: ConnId = 0;
 
@@ -51,11 +51,17 @@ pub struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Batches the writer is storing now: a notification of ours that matches no kept batch
-    /// may be for one of them.
-    storing: usize,
+    /// Batches the writer began to store, and finished with (stored or given up on). A
+    /// notification of ours that matches no kept batch may be for the one in between.
+    started: u64,
+    finished: u64,
     /// Our stored batches, oldest first, each message with its sender, until notified.
     own: VecDeque<OwnBatch>,
+    /// Messages in `own`.
+    own_messages: usize,
+    /// False while there is no subscription: batches stored then are not kept (no
+    /// notification of them will come; the catch-up after subscribing covers them).
+    listening: bool,
 }
 
 struct OwnBatch {
@@ -81,25 +87,30 @@ impl Bus {
 
 impl Publish<ConnId> for Bus {
     fn storing(&mut self) {
-        self.change(|state| state.storing += 1);
+        self.change(|state| state.started += 1);
     }
 
     fn publish(&mut self, batch: StoredBatch<'_, ConnId>) {
-        let messages = batch
+        let messages: VecDeque<_> = batch
             .iter()
             .map(|(m, s, tag)| (m.clone(), s.clone(), *tag))
             .collect();
         self.change(|state| {
-            state.storing -= 1;
+            state.finished += 1;
+            if !state.listening {
+                return;
+            }
+            state.own_messages += messages.len();
             state.own.push_back(OwnBatch { messages });
-            if state.own.len() > MAX_OWN_BATCHES {
-                state.own.pop_front();
+            while state.own_messages > MAX_OWN_MESSAGES && state.own.len() > 1 {
+                let dropped = state.own.pop_front().expect("more than one");
+                state.own_messages -= dropped.messages.len();
             }
         });
     }
 
     fn not_stored(&mut self) {
-        self.change(|state| state.storing -= 1);
+        self.change(|state| state.finished += 1);
     }
 }
 
@@ -119,12 +130,15 @@ impl State {
                 .iter()
                 .any(|(m, s, _)| s.id == first && *m.room == *room)
         })?;
-        self.own.drain(..at);
+        for dropped in self.own.drain(..at) {
+            self.own_messages -= dropped.messages.len();
+        }
         let batch = self.own.front_mut().expect("found");
-        let (taken, kept) = std::mem::take(&mut batch.messages)
+        let (taken, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut batch.messages)
             .into_iter()
             .partition(|(m, s, _)| *m.room == *room && (first..=last).contains(&s.id));
         batch.messages = kept;
+        self.own_messages -= taken.len();
         if batch.messages.is_empty() {
             self.own.pop_front();
         }
@@ -142,6 +156,7 @@ pub async fn deliver(
     let mut fanout = Fanout::new(rooms.clone());
     let mut retry = Retry::default();
     loop {
+        shared.state.lock().expect("bus lock").listening = true;
         let subscribed = tokio::select! {
             subscribed = store.subscribe() => subscribed,
             () = stopping.cancelled() => return,
@@ -153,6 +168,7 @@ pub async fn deliver(
                 if retry.failed() {
                     tracing::warn!(error = %e, "cannot listen for stored messages; retrying");
                 }
+                shared.state.lock().expect("bus lock").listening = false;
                 if retry.wait(&stopping).await.is_err() {
                     return;
                 }
@@ -183,6 +199,12 @@ pub async fn deliver(
             }
         }
         tracing::warn!("lost the notifications of stored messages; listening again");
+        {
+            let mut state = shared.state.lock().expect("bus lock");
+            state.listening = false;
+            state.own.clear();
+            state.own_messages = 0;
+        }
         retry.failed();
     }
 }
@@ -230,6 +252,9 @@ async fn take_own(
     first: MessageId,
     last: MessageId,
 ) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
+    // Only the batch being stored now can be this one: the writer stores one at a time,
+    // and took any earlier one back before it began the next.
+    let mut in_flight = None;
     loop {
         let changed = shared.changed.notified();
         {
@@ -237,11 +262,12 @@ async fn take_own(
             if let Some(taken) = state.take_own(room, first, last) {
                 return Some(taken);
             }
-            if state.storing == 0 {
+            let awaited = *in_flight.get_or_insert(state.started);
+            if state.finished >= awaited {
                 return None;
             }
         }
-        // The writer is storing: its batch may be this one, back from the database.
+        // Its INSERT has committed (this is its notification); its answer is on the way.
         changed.await;
     }
 }
@@ -338,14 +364,17 @@ mod tests {
     }
 
     fn state(batches: &[&[(&str, MessageId)]]) -> State {
+        let own: VecDeque<OwnBatch> = batches
+            .iter()
+            .map(|b| OwnBatch {
+                messages: b.iter().map(|(r, id)| stored(r, *id, 7)).collect(),
+            })
+            .collect();
         State {
-            storing: 0,
-            own: batches
-                .iter()
-                .map(|b| OwnBatch {
-                    messages: b.iter().map(|(r, id)| stored(r, *id, 7)).collect(),
-                })
-                .collect(),
+            own_messages: own.iter().map(|b| b.messages.len()).sum(),
+            own,
+            listening: true,
+            ..State::default()
         }
     }
 
@@ -365,5 +394,37 @@ mod tests {
         assert_eq!(ids(s.take_own("a", 9, 9)), None);
         assert_eq!(ids(s.take_own("a", 5, 5)), Some(vec![5]));
         assert!(s.own.is_empty());
+        assert_eq!(s.own_messages, 0);
+    }
+
+    /// A notification of ours that comes before the writer has its batch back waits for
+    /// that batch only: found once published, read from the store once given up on, and
+    /// never waiting for batches begun later.
+    #[tokio::test]
+    async fn a_notification_of_ours_waits_for_the_batch_in_flight_only() {
+        let (mut bus, shared) = Bus::new();
+        shared.state.lock().unwrap().listening = true;
+        let room: Arc<str> = "r".into();
+        bus.storing();
+        let waiting = tokio::spawn({
+            let (shared, room) = (shared.clone(), room.clone());
+            async move { take_own(&shared, &room, 1, 1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let (m, s, tag) = stored("r", 1, 7);
+        bus.publish(StoredBatch::new(&[m], &[s], &[tag]));
+        assert_eq!(ids(waiting.await.unwrap()), Some(vec![1]));
+
+        // Given up on, and the writer goes on with the next batch: no waiting for that one.
+        bus.storing();
+        let waiting = tokio::spawn({
+            let (shared, room) = (shared.clone(), room.clone());
+            async move { take_own(&shared, &room, 2, 2).await }
+        });
+        tokio::task::yield_now().await;
+        bus.not_stored();
+        bus.storing();
+        assert_eq!(ids(waiting.await.unwrap()), None);
     }
 }

@@ -200,6 +200,10 @@ impl Stores {
     pub async fn open(config: &Config) -> Result<Stores, StartError> {
         let (pg_config, tls) = match (config.store, &config.database_url) {
             (StoreKind::Memory, _) => {
+                tracing::info!(
+                    "memory store: history is this server's alone (other servers cannot share \
+                     its rooms; give them all one --database-url for that)"
+                );
                 return Ok(Stores {
                     history: Arc::new(MemoryStore::bounded(
                         config.memory_history,
@@ -207,7 +211,7 @@ impl Stores {
                     )),
                     accounts: Arc::new(MemoryAccounts::default()),
                     cluster: None,
-                })
+                });
             }
             (StoreKind::Postgres, Some(url)) => {
                 let url = DatabaseUrl::from_str(url)?;
@@ -237,7 +241,7 @@ impl Stores {
         tls: PgTls,
     ) -> Result<Stores, StartError> {
         tracing::info!(
-            "using PostgreSQL at {} ({})",
+            "using PostgreSQL at {} ({}); servers using the same database share its rooms",
             postgres::describe(&pg_config),
             tls.describe()
         );

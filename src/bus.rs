@@ -8,7 +8,8 @@
 //! notifies every server of every commit ([`HistoryStore::subscribe`]); [`deliver`] takes
 //! those notifications in order and publishes each batch: its own from memory (with the
 //! senders, who get `OK SAY` rather than their own `MSG`), another server's read from the
-//! store, and only for rooms that have members here.
+//! store, and only for rooms that have members here. What other programs insert (a bulk
+//! load) is history only, as it always was.
 //!
 //! A lost subscription (the connection broke, the database restarted) is taken again, and
 //! then every member catches up from the store from what it was last shown, quietly (no
@@ -32,6 +33,9 @@ use crate::store::{HistoryStore, NewMessage, Page, Stored, StoredMessage};
 /// Own messages kept for their notification: a few batches' worth. More means notifications
 /// were lost (the catch-up after the lost subscription covers them): the oldest batches go.
 const MAX_OWN_MESSAGES: usize = 8 * 1024;
+/// Most messages read for one room of one notification (the writer stores at most 1,024 a
+/// batch).
+const MAX_READ: usize = 4096;
 /// The sender of a message another server stored: no connection here.
 const NOBODY: ConnId = 0;
 
@@ -188,6 +192,9 @@ pub async fn deliver(
             let Some(stored) = stored else {
                 break;
             };
+            if !stored.by_a_server() {
+                continue;
+            }
             let own = stored.origin == subscription.origin;
             tracing::trace!(?stored, own, "stored");
             let batch = collect(&shared, &*store, &rooms, stored, own, &stopping).await;
@@ -281,10 +288,13 @@ async fn read(
     last: MessageId,
     stopping: &CancellationToken,
 ) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
+    // A server's batch holds at most the writer's batch size of messages: read no more,
+    // whatever range a notification names.
+    let span = usize::try_from(last.saturating_sub(first).saturating_add(1)).unwrap_or(usize::MAX);
     let page = Page::Oldest {
         after: first.saturating_sub(1),
         before: Some(last.saturating_add(1)),
-        limit: usize::try_from(last.saturating_sub(first).saturating_add(1)).unwrap_or(usize::MAX),
+        limit: span.min(MAX_READ),
     };
     let mut retry = Retry::default();
     loop {

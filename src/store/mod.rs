@@ -82,6 +82,18 @@ pub struct Stored {
     pub rooms: Vec<(Arc<str>, MessageId, MessageId)>,
 }
 
+/// How a linechat server's origin begins (the rest is its own random name).
+pub const SERVER_ORIGIN: &str = "linechat-";
+
+impl Stored {
+    /// True if a linechat server stored these messages. Other programs' inserts (a bulk
+    /// load with psql) take no room locks, so their ids need not follow commit order: they
+    /// are history only, never delivered live.
+    pub fn by_a_server(&self) -> bool {
+        self.origin.starts_with(SERVER_ORIGIN)
+    }
+}
+
 /// Where history lives. Ids are unique and increasing within a room.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {

@@ -92,7 +92,7 @@ fn new_origin() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
-    format!("linechat-{:016x}", hasher.finish())
+    format!("{}{:016x}", crate::store::SERVER_ORIGIN, hasher.finish())
 }
 
 fn to_db_id(id: MessageId) -> i64 {

@@ -103,6 +103,11 @@ mod tests {
                 rooms: vec![("4".into(), 10, 12), ("lobby".into(), 11, 11)],
             })
         );
+        assert!(parse("linechat-00ff 4 1 1").unwrap().by_a_server());
+        assert!(
+            !parse("psql 4 1 1").unwrap().by_a_server(),
+            "a bulk load: history only"
+        );
         assert_eq!(parse("psql 4 10"), None);
         assert_eq!(parse("psql 4 x 12"), None);
     }

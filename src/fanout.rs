@@ -81,7 +81,7 @@ impl LiveBatch {
             let mut framed = 0;
             for m in &self.messages {
                 let len = m.end - start - 1;
-                framed += frames::text_header(len).len() + len;
+                framed += frames::header_len(len) + len;
                 ends.push(framed);
                 start = m.end;
             }

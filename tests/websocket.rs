@@ -218,6 +218,14 @@ struct RawWs {
 }
 
 impl RawWs {
+    /// Checks that not one byte comes back within `wait`.
+    async fn assert_no_answer_for(&mut self, wait: std::time::Duration, why: &str) {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        let answer = tokio::time::timeout(wait, self.socket.read_exact(&mut byte)).await;
+        assert!(answer.is_err(), "{why}");
+    }
+
     /// Connects and upgrades by hand, checking the server's `Sec-WebSocket-Accept`.
     async fn connect(addr: std::net::SocketAddr) -> RawWs {
         RawWs::connect_sending(addr, b"").await
@@ -496,7 +504,6 @@ async fn a_fragmented_message_past_the_limit_ends_the_connection() {
 /// read at the socket's speed, free of the rate.
 #[tokio::test]
 async fn empty_fragments_are_input_to_flood_control() {
-    use tokio::io::AsyncReadExt;
     let mut config = memory_config();
     config.rate = 1;
     config.burst = 1;
@@ -508,16 +515,11 @@ async fn empty_fragments_are_input_to_flood_control() {
     input.extend(client_frame(0x00, b"").repeat(100_000));
     input.extend(client_frame(0x80, b"1"));
     c.send_raw(&input).await;
-    let mut byte = [0u8; 1];
-    let answer = tokio::time::timeout(
+    c.assert_no_answer_for(
         std::time::Duration::from_secs(3),
-        c.socket.read_exact(&mut byte),
+        "100,000 frames were read at once from a client allowed one a second",
     )
     .await;
-    assert!(
-        answer.is_err(),
-        "100,000 frames were read at once from a client allowed one a second"
-    );
     server.stop().await.unwrap();
 }
 
@@ -913,7 +915,6 @@ async fn an_upgrade_request_with_a_body_never_sent_does_not_hold_the_server() {
 /// an over-long line does on TCP: big frames are not read faster than lines.
 #[tokio::test]
 async fn big_frames_are_read_no_faster_than_lines() {
-    use tokio::io::AsyncReadExt;
     let mut config = memory_config();
     config.max_line = 64;
     config.rate = 1;
@@ -926,16 +927,11 @@ async fn big_frames_are_read_no_faster_than_lines() {
     c.send_raw(&[big.clone(), big, client_frame(0x81, b"PING 1")].concat())
         .await;
     assert!(c.read_frame().await.1.starts_with(b"ERR LINE_TOO_LONG "));
-    let mut byte = [0u8; 1];
-    let answer = tokio::time::timeout(
+    c.assert_no_answer_for(
         std::time::Duration::from_secs(3),
-        c.socket.read_exact(&mut byte),
+        "120 KB were read at once at a line a second",
     )
     .await;
-    assert!(
-        answer.is_err(),
-        "120 KB were read at once at a line a second"
-    );
     server.stop().await.unwrap();
 }
 

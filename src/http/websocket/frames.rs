@@ -344,11 +344,13 @@ pub fn frame_lines(lines: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// The header of a text frame carrying `len` bytes, for a line already in a buffer.
-pub fn text_header(len: usize) -> Bytes {
-    let mut out = BytesMut::with_capacity(10);
-    put_header(&mut out, TEXT, len);
-    out.freeze()
+/// The length of a server frame's header for a payload of `len` bytes.
+pub fn header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    }
 }
 
 /// The pong that answers a ping with `payload`.
@@ -708,10 +710,15 @@ mod tests {
         expected.extend_from_slice(&[FIN | TEXT, 4]);
         expected.extend_from_slice(b"last");
         assert_eq!(&framed[..], &expected[..]);
+        let longest = frame_lines(&[b'z'; 70_000]);
         assert_eq!(
-            &text_header(70_000)[..],
+            &longest[..10],
             &[FIN | TEXT, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
         );
+        for len in [0, 125, 126, 0xFFFF, 0x10000] {
+            let line = [vec![b'a'; len], b"\n".to_vec()].concat();
+            assert_eq!(frame_lines(&line).len(), header_len(len) + len, "{len}");
+        }
         assert_eq!(
             &frame_lines(b"\xffx\n")[..],
             &[FIN | TEXT, 4, 0xef, 0xbf, 0xbd, b'x']

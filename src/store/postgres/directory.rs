@@ -14,10 +14,12 @@ const HEARTBEAT: &str = "INSERT INTO nodes (origin) VALUES ($1) \
      ON CONFLICT (origin) DO UPDATE SET seen = now() RETURNING (xmax = 0)";
 /// Claims names (`$2` connections, `$3` lower-case keys, `$4` names): a name already held by
 /// another server stays its; one held by this server (a connection that just left it) is
-/// handed over. Returns the connections that got their names.
+/// handed over. Returns the connections that got their names. In key order: every server
+/// locks names in one order, or two servers' batches claiming the same names deadlock (and
+/// one's claimants are told `OK NICK` unconfirmed for names the other gave out).
 const CLAIM_NAMES: &str = "INSERT INTO live_names (key, name, node, conn) \
      SELECT c.key, c.name, $1, c.conn FROM unnest($2::bigint[], $3::text[], $4::text[]) \
-       AS c(conn, key, name) \
+       AS c(conn, key, name) ORDER BY c.key \
      ON CONFLICT (key) DO UPDATE SET name = excluded.name, conn = excluded.conn \
        WHERE live_names.node = excluded.node \
      RETURNING conn";

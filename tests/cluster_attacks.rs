@@ -95,3 +95,67 @@ async fn names_asked_for_in_opposite_orders_on_two_servers_are_each_given_once()
     }
     stop_all(servers).await;
 }
+
+/// The lines `client` receives until it has had every one of `wanted` (presence and `MSG`
+/// lines alike, `MSG` as `MSG <room> <nick> <text>`), in the order they came.
+async fn lines_until(client: &mut Client, wanted: &[&str]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    while !wanted.iter().all(|w| seen.iter().any(|s| s == w)) {
+        let line = client.line().await;
+        let shown = match line.strip_prefix("MSG ") {
+            // MSG <room> <id> <time> <nick> <text>
+            Some(rest) => {
+                let words: Vec<&str> = rest.splitn(4, ' ').collect();
+                format!("MSG {} {}", words[0], words[3])
+            }
+            None => line,
+        };
+        seen.push(shown);
+    }
+    seen
+}
+
+/// A member parts and at once joins again while the database is slow to take the part (here:
+/// the presence table is held up for a second, less than --db-timeout). The JOIN must wait for
+/// its presence to be written, as any JOIN does, so that the other servers' members see
+/// `JOINED` before what the joiner says; it did not: the join undid the part before the part
+/// was written, the ledger took the room for settled, and `OK JOIN` came at once: another
+/// server's member saw the message, then `LEFT`, then `JOINED`.
+#[tokio::test]
+async fn a_join_just_after_a_part_waits_for_its_presence_like_any_join() {
+    let config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    alice.join("r").await;
+    let mut bob = servers[1].login("bob").await;
+    bob.join("r").await;
+    alice.expect("JOINED r bob").await;
+    let mut admin = pg::connect(&url).await;
+    let hold = admin.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE presence IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    alice.send("PART r").await;
+    alice.expect("OK PART r").await;
+    // The part's write is under way, held up by the lock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.send("JOIN r NONE").await;
+    alice.send("SAY hi").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    hold.commit().await.unwrap();
+    alice.until("OK JOIN r ").await;
+    alice.until("OK SAY ").await;
+    let seen = lines_until(
+        &mut bob,
+        &["LEFT r alice", "JOINED r alice", "MSG r alice hi"],
+    )
+    .await;
+    assert_eq!(
+        seen,
+        ["LEFT r alice", "JOINED r alice", "MSG r alice hi"],
+        "bob sees alice back in the room before what she says there"
+    );
+    bob.expect_nothing_pending().await;
+    stop_all(servers).await;
+}

@@ -43,8 +43,12 @@ pub struct Lost {
 pub struct Ledger {
     wanted: HashMap<Key, Arc<str>>,
     written: HashMap<Key, Arc<str>>,
-    /// Keys whose wanted and written values differ (or are being written).
+    /// Keys whose wanted and written values differ.
     dirty: HashSet<Key>,
+    /// Keys of the write under way: not settled until it is done, even if what is wanted
+    /// meanwhile went back to what was written before (a `JOIN` just after a `PART`: the
+    /// `PART` is being written, and the `JOIN` is written after it).
+    flying: HashSet<Key>,
 }
 
 impl Ledger {
@@ -72,7 +76,7 @@ impl Ledger {
 
     /// True if `key` is written as wanted.
     pub fn is_settled(&self, key: &Key) -> bool {
-        !self.dirty.contains(key)
+        !self.dirty.contains(key) && !self.flying.contains(key)
     }
 
     /// What `key` reads in the directory, as far as this server knows.
@@ -81,28 +85,38 @@ impl Ledger {
     }
 
     /// At most `max` changes to write, names first (a room's presence under a name follows
-    /// the name's claim). They stay dirty until [`done`](Self::done) or
+    /// the name's claim). They are under way until [`done`](Self::done) or
     /// [`failed`](Self::failed).
-    pub fn writes(&self, max: usize) -> Vec<Write> {
+    pub fn writes(&mut self, max: usize) -> Vec<Write> {
         let mut keys: Vec<&Key> = self.dirty.iter().collect();
         if keys.len() > max {
             keys.select_nth_unstable(max);
             keys.truncate(max);
         }
         keys.sort();
-        keys.into_iter()
+        let writes: Vec<Write> = keys
+            .into_iter()
             .map(|(conn, slot)| Write {
                 conn: *conn,
                 slot: slot.clone(),
                 name: self.wanted.get(&(*conn, slot.clone())).cloned(),
             })
-            .collect()
+            .collect();
+        self.flying = writes.iter().map(|w| (w.conn, w.slot.clone())).collect();
+        writes
+    }
+
+    /// The write under way failed: nothing of it was written, and what it held is still
+    /// dirty if it still differs from what was written before.
+    pub fn failed(&mut self) {
+        self.flying.clear();
     }
 
     /// `writes` are in the directory, but for the name claims in `lost`: those names are
     /// held elsewhere, so each of those connections keeps the name it had written (if any),
     /// which is wanted again. Keys changed meanwhile stay dirty.
     pub fn done(&mut self, writes: Vec<Write>, lost: &[Lost]) {
+        self.flying.clear();
         let lost: HashSet<ConnId> = lost.iter().map(|l| l.conn).collect();
         for w in writes {
             let key = (w.conn, w.slot);
@@ -133,7 +147,7 @@ impl Ledger {
     /// How many keys are held or waiting (for the tests of its bound).
     #[cfg(test)]
     fn size(&self) -> usize {
-        self.wanted.len() + self.written.len() + self.dirty.len()
+        self.wanted.len() + self.written.len() + self.dirty.len() + self.flying.len()
     }
 }
 
@@ -194,11 +208,13 @@ mod tests {
     fn a_failed_write_is_sent_again_and_a_leave_meanwhile_undoes_a_write() {
         let mut ledger = Ledger::default();
         ledger.set(room(1, "r"), name("alice"));
-        ledger.done(ledger.writes(10), &[]);
+        let writes = ledger.writes(10);
+        ledger.done(writes, &[]);
         ledger.set(room(1, "r"), None);
         let writes = ledger.writes(10);
         assert_eq!(writes[0].name, None, "a removal");
         // Not written (the database is away): still wanted, still sent next time.
+        ledger.failed();
         assert_eq!(ledger.writes(10), writes);
         ledger.done(writes, &[]);
         assert!(ledger.is_clean());
@@ -206,10 +222,40 @@ mod tests {
     }
 
     #[test]
+    fn a_change_undone_while_it_is_written_is_not_settled_until_written_again() {
+        let mut ledger = Ledger::default();
+        let key = room(1, "r");
+        ledger.set(key.clone(), name("alice"));
+        let writes = ledger.writes(10);
+        ledger.done(writes, &[]);
+        // A PART under way, and a JOIN meanwhile: the JOIN waits for the PART, then itself.
+        ledger.set(key.clone(), None);
+        let part = ledger.writes(10);
+        ledger.set(key.clone(), name("alice"));
+        assert!(!ledger.is_settled(&key), "the PART is still being written");
+        ledger.done(part, &[]);
+        assert!(!ledger.is_settled(&key));
+        let join = ledger.writes(10);
+        assert_eq!(join[0].name, name("alice"));
+        ledger.done(join, &[]);
+        assert!(ledger.is_settled(&key));
+        // Undone while a write fails: settled again, with nothing to write.
+        ledger.set(key.clone(), None);
+        let _part = ledger.writes(10);
+        ledger.set(key.clone(), name("alice"));
+        assert!(!ledger.is_settled(&key));
+        ledger.failed();
+        assert!(ledger.is_settled(&key));
+        assert!(ledger.writes(10).is_empty());
+        assert_eq!(ledger.size(), 2, "wanted and written, nothing else");
+    }
+
+    #[test]
     fn a_lost_claim_keeps_the_name_written_before() {
         let mut ledger = Ledger::default();
         ledger.set((1, Slot::Name), name("alice"));
-        ledger.done(ledger.writes(10), &[]);
+        let writes = ledger.writes(10);
+        ledger.done(writes, &[]);
         ledger.set((1, Slot::Name), name("bob"));
         let writes = ledger.writes(10);
         let lost = [Lost {
@@ -221,8 +267,9 @@ mod tests {
         assert_eq!(ledger.written(&(1, Slot::Name)), name("alice").as_ref());
         // A first claim lost: no name at all.
         ledger.set((2, Slot::Name), name("bob"));
+        let writes = ledger.writes(10);
         ledger.done(
-            ledger.writes(10),
+            writes,
             &[Lost {
                 conn: 2,
                 name: "bob".into(),
@@ -237,7 +284,8 @@ mod tests {
         let mut ledger = Ledger::default();
         ledger.set((1, Slot::Name), name("alice"));
         ledger.set(room(1, "r"), name("alice"));
-        ledger.done(ledger.writes(10), &[]);
+        let writes = ledger.writes(10);
+        ledger.done(writes, &[]);
         ledger.forget_written();
         let again = ledger.writes(10);
         assert_eq!(again.len(), 2);

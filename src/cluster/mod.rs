@@ -293,6 +293,7 @@ impl DirectoryWriter<'_> {
                 "cannot write names and presence to the database; retrying"
             );
         }
+        self.lock().ledger.failed();
         self.cluster.failing.store(true, Ordering::Relaxed);
         self.in_touch_since = None;
         // Whoever waits for a write stops waiting.

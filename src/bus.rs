@@ -180,13 +180,14 @@ pub async fn deliver(
             }
         };
         // Who is on other servers now; changes from here on come as notifications.
+        let mut others_now = None;
         if let Some(directory) = store.directory() {
             let others = tokio::select! {
                 others = directory.others() => others,
                 () = stopping.cancelled() => return,
             };
             match others {
-                Ok(others) => rooms.remote_replaced(others),
+                Ok(others) => others_now = Some(others),
                 Err(e) => {
                     if retry.failed() {
                         tracing::warn!(error = %e, "cannot read who is on other servers; retrying");
@@ -204,6 +205,11 @@ pub async fn deliver(
         }
         // Whatever was stored before the subscription began comes from the store.
         rooms.catch_up_everyone();
+        // After the catch-up began, which empties the rooms' queues: what changed on other
+        // servers meanwhile is told now, and kept (a quiet catch-up keeps presence).
+        if let Some(others) = others_now {
+            rooms.remote_replaced(others);
+        }
         loop {
             let event = tokio::select! {
                 event = subscription.events.recv() => event,

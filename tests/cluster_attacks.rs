@@ -9,9 +9,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{pg, Client, TestServer};
+use common::{pg, Client, TestServer, PATIENCE};
 
 /// `n` servers on `config`'s database.
 async fn servers_with(n: usize, config: linechat::Config) -> Vec<TestServer> {
@@ -157,5 +157,226 @@ async fn a_join_just_after_a_part_waits_for_its_presence_like_any_join() {
         "bob sees alice back in the room before what she says there"
     );
     bob.expect_nothing_pending().await;
+    stop_all(servers).await;
+}
+
+/// The `MEMBER` names of `WHO <room>`, and its final line.
+async fn who(client: &mut Client, room: &str) -> (Vec<String>, String) {
+    client.send(&format!("WHO {room}")).await;
+    let (lines, ok) = client.until("OK WHO ").await;
+    let prefix = format!("MEMBER {room} ");
+    let names = lines
+        .iter()
+        .map(|l| l.strip_prefix(&prefix).unwrap_or(l).to_owned())
+        .collect();
+    (names, ok)
+}
+
+/// `ROOMS`' lines, and its final line.
+async fn rooms(client: &mut Client) -> (Vec<String>, String) {
+    client.send("ROOMS").await;
+    client.until("OK ROOMS ").await
+}
+
+/// A room made private on one server is neither listed by `ROOMS` nor shown by `WHO` to an
+/// outsider on another server, although its members there are known to that server.
+#[tokio::test]
+async fn a_private_room_is_not_shown_to_outsiders_on_another_server() {
+    let servers = servers_with(2, pg::config().await).await;
+    let mut alice =
+        common::accounts::registered(servers[0].addr, "alice", "correct-horse-battery-9").await;
+    alice.join("secret").await;
+    alice.send("PRIVATE secret").await;
+    alice.expect("OK PRIVATE secret").await;
+    let mut dave = servers[0].login("dave").await;
+    dave.join("open").await;
+    let mut carol = servers[1].login("carol").await;
+    // Until the other server knows both rooms' members, ROOMS may miss "open": wait for it.
+    let deadline = Instant::now() + PATIENCE;
+    let listed = loop {
+        let listed = rooms(&mut carol).await;
+        if listed.0.iter().any(|l| l == "ROOM open 1") {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "open never listed: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        listed,
+        (vec!["ROOM open 1".to_owned()], "OK ROOMS 1".to_owned())
+    );
+    carol.send("WHO secret").await;
+    carol.expect_err("PRIVATE_ROOM").await;
+    carol.send("ROOMS AFTER r LIMIT 5").await;
+    carol.expect("OK ROOMS 0").await;
+    // A member on the other server sees it, with its member there.
+    let mut eve =
+        common::accounts::registered(servers[1].addr, "eve", "correct-horse-battery-9").await;
+    alice.send("INVITE secret eve").await;
+    alice.expect("OK INVITE secret eve").await;
+    assert_eq!(rooms(&mut eve).await.0, ["ROOM open 1", "ROOM secret 1"]);
+    assert_eq!(who(&mut eve, "secret").await.0, ["alice"]);
+    stop_all(servers).await;
+}
+
+/// A room's members split across two servers, and rooms split across them, more than one
+/// slice of a listing each: `WHO` lists every member once and counts them, `ROOMS` every
+/// room once with its members on both servers added.
+#[tokio::test]
+async fn who_and_rooms_page_through_members_and_rooms_split_across_servers() {
+    const EACH: usize = 150;
+    let servers = servers_with(2, pg::config().await).await;
+    let mut everybody = Vec::new();
+    for i in 0..EACH {
+        for (s, server) in servers.iter().enumerate() {
+            let mut c = server.login(&format!("m{s}x{i:03}")).await;
+            c.join("big").await;
+            everybody.push(c);
+        }
+    }
+    // Rooms p000..p599: even ones on the first server, odd ones on the second (three
+    // connections of a hundred rooms each), and every tenth on both.
+    let mut joiners = Vec::new();
+    for (s, server) in servers.iter().enumerate() {
+        for k in 0..3 {
+            let mut c = server.login(&format!("j{s}x{k}")).await;
+            for n in 0..100 {
+                c.join(&format!("p{:03} NONE", (k * 100 + n) * 2 + s)).await;
+            }
+            joiners.push(c);
+        }
+    }
+    let mut both = servers[1].login("both").await;
+    for n in (0..600).step_by(10) {
+        both.join(&format!("p{n:03} NONE")).await;
+    }
+    let mut want_rooms: Vec<String> = (0..600)
+        .map(|n| format!("ROOM p{n:03} {}", if n % 10 == 0 { 2 } else { 1 }))
+        .collect();
+    want_rooms.insert(0, format!("ROOM big {}", 2 * EACH));
+    let mut want_members: Vec<String> = (0..EACH)
+        .flat_map(|i| [format!("m0x{i:03}"), format!("m1x{i:03}")])
+        .collect();
+    want_members.sort();
+    for server in &servers {
+        let mut asker = server.login("asker").await;
+        // What the other server wrote may trail by a moment: wait until it is all known.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (members, ok) = who(&mut asker, "big").await;
+            let (listed, rooms_ok) = rooms(&mut asker).await;
+            if members == want_members && listed == want_rooms {
+                assert_eq!(ok, format!("OK WHO big {}", 2 * EACH));
+                assert_eq!(rooms_ok, "OK ROOMS 601");
+                break;
+            }
+            let mut sorted = members.clone();
+            sorted.dedup();
+            assert_eq!(sorted.len(), members.len(), "a member listed twice");
+            assert!(
+                Instant::now() < deadline,
+                "WHO or ROOMS never right: {ok} {rooms_ok}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        asker.send("QUIT").await;
+        // Its name is free on the other server a moment later.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop((everybody, joiners, both));
+    stop_all(servers).await;
+}
+
+/// An operator deletes a live server's row from `nodes` by hand: its names and presence go
+/// with it (the others see its members leave), and it writes them all again at its next
+/// heartbeat (the others see them come back, and its names are held again).
+#[tokio::test]
+async fn a_node_row_deleted_by_hand_is_written_again() {
+    let config = linechat::Config {
+        node_timeout: Duration::from_secs(2),
+        ..pg::config().await
+    };
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    alice.join("r").await;
+    alice.join("s").await;
+    let mut bob = servers[1].login("bob").await;
+    bob.join("r").await;
+    alice.expect("JOINED r bob").await;
+    let db = pg::connect(&url).await;
+    let deleted = db
+        .execute(
+            "DELETE FROM nodes WHERE origin = (SELECT node FROM live_names WHERE key = 'alice')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    bob.expect("LEFT r alice").await;
+    bob.expect("JOINED r alice").await;
+    let mut carol = servers[1].client().await;
+    carol.send("NICK alice").await;
+    carol.expect_err("NICK_IN_USE").await;
+    let rows: i64 = db
+        .query_one(
+            "SELECT count(*) FROM presence p JOIN live_names l ON l.node = p.node AND l.conn = p.conn \
+             WHERE l.key = 'alice'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2, "both of alice's rooms written again");
+    assert_eq!(who(&mut bob, "r").await.0, ["alice", "bob"]);
+    alice.expect_nothing_pending().await;
+    bob.expect_nothing_pending().await;
+    stop_all(servers).await;
+}
+
+/// The connections that listen for notifications are cut while members on the other server
+/// come and go: once listening again, each server's members are told exactly what changed
+/// meanwhile (no spurious `JOINED` or `LEFT`), and `WHO` is right. A cut during which nothing
+/// changed tells nothing. The `LEFT` of a member that left during the cut was never told: the
+/// lines that the new snapshot of the other servers' members gave were queued, then dropped
+/// at once by the quiet catch-up from the store that followed (it empties the rooms' queues).
+#[tokio::test]
+async fn a_cut_notification_connection_tells_what_changed_and_nothing_else() {
+    let config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    alice.join("r").await;
+    let mut bob = servers[1].login("bob").await;
+    bob.join("r").await;
+    alice.expect("JOINED r bob").await;
+    let admin = pg::connect(&url).await;
+    let cut = || async {
+        admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE query LIKE 'LISTEN linechat_messages%' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(cut().await, 2);
+    bob.send("PART r").await;
+    bob.expect("OK PART r").await;
+    let mut carol = servers[1].login("carol").await;
+    carol.join("r").await;
+    let mut told = vec![alice.line().await, alice.line().await];
+    told.sort();
+    assert_eq!(told, ["JOINED r carol", "LEFT r bob"]);
+    assert_eq!(who(&mut alice, "r").await.0, ["alice", "carol"]);
+    alice.expect_nothing_pending().await;
+    // Nothing changes across a second cut: nothing is told.
+    assert_eq!(cut().await, 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    alice.expect_nothing_pending().await;
+    carol.expect_nothing_pending().await;
+    assert_eq!(who(&mut carol, "r").await.0, ["alice", "carol"]);
     stop_all(servers).await;
 }

@@ -380,3 +380,66 @@ async fn a_cut_notification_connection_tells_what_changed_and_nothing_else() {
     assert_eq!(who(&mut carol, "r").await.0, ["alice", "carol"]);
     stop_all(servers).await;
 }
+
+/// On each of two servers at once, one connection leaves (its name is released) while
+/// another asks for the name the other server's leaver held, and a third asks for a name a
+/// connection on the other server keeps. Each server's batch locks the other's rows as it
+/// claims, then its own as it releases: the two batches can deadlock (PostgreSQL aborts
+/// one), and a write that fails for any reason made every claim waiting on it answered
+/// `OK NICK` unconfirmed, as if the database were away: the third connection got a name
+/// that a live connection on the other server holds (and `BYE` a moment later).
+#[tokio::test]
+async fn a_name_held_on_another_server_is_refused_when_batches_collide() {
+    const ROUNDS: usize = 8;
+    let config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut admin = pg::connect(&url).await;
+    for round in 0..ROUNDS {
+        let mut keepers = Vec::new();
+        let mut leavers = Vec::new();
+        for (s, server) in servers.iter().enumerate() {
+            keepers.push(server.login(&format!("keep{s}x{round}")).await);
+            leavers.push(server.login(&format!("leave{s}x{round}")).await);
+        }
+        let mut primers = Vec::new();
+        let mut takers = Vec::new();
+        let mut greedy = Vec::new();
+        for server in &servers {
+            primers.push(server.client().await);
+            takers.push(server.client().await);
+            greedy.push(server.client().await);
+        }
+        let hold = admin.transaction().await.unwrap();
+        hold.batch_execute("LOCK TABLE live_names IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        // Each server's first write (a claim) waits for the lock; what follows makes one
+        // batch on each server, both let go at the same moment.
+        for (s, p) in primers.iter_mut().enumerate() {
+            p.send(&format!("NICK prime{s}x{round}")).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for (s, mut leaver) in leavers.into_iter().enumerate() {
+            leaver.send("QUIT").await;
+            let other = 1 - s;
+            takers[s].send(&format!("NICK leave{other}x{round}")).await;
+            greedy[s].send(&format!("NICK keep{other}x{round}")).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hold.commit().await.unwrap();
+        for (s, g) in greedy.iter_mut().enumerate() {
+            let reply = g.reply().await;
+            assert!(
+                reply.starts_with("ERR NICK_IN_USE "),
+                "round {round}: keep{}x{round}, held on the other server, was given: {reply}",
+                1 - s
+            );
+        }
+        for p in &mut primers {
+            p.expect_prefix("OK NICK prime").await;
+        }
+        drop((keepers, primers, takers, greedy));
+    }
+    stop_all(servers).await;
+}

@@ -3,6 +3,7 @@
 //! refreshing this server's row, so that the rows it writes always have their server.
 
 use async_trait::async_trait;
+use tokio_postgres::error::SqlState;
 
 use super::*;
 use crate::cluster::ledger::{Lost, Slot, Write};
@@ -44,99 +45,128 @@ fn key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-#[async_trait]
-impl Directory for PgStore {
-    async fn write(&self, writes: &[Write]) -> Result<Written, StoreError> {
-        let me = self.origin.as_str();
-        let mut claims: (Vec<i64>, Vec<String>, Vec<&str>) = Default::default();
-        let mut released: Vec<i64> = Vec::new();
-        let mut leaves: (Vec<i64>, Vec<&str>) = Default::default();
-        let mut enters: (Vec<i64>, Vec<&str>, Vec<&str>) = Default::default();
+/// One write's changes, as the statements take them.
+#[derive(Default)]
+struct Batch<'a> {
+    claims: (Vec<i64>, Vec<String>, Vec<&'a str>),
+    released: Vec<i64>,
+    leaves: (Vec<i64>, Vec<&'a str>),
+    enters: (Vec<i64>, Vec<&'a str>, Vec<&'a str>),
+}
+
+impl<'a> Batch<'a> {
+    fn new(writes: &'a [Write]) -> Batch<'a> {
+        let mut b = Batch::default();
         for w in writes {
             let conn = w.conn as i64;
             match (&w.slot, &w.name) {
                 (Slot::Name, Some(name)) => {
-                    claims.0.push(conn);
-                    claims.1.push(key(name));
-                    claims.2.push(name);
+                    b.claims.0.push(conn);
+                    b.claims.1.push(key(name));
+                    b.claims.2.push(name);
                 }
-                (Slot::Name, None) => released.push(conn),
+                (Slot::Name, None) => b.released.push(conn),
                 (Slot::Room(room), None) => {
-                    leaves.0.push(conn);
-                    leaves.1.push(room);
+                    b.leaves.0.push(conn);
+                    b.leaves.1.push(room);
                 }
                 (Slot::Room(room), Some(name)) => {
-                    enters.0.push(conn);
-                    enters.1.push(room);
-                    enters.2.push(name);
+                    b.enters.0.push(conn);
+                    b.enters.1.push(room);
+                    b.enters.2.push(name);
                 }
             }
         }
+        b
+    }
+}
+
+/// Attempts at a write that PostgreSQL aborts to break a deadlock: two servers' batches can
+/// lock each other's names in opposite orders (one claims a name whose row the other is
+/// releasing, while the other does the same), and the victim is not refused for it.
+const DEADLOCK_ATTEMPTS: usize = 3;
+
+/// The batch in one transaction, which begins by refreshing this server's row.
+async fn write_once(
+    client: &mut tokio_postgres::Client,
+    me: &str,
+    b: &Batch<'_>,
+) -> Result<Written, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let made: bool = tx.query_one(HEARTBEAT, &[&me]).await?.get(0);
+    let mut lost = Vec::new();
+    // Each winner gives up its old name; each loser keeps it.
+    let mut release: (Vec<i64>, Vec<Option<&str>>) =
+        (b.released.clone(), vec![None; b.released.len()]);
+    if !b.claims.0.is_empty() {
+        let won: std::collections::HashSet<i64> = tx
+            .query(CLAIM_NAMES, &[&me, &b.claims.0, &b.claims.1, &b.claims.2])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for (i, conn) in b.claims.0.iter().enumerate() {
+            if won.contains(conn) {
+                release.0.push(*conn);
+                release.1.push(Some(&b.claims.1[i]));
+            } else {
+                lost.push(Lost {
+                    conn: *conn as u64,
+                    name: b.claims.2[i].into(),
+                });
+            }
+        }
+    }
+    let statements: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)], bool); 3] = [
+        (
+            RELEASE_NAMES,
+            &[&me, &release.0, &release.1],
+            release.0.is_empty(),
+        ),
+        (
+            LEAVE_ROOMS,
+            &[&me, &b.leaves.0, &b.leaves.1],
+            b.leaves.0.is_empty(),
+        ),
+        (
+            ENTER_ROOMS,
+            &[&me, &b.enters.0, &b.enters.1, &b.enters.2],
+            b.enters.0.is_empty(),
+        ),
+    ];
+    for (statement, params, empty) in statements {
+        if !empty {
+            tx.execute(statement, params).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(Written { made, lost })
+}
+
+#[async_trait]
+impl Directory for PgStore {
+    async fn write(&self, writes: &[Write]) -> Result<Written, StoreError> {
+        let me = self.origin.as_str();
+        let batch = Batch::new(writes);
         self.with_timeout("writing names and presence", async {
             let mut conn = self.connection().await?;
             let busy = Busy::new(&mut conn);
-            let tx = busy
-                .0
-                .client
-                .transaction()
-                .await
-                .map_err(|e| self.failed(e))?;
-            let made: bool = tx
-                .query_one(HEARTBEAT, &[&me])
-                .await
-                .map_err(|e| self.failed(e))?
-                .get(0);
-            let mut lost = Vec::new();
-            // Each winner gives up its old name; each loser keeps it.
-            let mut release: (Vec<i64>, Vec<Option<&str>>) =
-                (released.clone(), vec![None; released.len()]);
-            if !claims.0.is_empty() {
-                let won: std::collections::HashSet<i64> = tx
-                    .query(CLAIM_NAMES, &[&me, &claims.0, &claims.1, &claims.2])
-                    .await
-                    .map_err(|e| self.failed(e))?
-                    .iter()
-                    .map(|row| row.get(0))
-                    .collect();
-                for (i, conn) in claims.0.iter().enumerate() {
-                    if won.contains(conn) {
-                        release.0.push(*conn);
-                        release.1.push(Some(&claims.1[i]));
-                    } else {
-                        lost.push(Lost {
-                            conn: *conn as u64,
-                            name: claims.2[i].into(),
-                        });
+            let mut attempt = 1;
+            let written = loop {
+                match write_once(&mut busy.0.client, me, &batch).await {
+                    Ok(written) => break written,
+                    Err(e)
+                        if attempt < DEADLOCK_ATTEMPTS
+                            && e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
+                    {
+                        tracing::debug!("writing names and presence deadlocked with another server's write; again");
+                        attempt += 1;
                     }
+                    Err(e) => return Err(self.failed(e)),
                 }
-            }
-            let statements: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)], bool); 3] = [
-                (
-                    RELEASE_NAMES,
-                    &[&me, &release.0, &release.1],
-                    release.0.is_empty(),
-                ),
-                (
-                    LEAVE_ROOMS,
-                    &[&me, &leaves.0, &leaves.1],
-                    leaves.0.is_empty(),
-                ),
-                (
-                    ENTER_ROOMS,
-                    &[&me, &enters.0, &enters.1, &enters.2],
-                    enters.0.is_empty(),
-                ),
-            ];
-            for (statement, params, empty) in statements {
-                if !empty {
-                    tx.execute(statement, params)
-                        .await
-                        .map_err(|e| self.failed(e))?;
-                }
-            }
-            tx.commit().await.map_err(|e| self.failed(e))?;
+            };
             busy.done();
-            Ok(Written { made, lost })
+            Ok(written)
         })
         .await
     }

@@ -443,3 +443,48 @@ async fn a_name_held_on_another_server_is_refused_when_batches_collide() {
     }
     stop_all(servers).await;
 }
+
+/// A directory write fails (here: the `nodes` table is held up past --db-timeout, as a
+/// moment's trouble in the database would), and by the time a client asks for a name the
+/// database answers again. The name is held by a live connection on the other server: the
+/// reply must be `NICK_IN_USE`. It was `OK NICK`: after a failed write, the server took
+/// every claim as unconfirmed at once, without trying the database, until its writer next
+/// succeeded (up to a quarter of --node-timeout later, with nothing else to write), and
+/// closed the connection with `BYE` once it did.
+#[tokio::test]
+async fn a_name_held_elsewhere_is_refused_once_the_database_answers_again() {
+    let config = linechat::Config {
+        node_timeout: Duration::from_secs(120),
+        db_timeout: Duration::from_secs(1),
+        ..pg::config().await
+    };
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let _bob = servers[1].login("bob").await;
+    let mut admin = pg::connect(&url).await;
+    let hold = admin.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // A write that cannot finish in time (a name, taken unconfirmed), then nothing left to
+    // write (its connection is gone).
+    let mut y = servers[0].login("y").await;
+    y.send("QUIT").await;
+    let _ = y.try_line().await;
+    hold.commit().await.unwrap();
+    let mut taker = servers[0].client().await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        taker.send("NICK bob").await;
+        let reply = taker.reply().await;
+        if reply.starts_with("ERR STORE_UNAVAILABLE ") {
+            assert!(Instant::now() < deadline, "the database never answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        assert!(reply.starts_with("ERR NICK_IN_USE "), "{reply}");
+        break;
+    }
+    taker.expect_nothing_pending().await;
+    stop_all(servers).await;
+}

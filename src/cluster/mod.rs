@@ -19,7 +19,7 @@ pub mod ledger;
 pub mod remote;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,10 +80,17 @@ pub struct Cluster {
     inner: Mutex<Inner>,
     /// Told when there is something to write.
     wake: Notify,
+    /// Told by whoever waits for a write: the writer tries at once, even while failing.
+    urgent: Notify,
     /// Told after every write.
     written: Notify,
-    /// Set while the directory cannot be written: nobody waits for it then.
+    /// Set while the directory cannot be written: nobody waits for more than one attempt.
     failing: AtomicBool,
+    /// Write attempts begun, and the number of the last that failed: a waiter gives up only
+    /// on a failure of an attempt begun after it asked, not on an earlier failure (the
+    /// database may be back since).
+    begun: AtomicU64,
+    last_failed: AtomicU64,
     /// How long a session waits for its change to be written.
     wait: Duration,
     node_timeout: Duration,
@@ -104,8 +111,11 @@ impl Cluster {
         Arc::new(Cluster {
             inner: Mutex::default(),
             wake: Notify::new(),
+            urgent: Notify::new(),
             written: Notify::new(),
             failing: AtomicBool::new(false),
+            begun: AtomicU64::new(0),
+            last_failed: AtomicU64::new(0),
             wait,
             node_timeout,
             stopping: CancellationToken::new(),
@@ -151,9 +161,12 @@ impl Cluster {
         }
     }
 
-    /// Waits until `key` is written as wanted; false if that did not happen in time.
+    /// Waits until `key` is written as wanted; false if that did not happen in time, or an
+    /// attempt begun after this call failed.
     async fn settled(&self, key: &Key) -> bool {
         let deadline = Instant::now() + self.wait;
+        let asked = self.begun.load(Ordering::SeqCst);
+        self.urgent.notify_one();
         loop {
             let written = self.written.notified();
             tokio::pin!(written);
@@ -167,7 +180,7 @@ impl Cluster {
             {
                 return true;
             }
-            if self.failing.load(Ordering::Relaxed) {
+            if self.last_failed.load(Ordering::SeqCst) > asked {
                 return false;
             }
             if tokio::time::timeout_at(deadline, written).await.is_err() {
@@ -206,12 +219,14 @@ pub async fn run(cluster: Arc<Cluster>, store: Arc<dyn HistoryStore>, mailboxes:
         registered: false,
         in_touch_since: None,
         retry: Retry::default(),
+        attempt: 0,
     };
     loop {
         let failing = cluster.failing.load(Ordering::Relaxed);
         let heartbeat = tokio::select! {
             () = cluster.stopping.cancelled() => break,
             () = cluster.wake.notified(), if !failing => false,
+            () = cluster.urgent.notified() => false,
             _ = beat.tick() => true,
             _ = writer.retry.wait(&cluster.stopping), if failing => false,
         };
@@ -237,6 +252,8 @@ struct DirectoryWriter<'a> {
     /// Since when writes have succeeded without a break.
     in_touch_since: Option<Instant>,
     retry: Retry,
+    /// The number of the attempt under way.
+    attempt: u64,
 }
 
 impl DirectoryWriter<'_> {
@@ -249,6 +266,7 @@ impl DirectoryWriter<'_> {
                 return;
             }
             heartbeat = false;
+            self.attempt = self.cluster.begun.fetch_add(1, Ordering::SeqCst) + 1;
             let written = tokio::time::timeout(self.cluster.wait, self.directory.write(&writes));
             let written = match written.await {
                 Ok(Ok(written)) => written,
@@ -295,6 +313,9 @@ impl DirectoryWriter<'_> {
         }
         self.lock().ledger.failed();
         self.cluster.failing.store(true, Ordering::Relaxed);
+        self.cluster
+            .last_failed
+            .fetch_max(self.attempt, Ordering::SeqCst);
         self.in_touch_since = None;
         // Whoever waits for a write stops waiting.
         self.cluster.written.notify_waiters();

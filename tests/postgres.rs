@@ -275,7 +275,9 @@ async fn schema_of(db: &tokio_postgres::Client) -> Schema {
 /// nothing when run again.
 #[tokio::test]
 async fn migrations_make_the_schema_the_server_needs_and_run_once() {
-    use linechat::store::postgres::{migrate, migrations, HISTORY_EPOCH, INSERT_MESSAGES};
+    use linechat::store::postgres::{
+        migrate, migrations, DIRECTORY_STATEMENTS, HISTORY_EPOCH, INSERT_MESSAGES,
+    };
     use tokio_postgres::types::Type;
 
     let db = pg::connect(&pg::fresh_database().await).await;
@@ -296,11 +298,21 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
         [
             "history_epoch.only_row boolean NOT NULL DEFAULT true",
             "history_epoch.epoch bigint NOT NULL",
+            "live_names.key text NOT NULL",
+            "live_names.name text NOT NULL",
+            "live_names.node text NOT NULL",
+            "live_names.conn bigint NOT NULL",
             "messages.id bigint NOT NULL GENERATED ALWAYS AS IDENTITY",
             "messages.room_id bigint NOT NULL",
             "messages.user_id bigint NOT NULL",
             "messages.body text NOT NULL",
             "messages.created_at timestamp with time zone NOT NULL DEFAULT now()",
+            "nodes.origin text NOT NULL",
+            "nodes.seen timestamp with time zone NOT NULL DEFAULT now()",
+            "presence.node text NOT NULL",
+            "presence.conn bigint NOT NULL",
+            "presence.room text NOT NULL",
+            "presence.name text NOT NULL",
             "private_room_members.room text NOT NULL",
             "private_room_members.member text NOT NULL",
             "private_room_members.added_at timestamp with time zone NOT NULL DEFAULT now()",
@@ -322,12 +334,18 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
     );
     // The history queries scan (room_id, id); ON CONFLICT (name) needs the unique names. That
     // a message names a room and a user that exist is checked by triggers (tests/integrity.rs).
-    // Private rooms are kept by name; their members go with them.
+    // Private rooms are kept by name; their members go with them. A server's names and
+    // presence go with its row in nodes.
     assert_eq!(
         schema.keys,
         [
             "history_epoch history_epoch_pkey PRIMARY KEY (only_row)",
+            "live_names live_names_node_fkey FOREIGN KEY (node) REFERENCES nodes(origin) ON DELETE CASCADE",
+            "live_names live_names_pkey PRIMARY KEY (key)",
             "messages messages_room_id_id PRIMARY KEY (room_id, id)",
+            "nodes nodes_pkey PRIMARY KEY (origin)",
+            "presence presence_node_fkey FOREIGN KEY (node) REFERENCES nodes(origin) ON DELETE CASCADE",
+            "presence presence_pkey PRIMARY KEY (node, conn, room)",
             "private_room_members private_room_members_pkey PRIMARY KEY (room, member)",
             "private_room_members private_room_members_room_fkey FOREIGN KEY (room) REFERENCES private_rooms(room) ON DELETE CASCADE",
             "private_rooms private_rooms_pkey PRIMARY KEY (room)",
@@ -339,13 +357,17 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
         ],
         "the keys"
     );
-    // The keys' own indexes, and: a member's rooms (an account's removal), and one registered
-    // name per lower-case spelling. (room_id, id) is the only index of messages.
+    // The keys' own indexes, and: a member's rooms (an account's removal), one registered
+    // name per lower-case spelling, and a connection's held name. (room_id, id) is the only index of messages.
     assert_eq!(
         schema.indexes,
         [
             "history_epoch history_epoch_pkey",
+            "live_names live_names_by_conn",
+            "live_names live_names_pkey",
             "messages messages_room_id_id",
+            "nodes nodes_pkey",
+            "presence presence_pkey",
             "private_room_members private_room_members_member",
             "private_room_members private_room_members_pkey",
             "private_rooms private_rooms_pkey",
@@ -392,6 +414,10 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
         (LATEST_ID, vec![Type::TEXT], vec![Type::INT8]),
         (HISTORY_EPOCH, vec![], vec![Type::INT8]),
     ];
+    // The directory's statements (names and presence across servers) prepare too.
+    for sql in DIRECTORY_STATEMENTS {
+        db.prepare(sql).await.unwrap();
+    }
     for (sql, params, columns) in statements {
         let prepared = db.prepare(sql).await.unwrap();
         assert_eq!(prepared.params(), params, "{sql}");

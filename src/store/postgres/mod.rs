@@ -30,6 +30,7 @@ use crate::protocol::MessageId;
 mod accounts;
 mod batch;
 mod directory;
+pub use directory::DIRECTORY_STATEMENTS;
 mod errors;
 mod notify;
 mod pool;

@@ -11,6 +11,11 @@
 //! store, and only for rooms that have members here. What other programs insert (a bulk
 //! load) is history only, as it always was.
 //!
+//! `OK SAY` waits for its batch's delivery too (the writer hands the answers over,
+//! [`Publish::hold_acks`]): sent at commit, an answer with id 9 could reach its sender before
+//! the message 8 another server committed first, and a client that resumes from the largest
+//! id it saw would never get 8.
+//!
 //! A lost subscription (the connection broke, the database restarted) is taken again, and
 //! then every member catches up from the store from what it was last shown, quietly (no
 //! `LAGGED`: the lag was the server's): nothing stored meanwhile is missed, nothing shown
@@ -27,7 +32,7 @@ use crate::fanout::Fanout;
 use crate::mailbox::ConnId;
 use crate::protocol::MessageId;
 use crate::rooms::Rooms;
-use crate::store::writer::{Publish, StoredBatch};
+use crate::store::writer::{HeldAck, Publish, StoredBatch};
 use crate::store::{Event, HistoryStore, NewMessage, Page, Stored, StoredMessage};
 
 /// Own messages kept for their notification: a few batches' worth. More means notifications
@@ -43,14 +48,21 @@ const NOBODY: ConnId = 0;
 /// database's notification of it comes.
 pub struct Bus {
     shared: Arc<Shared>,
+    /// The batch just published, kept with its answers by [`Publish::hold_acks`], which the
+    /// writer calls next: both go to the shared state at once, or a notification could take
+    /// the messages before their answers were with them.
+    published: Option<VecDeque<(NewMessage, StoredMessage, ConnId)>>,
 }
 
 /// What the writer and [`deliver`] share.
-#[derive(Default)]
 pub struct Shared {
     state: Mutex<State>,
     /// Told whenever a batch of ours was stored or given up on.
     changed: Notify,
+    /// How long a kept batch's answers may wait for its notification (`--db-timeout`): past
+    /// that they are sent anyway (the notification is late or lost; the catch-up after
+    /// listening again delivers the batch).
+    answer_within: Duration,
 }
 
 #[derive(Default)]
@@ -68,16 +80,43 @@ struct State {
     listening: bool,
 }
 
+#[derive(Default)]
 struct OwnBatch {
     messages: VecDeque<(NewMessage, StoredMessage, ConnId)>,
+    /// The answers to its messages not delivered yet.
+    acks: Vec<HeldAck>,
+    kept_at: Option<tokio::time::Instant>,
 }
 
+impl Drop for OwnBatch {
+    /// A batch dropped undelivered (its notification lost, or too many kept) is stored all
+    /// the same: its answers go now.
+    fn drop(&mut self) {
+        send_acks(std::mem::take(&mut self.acks));
+    }
+}
+
+fn send_acks(acks: Vec<HeldAck>) {
+    for (ack, answer) in acks {
+        let _ = ack.send(Ok(answer));
+    }
+}
+
+/// Our messages of one room of one notification, and their answers.
+type Taken = (Vec<(NewMessage, StoredMessage, ConnId)>, Vec<HeldAck>);
+
 impl Bus {
-    pub fn new() -> (Bus, Arc<Shared>) {
-        let shared = Arc::new(Shared::default());
+    /// A bus whose kept answers wait at most `answer_within` for their notification.
+    pub fn new(answer_within: Duration) -> (Bus, Arc<Shared>) {
+        let shared = Arc::new(Shared {
+            state: Mutex::default(),
+            changed: Notify::new(),
+            answer_within,
+        });
         (
             Bus {
                 shared: shared.clone(),
+                published: None,
             },
             shared,
         )
@@ -95,26 +134,37 @@ impl Publish<ConnId> for Bus {
     }
 
     fn publish(&mut self, batch: StoredBatch<'_, ConnId>) {
-        let messages: VecDeque<_> = batch
-            .iter()
-            .map(|(m, s, tag)| (m.clone(), s.clone(), *tag))
-            .collect();
+        self.published = Some(
+            batch
+                .iter()
+                .map(|(m, s, tag)| (m.clone(), s.clone(), *tag))
+                .collect(),
+        );
+    }
+
+    fn not_stored(&mut self) {
+        self.change(|state| state.finished += 1);
+    }
+
+    fn hold_acks(&mut self, acks: &mut Vec<HeldAck>) {
+        let messages = self.published.take().unwrap_or_default();
         self.change(|state| {
             state.finished += 1;
             if !state.listening {
+                // Not kept: no notification of it will come. Answered now.
                 return;
             }
             state.own_messages += messages.len();
-            state.own.push_back(OwnBatch { messages });
+            state.own.push_back(OwnBatch {
+                messages,
+                acks: std::mem::take(acks),
+                kept_at: Some(tokio::time::Instant::now()),
+            });
             while state.own_messages > MAX_OWN_MESSAGES && state.own.len() > 1 {
                 let dropped = state.own.pop_front().expect("more than one");
                 state.own_messages -= dropped.messages.len();
             }
         });
-    }
-
-    fn not_stored(&mut self) {
-        self.change(|state| state.finished += 1);
     }
 }
 
@@ -122,12 +172,7 @@ impl State {
     /// Takes our messages of `room` with ids `first..=last` if a kept batch holds them.
     /// Batches before that one are dropped: ours commit in order, so their notifications
     /// came first or were lost.
-    fn take_own(
-        &mut self,
-        room: &str,
-        first: MessageId,
-        last: MessageId,
-    ) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
+    fn take_own(&mut self, room: &str, first: MessageId, last: MessageId) -> Option<Taken> {
         let at = self.own.iter().position(|batch| {
             batch
                 .messages
@@ -143,10 +188,24 @@ impl State {
             .partition(|(m, s, _)| *m.room == *room && (first..=last).contains(&s.id));
         batch.messages = kept;
         self.own_messages -= taken.len();
+        let (acks, held): (Vec<HeldAck>, Vec<HeldAck>) = std::mem::take(&mut batch.acks)
+            .into_iter()
+            .partition(|(_, answer)| taken.iter().any(|(_, s, _)| s.id == answer.id));
+        batch.acks = held;
         if batch.messages.is_empty() {
             self.own.pop_front();
         }
-        Some(taken.into_iter().collect())
+        Some((taken.into_iter().collect(), acks))
+    }
+
+    /// The answers of kept batches older than `within`, to send now.
+    fn overdue_acks(&mut self, within: Duration) -> Vec<HeldAck> {
+        let now = tokio::time::Instant::now();
+        self.own
+            .iter_mut()
+            .filter(|b| b.kept_at.is_some_and(|at| now.duration_since(at) >= within))
+            .flat_map(|b| std::mem::take(&mut b.acks))
+            .collect()
     }
 }
 
@@ -204,10 +263,16 @@ pub async fn deliver(
         }
         // Whatever was stored before the subscription began comes from the store.
         rooms.catch_up_everyone();
+        let mut overdue = tokio::time::interval(shared.answer_within / 4);
         loop {
             let event = tokio::select! {
                 event = subscription.events.recv() => event,
                 () = stopping.cancelled() => return,
+                _ = overdue.tick() => {
+                    let late = shared.state.lock().expect("bus lock").overdue_acks(shared.answer_within);
+                    send_acks(late);
+                    continue;
+                }
             };
             let stored = match event {
                 None => break,
@@ -225,12 +290,13 @@ pub async fn deliver(
             let own = stored.origin == subscription.origin;
             tracing::trace!(?stored, own, "stored");
             let batch = collect(&shared, &*store, &rooms, stored, own, &stopping).await;
-            let Some((messages, kept, tags)) = batch else {
+            let Some((messages, kept, tags, acks)) = batch else {
                 return;
             };
             if !messages.is_empty() {
                 fanout.publish(StoredBatch::new(&messages, &kept, &tags));
             }
+            send_acks(acks);
         }
         tracing::warn!("lost the notifications of stored messages; listening again");
         {
@@ -243,7 +309,13 @@ pub async fn deliver(
     }
 }
 
-type Parts = (Vec<NewMessage>, Vec<StoredMessage>, Vec<ConnId>);
+/// A notification's messages to deliver here, and the answers to send once they are.
+type Parts = (
+    Vec<NewMessage>,
+    Vec<StoredMessage>,
+    Vec<ConnId>,
+    Vec<HeldAck>,
+);
 
 /// The messages of one notification that rooms here need, with their senders if ours.
 /// `None` if the server stops meanwhile.
@@ -257,18 +329,24 @@ async fn collect(
 ) -> Option<Parts> {
     let mut parts: Parts = Default::default();
     for (room, first, last) in stored.rooms {
-        if !rooms.exists(&room) {
-            continue;
-        }
+        let here = rooms.exists(&room);
+        // Ours are taken even for a room with nobody here: their answers go out with them.
         let taken = if own {
             take_own(shared, &room, first, last).await
         } else {
             None
         };
         let messages = match taken {
-            Some(messages) => messages,
-            None => read(store, &room, first, last, stopping).await?,
+            Some((messages, acks)) => {
+                parts.3.extend(acks);
+                messages
+            }
+            None if here => read(store, &room, first, last, stopping).await?,
+            None => continue,
         };
+        if !here {
+            continue;
+        }
         for (m, s, tag) in messages {
             parts.0.push(m);
             parts.1.push(s);
@@ -285,7 +363,7 @@ async fn take_own(
     room: &Arc<str>,
     first: MessageId,
     last: MessageId,
-) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
+) -> Option<Taken> {
     // Only the batch being stored now can be this one: the writer stores one at a time,
     // and took any earlier one back before it began the next.
     let mut in_flight = None;
@@ -405,6 +483,8 @@ mod tests {
             .iter()
             .map(|b| OwnBatch {
                 messages: b.iter().map(|(r, id)| stored(r, *id, 7)).collect(),
+                acks: Vec::new(),
+                kept_at: None,
             })
             .collect();
         State {
@@ -415,8 +495,8 @@ mod tests {
         }
     }
 
-    fn ids(taken: Option<Vec<(NewMessage, StoredMessage, ConnId)>>) -> Option<Vec<MessageId>> {
-        taken.map(|t| t.into_iter().map(|(_, s, _)| s.id).collect())
+    fn ids(taken: Option<Taken>) -> Option<Vec<MessageId>> {
+        taken.map(|(t, _)| t.into_iter().map(|(_, s, _)| s.id).collect())
     }
 
     #[test]
@@ -439,7 +519,7 @@ mod tests {
     /// never waiting for batches begun later.
     #[tokio::test]
     async fn a_notification_of_ours_waits_for_the_batch_in_flight_only() {
-        let (mut bus, shared) = Bus::new();
+        let (mut bus, shared) = Bus::new(Duration::from_secs(5));
         shared.state.lock().unwrap().listening = true;
         let room: Arc<str> = "r".into();
         bus.storing();
@@ -451,6 +531,12 @@ mod tests {
         assert!(!waiting.is_finished());
         let (m, s, tag) = stored("r", 1, 7);
         bus.publish(StoredBatch::new(&[m], &[s], &[tag]));
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "not before its answers are held with it"
+        );
+        bus.hold_acks(&mut Vec::new());
         assert_eq!(ids(waiting.await.unwrap()), Some(vec![1]));
 
         // Given up on, and the writer goes on with the next batch: no waiting for that one.
@@ -463,5 +549,66 @@ mod tests {
         bus.not_stored();
         bus.storing();
         assert_eq!(ids(waiting.await.unwrap()), None);
+    }
+
+    /// An answer goes out when its message is delivered: not at commit, and not with
+    /// another room's messages of the same batch. One whose batch is dropped undelivered,
+    /// or kept too long, goes out then.
+    #[tokio::test]
+    async fn answers_wait_for_their_messages_delivery() {
+        let (mut bus, shared) = Bus::new(Duration::from_secs(5));
+        shared.state.lock().unwrap().listening = true;
+        let batch = [stored("a", 1, 7), stored("b", 2, 7), stored("a", 3, 7)];
+        let (mut answers, mut receivers) = (Vec::new(), Vec::new());
+        for (_, s, _) in &batch {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            answers.push((
+                tx,
+                crate::store::Ack {
+                    id: s.id,
+                    millis: 0,
+                },
+            ));
+            receivers.push(rx);
+        }
+        let (m, s, t): (Vec<_>, Vec<_>, Vec<_>) = batch.into_iter().fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |(mut m, mut s, mut t), (a, b, c)| {
+                m.push(a);
+                s.push(b);
+                t.push(c);
+                (m, s, t)
+            },
+        );
+        bus.storing();
+        bus.publish(StoredBatch::new(&m, &s, &t));
+        bus.hold_acks(&mut answers);
+        assert!(answers.is_empty(), "the bus holds them");
+        let answered = |rx: &mut tokio::sync::oneshot::Receiver<_>| rx.try_recv().is_ok();
+        assert!(!receivers.iter_mut().any(answered), "none at commit");
+        let (_, acks) = shared.state.lock().unwrap().take_own("b", 2, 2).unwrap();
+        assert_eq!(acks.iter().map(|(_, a)| a.id).collect::<Vec<_>>(), [2]);
+        send_acks(acks);
+        assert!(answered(&mut receivers[1]));
+        assert!(!answered(&mut receivers[0]) && !answered(&mut receivers[2]));
+        // Kept past the deadline: answered anyway, still kept for delivery.
+        let late = shared.state.lock().unwrap().overdue_acks(Duration::ZERO);
+        assert_eq!(late.len(), 2);
+        send_acks(late);
+        assert!(answered(&mut receivers[0]) && answered(&mut receivers[2]));
+        assert_eq!(
+            ids(shared.state.lock().unwrap().take_own("a", 1, 3)),
+            Some(vec![1, 3])
+        );
+
+        // A batch dropped undelivered (the subscription lost) is answered as it goes.
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let (m, s, t) = stored("a", 4, 7);
+        bus.storing();
+        bus.publish(StoredBatch::new(&[m], &[s], &[t]));
+        bus.hold_acks(&mut vec![(tx, crate::store::Ack { id: 4, millis: 0 })]);
+        assert!(rx.try_recv().is_err());
+        shared.state.lock().unwrap().own.clear();
+        assert_eq!(rx.try_recv().unwrap().unwrap().id, 4);
     }
 }

@@ -312,7 +312,7 @@ impl DirectoryWriter<'_> {
     /// and each must have had its chance to write one.
     async fn remove_silent(&mut self) {
         let timeout = self.cluster.node_timeout;
-        if !self.in_touch_since.is_some_and(|t| t.elapsed() >= timeout) {
+        if self.in_touch_since.is_none_or(|t| t.elapsed() < timeout) {
             return;
         }
         let removed =

@@ -256,6 +256,11 @@ async fn concurrent_talkers_on_three_nodes_give_every_member_one_order() {
         ids[..3 * EACH],
         "every message acknowledged, and stored, once"
     );
+    for i in 0..3 {
+        let late = Member::join(nodes.addr(i), &format!("late{i}"), ROOM, "SINCE 0").await;
+        assert_eq!(late.shown, ids, "a late joiner's replay on node {i}");
+        assert_eq!(history(nodes.addr(i)).await, ids, "HISTORY on node {i}");
+    }
     for m in &members {
         assert_eq!(m.connections, 1);
         // Its own acks come in the same order as the rest: a client that saw id N (its
@@ -275,16 +280,11 @@ async fn concurrent_talkers_on_three_nodes_give_every_member_one_order() {
             m.acked()
         );
     }
-    for i in 0..3 {
-        let late = Member::join(nodes.addr(i), &format!("late{i}"), ROOM, "SINCE 0").await;
-        assert_eq!(late.shown, ids, "a late joiner's replay on node {i}");
-        assert_eq!(history(nodes.addr(i)).await, ids, "HISTORY on node {i}");
-    }
     nodes.stop().await;
 }
 
 /// A node is SIGKILLed while its talker and the others talk: its members resume on another
-/// node with `JOIN ... SINCE <last id shown>`, and every member (survivors without a break)
+/// node with `JOIN ... SINCE <the largest id seen>`, and every member (survivors without a break)
 /// ends up shown every stored message once, in order; nothing acknowledged is missing.
 #[tokio::test]
 async fn a_killed_nodes_members_resume_elsewhere_losing_nothing_acknowledged() {

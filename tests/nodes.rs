@@ -202,10 +202,16 @@ fn check(members: &[Member], table: &[(u64, String)]) {
             // the largest id it saw: never shown then.
             .filter(|id| shown.contains(id) || !lost.contains(text_of[id]))
             .collect();
+        let missing: Vec<u64> = expected
+            .iter()
+            .copied()
+            .filter(|id| !shown.contains(id))
+            .collect();
         assert_eq!(
             m.shown, expected,
-            "{}: shown every stored message but its own",
-            m.nick
+            "{}: shown every stored message but its own; missing {missing:?}; resumed (SINCE, \
+             the ids it had seen before): {:?}",
+            m.nick, m.resumes
         );
     }
 }
@@ -469,7 +475,7 @@ async fn cut_notification_connections_on_every_node_lose_nothing_and_double_noth
         let cut = db
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE query = 'LISTEN linechat_messages' AND datname = current_database()",
+                 WHERE query LIKE 'LISTEN linechat_messages%' AND datname = current_database()",
                 &[],
             )
             .await

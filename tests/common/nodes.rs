@@ -145,6 +145,9 @@ pub struct Member {
     pub lagged: usize,
     /// Connections it needed: 1 unless it resumed elsewhere.
     pub connections: usize,
+    /// For each resume: the `SINCE` id, and the last ids it had seen before it (its own
+    /// acknowledged ones included), to tell a failure's story.
+    pub resumes: Vec<(u64, Vec<u64>)>,
 }
 
 impl Member {
@@ -161,6 +164,7 @@ impl Member {
             pending: VecDeque::new(),
             lagged: 0,
             connections: 1,
+            resumes: Vec::new(),
         };
         m.login_and_join(bound).await;
         m
@@ -221,6 +225,8 @@ impl Member {
         self.peer = Peer::connect(addr).await;
         self.connections += 1;
         let seen = self.stream.iter().max().copied().unwrap_or(0);
+        let tail = self.stream[self.stream.len().saturating_sub(50)..].to_vec();
+        self.resumes.push((seen, tail));
         let since = format!("SINCE {seen}");
         self.login_and_join(&since).await;
     }

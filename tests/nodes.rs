@@ -291,17 +291,20 @@ async fn concurrent_talkers_on_three_nodes_give_every_member_one_order() {
 
 /// A node is SIGKILLed while its talker and the others talk: its members resume on another
 /// node with `JOIN ... SINCE <the largest id seen>`, and every member (survivors without a break)
-/// ends up shown every stored message once, in order; nothing acknowledged is missing.
+/// ends up shown every stored message once, in order; nothing acknowledged is missing. The
+/// members on the other nodes see the killed node's members leave within `--node-timeout`.
 #[tokio::test]
 async fn a_killed_nodes_members_resume_elsewhere_losing_nothing_acknowledged() {
     const EACH: usize = 400;
     let url = pg::fresh_database().await;
     let db = pg::connect(&url).await;
-    let mut nodes = Nodes::start(3, &url, &[]);
+    const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+    let mut nodes = Nodes::start(3, &url, &["--node-timeout", "3"]);
     let room = Room::start(&nodes, 3, EACH, 20, Duration::from_millis(10)).await;
     room.wait_for_progress(EACH).await;
+    let killed = Instant::now();
     nodes.kill(2).await;
-    let (members, table) = room.finish(nodes.addr(0), &db, 3 * EACH).await;
+    let (mut members, table) = room.finish(nodes.addr(0), &db, 3 * EACH).await;
     check(&members, &table);
     for m in &members {
         let on_killed = m.nick.ends_with('2') || m.nick.contains("2_");
@@ -321,6 +324,19 @@ async fn a_killed_nodes_members_resume_elsewhere_losing_nothing_acknowledged() {
         "killed mid-talk: {} acked, {resumed_acks} after resuming",
         talker.acked().len()
     );
+    // The members on the other nodes are told that the killed node's left, within the node
+    // timeout (and some slack for a busy machine).
+    for m in &mut members[..4] {
+        for gone in ["talker2", "listener2"] {
+            let told = tokio::time::timeout(PATIENCE, m.read_until_left(gone)).await;
+            let after = told.expect("told within the patience window") - killed;
+            assert!(
+                after < 2 * NODE_TIMEOUT,
+                "{}: told that {gone} left {after:?} after the kill",
+                m.nick
+            );
+        }
+    }
     nodes.stop().await;
 }
 

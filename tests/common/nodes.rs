@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -148,6 +149,8 @@ pub struct Member {
     /// For each resume: the `SINCE` id, and the last ids it had seen before it (its own
     /// acknowledged ones included), to tell a failure's story.
     pub resumes: Vec<(u64, Vec<u64>)>,
+    /// `LEFT` lines of its room: who left, and when it was told.
+    pub left: Vec<(String, Instant)>,
 }
 
 impl Member {
@@ -165,6 +168,7 @@ impl Member {
             lagged: 0,
             connections: 1,
             resumes: Vec::new(),
+            left: Vec::new(),
         };
         m.login_and_join(bound).await;
         m
@@ -247,6 +251,10 @@ impl Member {
             }
             (Some("ERR"), Some("STORE_UNAVAILABLE")) => self.answer(Answer::Refused, line),
             (Some("ERR"), Some("OUTCOME_UNKNOWN")) => self.answer(Answer::Unknown, line),
+            (Some("LEFT"), Some(room)) if room == self.room => {
+                let nick = words.next().unwrap().to_owned();
+                self.left.push((nick, Instant::now()));
+            }
             (Some("LAGGED"), _) => self.lagged += 1,
             (Some("JOINED" | "LEFT" | "PONG" | "NICK"), _) => {}
             _ => panic!("{}: unexpected {line:?}", self.nick),
@@ -286,6 +294,20 @@ impl Member {
             }
         }
         true
+    }
+
+    /// Reads until it is told that `nick` left its room; returns when it was told.
+    pub async fn read_until_left(&mut self, nick: &str) -> Instant {
+        loop {
+            if let Some((_, when)) = self.left.iter().find(|(who, _)| who == nick) {
+                return *when;
+            }
+            assert!(
+                self.read().await,
+                "{}: its node closed the connection",
+                self.nick
+            );
+        }
     }
 
     /// Reads until it was shown id `id` or a later one; false if the connection died first.

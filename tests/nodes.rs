@@ -484,7 +484,7 @@ async fn cut_notification_connections_on_every_node_lose_nothing_and_double_noth
     const EACH: usize = 400;
     let url = pg::fresh_database().await;
     let db = pg::connect(&url).await;
-    let mut nodes = Nodes::start(3, &url, &[]);
+    let nodes = Nodes::start(3, &url, &[]);
     let room = Room::start(&nodes, 3, EACH, 20, Duration::from_millis(10)).await;
     for third in 1..=2 {
         room.wait_for_progress(3 * EACH * third / 3).await;
@@ -501,18 +501,18 @@ async fn cut_notification_connections_on_every_node_lose_nothing_and_double_noth
             room.progress.load(Ordering::Relaxed) < 3 * EACH,
             "cut in the middle of the talk"
         );
+        // Each node noticed, and listens again (before the next cut).
+        for i in 0..3 {
+            nodes
+                .wait_for_log_times(i, "listening for stored messages again", third)
+                .await;
+        }
     }
     let (members, table) = room.finish(nodes.addr(0), &db, 3 * EACH).await;
     check(&members, &table);
     assert_eq!(table.len(), 3 * EACH + 1, "the talk and the end");
     for m in &members {
         assert_eq!((m.connections, m.lagged), (1, 0), "{}", m.nick);
-    }
-    for i in 0..3 {
-        nodes
-            .node(i)
-            .wait_for_log("listening for stored messages again")
-            .await;
     }
     nodes.stop().await;
 }

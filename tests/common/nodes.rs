@@ -57,6 +57,23 @@ impl Nodes {
         &mut self.nodes[i]
     }
 
+    /// Waits (within [`PATIENCE`]) until node `i` has logged a line containing `needle`
+    /// `times` times.
+    pub async fn wait_for_log_times(&self, i: usize, needle: &str, times: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let log = self.nodes[i].log();
+            if log.iter().filter(|l| l.contains(needle)).count() >= times {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not log {needle:?} {times} times: {log:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL to node `i`, and waits for it to be gone.
     pub async fn kill(&mut self, i: usize) {
         self.nodes[i].signal("-KILL");

@@ -296,9 +296,9 @@ async fn concurrent_talkers_on_three_nodes_give_every_member_one_order() {
 #[tokio::test]
 async fn a_killed_nodes_members_resume_elsewhere_losing_nothing_acknowledged() {
     const EACH: usize = 400;
+    const NODE_TIMEOUT: Duration = Duration::from_secs(3);
     let url = pg::fresh_database().await;
     let db = pg::connect(&url).await;
-    const NODE_TIMEOUT: Duration = Duration::from_secs(3);
     let mut nodes = Nodes::start(3, &url, &["--node-timeout", "3"]);
     let room = Room::start(&nodes, 3, EACH, 20, Duration::from_millis(10)).await;
     room.wait_for_progress(EACH).await;

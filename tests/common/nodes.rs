@@ -224,7 +224,7 @@ impl Member {
             }
             assert!(reply.starts_with("ERR NICK_IN_USE "), "{reply}");
         }
-        let join = format!("JOIN {} {bound}\n", self.room);
+        let join = format!("{}\n", format!("JOIN {} {bound}", self.room).trim_end());
         assert!(self.peer.send(&join).await);
         loop {
             let line = self.peer.line().await.expect("the JOIN's answer");

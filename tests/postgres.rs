@@ -673,26 +673,6 @@ async fn server_on_own_cluster(dir: &Path, config: Config) -> (TestServer, Manag
     (TestServer::start_with(config).await, cluster)
 }
 
-/// Stops the cluster (fast shutdown), as an outage.
-async fn stop_cluster(cluster: ManagedPostgres) {
-    tokio::task::spawn_blocking(move || {
-        let mut c = cluster.command("pg_ctl");
-        c.args(["stop", "-m", "fast", "-D"]).arg(cluster.pgdata());
-        assert!(c.output().unwrap().status.success());
-        cluster.detach();
-    })
-    .await
-    .unwrap();
-}
-
-/// Starts the cluster under `dir` again, after [`stop_cluster`].
-async fn restart_cluster(dir: &Path) {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || pg::start_cluster(&dir).detach())
-        .await
-        .unwrap();
-}
-
 /// The process id of the child of `parent` whose command line starts with `title` (a
 /// PostgreSQL auxiliary process, such as `postgres: checkpointer`).
 fn child_process(parent: i32, title: &str) -> Option<i32> {
@@ -829,7 +809,7 @@ async fn database_stopped_and_started_under_a_live_server() {
     let (_, msg) = b.until("MSG ").await;
     assert_eq!(parse_message(&msg).id, acked[0]);
 
-    stop_cluster(cluster).await;
+    pg::stop_cluster(cluster).await;
 
     a.send("SAY during").await;
     a.expect_err("STORE_UNAVAILABLE").await;
@@ -845,7 +825,7 @@ async fn database_stopped_and_started_under_a_live_server() {
     b.expect("MEMBER r b").await;
     b.expect("OK WHO r 2").await;
 
-    restart_cluster(&dir).await;
+    pg::restart_cluster(&dir).await.detach();
     // Recovery needs no help: keep saying until the store takes messages again.
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
@@ -913,7 +893,7 @@ async fn a_catch_up_waits_out_a_database_outage() {
     let payload = "p".repeat(3000);
     let acked = common::talk_in_chunks(&mut talker, 0..TOTAL, &payload).await;
 
-    stop_cluster(cluster).await;
+    pg::stop_cluster(cluster).await;
 
     // `slow` takes what was queued for it; once all of that is written out, the server tries
     // to catch it up from the store, which is down.
@@ -943,7 +923,7 @@ async fn a_catch_up_waits_out_a_database_outage() {
     logs.wait_for(CATCH_UP_DEFERRED, refusals + 2).await;
     slow.expect_nothing_pending().await;
 
-    restart_cluster(&dir).await;
+    pg::restart_cluster(&dir).await.detach();
 
     // Once the database is back, the next line announces the catch-up, from the last message
     // delivered; then the rest of the gap follows.
@@ -1368,7 +1348,7 @@ async fn a_catch_up_cut_short_by_an_outage_loses_nothing() {
     for i in 0..20 {
         acked.push(talker.say(&format!("live {i}")).await);
     }
-    stop_cluster(cluster).await;
+    pg::stop_cluster(cluster).await;
     // `slow` reads again: the catch-up writes out the page it has, and its next read of the
     // store is refused.
     loop {
@@ -1400,7 +1380,7 @@ async fn a_catch_up_cut_short_by_an_outage_loses_nothing() {
     logs.wait_for(CATCH_UP_DEFERRED, refusals + 1).await;
     slow.expect_nothing_pending().await;
 
-    restart_cluster(&dir).await;
+    pg::restart_cluster(&dir).await.detach();
     let deadline = std::time::Instant::now() + PATIENCE;
     let end = loop {
         talker.send("SAY the end").await;

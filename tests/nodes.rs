@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::nodes::{stored, Answer, Member, Nodes, Peer};
-use common::{memory_config, pg, PATIENCE};
+use common::{memory_config, pg, Client, PATIENCE};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -514,5 +514,108 @@ async fn cut_notification_connections_on_every_node_lose_nothing_and_double_noth
     for m in &members {
         assert_eq!((m.connections, m.lagged), (1, 0), "{}", m.nick);
     }
+    nodes.stop().await;
+}
+
+/// Three server processes on one database are one chat for presence and names: `JOINED`,
+/// `LEFT` and `NICK` of members on other nodes, `WHO` and `ROOMS` counting everybody, and a
+/// name raced for by clients of two nodes given to exactly one.
+#[tokio::test]
+async fn presence_and_names_span_three_processes() {
+    let url = pg::fresh_database().await;
+    let nodes = Nodes::start(3, &url, &[]);
+    let mut alice = Client::login(nodes.addr(0), "alice").await;
+    alice.join("4").await;
+    let mut bob = Client::login(nodes.addr(1), "bob").await;
+    bob.join("4").await;
+    alice.expect("JOINED 4 bob").await;
+    let mut carol = Client::login(nodes.addr(2), "carol").await;
+    carol.join("4").await;
+    alice.expect("JOINED 4 carol").await;
+    bob.expect("JOINED 4 carol").await;
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.send("WHO 4").await;
+        let (members, ok) = c.until("OK WHO ").await;
+        assert_eq!(members, ["MEMBER 4 alice", "MEMBER 4 bob", "MEMBER 4 carol"]);
+        assert_eq!(ok, "OK WHO 4 3");
+        c.send("ROOMS").await;
+        assert_eq!(c.until("OK ROOMS ").await.0, ["ROOM 4 3"]);
+    }
+    bob.send("NICK Bobby").await;
+    bob.expect("OK NICK Bobby").await;
+    alice.expect("NICK 4 bob Bobby").await;
+    carol.expect("NICK 4 bob Bobby").await;
+    let mut late = Client::connect(nodes.addr(0)).await;
+    late.send("NICK BOBBY").await;
+    late.expect_err("NICK_IN_USE").await;
+
+    // Clients of two nodes race for the same names: one each.
+    let mut racers = Vec::new();
+    for i in 0..20 {
+        for node in [1, 2] {
+            let addr = nodes.addr(node);
+            racers.push(tokio::spawn(async move {
+                let mut c = Client::connect(addr).await;
+                c.send(&format!("NICK prize{i}")).await;
+                let won = c.reply().await.starts_with("OK NICK ");
+                (i, won, c)
+            }));
+        }
+    }
+    let mut won = [0; 20];
+    let mut keep = Vec::new();
+    for r in racers {
+        let (i, w, c) = r.await.unwrap();
+        won[i] += usize::from(w);
+        keep.push(c);
+    }
+    assert_eq!(won, [1; 20], "each name to exactly one");
+    bob.send("QUIT").await;
+    alice.expect("LEFT 4 Bobby").await;
+    carol.expect("LEFT 4 Bobby").await;
+    drop(keep);
+    nodes.stop().await;
+}
+
+/// A node killed with SIGKILL: within `--node-timeout` the others see its members leave and
+/// its names are free, so its users reconnect elsewhere under their own names. A node
+/// stopped with SIGTERM leaves at once.
+#[tokio::test]
+async fn a_killed_nodes_members_leave_within_the_node_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let url = pg::fresh_database().await;
+    let mut nodes = Nodes::start(3, &url, &["--node-timeout", "2"]);
+    let mut alice = Client::login(nodes.addr(0), "alice").await;
+    alice.join("4").await;
+    let mut bob = Client::login(nodes.addr(1), "bob").await;
+    bob.join("4").await;
+    let mut carol = Client::login(nodes.addr(2), "carol").await;
+    carol.join("4").await;
+    alice.expect("JOINED 4 bob").await;
+    alice.expect("JOINED 4 carol").await;
+    bob.expect("JOINED 4 carol").await;
+
+    let killed = Instant::now();
+    nodes.kill(1).await;
+    alice.expect("LEFT 4 bob").await;
+    carol.expect("LEFT 4 bob").await;
+    let waited = killed.elapsed();
+    // The timeout, a heartbeat's period of lateness, and a margin for this busy machine.
+    assert!(waited < TIMEOUT * 3, "bob left {waited:?} after the kill");
+    let mut bob = Client::connect(nodes.addr(2)).await;
+    bob.send("NICK bob").await;
+    bob.expect("OK NICK bob").await;
+    bob.join("4").await;
+    alice.expect("JOINED 4 bob").await;
+
+    let stopped = Instant::now();
+    nodes.node(2).signal("-TERM");
+    let mut left = vec![alice.line().await, alice.line().await];
+    left.sort();
+    assert_eq!(left, ["LEFT 4 bob", "LEFT 4 carol"]);
+    assert!(
+        stopped.elapsed() < TIMEOUT,
+        "a node stopped with SIGTERM leaves at once, not after the node timeout"
+    );
     nodes.stop().await;
 }

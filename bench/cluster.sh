@@ -10,6 +10,7 @@
 # on core 0, the load generator on core 1.
 #
 #   RUNS=3 bash bench/cluster.sh
+#   RUNS=3 MODES=paced ROOM_RATE=50 bash bench/cluster.sh    # a lighter paced load
 #
 # Binaries come from $BIN (default target/release), copied first so that a rebuild during the
 # run does not change them. linechat-bench exits non-zero if any delivery is lost,
@@ -21,6 +22,10 @@ OUT=$(realpath -m "${OUT:-target/bench-cluster}")
 SERVER_CORE=${SERVER_CORE:-0}
 BENCH_CORE=${BENCH_CORE:-1}
 DURATION=${DURATION:-10}
+# Paced: messages a second per room (3 senders share it).
+ROOM_RATE=${ROOM_RATE:-200}
+# What to run: paced (latency) and fanout (full speed, deliveries/s).
+MODES=${MODES:-paced fanout}
 # Full speed: 3 senders per room x MESSAGES (10 rooms x 48 members: 47 deliveries each).
 MESSAGES=${MESSAGES:-3000}
 rm -rf "$OUT"
@@ -69,10 +74,14 @@ failed=0
 single=127.0.0.1:${ports[0]}
 three=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}
 for _ in $(seq 1 "$RUNS"); do
-  run "single paced" "$single" --room-rate 200 --duration "$DURATION"
-  run "three paced" "$three" --room-rate 200 --duration "$DURATION"
-  run "single fanout" "$single" --messages "$MESSAGES"
-  run "three fanout" "$three" --messages "$MESSAGES"
+  case " $MODES " in *" paced "*)
+    run "single paced" "$single" --room-rate "$ROOM_RATE" --duration "$DURATION"
+    run "three paced" "$three" --room-rate "$ROOM_RATE" --duration "$DURATION" ;;
+  esac
+  case " $MODES " in *" fanout "*)
+    run "single fanout" "$single" --messages "$MESSAGES"
+    run "three fanout" "$three" --messages "$MESSAGES" ;;
+  esac
 done
 
 python3 - "$OUT/results.jsonl" <<'PY'

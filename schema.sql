@@ -265,3 +265,52 @@ CREATE TRIGGER messages_notify AFTER INSERT ON messages
     REFERENCING NEW TABLE AS new_messages
     FOR EACH STATEMENT EXECUTE FUNCTION linechat_notify_messages();
 ALTER TABLE messages ENABLE ALWAYS TRIGGER messages_notify;
+
+-- migration 6
+-- Who is online, across every server sharing the database (README, "Running several
+-- servers"). Each server has a row in nodes, refreshed every quarter of its --node-timeout;
+-- its connections' names (live_names: a name, whatever its case, is held by one connection
+-- of one server) and their rooms (presence) hang off that row, so that deleting it (the
+-- server stopped, or others found it silent for --node-timeout) frees everything it held.
+-- Unlogged: this is the present, not history; after a crash PostgreSQL empties these tables,
+-- and each server, finding its row gone, writes what it holds again.
+--
+-- Every change to presence is notified at commit, in commit order, on linechat_presence
+-- (which servers listen to with linechat_messages): "J <node> <conn> <room> <name>" (joined),
+-- "L <node> <conn> <room> <name>" (left), "N <node> <conn> <room> <old> <new>" (renamed).
+CREATE UNLOGGED TABLE nodes (
+    origin text PRIMARY KEY,
+    seen timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNLOGGED TABLE live_names (
+    key text PRIMARY KEY,
+    name text NOT NULL,
+    node text NOT NULL REFERENCES nodes (origin) ON DELETE CASCADE,
+    conn bigint NOT NULL
+);
+CREATE INDEX live_names_by_conn ON live_names (node, conn);
+CREATE UNLOGGED TABLE presence (
+    node text NOT NULL REFERENCES nodes (origin) ON DELETE CASCADE,
+    conn bigint NOT NULL,
+    room text NOT NULL,
+    name text NOT NULL,
+    PRIMARY KEY (node, conn, room)
+);
+CREATE FUNCTION linechat_notify_presence() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify('linechat_presence',
+            concat_ws(' ', 'J', NEW.node, NEW.conn, NEW.room, NEW.name));
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM pg_notify('linechat_presence',
+            concat_ws(' ', 'N', NEW.node, NEW.conn, NEW.room, OLD.name, NEW.name));
+    ELSE
+        PERFORM pg_notify('linechat_presence',
+            concat_ws(' ', 'L', OLD.node, OLD.conn, OLD.room, OLD.name));
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER presence_notify AFTER INSERT OR UPDATE OR DELETE ON presence
+    FOR EACH ROW EXECUTE FUNCTION linechat_notify_presence();
+ALTER TABLE presence ENABLE ALWAYS TRIGGER presence_notify;

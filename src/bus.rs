@@ -28,7 +28,7 @@ use crate::mailbox::ConnId;
 use crate::protocol::MessageId;
 use crate::rooms::Rooms;
 use crate::store::writer::{Publish, StoredBatch};
-use crate::store::{HistoryStore, NewMessage, Page, Stored, StoredMessage};
+use crate::store::{Event, HistoryStore, NewMessage, Page, Stored, StoredMessage};
 
 /// Own messages kept for their notification: a few batches' worth. More means notifications
 /// were lost (the catch-up after the lost subscription covers them): the oldest batches go.
@@ -179,18 +179,45 @@ pub async fn deliver(
                 continue;
             }
         };
+        // Who is on other servers now; changes from here on come as notifications.
+        if let Some(directory) = store.directory() {
+            let others = tokio::select! {
+                others = directory.others() => others,
+                () = stopping.cancelled() => return,
+            };
+            match others {
+                Ok(others) => rooms.remote_replaced(others),
+                Err(e) => {
+                    if retry.failed() {
+                        tracing::warn!(error = %e, "cannot read who is on other servers; retrying");
+                    }
+                    shared.state.lock().expect("bus lock").listening = false;
+                    if retry.wait(&stopping).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
         if retry.succeeded() {
             tracing::info!("listening for stored messages again: members catch up from the store");
         }
         // Whatever was stored before the subscription began comes from the store.
         rooms.catch_up_everyone();
         loop {
-            let stored = tokio::select! {
-                stored = subscription.stored.recv() => stored,
+            let event = tokio::select! {
+                event = subscription.events.recv() => event,
                 () = stopping.cancelled() => return,
             };
-            let Some(stored) = stored else {
-                break;
+            let stored = match event {
+                None => break,
+                Some(Event::Presence(p)) => {
+                    if *p.member.node != *subscription.origin {
+                        rooms.remote_changed(&p);
+                    }
+                    continue;
+                }
+                Some(Event::Stored(stored)) => stored,
             };
             if !stored.by_a_server() {
                 continue;
@@ -326,23 +353,23 @@ async fn read(
 
 /// Backoff between attempts, and whether a run of failures is worth a log line.
 #[derive(Default)]
-struct Retry {
+pub(crate) struct Retry {
     failures: u32,
 }
 
 impl Retry {
     /// Counts a failure; true for the first of a run.
-    fn failed(&mut self) -> bool {
+    pub(crate) fn failed(&mut self) -> bool {
         self.failures += 1;
         self.failures == 1
     }
 
     /// Ends a run of failures; true if there was one.
-    fn succeeded(&mut self) -> bool {
+    pub(crate) fn succeeded(&mut self) -> bool {
         std::mem::take(&mut self.failures) > 0
     }
 
-    async fn wait(&self, stopping: &CancellationToken) -> Result<(), ()> {
+    pub(crate) async fn wait(&self, stopping: &CancellationToken) -> Result<(), ()> {
         // As the store's own probe: 0.1 s, doubling, at most 2 s.
         let delay = Duration::from_millis(100 << self.failures.min(5)).min(Duration::from_secs(2));
         tokio::select! {

@@ -91,6 +91,12 @@ pub struct Cli {
     #[arg(long, env = "LINECHAT_DB_TIMEOUT", default_value_t = DEFAULTS.db_timeout.as_secs())]
     db_timeout: u64,
 
+    /// Seconds a server sharing the database may go unheard (it writes a heartbeat every
+    /// quarter of this) before the others take it for dead: its members leave their rooms
+    /// and its names are free again.
+    #[arg(long, env = "LINECHAT_NODE_TIMEOUT", default_value_t = DEFAULTS.node_timeout.as_secs())]
+    node_timeout: u64,
+
     /// Seconds start-up keeps retrying an unreachable database before giving up (0: forever).
     #[arg(long, env = "LINECHAT_DB_STARTUP_TIMEOUT", default_value_t = DEFAULTS.db_startup_timeout.as_secs())]
     db_startup_timeout: u64,
@@ -344,6 +350,7 @@ impl Cli {
             pg_bin_dir: self.pg_bin_dir,
             pool_size: self.pool_size.max(1),
             db_timeout: Duration::from_secs(self.db_timeout.max(1)),
+            node_timeout: Duration::from_secs(self.node_timeout.max(1)),
             db_startup_timeout: Duration::from_secs(self.db_startup_timeout),
             user: self.user,
             ..Config::default()

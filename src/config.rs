@@ -102,6 +102,9 @@ pub struct Config {
     pub db_timeout: Duration,
     /// How long start-up retries an unreachable database (zero: forever).
     pub db_startup_timeout: Duration,
+    /// How long a server sharing the database may go unheard before the others take it
+    /// for dead: its members leave and its names are freed.
+    pub node_timeout: Duration,
     /// The user the binary becomes after start-up when started as root (`None`: the
     /// managed cluster's `postgres`, or `nobody`; `root`: stay). The library ignores it.
     pub user: Option<String>,
@@ -148,6 +151,7 @@ impl Default for Config {
             pg_bin_dir: None,
             pool_size: 8,
             db_timeout: Duration::from_secs(5),
+            node_timeout: Duration::from_secs(10),
             db_startup_timeout: Duration::from_secs(60),
             user: None,
         }

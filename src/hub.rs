@@ -11,6 +11,7 @@ use crate::accounts::{AccountStore, Accounts};
 use crate::admission::{LoginWatch, NewRoomLimit};
 use crate::budget::Limit;
 use crate::bus::{self, Bus};
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::mailbox::{ConnId, Mailboxes};
@@ -40,7 +41,10 @@ pub struct Hub {
     /// Connections that have not chosen a name yet, with their deadlines.
     pub logins: Arc<LoginWatch>,
     /// Every live connection's mailbox: how shutdown wakes them.
-    pub mailboxes: Mailboxes,
+    pub mailboxes: Arc<Mailboxes>,
+    /// Names and presence shared with the other servers on the database; `None` for a
+    /// store of this server's own (memory).
+    pub cluster: Option<Arc<Cluster>>,
     /// New rooms per address (`--new-rooms-per-minute`).
     pub new_rooms: NewRoomLimit,
     /// Store page reads in progress, server-wide (`--max-page-reads`): a page read is held
@@ -57,6 +61,9 @@ pub struct Hub {
 impl Drop for Hub {
     fn drop(&mut self) {
         self.delivering.cancel();
+        if let Some(cluster) = &self.cluster {
+            cluster.stop();
+        }
     }
 }
 
@@ -95,6 +102,16 @@ impl Hub {
                 config.db_timeout,
             )
         };
+        let mailboxes = Arc::new(Mailboxes::default());
+        let cluster = store.directory().map(|_| {
+            let cluster = Cluster::new(config.node_timeout, config.db_timeout);
+            tokio::spawn(cluster::run(
+                cluster.clone(),
+                store.clone(),
+                mailboxes.clone(),
+            ));
+            cluster
+        });
         let hub = Hub {
             flood_limit: Limit::per_second(config.rate, config.burst),
             error_limit: Limit::per_minute(config.max_errors),
@@ -107,7 +124,8 @@ impl Hub {
             nicks: Nicks::default(),
             store,
             writer,
-            mailboxes: Mailboxes::default(),
+            mailboxes,
+            cluster,
             hurry: CancellationToken::new(),
             delivering,
             next_conn: AtomicU64::new(1),

@@ -23,6 +23,8 @@
 //!   stores every `SAY` before anyone sees it or is told it was stored.
 //! - [`bus`]: servers sharing one database deliver what any of them stored, their own
 //!   batches included, in the database's commit order (LISTEN/NOTIFY).
+//! - [`cluster`]: servers sharing one database share names and presence too: a directory of
+//!   live servers, their names and rooms, kept in the database with a heartbeat.
 //! - [`fanout`]: a stored batch, formatted once into shared `Bytes`, handed to each room.
 //! - [`rooms`]: membership and presence; delivers to every member's mailbox.
 //! - [`mailbox`]: each connection's bounded queue of room traffic; a reader too slow for its
@@ -41,6 +43,7 @@ pub mod accounts;
 pub mod admission;
 pub mod budget;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod fanout;

@@ -99,6 +99,9 @@ pub enum Eviction {
     /// It is logged in to an account that was removed, or whose password was changed
     /// elsewhere.
     AccountChanged = 3,
+    /// Its name, taken while the database was away, is held by a connection on another
+    /// server sharing it ([`crate::cluster`]).
+    NameTaken = 4,
 }
 
 #[derive(Debug, Default)]
@@ -281,6 +284,7 @@ impl Mailbox {
             1 => Some(Eviction::LoginTimeout),
             2 => Some(Eviction::NameRegistered),
             3 => Some(Eviction::AccountChanged),
+            4 => Some(Eviction::NameTaken),
             _ => None,
         }
     }

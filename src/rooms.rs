@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::cluster::remote::{Presence, RemoteMember, RemoteMembers};
 use crate::fanout::LiveBatch;
 use crate::mailbox::{ConnHandle, ConnId, Delivery};
 use crate::protocol;
@@ -63,6 +64,9 @@ pub struct Rooms {
     rooms: Mutex<BTreeMap<Arc<str>, Arc<Room>>>,
     /// Most rooms at once (0: unlimited).
     max_rooms: usize,
+    /// Members on other servers sharing the database ([`crate::cluster`]): listed by `WHO`
+    /// and `ROOMS`, never delivered to.
+    remote: Mutex<RemoteMembers>,
 }
 
 impl Rooms {
@@ -228,6 +232,34 @@ impl Rooms {
         }
     }
 
+    /// A room's members on another server changed: its members here are told.
+    pub fn remote_changed(&self, change: &Presence) {
+        let told = self.remote.lock().expect("remote lock").apply(change);
+        self.tell_all(told);
+    }
+
+    /// Who is on other servers, read anew: members here are told what changed.
+    pub fn remote_replaced(&self, all: Vec<RemoteMember>) {
+        let told = self.remote.lock().expect("remote lock").replace(all);
+        for told in told {
+            self.tell_all(Some(told));
+        }
+    }
+
+    fn tell_all(&self, told: Option<(Arc<str>, Bytes)>) {
+        let Some((room, line)) = told else {
+            return;
+        };
+        if let Some(entry) = self.get(&room) {
+            // No connection here has id 0: everyone is told.
+            entry
+                .members
+                .lock()
+                .expect("room lock")
+                .tell_others(0, &room, line);
+        }
+    }
+
     /// The nicks in a room, sorted; empty for a room nobody is in.
     pub fn members(&self, room: &str) -> Vec<Arc<str>> {
         self.members_after(room, None, usize::MAX)
@@ -236,17 +268,21 @@ impl Rooms {
     /// At most `max` of a room's nicks that sort after `after`, sorted: one slice of a `WHO`
     /// reply, which is listed a slice at a time as the client reads it.
     pub fn members_after(&self, room: &str, after: Option<&str>, max: usize) -> Vec<Arc<str>> {
-        let Some(room) = self.get(room) else {
-            return Vec::new();
-        };
-        let members = room.members.lock().expect("room lock");
-        let mut nicks: Vec<Arc<str>> = members
-            .by_conn
-            .values()
-            .filter(|m| after.is_none_or(|after| *m.nick > *after))
-            .map(|m| m.nick.clone())
-            .collect();
-        drop(members);
+        let mut nicks = self
+            .remote
+            .lock()
+            .expect("remote lock")
+            .members_after(room, after, max);
+        if let Some(room) = self.get(room) {
+            let members = room.members.lock().expect("room lock");
+            nicks.extend(
+                members
+                    .by_conn
+                    .values()
+                    .filter(|m| after.is_none_or(|after| *m.nick > *after))
+                    .map(|m| m.nick.clone()),
+            );
+        }
         if nicks.len() > max {
             nicks.select_nth_unstable(max);
             nicks.truncate(max);
@@ -264,17 +300,27 @@ impl Rooms {
     /// counts, sorted by name: one slice of a `ROOMS` reply. Counts are read without the
     /// rooms' locks: a room busy telling its members something does not hold up the list.
     pub fn list_after(&self, after: Option<&str>, max: usize) -> Vec<(Arc<str>, usize)> {
+        let remote = self
+            .remote
+            .lock()
+            .expect("remote lock")
+            .rooms_after(after, max);
         let rooms = self.rooms.lock().expect("rooms lock");
         let from = match after {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
         };
-        rooms
+        let here = rooms
             .range::<str, _>((from, Bound::Unbounded))
             .map(|(name, r)| (name.clone(), r.count.load(Ordering::Relaxed)))
             .filter(|(_, count)| *count > 0)
-            .take(max)
-            .collect()
+            .take(max);
+        // Both sorted by name: merged, with the counts of a room on both sides added.
+        let mut merged: BTreeMap<Arc<str>, usize> = here.collect();
+        for (room, count) in remote {
+            *merged.entry(room).or_default() += count;
+        }
+        merged.into_iter().take(max).collect()
     }
 
     /// How many rooms there are, and how many members they have together (a connection in

@@ -174,6 +174,10 @@ impl Server {
         stopping.cancel();
         // Sessions wait on their mailbox, not on the token: wake each to see it.
         hub.mailboxes.notify_all();
+        // The other servers see this one's members leave now, not after --node-timeout.
+        if let Some(cluster) = &hub.cluster {
+            cluster.leave().await;
+        }
         sessions.close();
         sessions.wait().await;
         // Sessions are gone; dropping the last writer handle lets the writer finish its queue.

@@ -48,16 +48,19 @@ pub enum ForcedClose {
     NameRegistered,
     /// Its account was removed or its password changed elsewhere.
     AccountChanged,
+    /// Its name, taken while the database was away, is held on another server.
+    NameTaken,
 }
 
 impl ForcedClose {
-    pub const ALL: [ForcedClose; 6] = [
+    pub const ALL: [ForcedClose; 7] = [
         ForcedClose::TooSlow,
         ForcedClose::TooManyErrors,
         ForcedClose::LoginTimeout,
         ForcedClose::Shutdown,
         ForcedClose::NameRegistered,
         ForcedClose::AccountChanged,
+        ForcedClose::NameTaken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl ForcedClose {
             ForcedClose::Shutdown => "shutdown",
             ForcedClose::NameRegistered => "name_registered",
             ForcedClose::AccountChanged => "account_changed",
+            ForcedClose::NameTaken => "name_taken",
         }
     }
 }
@@ -89,7 +93,7 @@ pub struct Metrics {
     /// Catch-ups from the store begun after a lag.
     pub catch_ups: Counter,
     /// By [`ForcedClose::ALL`] position.
-    forced_closes: [Counter; 6],
+    forced_closes: [Counter; 7],
     /// By [`ErrorCode::ALL`] position.
     errors: Vec<Counter>,
     rooms: Gauge,

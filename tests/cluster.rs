@@ -7,11 +7,17 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{parse_message, pg, talk_in_chunks, Client, TestServer};
 
 /// `n` servers on one fresh database.
 async fn servers(n: usize) -> (Vec<TestServer>, String) {
-    let config = pg::config().await;
+    servers_with(n, pg::config().await).await
+}
+
+/// `n` servers on `config`'s database.
+async fn servers_with(n: usize, config: linechat::Config) -> (Vec<TestServer>, String) {
     let url = config.database_url.clone().unwrap();
     let mut servers = Vec::new();
     for _ in 0..n {
@@ -147,11 +153,11 @@ async fn a_cut_notification_connection_loses_nothing_and_doubles_nothing() {
         acked
     });
     // Somewhere in the talk.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let cut = admin
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE query = 'LISTEN linechat_messages' AND datname = current_database()",
+             WHERE query LIKE 'LISTEN linechat_messages%' AND datname = current_database()",
             &[],
         )
         .await
@@ -163,6 +169,227 @@ async fn a_cut_notification_connection_loses_nothing_and_doubles_nothing() {
     let ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids, acked, "every message once, in order");
     member.expect_nothing_pending().await;
+    for server in servers {
+        server.stop().await.unwrap();
+    }
+}
+
+/// The `MEMBER` names of `WHO <room>`, and its count.
+async fn who(client: &mut Client, room: &str) -> (Vec<String>, String) {
+    client.send(&format!("WHO {room}")).await;
+    let (lines, ok) = client.until("OK WHO ").await;
+    let names = lines
+        .iter()
+        .map(|l| {
+            l.strip_prefix(&format!("MEMBER {room} "))
+                .unwrap_or(l)
+                .to_owned()
+        })
+        .collect();
+    (names, ok)
+}
+
+/// `ROOMS`' lines.
+async fn rooms(client: &mut Client) -> Vec<String> {
+    client.send("ROOMS").await;
+    client.until("OK ROOMS ").await.0
+}
+
+/// Members on every server are in one room: `JOINED`, `NICK` and `LEFT` of members on other
+/// servers reach the members here, and `WHO` and `ROOMS` count everybody.
+#[tokio::test]
+async fn presence_covers_members_on_every_server() {
+    let (servers, _url) = servers(3).await;
+    let mut alice = servers[0].login("alice").await;
+    alice.join("4").await;
+    let mut bob = servers[1].login("bob").await;
+    bob.join("4").await;
+    alice.expect("JOINED 4 bob").await;
+    let mut carol = servers[2].login("carol").await;
+    carol.join("4").await;
+    alice.expect("JOINED 4 carol").await;
+    bob.expect("JOINED 4 carol").await;
+    carol.expect_nothing_pending().await;
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(
+            who(c, "4").await,
+            (
+                vec!["alice".to_owned(), "bob".into(), "carol".into()],
+                "OK WHO 4 3".to_owned()
+            )
+        );
+    }
+    let mut dave = servers[2].login("dave").await;
+    dave.join("quiet").await;
+    assert_eq!(rooms(&mut alice).await, ["ROOM 4 3", "ROOM quiet 1"]);
+    bob.send("NICK robert").await;
+    bob.expect("OK NICK robert").await;
+    alice.expect("NICK 4 bob robert").await;
+    carol.expect("NICK 4 bob robert").await;
+    bob.send("PART 4").await;
+    bob.expect("OK PART 4").await;
+    alice.expect("LEFT 4 robert").await;
+    carol.expect("LEFT 4 robert").await;
+    carol.send("QUIT").await;
+    alice.expect("LEFT 4 carol").await;
+    assert_eq!(who(&mut alice, "4").await.1, "OK WHO 4 1");
+    alice.expect_nothing_pending().await;
+    for server in servers {
+        server.stop().await.unwrap();
+    }
+}
+
+/// A name is held by one connection across every server, whatever its case; it is free
+/// everywhere once its holder leaves.
+#[tokio::test]
+async fn a_name_is_held_once_across_servers() {
+    let (servers, _url) = servers(2).await;
+    let _alice = servers[0].login("alice").await;
+    let mut other = servers[1].client().await;
+    for name in ["alice", "ALICE"] {
+        other.send(&format!("NICK {name}")).await;
+        other.expect_err("NICK_IN_USE").await;
+    }
+    other.send("NICK bob").await;
+    other.expect("OK NICK bob").await;
+    let mut third = servers[0].client().await;
+    third.send("NICK Bob").await;
+    third.expect_err("NICK_IN_USE").await;
+    // Renamed: the old name is free, the new one taken, on both servers.
+    other.send("NICK bobby").await;
+    other.expect("OK NICK bobby").await;
+    third.send("NICK Bob").await;
+    third.expect("OK NICK Bob").await;
+    let mut fourth = servers[0].client().await;
+    fourth.send("NICK BOBBY").await;
+    fourth.expect_err("NICK_IN_USE").await;
+    // Gone: free everywhere (soon: the server writes its changes in the background).
+    other.send("QUIT").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        fourth.send("NICK bobby").await;
+        if fourth.reply().await == "OK NICK bobby" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bobby never became free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for server in servers {
+        server.stop().await.unwrap();
+    }
+}
+
+/// Many connections on two servers ask for the same names at the same moment: each name is
+/// given to exactly one of them.
+#[tokio::test]
+async fn two_servers_racing_for_a_name_give_it_to_one() {
+    const NAMES: usize = 40;
+    let (servers, url) = servers(2).await;
+    let mut racers = Vec::new();
+    for i in 0..NAMES {
+        for server in &servers {
+            let mut c = server.client().await;
+            let name = format!("prize{i}");
+            racers.push(tokio::spawn(async move {
+                c.send(&format!("NICK {name}")).await;
+                let won = c.reply().await.starts_with("OK NICK");
+                (name, won, c)
+            }));
+        }
+    }
+    let mut winners = std::collections::HashMap::new();
+    let mut keep = Vec::new();
+    for r in racers {
+        let (name, won, c) = r.await.unwrap();
+        if won {
+            *winners.entry(name).or_insert(0) += 1;
+        }
+        keep.push(c);
+    }
+    assert_eq!(winners.len(), NAMES, "every name was given");
+    assert!(winners.values().all(|&n| n == 1), "to one: {winners:?}");
+    let held: i64 = pg::connect(&url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM live_names WHERE key LIKE 'prize%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, NAMES as i64);
+    drop(keep);
+    for server in servers {
+        server.stop().await.unwrap();
+    }
+}
+
+/// A server that stops leaves at once: its members' `LEFT` reach the others long before
+/// the node timeout (a minute here).
+#[tokio::test]
+async fn a_server_that_stops_leaves_at_once() {
+    let config = linechat::Config {
+        node_timeout: Duration::from_secs(60),
+        ..pg::config().await
+    };
+    let (mut servers, _url) = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    alice.join("4").await;
+    let mut bob = servers[1].login("bob").await;
+    bob.join("4").await;
+    alice.expect("JOINED 4 bob").await;
+    let stopped = Instant::now();
+    servers.pop().unwrap().stop().await.unwrap();
+    alice.expect("LEFT 4 bob").await;
+    assert!(stopped.elapsed() < Duration::from_secs(30));
+    let mut again = servers[0].client().await;
+    again.send("NICK bob").await;
+    again.expect("OK NICK bob").await;
+    for server in servers {
+        server.stop().await.unwrap();
+    }
+}
+
+/// A server that stops writing its heartbeat (here: one that never was a linechat server,
+/// its rows written by hand with an old heartbeat) is removed by the others within the
+/// node timeout: its members leave, its names are free.
+#[tokio::test]
+async fn a_silent_server_is_removed_within_the_node_timeout() {
+    let config = linechat::Config {
+        node_timeout: Duration::from_secs(2),
+        ..pg::config().await
+    };
+    let (servers, url) = servers_with(1, config).await;
+    let mut alice = servers[0].login("alice").await;
+    alice.join("4").await;
+    let db = pg::connect(&url).await;
+    db.batch_execute(
+        "INSERT INTO nodes (origin, seen) VALUES ('linechat-dead', now());          INSERT INTO live_names (key, name, node, conn) VALUES ('zed', 'Zed', 'linechat-dead', 1);          INSERT INTO presence (node, conn, room, name) VALUES ('linechat-dead', 1, '4', 'Zed');",
+    )
+    .await
+    .unwrap();
+    alice.expect("JOINED 4 Zed").await;
+    let mut taker = servers[0].client().await;
+    taker.send("NICK zed").await;
+    taker.expect_err("NICK_IN_USE").await;
+    let silent = Instant::now();
+    alice.expect("LEFT 4 Zed").await;
+    let waited = silent.elapsed();
+    assert!(
+        waited < Duration::from_secs(6),
+        "removed within the timeout and a heartbeat: {waited:?}"
+    );
+    taker.send("NICK zed").await;
+    taker.expect("OK NICK zed").await;
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM nodes WHERE origin = 'linechat-dead'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
     for server in servers {
         server.stop().await.unwrap();
     }

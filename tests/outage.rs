@@ -143,15 +143,18 @@ struct Said {
 }
 
 /// Says windows of `SAY`s in its own room, pipelined, until `stop`; returns every `SAY` with
-/// its answer. `acked` counts the `OK SAY`s of all talkers.
+/// its answer, and the texts of its own messages it received as `MSG` (one answered
+/// `OUTCOME_UNKNOWN` that the database stored after all is delivered, its sender included).
+/// `acked` counts the `OK SAY`s of all talkers.
 async fn talk(
     mut client: Client,
     k: usize,
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicUsize>,
-) -> Vec<Said> {
+) -> (Vec<Said>, Vec<String>) {
     const WINDOW: usize = 10;
     let mut said = Vec::new();
+    let mut delivered = Vec::new();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let texts: Vec<String> = (n..n + WINDOW).map(|i| format!("t{k} {i}")).collect();
@@ -160,7 +163,17 @@ async fn talk(
         let sent = Instant::now();
         client.send_raw(window.as_bytes()).await;
         for text in texts {
-            let reply = client.reply().await;
+            let reply = loop {
+                let line = client.line().await;
+                match line.strip_prefix(&format!("MSG r{k} ")) {
+                    Some(rest) => delivered.push(rest.splitn(4, ' ').nth(3).unwrap().to_owned()),
+                    None => break line,
+                }
+            };
+            assert!(
+                reply.starts_with("OK ") || reply.starts_with("ERR "),
+                "wanted a reply, got {reply:?}"
+            );
             if reply.starts_with("OK SAY ") {
                 acked.fetch_add(1, Ordering::Relaxed);
             }
@@ -172,7 +185,7 @@ async fn talk(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    said
+    (said, delivered)
 }
 
 /// The database freezes while SAYs are in flight, for well past `--db-timeout`, then wakes:
@@ -221,8 +234,11 @@ async fn a_frozen_database_answers_says_in_time_and_a_refusal_is_never_stored() 
     wait_for_acks(acked_in_freeze + 60).await;
     stop.store(true, Ordering::Relaxed);
     let mut said = Vec::new();
+    let mut delivered = Vec::new();
     for talker in talkers {
-        said.extend(talker.await.unwrap());
+        let (s, d) = talker.await.unwrap();
+        said.extend(s);
+        delivered.extend(d);
     }
     server.stop().await.unwrap();
 
@@ -258,9 +274,21 @@ async fn a_frozen_database_answers_says_in_time_and_a_refusal_is_never_stored() 
             s.reply
         );
     }
+    for text in &delivered {
+        let s = said
+            .iter()
+            .find(|s| s.text == *text)
+            .expect("a message it said");
+        assert!(
+            s.reply.starts_with("ERR OUTCOME_UNKNOWN ") && stored.contains_key(text),
+            "{text:?} came back to its sender, answered {}",
+            s.reply
+        );
+    }
     eprintln!(
-        "{} SAYs: {refused} refused, {unknown} outcome unknown ({unknown_stored} of them stored)",
-        said.len()
+        "{} SAYs: {refused} refused, {unknown} outcome unknown ({unknown_stored} of them stored, {} delivered)",
+        said.len(),
+        delivered.len()
     );
     assert!(unknown > 0, "the freeze caught an INSERT in flight");
     assert!(refused > 0, "SAYs during the freeze were refused");

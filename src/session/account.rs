@@ -9,6 +9,8 @@ use std::sync::Arc;
 use crate::accounts::password::CheckError;
 use crate::accounts::{Account, Password, Registration};
 use crate::budget::Millis;
+use crate::cluster::ledger::Slot;
+use crate::cluster::Claim;
 use crate::hub::Holding;
 use crate::protocol::{self, ErrorCode, ProtocolError};
 
@@ -69,28 +71,49 @@ impl Session {
                 (account.name, Holding::Account(account.hash.into()))
             }
         };
-        self.take_name(name, holding)
+        self.take_name(name, holding).await
     }
 
-    /// Takes `name` for this connection and announces it in every room it is in.
-    fn take_name(&mut self, name: Arc<str>, holding: Holding) -> Result<(), ProtocolError> {
+    /// Takes `name` for this connection (on every server sharing the database) and announces
+    /// it in every room it is in.
+    async fn take_name(&mut self, name: Arc<str>, holding: Holding) -> Result<(), ProtocolError> {
         let old = self.nick.clone();
         let registered = holding != Holding::Guest;
-        if !self
-            .hub
-            .nicks
-            .claim_as(&name, old.as_deref(), self.conn.id, holding)
-        {
+        let new_key = !old
+            .as_deref()
+            .is_some_and(|old| old.eq_ignore_ascii_case(&name));
+        // The old name is kept until the new one is claimed everywhere.
+        if !self.hub.nicks.claim_as(&name, None, self.conn.id, holding) {
             return Err(nick_in_use(&name));
+        }
+        if let (Some(cluster), true) = (self.hub.cluster.clone(), new_key) {
+            let claim =
+                self.until_shutdown(async { Ok(cluster.claim(self.conn.id, name.clone()).await) });
+            let refused = match claim.await {
+                Ok(Claim::Won | Claim::Unconfirmed) => None,
+                Ok(Claim::Taken) => Some(nick_in_use(&name)),
+                Err(e) => Some(ProtocolError::from(e)),
+            };
+            if let Some(refused) = refused {
+                self.hub.nicks.release(&name, self.conn.id);
+                return Err(refused);
+            }
+        }
+        if let (Some(old), true) = (&old, new_key) {
+            self.hub.nicks.release(old, self.conn.id);
         }
         // In the background: a name is for live connections and must not wait on the
         // database (the first message records its sender anyway).
         self.hub.store.record_user(&name);
         if let Some(old) = &old {
             if **old != *name {
-                self.hub
-                    .rooms
-                    .rename(&self.joined.names(), self.conn.id, old, &name);
+                let rooms = self.joined.names();
+                self.hub.rooms.rename(&rooms, self.conn.id, old, &name);
+                if let Some(cluster) = &self.hub.cluster {
+                    for room in rooms {
+                        cluster.set(self.conn.id, Slot::Room(room), Some(name.clone()));
+                    }
+                }
             }
         }
         self.writer.push(protocol::line(&["OK", "NICK", &name]));

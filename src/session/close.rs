@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use futures::FutureExt;
 
+use crate::cluster::ledger::Slot;
 use crate::connection::Frame;
 use crate::http::websocket::frames::Violation;
 use crate::protocol::{self, ErrorCode, ProtocolError};
@@ -25,6 +26,8 @@ pub(super) enum End {
     NameRegistered,
     /// Its account was removed, or its password changed elsewhere.
     AccountChanged,
+    /// Its name, taken while the database was away, is held on another server.
+    NameTaken,
     TooManyErrors,
     /// A WebSocket client broke the WebSocket protocol: closed with its close code.
     BadFrames {
@@ -62,6 +65,9 @@ impl End {
                 "your name has been registered by its owner: NICK <name> <password> takes it now"
             }
             End::AccountChanged => "your account was removed or its password changed: log in again",
+            End::NameTaken => {
+                "your name is held on another server (this one lost touch with the database): reconnect and choose a name"
+            }
             End::TooManyErrors => "too many errors",
             End::BadFrames { why, .. } => why,
             End::Io(_) => return None,
@@ -76,6 +82,7 @@ impl End {
             End::LoginTimeout => ForcedClose::LoginTimeout,
             End::NameRegistered => ForcedClose::NameRegistered,
             End::AccountChanged => ForcedClose::AccountChanged,
+            End::NameTaken => ForcedClose::NameTaken,
             End::TooManyErrors => ForcedClose::TooManyErrors,
             End::Quit(_) | End::Eof | End::BadFrames { .. } | End::Io(_) => return None,
         })
@@ -106,6 +113,9 @@ impl End {
             }
             End::AccountChanged => {
                 tracing::info!(%peer, "closed: its account was removed or its password changed")
+            }
+            End::NameTaken => {
+                tracing::info!(%peer, "closed: its name is held on another server")
             }
             // A peer that stopped answering keepalive probes (or acks) vanished without a FIN.
             End::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -177,14 +187,19 @@ impl Session {
 
     /// Leaves every room (telling the others) and gives up the nick.
     pub(super) fn leave_everything(&mut self) {
-        if let Some(room) = self.room_being_joined().cloned() {
+        let mut rooms = self.joined.leave_all();
+        rooms.extend(self.room_being_joined().cloned());
+        for room in rooms {
             self.hub.rooms.leave(&room, self.conn.id);
-        }
-        for room in self.joined.leave_all() {
-            self.hub.rooms.leave(&room, self.conn.id);
+            if let Some(cluster) = &self.hub.cluster {
+                cluster.set(self.conn.id, Slot::Room(room), None);
+            }
         }
         if let Some(nick) = &self.nick {
             self.hub.nicks.release(nick, self.conn.id);
+        }
+        if let Some(cluster) = &self.hub.cluster {
+            cluster.set(self.conn.id, Slot::Name, None);
         }
     }
 }

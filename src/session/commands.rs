@@ -7,6 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::budget::{ErrorBudget, Millis};
+use crate::cluster::ledger::Slot;
 use crate::connection::{Frame, NotALine};
 use crate::protocol::{self, Command, ErrorCode, ProtocolError, RoomsArgs};
 use crate::rooms::RoomsFull;
@@ -163,6 +164,17 @@ impl Session {
             .rooms
             .join_within_limit(&room, &nick, &self.conn)
             .map_err(|RoomsFull| rooms_full(self.hub.config.max_rooms))?;
+        if let (Some(cluster), true) = (self.hub.cluster.clone(), newly_joined) {
+            // Written before the replay, so that other servers' members see JOINED before
+            // anything this connection says there.
+            let slot = Slot::Room(room.clone());
+            let _ = self
+                .until_shutdown(async {
+                    cluster.set_and_wait(self.conn.id, slot, Some(nick)).await;
+                    Ok(())
+                })
+                .await;
+        }
         self.replay_on_join(room, bound, newly_joined).await;
         Ok(())
     }
@@ -216,6 +228,9 @@ impl Session {
             return Err(ProtocolError::new(ErrorCode::NotInRoom, text));
         };
         self.hub.rooms.leave(&gone, self.conn.id);
+        if let Some(cluster) = &self.hub.cluster {
+            cluster.set(self.conn.id, Slot::Room(gone.clone()), None);
+        }
         self.writer.push(protocol::line(&["OK", "PART", &gone]));
         Ok(())
     }

@@ -248,6 +248,7 @@ impl Session {
                 Eviction::LoginTimeout => End::LoginTimeout,
                 Eviction::NameRegistered => End::NameRegistered,
                 Eviction::AccountChanged => End::AccountChanged,
+                Eviction::NameTaken => End::NameTaken,
             })
         } else if self.stall.as_ref().is_some_and(|s| s.is_stalled()) {
             Some(End::TooSlow)

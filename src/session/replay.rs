@@ -24,6 +24,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::sync::SemaphorePermit;
 
+use crate::cluster::ledger::Slot;
 use crate::protocol::{self, HistoryArgs, MessageId, MessageKind, ProtocolError, Replay};
 use crate::store::{HistoryStore, Page, StoreError, StoredMessage};
 
@@ -213,6 +214,9 @@ impl Session {
     fn refuse_join(&mut self, room: &str, newly_joined: bool, e: &StoreCallError) {
         if newly_joined {
             self.hub.rooms.leave(room, self.conn.id);
+            if let Some(cluster) = &self.hub.cluster {
+                cluster.set(self.conn.id, Slot::Room(room.into()), None);
+            }
         }
         self.writer.push(e.line());
     }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::cluster::remote::Presence;
+use crate::cluster::Directory;
 use crate::protocol::MessageId;
 
 pub use memory::MemoryStore;
@@ -71,7 +73,16 @@ pub struct Subscription {
     /// How this server's own batches are marked in [`Stored::origin`].
     pub origin: String,
     /// Closes when the subscription is lost; subscribe again, then catch up from the store.
-    pub stored: tokio::sync::mpsc::Receiver<Stored>,
+    pub events: tokio::sync::mpsc::Receiver<Event>,
+}
+
+/// What the database notified, in commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A transaction stored messages.
+    Stored(Stored),
+    /// A room's members changed, on some server ([`crate::cluster`]).
+    Presence(Presence),
 }
 
 /// Messages one transaction stored, by room: for each room, its ids from `first` to `last`
@@ -150,6 +161,12 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Starts receiving what is stored, by any server, from now on. `None` if the store is
     /// not shared.
     async fn subscribe(&self) -> Option<Result<Subscription, StoreError>> {
+        None
+    }
+
+    /// The directory of servers, names and presence that servers sharing this store keep
+    /// ([`crate::cluster`]); `None` if the store is not shared.
+    fn directory(&self) -> Option<&dyn Directory> {
         None
     }
 

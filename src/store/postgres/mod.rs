@@ -29,6 +29,7 @@ use crate::protocol::MessageId;
 
 mod accounts;
 mod batch;
+mod directory;
 mod errors;
 mod notify;
 mod pool;
@@ -382,6 +383,10 @@ impl HistoryStore for PgStore {
 
     async fn subscribe(&self) -> Option<Result<crate::store::Subscription, StoreError>> {
         Some(self.open_subscription().await)
+    }
+
+    fn directory(&self) -> Option<&dyn crate::cluster::Directory> {
+        Some(self)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -2,17 +2,21 @@
 //! migration 5): at commit, in commit order, one notification per transaction (or a few, for
 //! very many rooms) naming its origin (the storing connection's `application_name`, which
 //! for linechat's own connections is its server's [`PgStore::origin`]) and, per room, the
-//! first and last id it stored there.
+//! first and last id it stored there. On the same connection, so in the same commit order:
+//! changes to the members of rooms (migration 6, [`crate::cluster`]).
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::AsyncMessage;
 
 use super::*;
-use crate::store::{Stored, Subscription};
+use crate::cluster::remote::{Change, Presence, RemoteMember};
+use crate::store::{Event, Stored, Subscription};
 
-/// The channel the trigger notifies on.
+/// The channel the messages' trigger notifies on.
 const CHANNEL: &str = "linechat_messages";
+/// The channel the presence trigger notifies on.
+const PRESENCE_CHANNEL: &str = "linechat_presence";
 /// Notifications waiting for the subscriber; past that, the connection is not read (the
 /// database keeps them meanwhile).
 const BACKLOG: usize = 1024;
@@ -32,7 +36,7 @@ impl PgStore {
         tokio::spawn(async move {
             // The connection is driven here, by the task that owns its client, until it
             // breaks or the subscriber goes.
-            let statement = format!("LISTEN {CHANNEL}");
+            let statement = format!("LISTEN {CHANNEL}; LISTEN {PRESENCE_CHANNEL}");
             let listen = client.batch_execute(&statement);
             let mut listen = std::pin::pin!(listen.fuse());
             let mut listening = Some(listening_tx);
@@ -46,11 +50,15 @@ impl PgStore {
                     message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
                         match message {
                             Some(Ok(AsyncMessage::Notification(n))) => {
-                                let Some(stored) = parse(n.payload()) else {
+                                let event = match n.channel() {
+                                    PRESENCE_CHANNEL => parse_presence(n.payload()).map(Event::Presence),
+                                    _ => parse(n.payload()).map(Event::Stored),
+                                };
+                                let Some(event) = event else {
                                     tracing::warn!(payload = n.payload(), "an unreadable notification");
                                     continue;
                                 };
-                                if tx.send(stored).await.is_err() {
+                                if tx.send(event).await.is_err() {
                                     return;
                                 }
                             }
@@ -68,7 +76,7 @@ impl PgStore {
         match tokio::time::timeout(self.timeout, listening_rx).await {
             Ok(Ok(Ok(()))) => Ok(Subscription {
                 origin: self.origin.clone(),
-                stored: rx,
+                events: rx,
             }),
             Ok(Ok(Err(e))) => Err(unavailable(with_causes(&e))),
             Ok(Err(_)) => Err(unavailable("the notification connection broke")),
@@ -88,6 +96,35 @@ fn parse(payload: &str) -> Option<Stored> {
         rooms.push((Arc::from(room), first, last));
     }
     Some(Stored { origin, rooms })
+}
+
+/// `J|L <node> <conn> <room> <name>` or `N <node> <conn> <room> <old> <new>`, as the
+/// presence trigger writes it.
+fn parse_presence(payload: &str) -> Option<Presence> {
+    let mut words = payload.split(' ');
+    let change = match words.next()? {
+        "J" => Change::Joined,
+        "L" => Change::Left,
+        "N" => Change::Renamed,
+        _ => return None,
+    };
+    let node = words.next()?.into();
+    let conn = words.next()?.parse().ok()?;
+    let room = words.next()?.into();
+    let mut name = words.next()?;
+    if change == Change::Renamed {
+        name = words.next()?;
+    }
+    if words.next().is_some() {
+        return None;
+    }
+    let member = RemoteMember {
+        node,
+        conn,
+        room,
+        name: name.into(),
+    };
+    Some(Presence { member, change })
 }
 
 #[cfg(test)]
@@ -110,5 +147,29 @@ mod tests {
         );
         assert_eq!(parse("psql 4 10"), None);
         assert_eq!(parse("psql 4 x 12"), None);
+    }
+
+    #[test]
+    fn a_presence_notification_names_the_member_and_its_name_now() {
+        let p = parse_presence("N linechat-01 7 lobby bob robert").unwrap();
+        assert_eq!(p.change, Change::Renamed);
+        assert_eq!(
+            (
+                &*p.member.node,
+                p.member.conn,
+                &*p.member.room,
+                &*p.member.name
+            ),
+            ("linechat-01", 7, "lobby", "robert")
+        );
+        assert_eq!(
+            parse_presence("J n 1 r ann").unwrap().change,
+            Change::Joined
+        );
+        assert_eq!(parse_presence("L n 1 r ann").unwrap().change, Change::Left);
+        assert_eq!(parse_presence("J n x r ann"), None);
+        assert_eq!(parse_presence("J n 1 r"), None);
+        assert_eq!(parse_presence("J n 1 r ann extra"), None);
+        assert_eq!(parse_presence("X n 1 r ann"), None);
     }
 }

@@ -11,6 +11,10 @@
 #   no-lock   trigger + NOTIFY, rooms not locked
 #   neither   neither (as before issue 14)
 #
+# Reported per configuration: rows stored a second (pgbench's transactions a second times N),
+# the transaction's average latency, and PostgreSQL's CPU time per row (the postmaster and
+# every process it started, from /proc; less noisy than the rate on a shared machine).
+#
 # A batch of N rows goes to min(N, 10) rooms of 10 (rotating from a random one), 64-byte
 # bodies. messages is emptied and a checkpoint taken before each run. PostgreSQL (with the
 # idle linechat) on core 0, pgbench on core 1.
@@ -74,7 +78,28 @@ for n in $BATCHES; do
 done
 chmod 644 "$OUT"/*.sql
 
-echo "round config batch writers tps latency_ms rows_per_s" >"$OUT/results.txt"
+postmaster=$(head -1 "$OUT/pg/pgdata/postmaster.pid")
+# CPU clock ticks used so far by the postmaster and its children (live, and exited ones).
+pg_ticks() {
+  python3 - "$postmaster" <<'PY'
+import os, sys
+pm, total = int(sys.argv[1]), 0
+for p in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{p}/stat").read()
+    except OSError:
+        continue
+    f = stat[stat.rindex(")") + 2:].split()
+    if int(p) == pm:
+        total += sum(int(x) for x in f[11:15])
+    elif int(f[1]) == pm:
+        total += int(f[11]) + int(f[12])
+print(total)
+PY
+}
+hz=$(getconf CLK_TCK)
+
+echo "round config batch writers tps latency_ms rows_per_s pg_cpu_us_per_row" >"$OUT/results.txt"
 for round in $(seq 1 "$ROUNDS"); do
   for n in $BATCHES; do
     for w in $WRITERS; do
@@ -88,11 +113,15 @@ for round in $(seq 1 "$ROUNDS"); do
         sql "TRUNCATE messages"
         sql "CHECKPOINT"
         log=$OUT/run-$round-$config-$n-$w.log
+        before=$(pg_ticks)
         taskset -c 1 "${as[@]}" pgbench -n -M prepared -c "$w" -j 1 -T "$SECONDS_EACH" \
           -f "$file" "${conn[@]}" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+        after=$(pg_ticks)
+        rows=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
         tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$log")
         lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$log")
-        echo "$round $config $n $w $tps $lat $(python3 -c "print(round($tps * $n))")" | tee -a "$OUT/results.txt"
+        echo "$round $config $n $w $tps $lat $(python3 -c "print(round($tps * $n), round(($after - $before) / $hz * 1e6 / ($rows * $n), 1))")" |
+          tee -a "$OUT/results.txt"
       done
     done
   done
@@ -103,17 +132,17 @@ python3 - "$OUT/results.txt" <<'PY'
 import collections, statistics, sys
 rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
 by = collections.defaultdict(list)
-for _, config, n, w, tps, lat, rps in rows:
-    by[(int(n), int(w), config)].append((float(tps), float(lat)))
+for _, config, n, w, tps, lat, rps, cpu in rows:
+    by[(int(n), int(w), config)].append((float(tps), float(lat), float(cpu)))
 configs = ["shipped", "no-notify", "no-lock", "neither"]
-print("rows/tx writers | " + " | ".join(f"{c} rows/s (ms/tx)" for c in configs) + " | shipped vs neither")
+print("medians: rows/s, ms per transaction, PostgreSQL CPU us per row")
+print("| rows/tx | writers | " + " | ".join(configs) + " |")
+print("|---|---|" + "---|" * len(configs))
 for n, w in sorted({(n, w) for n, w, _ in by}):
-    cells, rates = [], {}
+    cells = []
     for c in configs:
         runs = by[(n, w, c)]
-        tps = statistics.median(t for t, _ in runs)
-        lat = statistics.median(l for _, l in runs)
-        rates[c] = tps * n
-        cells.append(f"{tps * n:,.0f} ({lat:.2f})")
-    print(f"{n} {w} | " + " | ".join(cells) + f" | {rates['shipped'] / rates['neither'] - 1:+.0%}")
+        tps, lat, cpu = (statistics.median(x[i] for x in runs) for i in range(3))
+        cells.append(f"{tps * n:,.0f}/s, {lat:.2f} ms, {cpu:.1f} us")
+    print(f"| {n} | {w} | " + " | ".join(cells) + " |")
 PY

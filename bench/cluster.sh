@@ -91,6 +91,8 @@ def ms(us): return f"{us / 1000:.1f}"
 def med(xs): return statistics.median(xs) if xs else 0
 for config in ("single paced", "three paced", "single fanout", "three fanout"):
     rs = [r["result"] for r in rows if r["config"] == config]
+    if not rs:
+        continue
     bad = sum(r["lost_deliveries"] + r["duplicated_deliveries"] + r["order_violations"]
               + r["unexpected_deliveries"] + r["members_off_sequence"] for r in rs)
     line = f"{config:14} runs {len(rs)}, lost/dup/order {bad}; "

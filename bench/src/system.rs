@@ -94,4 +94,11 @@ mod tests {
         let own = std::fs::read_to_string("/proc/self/stat").unwrap();
         assert!(cpu_ticks(&own).is_some());
     }
+
+    #[test]
+    fn a_process_tree_counts_at_least_its_root() {
+        let me = std::process::id();
+        let root = cpu_seconds(me).unwrap();
+        assert!(tree_cpu_seconds(me).unwrap() >= root);
+    }
 }

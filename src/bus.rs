@@ -33,7 +33,7 @@ use crate::mailbox::ConnId;
 use crate::protocol::MessageId;
 use crate::rooms::Rooms;
 use crate::store::writer::{HeldAck, Publish, StoredBatch};
-use crate::store::{Event, HistoryStore, NewMessage, Page, Stored, StoredMessage};
+use crate::store::{Event, HistoryStore, NewMessage, Stored, StoredMessage};
 
 /// Own messages kept for their notification: a few batches' worth. More means notifications
 /// were lost (the catch-up after the lost subscription covers them): the oldest batches go.
@@ -41,6 +41,8 @@ const MAX_OWN_MESSAGES: usize = 8 * 1024;
 /// Most messages read for one room of one notification (the writer stores at most 1,024 a
 /// batch).
 const MAX_READ: usize = 4096;
+/// Most notifications delivered together.
+const MAX_GATHERED: usize = 64;
 /// The sender of a message another server stored: no connection here.
 const NOBODY: ConnId = 0;
 
@@ -264,15 +266,21 @@ pub async fn deliver(
         // Whatever was stored before the subscription began comes from the store.
         rooms.catch_up_everyone();
         let mut overdue = tokio::time::interval(shared.answer_within / 4);
+        // A presence change read while gathering notifications: it waits for the messages
+        // notified before it.
+        let mut next: Option<Event> = None;
         loop {
-            let event = tokio::select! {
-                event = subscription.events.recv() => event,
-                () = stopping.cancelled() => return,
-                _ = overdue.tick() => {
-                    let late = shared.state.lock().expect("bus lock").overdue_acks(shared.answer_within);
-                    send_acks(late);
-                    continue;
-                }
+            let event = match next.take() {
+                Some(event) => Some(event),
+                None => tokio::select! {
+                    event = subscription.events.recv() => event,
+                    () = stopping.cancelled() => return,
+                    _ = overdue.tick() => {
+                        let late = shared.state.lock().expect("bus lock").overdue_acks(shared.answer_within);
+                        send_acks(late);
+                        continue;
+                    }
+                },
             };
             let stored = match event {
                 None => break,
@@ -284,12 +292,28 @@ pub async fn deliver(
                 }
                 Some(Event::Stored(stored)) => stored,
             };
-            if !stored.by_a_server() {
-                continue;
+            // Every notification already waiting is delivered with this one: one read of
+            // the store for all of them, one publish per room.
+            let mut notified = vec![stored];
+            while notified.len() < MAX_GATHERED {
+                match subscription.events.try_recv() {
+                    Ok(Event::Stored(stored)) => notified.push(stored),
+                    Ok(presence) => {
+                        next = Some(presence);
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
-            let own = stored.origin == subscription.origin;
-            tracing::trace!(?stored, own, "stored");
-            let batch = collect(&shared, &*store, &rooms, stored, own, &stopping).await;
+            let gathered = notified
+                .into_iter()
+                .filter(Stored::by_a_server)
+                .map(|stored| {
+                    let own = stored.origin == subscription.origin;
+                    (stored, own)
+                })
+                .collect();
+            let batch = collect(&shared, &*store, &rooms, gathered, &stopping).await;
             let Some((messages, kept, tags, acks)) = batch else {
                 return;
             };
@@ -317,36 +341,72 @@ type Parts = (
     Vec<HeldAck>,
 );
 
-/// The messages of one notification that rooms here need, with their senders if ours.
-/// `None` if the server stops meanwhile.
+/// The messages of several notifications (each with whether it is ours) that rooms here
+/// need, in notification order, with their senders if ours. Other servers' are read from
+/// the store, all in one round trip. `None` if the server stops meanwhile.
 async fn collect(
     shared: &Shared,
     store: &dyn HistoryStore,
     rooms: &Rooms,
-    stored: Stored,
-    own: bool,
+    notified: Vec<(Stored, bool)>,
     stopping: &CancellationToken,
 ) -> Option<Parts> {
+    enum Piece {
+        Ours(Vec<(NewMessage, StoredMessage, ConnId)>),
+        /// The `i`th range to read.
+        Read(usize),
+    }
     let mut parts: Parts = Default::default();
-    for (room, first, last) in stored.rooms {
-        let here = rooms.exists(&room);
-        // Ours are taken even for a room with nobody here: their answers go out with them.
-        let taken = if own {
-            take_own(shared, &room, first, last).await
-        } else {
-            None
-        };
-        let messages = match taken {
-            Some((messages, acks)) => {
-                parts.3.extend(acks);
-                messages
+    let mut pieces = Vec::new();
+    let mut ranges = Vec::new();
+    for (stored, own) in notified {
+        tracing::trace!(?stored, own, "stored");
+        for (room, first, last) in stored.rooms {
+            let here = rooms.exists(&room);
+            // Ours are taken even for a room with nobody here: their answers go with them.
+            let taken = if own {
+                take_own(shared, &room, first, last).await
+            } else {
+                None
+            };
+            match taken {
+                Some((messages, acks)) => {
+                    parts.3.extend(acks);
+                    if here {
+                        pieces.push(Piece::Ours(messages));
+                    }
+                }
+                None if here => {
+                    pieces.push(Piece::Read(ranges.len()));
+                    ranges.push((room, first, last));
+                }
+                None => {}
             }
-            None if here => read(store, &room, first, last, stopping).await?,
-            None => continue,
-        };
-        if !here {
-            continue;
         }
+    }
+    let mut read = if ranges.is_empty() {
+        Vec::new()
+    } else {
+        read(store, &ranges, stopping).await?
+    };
+    for piece in pieces {
+        let messages = match piece {
+            Piece::Ours(messages) => messages,
+            Piece::Read(i) => {
+                let room = &ranges[i].0;
+                std::mem::take(&mut read[i])
+                    .into_iter()
+                    .map(|s| {
+                        let m = NewMessage {
+                            room: room.clone(),
+                            nick: s.nick.clone(),
+                            text: s.text.clone(),
+                        };
+                        (m, s, NOBODY)
+                    })
+                    .collect()
+            }
+        };
         for (m, s, tag) in messages {
             parts.0.push(m);
             parts.1.push(s);
@@ -384,44 +444,22 @@ async fn take_own(
     }
 }
 
-/// Another server's messages of `room` in `first..=last`, from the store, retried until it
+/// Other servers' messages of each `(room, first, last)`, from the store, retried until it
 /// answers; `None` if the server stops first.
 async fn read(
     store: &dyn HistoryStore,
-    room: &Arc<str>,
-    first: MessageId,
-    last: MessageId,
+    ranges: &[(Arc<str>, MessageId, MessageId)],
     stopping: &CancellationToken,
-) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
-    // A server's batch holds at most the writer's batch size of messages: read no more,
-    // whatever range a notification names.
-    let span = usize::try_from(last.saturating_sub(first).saturating_add(1)).unwrap_or(usize::MAX);
-    let page = Page::Oldest {
-        after: first.saturating_sub(1),
-        before: Some(last.saturating_add(1)),
-        limit: span.min(MAX_READ),
-    };
+) -> Option<Vec<Vec<StoredMessage>>> {
     let mut retry = Retry::default();
     loop {
-        match store.page(room, page).await {
-            Ok(messages) => {
-                return Some(
-                    messages
-                        .into_iter()
-                        .map(|s| {
-                            let m = NewMessage {
-                                room: room.clone(),
-                                nick: s.nick.clone(),
-                                text: s.text.clone(),
-                            };
-                            (m, s, NOBODY)
-                        })
-                        .collect(),
-                )
-            }
+        // A server's batch holds at most the writer's batch size of messages: read no more,
+        // whatever range a notification names.
+        match store.read_ranges(ranges, MAX_READ).await {
+            Ok(read) => return Some(read),
             Err(e) => {
                 if retry.failed() {
-                    tracing::warn!(error = %e, %room, "cannot read another server's messages; retrying");
+                    tracing::warn!(error = %e, "cannot read another server's messages; retrying");
                 }
                 retry.wait(stopping).await.ok()?;
             }

@@ -536,7 +536,10 @@ async fn presence_and_names_span_three_processes() {
     for c in [&mut alice, &mut bob, &mut carol] {
         c.send("WHO 4").await;
         let (members, ok) = c.until("OK WHO ").await;
-        assert_eq!(members, ["MEMBER 4 alice", "MEMBER 4 bob", "MEMBER 4 carol"]);
+        assert_eq!(
+            members,
+            ["MEMBER 4 alice", "MEMBER 4 bob", "MEMBER 4 carol"]
+        );
         assert_eq!(ok, "OK WHO 4 3");
         c.send("ROOMS").await;
         assert_eq!(c.until("OK ROOMS ").await.0, ["ROOM 4 3"]);

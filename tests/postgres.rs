@@ -11,7 +11,7 @@ use common::binary::{linechat, Binary};
 use common::logs::Logs;
 use common::{memory_config, parse_message, pg, Client, Message, TestServer, PATIENCE};
 use linechat::managed_postgres::ManagedPostgres;
-use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
+use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST, READ_RANGES};
 use linechat::Config;
 
 async fn pg_server() -> (TestServer, String) {
@@ -412,6 +412,22 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
             vec![Type::INT8, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT],
         ),
         (LATEST_ID, vec![Type::TEXT], vec![Type::INT8]),
+        (
+            READ_RANGES,
+            vec![
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8,
+            ],
+            vec![
+                Type::INT8,
+                Type::INT8,
+                Type::TIMESTAMPTZ,
+                Type::TEXT,
+                Type::TEXT,
+            ],
+        ),
         (HISTORY_EPOCH, vec![], vec![Type::INT8]),
     ];
     // The directory's statements (names and presence across servers) prepare too.

@@ -11,6 +11,11 @@
 //! store, and only for rooms that have members here. What other programs insert (a bulk
 //! load) is history only, as it always was.
 //!
+//! `OK SAY` waits for its batch's delivery too (the writer hands the answers over,
+//! [`Publish::hold_acks`]): sent at commit, an answer with id 9 could reach its sender before
+//! the message 8 another server committed first, and a client that resumes from the largest
+//! id it saw would never get 8.
+//!
 //! A lost subscription (the connection broke, the database restarted) is taken again, and
 //! then every member catches up from the store from what it was last shown, quietly (no
 //! `LAGGED`: the lag was the server's): nothing stored meanwhile is missed, nothing shown
@@ -27,8 +32,8 @@ use crate::fanout::Fanout;
 use crate::mailbox::ConnId;
 use crate::protocol::MessageId;
 use crate::rooms::Rooms;
-use crate::store::writer::{Publish, StoredBatch};
-use crate::store::{Event, HistoryStore, NewMessage, Page, Stored, StoredMessage};
+use crate::store::writer::{HeldAck, Publish, StoredBatch};
+use crate::store::{Event, HistoryStore, NewMessage, Stored, StoredMessage};
 
 /// Own messages kept for their notification: a few batches' worth. More means notifications
 /// were lost (the catch-up after the lost subscription covers them): the oldest batches go.
@@ -36,6 +41,8 @@ const MAX_OWN_MESSAGES: usize = 8 * 1024;
 /// Most messages read for one room of one notification (the writer stores at most 1,024 a
 /// batch).
 const MAX_READ: usize = 4096;
+/// Most notifications delivered together.
+const MAX_GATHERED: usize = 64;
 /// The sender of a message another server stored: no connection here.
 const NOBODY: ConnId = 0;
 
@@ -43,14 +50,21 @@ const NOBODY: ConnId = 0;
 /// database's notification of it comes.
 pub struct Bus {
     shared: Arc<Shared>,
+    /// The batch just published, kept with its answers by [`Publish::hold_acks`], which the
+    /// writer calls next: both go to the shared state at once, or a notification could take
+    /// the messages before their answers were with them.
+    published: Option<VecDeque<(NewMessage, StoredMessage, ConnId)>>,
 }
 
 /// What the writer and [`deliver`] share.
-#[derive(Default)]
 pub struct Shared {
     state: Mutex<State>,
     /// Told whenever a batch of ours was stored or given up on.
     changed: Notify,
+    /// How long a kept batch's answers may wait for its notification (`--db-timeout`): past
+    /// that they are sent anyway (the notification is late or lost; the catch-up after
+    /// listening again delivers the batch).
+    answer_within: Duration,
 }
 
 #[derive(Default)]
@@ -68,16 +82,43 @@ struct State {
     listening: bool,
 }
 
+#[derive(Default)]
 struct OwnBatch {
     messages: VecDeque<(NewMessage, StoredMessage, ConnId)>,
+    /// The answers to its messages not delivered yet.
+    acks: Vec<HeldAck>,
+    kept_at: Option<tokio::time::Instant>,
 }
 
+impl Drop for OwnBatch {
+    /// A batch dropped undelivered (its notification lost, or too many kept) is stored all
+    /// the same: its answers go now.
+    fn drop(&mut self) {
+        send_acks(std::mem::take(&mut self.acks));
+    }
+}
+
+fn send_acks(acks: Vec<HeldAck>) {
+    for (ack, answer) in acks {
+        let _ = ack.send(Ok(answer));
+    }
+}
+
+/// Our messages of one room of one notification, and their answers.
+type Taken = (Vec<(NewMessage, StoredMessage, ConnId)>, Vec<HeldAck>);
+
 impl Bus {
-    pub fn new() -> (Bus, Arc<Shared>) {
-        let shared = Arc::new(Shared::default());
+    /// A bus whose kept answers wait at most `answer_within` for their notification.
+    pub fn new(answer_within: Duration) -> (Bus, Arc<Shared>) {
+        let shared = Arc::new(Shared {
+            state: Mutex::default(),
+            changed: Notify::new(),
+            answer_within,
+        });
         (
             Bus {
                 shared: shared.clone(),
+                published: None,
             },
             shared,
         )
@@ -95,26 +136,37 @@ impl Publish<ConnId> for Bus {
     }
 
     fn publish(&mut self, batch: StoredBatch<'_, ConnId>) {
-        let messages: VecDeque<_> = batch
-            .iter()
-            .map(|(m, s, tag)| (m.clone(), s.clone(), *tag))
-            .collect();
+        self.published = Some(
+            batch
+                .iter()
+                .map(|(m, s, tag)| (m.clone(), s.clone(), *tag))
+                .collect(),
+        );
+    }
+
+    fn not_stored(&mut self) {
+        self.change(|state| state.finished += 1);
+    }
+
+    fn hold_acks(&mut self, acks: &mut Vec<HeldAck>) {
+        let messages = self.published.take().unwrap_or_default();
         self.change(|state| {
             state.finished += 1;
             if !state.listening {
+                // Not kept: no notification of it will come. Answered now.
                 return;
             }
             state.own_messages += messages.len();
-            state.own.push_back(OwnBatch { messages });
+            state.own.push_back(OwnBatch {
+                messages,
+                acks: std::mem::take(acks),
+                kept_at: Some(tokio::time::Instant::now()),
+            });
             while state.own_messages > MAX_OWN_MESSAGES && state.own.len() > 1 {
                 let dropped = state.own.pop_front().expect("more than one");
                 state.own_messages -= dropped.messages.len();
             }
         });
-    }
-
-    fn not_stored(&mut self) {
-        self.change(|state| state.finished += 1);
     }
 }
 
@@ -122,12 +174,7 @@ impl State {
     /// Takes our messages of `room` with ids `first..=last` if a kept batch holds them.
     /// Batches before that one are dropped: ours commit in order, so their notifications
     /// came first or were lost.
-    fn take_own(
-        &mut self,
-        room: &str,
-        first: MessageId,
-        last: MessageId,
-    ) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
+    fn take_own(&mut self, room: &str, first: MessageId, last: MessageId) -> Option<Taken> {
         let at = self.own.iter().position(|batch| {
             batch
                 .messages
@@ -143,10 +190,24 @@ impl State {
             .partition(|(m, s, _)| *m.room == *room && (first..=last).contains(&s.id));
         batch.messages = kept;
         self.own_messages -= taken.len();
+        let (acks, held): (Vec<HeldAck>, Vec<HeldAck>) = std::mem::take(&mut batch.acks)
+            .into_iter()
+            .partition(|(_, answer)| taken.iter().any(|(_, s, _)| s.id == answer.id));
+        batch.acks = held;
         if batch.messages.is_empty() {
             self.own.pop_front();
         }
-        Some(taken.into_iter().collect())
+        Some((taken.into_iter().collect(), acks))
+    }
+
+    /// The answers of kept batches older than `within`, to send now.
+    fn overdue_acks(&mut self, within: Duration) -> Vec<HeldAck> {
+        let now = tokio::time::Instant::now();
+        self.own
+            .iter_mut()
+            .filter(|b| b.kept_at.is_some_and(|at| now.duration_since(at) >= within))
+            .flat_map(|b| std::mem::take(&mut b.acks))
+            .collect()
     }
 }
 
@@ -210,10 +271,22 @@ pub async fn deliver(
         if let Some(others) = others_now {
             rooms.remote_replaced(others);
         }
+        let mut overdue = tokio::time::interval(shared.answer_within / 4);
+        // A presence change read while gathering notifications: it waits for the messages
+        // notified before it.
+        let mut next: Option<Event> = None;
         loop {
-            let event = tokio::select! {
-                event = subscription.events.recv() => event,
-                () = stopping.cancelled() => return,
+            let event = match next.take() {
+                Some(event) => Some(event),
+                None => tokio::select! {
+                    event = subscription.events.recv() => event,
+                    () = stopping.cancelled() => return,
+                    _ = overdue.tick() => {
+                        let late = shared.state.lock().expect("bus lock").overdue_acks(shared.answer_within);
+                        send_acks(late);
+                        continue;
+                    }
+                },
             };
             let stored = match event {
                 None => break,
@@ -225,18 +298,35 @@ pub async fn deliver(
                 }
                 Some(Event::Stored(stored)) => stored,
             };
-            if !stored.by_a_server() {
-                continue;
+            // Every notification already waiting is delivered with this one: one read of
+            // the store for all of them, one publish per room.
+            let mut notified = vec![stored];
+            while notified.len() < MAX_GATHERED {
+                match subscription.events.try_recv() {
+                    Ok(Event::Stored(stored)) => notified.push(stored),
+                    Ok(presence) => {
+                        next = Some(presence);
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
-            let own = stored.origin == subscription.origin;
-            tracing::trace!(?stored, own, "stored");
-            let batch = collect(&shared, &*store, &rooms, stored, own, &stopping).await;
-            let Some((messages, kept, tags)) = batch else {
+            let gathered = notified
+                .into_iter()
+                .filter(Stored::by_a_server)
+                .map(|stored| {
+                    let own = stored.origin == subscription.origin;
+                    (stored, own)
+                })
+                .collect();
+            let batch = collect(&shared, &*store, &rooms, gathered, &stopping).await;
+            let Some((messages, kept, tags, acks)) = batch else {
                 return;
             };
             if !messages.is_empty() {
                 fanout.publish(StoredBatch::new(&messages, &kept, &tags));
             }
+            send_acks(acks);
         }
         tracing::warn!("lost the notifications of stored messages; listening again");
         {
@@ -249,31 +339,79 @@ pub async fn deliver(
     }
 }
 
-type Parts = (Vec<NewMessage>, Vec<StoredMessage>, Vec<ConnId>);
+/// A notification's messages to deliver here, and the answers to send once they are.
+type Parts = (
+    Vec<NewMessage>,
+    Vec<StoredMessage>,
+    Vec<ConnId>,
+    Vec<HeldAck>,
+);
 
-/// The messages of one notification that rooms here need, with their senders if ours.
-/// `None` if the server stops meanwhile.
+/// The messages of several notifications (each with whether it is ours) that rooms here
+/// need, in notification order, with their senders if ours. Other servers' are read from
+/// the store, all in one round trip. `None` if the server stops meanwhile.
 async fn collect(
     shared: &Shared,
     store: &dyn HistoryStore,
     rooms: &Rooms,
-    stored: Stored,
-    own: bool,
+    notified: Vec<(Stored, bool)>,
     stopping: &CancellationToken,
 ) -> Option<Parts> {
+    enum Piece {
+        Ours(Vec<(NewMessage, StoredMessage, ConnId)>),
+        /// The `i`th range to read.
+        Read(usize),
+    }
     let mut parts: Parts = Default::default();
-    for (room, first, last) in stored.rooms {
-        if !rooms.exists(&room) {
-            continue;
+    let mut pieces = Vec::new();
+    let mut ranges = Vec::new();
+    for (stored, own) in notified {
+        tracing::trace!(?stored, own, "stored");
+        for (room, first, last) in stored.rooms {
+            let here = rooms.exists(&room);
+            // Ours are taken even for a room with nobody here: their answers go with them.
+            let taken = if own {
+                take_own(shared, &room, first, last).await
+            } else {
+                None
+            };
+            match taken {
+                Some((messages, acks)) => {
+                    parts.3.extend(acks);
+                    if here {
+                        pieces.push(Piece::Ours(messages));
+                    }
+                }
+                None if here => {
+                    pieces.push(Piece::Read(ranges.len()));
+                    ranges.push((room, first, last));
+                }
+                None => {}
+            }
         }
-        let taken = if own {
-            take_own(shared, &room, first, last).await
-        } else {
-            None
-        };
-        let messages = match taken {
-            Some(messages) => messages,
-            None => read(store, &room, first, last, stopping).await?,
+    }
+    let mut read = if ranges.is_empty() {
+        Vec::new()
+    } else {
+        read(store, &ranges, stopping).await?
+    };
+    for piece in pieces {
+        let messages = match piece {
+            Piece::Ours(messages) => messages,
+            Piece::Read(i) => {
+                let room = &ranges[i].0;
+                std::mem::take(&mut read[i])
+                    .into_iter()
+                    .map(|s| {
+                        let m = NewMessage {
+                            room: room.clone(),
+                            nick: s.nick.clone(),
+                            text: s.text.clone(),
+                        };
+                        (m, s, NOBODY)
+                    })
+                    .collect()
+            }
         };
         for (m, s, tag) in messages {
             parts.0.push(m);
@@ -291,7 +429,7 @@ async fn take_own(
     room: &Arc<str>,
     first: MessageId,
     last: MessageId,
-) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
+) -> Option<Taken> {
     // Only the batch being stored now can be this one: the writer stores one at a time,
     // and took any earlier one back before it began the next.
     let mut in_flight = None;
@@ -312,44 +450,22 @@ async fn take_own(
     }
 }
 
-/// Another server's messages of `room` in `first..=last`, from the store, retried until it
+/// Other servers' messages of each `(room, first, last)`, from the store, retried until it
 /// answers; `None` if the server stops first.
 async fn read(
     store: &dyn HistoryStore,
-    room: &Arc<str>,
-    first: MessageId,
-    last: MessageId,
+    ranges: &[(Arc<str>, MessageId, MessageId)],
     stopping: &CancellationToken,
-) -> Option<Vec<(NewMessage, StoredMessage, ConnId)>> {
-    // A server's batch holds at most the writer's batch size of messages: read no more,
-    // whatever range a notification names.
-    let span = usize::try_from(last.saturating_sub(first).saturating_add(1)).unwrap_or(usize::MAX);
-    let page = Page::Oldest {
-        after: first.saturating_sub(1),
-        before: Some(last.saturating_add(1)),
-        limit: span.min(MAX_READ),
-    };
+) -> Option<Vec<Vec<StoredMessage>>> {
     let mut retry = Retry::default();
     loop {
-        match store.page(room, page).await {
-            Ok(messages) => {
-                return Some(
-                    messages
-                        .into_iter()
-                        .map(|s| {
-                            let m = NewMessage {
-                                room: room.clone(),
-                                nick: s.nick.clone(),
-                                text: s.text.clone(),
-                            };
-                            (m, s, NOBODY)
-                        })
-                        .collect(),
-                )
-            }
+        // A server's batch holds at most the writer's batch size of messages: read no more,
+        // whatever range a notification names.
+        match store.read_ranges(ranges, MAX_READ).await {
+            Ok(read) => return Some(read),
             Err(e) => {
                 if retry.failed() {
-                    tracing::warn!(error = %e, %room, "cannot read another server's messages; retrying");
+                    tracing::warn!(error = %e, "cannot read another server's messages; retrying");
                 }
                 retry.wait(stopping).await.ok()?;
             }
@@ -411,6 +527,8 @@ mod tests {
             .iter()
             .map(|b| OwnBatch {
                 messages: b.iter().map(|(r, id)| stored(r, *id, 7)).collect(),
+                acks: Vec::new(),
+                kept_at: None,
             })
             .collect();
         State {
@@ -421,8 +539,8 @@ mod tests {
         }
     }
 
-    fn ids(taken: Option<Vec<(NewMessage, StoredMessage, ConnId)>>) -> Option<Vec<MessageId>> {
-        taken.map(|t| t.into_iter().map(|(_, s, _)| s.id).collect())
+    fn ids(taken: Option<Taken>) -> Option<Vec<MessageId>> {
+        taken.map(|(t, _)| t.into_iter().map(|(_, s, _)| s.id).collect())
     }
 
     #[test]
@@ -445,7 +563,7 @@ mod tests {
     /// never waiting for batches begun later.
     #[tokio::test]
     async fn a_notification_of_ours_waits_for_the_batch_in_flight_only() {
-        let (mut bus, shared) = Bus::new();
+        let (mut bus, shared) = Bus::new(Duration::from_secs(5));
         shared.state.lock().unwrap().listening = true;
         let room: Arc<str> = "r".into();
         bus.storing();
@@ -457,6 +575,12 @@ mod tests {
         assert!(!waiting.is_finished());
         let (m, s, tag) = stored("r", 1, 7);
         bus.publish(StoredBatch::new(&[m], &[s], &[tag]));
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "not before its answers are held with it"
+        );
+        bus.hold_acks(&mut Vec::new());
         assert_eq!(ids(waiting.await.unwrap()), Some(vec![1]));
 
         // Given up on, and the writer goes on with the next batch: no waiting for that one.
@@ -469,5 +593,66 @@ mod tests {
         bus.not_stored();
         bus.storing();
         assert_eq!(ids(waiting.await.unwrap()), None);
+    }
+
+    /// An answer goes out when its message is delivered: not at commit, and not with
+    /// another room's messages of the same batch. One whose batch is dropped undelivered,
+    /// or kept too long, goes out then.
+    #[tokio::test]
+    async fn answers_wait_for_their_messages_delivery() {
+        let (mut bus, shared) = Bus::new(Duration::from_secs(5));
+        shared.state.lock().unwrap().listening = true;
+        let batch = [stored("a", 1, 7), stored("b", 2, 7), stored("a", 3, 7)];
+        let (mut answers, mut receivers) = (Vec::new(), Vec::new());
+        for (_, s, _) in &batch {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            answers.push((
+                tx,
+                crate::store::Ack {
+                    id: s.id,
+                    millis: 0,
+                },
+            ));
+            receivers.push(rx);
+        }
+        let (m, s, t): (Vec<_>, Vec<_>, Vec<_>) = batch.into_iter().fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |(mut m, mut s, mut t), (a, b, c)| {
+                m.push(a);
+                s.push(b);
+                t.push(c);
+                (m, s, t)
+            },
+        );
+        bus.storing();
+        bus.publish(StoredBatch::new(&m, &s, &t));
+        bus.hold_acks(&mut answers);
+        assert!(answers.is_empty(), "the bus holds them");
+        let answered = |rx: &mut tokio::sync::oneshot::Receiver<_>| rx.try_recv().is_ok();
+        assert!(!receivers.iter_mut().any(answered), "none at commit");
+        let (_, acks) = shared.state.lock().unwrap().take_own("b", 2, 2).unwrap();
+        assert_eq!(acks.iter().map(|(_, a)| a.id).collect::<Vec<_>>(), [2]);
+        send_acks(acks);
+        assert!(answered(&mut receivers[1]));
+        assert!(!answered(&mut receivers[0]) && !answered(&mut receivers[2]));
+        // Kept past the deadline: answered anyway, still kept for delivery.
+        let late = shared.state.lock().unwrap().overdue_acks(Duration::ZERO);
+        assert_eq!(late.len(), 2);
+        send_acks(late);
+        assert!(answered(&mut receivers[0]) && answered(&mut receivers[2]));
+        assert_eq!(
+            ids(shared.state.lock().unwrap().take_own("a", 1, 3)),
+            Some(vec![1, 3])
+        );
+
+        // A batch dropped undelivered (the subscription lost) is answered as it goes.
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let (m, s, t) = stored("a", 4, 7);
+        bus.storing();
+        bus.publish(StoredBatch::new(&[m], &[s], &[t]));
+        bus.hold_acks(&mut vec![(tx, crate::store::Ack { id: 4, millis: 0 })]);
+        assert!(rx.try_recv().is_err());
+        shared.state.lock().unwrap().own.clear();
+        assert_eq!(rx.try_recv().unwrap().unwrap().id, 4);
     }
 }

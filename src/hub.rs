@@ -79,7 +79,7 @@ impl Hub {
         let (writer, writer_task) = if store.is_shared() {
             // Stored batches, ours and other servers', are delivered as the store commits
             // them.
-            let (bus, shared) = Bus::new();
+            let (bus, shared) = Bus::new(config.db_timeout);
             tokio::spawn(bus::deliver(
                 shared,
                 store.clone(),

@@ -174,12 +174,17 @@ impl Server {
         stopping.cancel();
         // Sessions wait on their mailbox, not on the token: wake each to see it.
         hub.mailboxes.notify_all();
-        // The other servers see this one's members leave now, not after --node-timeout.
-        if let Some(cluster) = &hub.cluster {
-            cluster.leave().await;
-        }
+        // The other servers see this one's members leave now, not after --node-timeout,
+        // while the sessions close.
+        let leaving = hub
+            .cluster
+            .clone()
+            .map(|cluster| tokio::spawn(async move { cluster.leave().await }));
         sessions.close();
         sessions.wait().await;
+        if let Some(leaving) = leaving {
+            let _ = leaving.await;
+        }
         // Sessions are gone; dropping the last writer handle lets the writer finish its queue.
         drop(hub);
         let _ = writer_task.await;

@@ -93,26 +93,6 @@ fn signal(pid: i32, signal: i32) {
     unsafe { libc::kill(pid, signal) };
 }
 
-/// Stops the cluster (fast shutdown), as an outage.
-async fn stop_cluster(cluster: ManagedPostgres) {
-    tokio::task::spawn_blocking(move || {
-        let mut c = cluster.command("pg_ctl");
-        c.args(["stop", "-m", "fast", "-D"]).arg(cluster.pgdata());
-        assert!(c.output().unwrap().status.success());
-        cluster.detach();
-    })
-    .await
-    .unwrap();
-}
-
-/// Starts the cluster under `dir` again, after [`stop_cluster`].
-async fn restart_cluster(dir: &Path) -> ManagedPostgres {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || pg::start_cluster(&dir))
-        .await
-        .unwrap()
-}
-
 /// Waits until no session but ours is connected to database `linechat`: every statement the
 /// server ever sent, an abandoned INSERT included, has then run to its end.
 async fn wait_for_quiet_database(db: &tokio_postgres::Client) {
@@ -315,7 +295,7 @@ async fn a_stopped_database_fails_fast_and_the_server_recovers_by_itself() {
     a.say("before").await;
     b.expect_prefix("MSG r ").await;
 
-    stop_cluster(cluster).await;
+    pg::stop_cluster(cluster).await;
 
     /// Sends `line` and checks that the answer is `ERR STORE_UNAVAILABLE`, fast.
     async fn refused_fast(client: &mut Client, line: &str) {
@@ -343,7 +323,7 @@ async fn a_stopped_database_fails_fast_and_the_server_recovers_by_itself() {
     // From outside the room, whether it is private is the store's to say: refused fast.
     refused_fast(&mut c, "WHO r").await;
 
-    let _cluster = restart_cluster(&dir).await;
+    let _cluster = pg::restart_cluster(&dir).await;
     let back = Instant::now();
     loop {
         c.send("HISTORY r").await;

@@ -11,7 +11,7 @@ use common::binary::{linechat, Binary};
 use common::logs::Logs;
 use common::{memory_config, parse_message, pg, Client, Message, TestServer, PATIENCE};
 use linechat::managed_postgres::ManagedPostgres;
-use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
+use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST, READ_RANGES};
 use linechat::Config;
 
 async fn pg_server() -> (TestServer, String) {
@@ -275,7 +275,9 @@ async fn schema_of(db: &tokio_postgres::Client) -> Schema {
 /// nothing when run again.
 #[tokio::test]
 async fn migrations_make_the_schema_the_server_needs_and_run_once() {
-    use linechat::store::postgres::{migrate, migrations, HISTORY_EPOCH, INSERT_MESSAGES};
+    use linechat::store::postgres::{
+        migrate, migrations, DIRECTORY_STATEMENTS, HISTORY_EPOCH, INSERT_MESSAGES,
+    };
     use tokio_postgres::types::Type;
 
     let db = pg::connect(&pg::fresh_database().await).await;
@@ -296,11 +298,21 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
         [
             "history_epoch.only_row boolean NOT NULL DEFAULT true",
             "history_epoch.epoch bigint NOT NULL",
+            "live_names.key text NOT NULL",
+            "live_names.name text NOT NULL",
+            "live_names.node text NOT NULL",
+            "live_names.conn bigint NOT NULL",
             "messages.id bigint NOT NULL GENERATED ALWAYS AS IDENTITY",
             "messages.room_id bigint NOT NULL",
             "messages.user_id bigint NOT NULL",
             "messages.body text NOT NULL",
             "messages.created_at timestamp with time zone NOT NULL DEFAULT now()",
+            "nodes.origin text NOT NULL",
+            "nodes.seen timestamp with time zone NOT NULL DEFAULT now()",
+            "presence.node text NOT NULL",
+            "presence.conn bigint NOT NULL",
+            "presence.room text NOT NULL",
+            "presence.name text NOT NULL",
             "private_room_members.room text NOT NULL",
             "private_room_members.member text NOT NULL",
             "private_room_members.added_at timestamp with time zone NOT NULL DEFAULT now()",
@@ -322,12 +334,18 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
     );
     // The history queries scan (room_id, id); ON CONFLICT (name) needs the unique names. That
     // a message names a room and a user that exist is checked by triggers (tests/integrity.rs).
-    // Private rooms are kept by name; their members go with them.
+    // Private rooms are kept by name; their members go with them. A server's names and
+    // presence go with its row in nodes.
     assert_eq!(
         schema.keys,
         [
             "history_epoch history_epoch_pkey PRIMARY KEY (only_row)",
+            "live_names live_names_node_fkey FOREIGN KEY (node) REFERENCES nodes(origin) ON DELETE CASCADE",
+            "live_names live_names_pkey PRIMARY KEY (key)",
             "messages messages_room_id_id PRIMARY KEY (room_id, id)",
+            "nodes nodes_pkey PRIMARY KEY (origin)",
+            "presence presence_node_fkey FOREIGN KEY (node) REFERENCES nodes(origin) ON DELETE CASCADE",
+            "presence presence_pkey PRIMARY KEY (node, conn, room)",
             "private_room_members private_room_members_pkey PRIMARY KEY (room, member)",
             "private_room_members private_room_members_room_fkey FOREIGN KEY (room) REFERENCES private_rooms(room) ON DELETE CASCADE",
             "private_rooms private_rooms_pkey PRIMARY KEY (room)",
@@ -339,13 +357,17 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
         ],
         "the keys"
     );
-    // The keys' own indexes, and: a member's rooms (an account's removal), and one registered
-    // name per lower-case spelling. (room_id, id) is the only index of messages.
+    // The keys' own indexes, and: a member's rooms (an account's removal), one registered
+    // name per lower-case spelling, and a connection's held name. (room_id, id) is the only index of messages.
     assert_eq!(
         schema.indexes,
         [
             "history_epoch history_epoch_pkey",
+            "live_names live_names_by_conn",
+            "live_names live_names_pkey",
             "messages messages_room_id_id",
+            "nodes nodes_pkey",
+            "presence presence_pkey",
             "private_room_members private_room_members_member",
             "private_room_members private_room_members_pkey",
             "private_rooms private_rooms_pkey",
@@ -390,8 +412,28 @@ async fn migrations_make_the_schema_the_server_needs_and_run_once() {
             vec![Type::INT8, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT],
         ),
         (LATEST_ID, vec![Type::TEXT], vec![Type::INT8]),
+        (
+            READ_RANGES,
+            vec![
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8,
+            ],
+            vec![
+                Type::INT8,
+                Type::INT8,
+                Type::TIMESTAMPTZ,
+                Type::TEXT,
+                Type::TEXT,
+            ],
+        ),
         (HISTORY_EPOCH, vec![], vec![Type::INT8]),
     ];
+    // The directory's statements (names and presence across servers) prepare too.
+    for sql in DIRECTORY_STATEMENTS {
+        db.prepare(sql).await.unwrap();
+    }
     for (sql, params, columns) in statements {
         let prepared = db.prepare(sql).await.unwrap();
         assert_eq!(prepared.params(), params, "{sql}");
@@ -647,26 +689,6 @@ async fn server_on_own_cluster(dir: &Path, config: Config) -> (TestServer, Manag
     (TestServer::start_with(config).await, cluster)
 }
 
-/// Stops the cluster (fast shutdown), as an outage.
-async fn stop_cluster(cluster: ManagedPostgres) {
-    tokio::task::spawn_blocking(move || {
-        let mut c = cluster.command("pg_ctl");
-        c.args(["stop", "-m", "fast", "-D"]).arg(cluster.pgdata());
-        assert!(c.output().unwrap().status.success());
-        cluster.detach();
-    })
-    .await
-    .unwrap();
-}
-
-/// Starts the cluster under `dir` again, after [`stop_cluster`].
-async fn restart_cluster(dir: &Path) {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || pg::start_cluster(&dir).detach())
-        .await
-        .unwrap();
-}
-
 /// The process id of the child of `parent` whose command line starts with `title` (a
 /// PostgreSQL auxiliary process, such as `postgres: checkpointer`).
 fn child_process(parent: i32, title: &str) -> Option<i32> {
@@ -803,7 +825,7 @@ async fn database_stopped_and_started_under_a_live_server() {
     let (_, msg) = b.until("MSG ").await;
     assert_eq!(parse_message(&msg).id, acked[0]);
 
-    stop_cluster(cluster).await;
+    pg::stop_cluster(cluster).await;
 
     a.send("SAY during").await;
     a.expect_err("STORE_UNAVAILABLE").await;
@@ -819,7 +841,7 @@ async fn database_stopped_and_started_under_a_live_server() {
     b.expect("MEMBER r b").await;
     b.expect("OK WHO r 2").await;
 
-    restart_cluster(&dir).await;
+    pg::restart_cluster(&dir).await.detach();
     // Recovery needs no help: keep saying until the store takes messages again.
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
@@ -887,7 +909,7 @@ async fn a_catch_up_waits_out_a_database_outage() {
     let payload = "p".repeat(3000);
     let acked = common::talk_in_chunks(&mut talker, 0..TOTAL, &payload).await;
 
-    stop_cluster(cluster).await;
+    pg::stop_cluster(cluster).await;
 
     // `slow` takes what was queued for it; once all of that is written out, the server tries
     // to catch it up from the store, which is down.
@@ -917,7 +939,7 @@ async fn a_catch_up_waits_out_a_database_outage() {
     logs.wait_for(CATCH_UP_DEFERRED, refusals + 2).await;
     slow.expect_nothing_pending().await;
 
-    restart_cluster(&dir).await;
+    pg::restart_cluster(&dir).await.detach();
 
     // Once the database is back, the next line announces the catch-up, from the last message
     // delivered; then the rest of the gap follows.
@@ -1342,7 +1364,7 @@ async fn a_catch_up_cut_short_by_an_outage_loses_nothing() {
     for i in 0..20 {
         acked.push(talker.say(&format!("live {i}")).await);
     }
-    stop_cluster(cluster).await;
+    pg::stop_cluster(cluster).await;
     // `slow` reads again: the catch-up writes out the page it has, and its next read of the
     // store is refused.
     loop {
@@ -1374,7 +1396,7 @@ async fn a_catch_up_cut_short_by_an_outage_loses_nothing() {
     logs.wait_for(CATCH_UP_DEFERRED, refusals + 1).await;
     slow.expect_nothing_pending().await;
 
-    restart_cluster(&dir).await;
+    pg::restart_cluster(&dir).await.detach();
     let deadline = std::time::Instant::now() + PATIENCE;
     let end = loop {
         talker.send("SAY the end").await;

@@ -6,6 +6,8 @@
 //! Run the load generator on a core of its own, away from the server:
 //! `taskset -c 1 linechat-bench fanout --server-pid $(pgrep -n linechat)`.
 
+mod cluster;
+mod cluster_check;
 mod handshakes;
 mod load;
 mod logins;
@@ -133,6 +135,19 @@ struct Cli {
     #[arg(long, requires = "plot")]
     plot_only: bool,
 
+    /// cluster: the servers' addresses, comma-separated (default: --addr alone).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// cluster: every server's process id, comma-separated; their CPU times are summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    /// cluster: the database's postmaster; its CPU time and its children's is reported.
+    #[arg(long)]
+    postmaster_pid: Option<u32>,
+    /// cluster: messages per second per room, shared by its senders (0: full speed).
+    #[arg(long, default_value_t = 0.0)]
+    room_rate: f64,
+
     /// Seconds without any progress before giving up on missing deliveries.
     #[arg(long, default_value_t = 20)]
     patience: u64,
@@ -159,6 +174,9 @@ enum Scenario {
     /// New connections per second to HELLO by 16 clients for 10 s: full TLS handshakes at
     /// --tls-addr, and plain TCP at --addr for comparison; server CPU per connection.
     Handshakes,
+    /// Servers on one database (--nodes): 10 rooms x 48 members spread over them, 3 senders
+    /// per room x 2,000 messages, full speed (or --room-rate); every delivery checked.
+    Cluster,
 }
 
 impl Cli {
@@ -196,6 +214,7 @@ impl Cli {
             Scenario::Bigroom => (1, 500, 1, 5000, 0.0),
             Scenario::Latency => (10, 50, 1, 2000, 200.0),
             Scenario::Persist => (50, 1, 1, 2000, 0.0),
+            Scenario::Cluster => (10, 48, 3, 2000, 0.0),
             Scenario::Idle | Scenario::Replay | Scenario::Handshakes => (0, 0, 0, 0, 0.0),
         };
         let rate = self.rate.unwrap_or(rate);
@@ -255,6 +274,7 @@ async fn run(cli: &Cli) -> Result<()> {
     if cli.ws_addr.is_some() {
         out["ws_addr"] = json!(cli.ws_addr);
     }
+    let mut clean = true;
     match cli.scenario {
         Scenario::Fanout | Scenario::Bigroom | Scenario::Persist => {
             let load = cli.load();
@@ -294,6 +314,7 @@ async fn run(cli: &Cli) -> Result<()> {
                 }
             }
         }
+        Scenario::Cluster => clean = cluster_check::scenario(cli, &progress, &mut out).await?,
         Scenario::Handshakes => {
             if cli.tls_addr.is_none() {
                 bail!("handshakes needs --tls-addr (and --ca)");
@@ -513,6 +534,7 @@ async fn run(cli: &Cli) -> Result<()> {
     if cli.json {
         println!("{out}");
     }
+    anyhow::ensure!(clean, "deliveries lost, duplicated or out of order");
     Ok(())
 }
 

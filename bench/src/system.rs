@@ -27,6 +27,40 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
         .context("no utime/stime in /proc/<pid>/stat")
 }
 
+/// CPU time (user + system) of `pid` and every process it started, in seconds: its live
+/// children's own, and what its children that have exited left it (cutime + cstime). For a
+/// postmaster: PostgreSQL's whole CPU time, backends and background workers included.
+pub fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let mut ticks = 0;
+    for entry in std::fs::read_dir("/proc")? {
+        let name = entry?.file_name();
+        let Some(p) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A process may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(after_name) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // After the name: state, ppid (1), ..., utime (11), stime (12), cutime (13), cstime (14).
+        if p == pid {
+            ticks += field(11) + field(12) + field(13) + field(14);
+        } else if field(1) == u64::from(pid) {
+            ticks += field(11) + field(12);
+        }
+    }
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
 /// utime + stime from a /proc/<pid>/stat line. The command name (2nd field) may hold spaces,
 /// so fields are counted after its closing parenthesis: utime and stime are the 14th and
 /// 15th fields of the line.
@@ -59,5 +93,12 @@ mod tests {
         assert_eq!(cpu_ticks(stat), Some(325));
         let own = std::fs::read_to_string("/proc/self/stat").unwrap();
         assert!(cpu_ticks(&own).is_some());
+    }
+
+    #[test]
+    fn a_process_tree_counts_at_least_its_root() {
+        let me = std::process::id();
+        let root = cpu_seconds(me).unwrap();
+        assert!(tree_cpu_seconds(me).unwrap() >= root);
     }
 }

@@ -84,8 +84,8 @@ impl Ledger {
         self.written.get(key)
     }
 
-    /// At most `max` changes to write, names first (a room's presence under a name follows
-    /// the name's claim). They are under way until [`done`](Self::done) or
+    /// At most `max` changes to write, in a stable order (by connection, its name before
+    /// its rooms). They are under way until [`done`](Self::done) or
     /// [`failed`](Self::failed).
     pub fn writes(&mut self, max: usize) -> Vec<Write> {
         let mut keys: Vec<&Key> = self.dirty.iter().collect();
@@ -170,7 +170,7 @@ mod tests {
         ledger.set((1, Slot::Name), name("alice"));
         let writes = ledger.writes(10);
         assert_eq!(writes.len(), 2);
-        assert_eq!(writes[0].slot, Slot::Name, "a name before its rooms");
+        assert_eq!(writes[0].slot, Slot::Name, "its name before its rooms");
         assert!(!ledger.is_clean(), "dirty until written");
         ledger.done(writes, &[]);
         assert!(ledger.is_clean());

@@ -36,6 +36,9 @@ use remote::RemoteMember;
 
 /// Most changes written in one transaction.
 const MAX_WRITES: usize = 4096;
+/// Longest a stopping server tries to leave the directory: a hung database must not hold up
+/// shutdown (the others then see it go within `--node-timeout`).
+const LEAVE_WITHIN: Duration = Duration::from_secs(3);
 
 /// The shared directory of live servers, names and rooms (PostgreSQL: schema.sql's
 /// migration 6).
@@ -235,7 +238,7 @@ pub async fn run(cluster: Arc<Cluster>, store: Arc<dyn HistoryStore>, mailboxes:
             writer.remove_silent().await;
         }
     }
-    match tokio::time::timeout(cluster.wait, directory.leave()).await {
+    match tokio::time::timeout(cluster.wait.min(LEAVE_WITHIN), directory.leave()).await {
         Ok(Ok(())) => tracing::info!("left the servers sharing the database"),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not leave the servers sharing the database; they will see this one go within --node-timeout"),
         Err(_) => tracing::warn!("leaving the servers sharing the database took too long; they will see this one go within --node-timeout"),
@@ -268,7 +271,12 @@ impl DirectoryWriter<'_> {
             heartbeat = false;
             self.attempt = self.cluster.begun.fetch_add(1, Ordering::SeqCst) + 1;
             let written = tokio::time::timeout(self.cluster.wait, self.directory.write(&writes));
-            let written = match written.await {
+            // A write waiting on a hung database gives way to shutdown.
+            let written = tokio::select! {
+                written = written => written,
+                () = self.cluster.stopping.cancelled() => return,
+            };
+            let written = match written {
                 Ok(Ok(written)) => written,
                 Ok(Err(e)) => return self.failed(&e.to_string()),
                 Err(_) => return self.failed("the database did not answer in time"),
@@ -326,12 +334,16 @@ impl DirectoryWriter<'_> {
     /// and each must have had its chance to write one.
     async fn remove_silent(&mut self) {
         let timeout = self.cluster.node_timeout;
-        if !self.in_touch_since.is_some_and(|t| t.elapsed() >= timeout) {
+        if self.in_touch_since.is_none_or(|t| t.elapsed() < timeout) {
             return;
         }
         let removed =
             tokio::time::timeout(self.cluster.wait, self.directory.remove_silent(timeout));
-        match removed.await {
+        let removed = tokio::select! {
+            removed = removed => removed,
+            () = self.cluster.stopping.cancelled() => return,
+        };
+        match removed {
             Ok(Ok(removed)) => {
                 for node in removed {
                     tracing::info!(%node, "a server sharing the database went silent: its members left");

@@ -125,6 +125,26 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Reads one page of a room's history, oldest first. An unknown room has no history.
     async fn page(&self, room: &str, page: Page) -> Result<Vec<StoredMessage>, StoreError>;
 
+    /// Several rooms' messages at once: for each `(room, first, last)`, at most `limit` of
+    /// its messages with ids `first..=last`, oldest first (servers sharing the database read
+    /// each other's batches so, a round trip for many instead of one per room).
+    async fn read_ranges(
+        &self,
+        ranges: &[(Arc<str>, MessageId, MessageId)],
+        limit: usize,
+    ) -> Result<Vec<Vec<StoredMessage>>, StoreError> {
+        let mut read = Vec::with_capacity(ranges.len());
+        for (room, first, last) in ranges {
+            let page = Page::Oldest {
+                after: first.saturating_sub(1),
+                before: Some(last.saturating_add(1)),
+                limit,
+            };
+            read.push(self.page(room, page).await?);
+        }
+        Ok(read)
+    }
+
     /// The newest id in a room, 0 if it has none.
     async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError>;
 

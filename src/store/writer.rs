@@ -39,6 +39,9 @@ pub struct Ack {
 /// The answer to one submitted message.
 pub type AckResult = Result<Ack, StoreError>;
 
+/// A stored message's answer, ready to go: its submitter's channel, and the answer.
+pub type HeldAck = (oneshot::Sender<AckResult>, Ack);
+
 /// A batch as the store returned it: each message with what it was stored as and its tag,
 /// in id order.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +82,12 @@ pub trait Publish<T>: Send + 'static {
 
     /// The batch announced by [`Publish::storing`] was refused, or its outcome is unknown.
     fn not_stored(&mut self) {}
+
+    /// Takes over the answers of the batch just published (in its order), to send them
+    /// itself once the batch is delivered; those left in `acks` are sent now. (Servers
+    /// sharing a database deliver a batch only after every earlier one of its rooms, from
+    /// any server: an answer sent at commit could overtake those.)
+    fn hold_acks(&mut self, _acks: &mut Vec<HeldAck>) {}
 }
 
 struct Job<T> {
@@ -151,6 +160,7 @@ async fn run<T: Copy + Send + 'static>(
     let mut messages = Vec::with_capacity(max_batch);
     let mut tags = Vec::with_capacity(max_batch);
     let mut acks = Vec::with_capacity(max_batch);
+    let mut answers: Vec<HeldAck> = Vec::with_capacity(max_batch);
     // Refusals are logged once per run of failures, not per batch.
     let mut failing = false;
     let metrics = crate::telemetry::metrics();
@@ -211,11 +221,16 @@ async fn run<T: Copy + Send + 'static>(
                 }
                 metrics.said.increment(stored.len() as u64);
                 publisher.publish(StoredBatch::new(&messages, &stored, &tags));
-                for (ack, s) in acks.drain(..).zip(&stored) {
-                    let _ = ack.send(Ok(Ack {
+                answers.extend(acks.drain(..).zip(&stored).map(|(ack, s)| {
+                    let answer = Ack {
                         id: s.id,
                         millis: s.millis,
-                    }));
+                    };
+                    (ack, answer)
+                }));
+                publisher.hold_acks(&mut answers);
+                for (ack, answer) in answers.drain(..) {
+                    let _ = ack.send(Ok(answer));
                 }
             }
             Err(e) => {

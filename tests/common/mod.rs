@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod binary;
 pub mod logs;
+pub mod nodes;
 pub mod pg;
 pub mod tls;
 pub mod web;

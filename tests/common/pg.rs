@@ -120,6 +120,26 @@ pub async fn own_cluster(
     (cluster, config)
 }
 
+/// Stops a cluster from [`own_cluster`] (fast shutdown), as an outage.
+pub async fn stop_cluster(cluster: ManagedPostgres) {
+    tokio::task::spawn_blocking(move || {
+        let mut c = cluster.command("pg_ctl");
+        c.args(["stop", "-m", "fast", "-D"]).arg(cluster.pgdata());
+        assert!(c.output().unwrap().status.success());
+        cluster.detach();
+    })
+    .await
+    .unwrap();
+}
+
+/// Starts the cluster under `dir` again, after [`stop_cluster`].
+pub async fn restart_cluster(dir: &Path) -> ManagedPostgres {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || start_cluster(&dir))
+        .await
+        .unwrap()
+}
+
 /// Stops whatever PostgreSQL runs on `dir`'s data and removes `dir` (when dropped), so that a
 /// test that fails half-way leaves nothing running.
 pub struct DirGuard(pub PathBuf);

@@ -40,6 +40,18 @@ const REMOVE_SILENT: &str = "DELETE FROM nodes \
 const OTHERS: &str = "SELECT node, conn, room, name FROM presence WHERE node <> $1";
 const LEAVE: &str = "DELETE FROM nodes WHERE origin = $1";
 
+/// Every statement, for the schema test to prepare against the tables.
+pub const DIRECTORY_STATEMENTS: [&str; 8] = [
+    HEARTBEAT,
+    CLAIM_NAMES,
+    RELEASE_NAMES,
+    LEAVE_ROOMS,
+    ENTER_ROOMS,
+    REMOVE_SILENT,
+    OTHERS,
+    LEAVE,
+];
+
 /// A name's key: names are unique whatever their (ASCII) case.
 fn key(name: &str) -> String {
     name.to_ascii_lowercase()

@@ -30,6 +30,7 @@ use crate::protocol::MessageId;
 mod accounts;
 mod batch;
 mod directory;
+pub use directory::DIRECTORY_STATEMENTS;
 mod errors;
 mod notify;
 mod pool;
@@ -42,7 +43,7 @@ use errors::{
     BatchError,
 };
 use pool::{Busy, LogErrors, PgConnection, PgManager};
-pub use pool::{HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST};
+pub use pool::{HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST, READ_RANGES};
 pub use schema::{ensure_database, migrate, migrations, SCHEMA};
 pub use tls::{PgTls, TlsSetupError};
 pub use url::{DatabaseUrl, DatabaseUrlError, RootCert, SslMode, TlsSettings, Verify};
@@ -358,6 +359,14 @@ impl HistoryStore for PgStore {
             Ok(rows.iter().map(stored_message).collect())
         })
         .await
+    }
+
+    async fn read_ranges(
+        &self,
+        ranges: &[(Arc<str>, MessageId, MessageId)],
+        limit: usize,
+    ) -> Result<Vec<Vec<StoredMessage>>, StoreError> {
+        self.read_notified(ranges, limit).await
     }
 
     async fn latest_id(&self, room: &str) -> Result<MessageId, StoreError> {

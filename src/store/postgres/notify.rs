@@ -85,6 +85,48 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// The messages of several notified ranges, in one round trip (`READ_RANGES`).
+    pub(super) async fn read_notified(
+        &self,
+        ranges: &[(Arc<str>, MessageId, MessageId)],
+        limit: usize,
+    ) -> Result<Vec<Vec<StoredMessage>>, StoreError> {
+        let rooms: Vec<&str> = ranges.iter().map(|(room, _, _)| &**room).collect();
+        let firsts: Vec<i64> = ranges
+            .iter()
+            .map(|(_, first, _)| to_db_id(*first))
+            .collect();
+        let lasts: Vec<i64> = ranges.iter().map(|(_, _, last)| to_db_id(*last)).collect();
+        let limit = limit as i64;
+        self.with_timeout("reading history", async {
+            let mut conn = self.connection().await?;
+            let busy = Busy::new(&mut conn);
+            let PgConnection {
+                client, statements, ..
+            } = &*busy.0;
+            let rows = client
+                .query(&statements.read_ranges, &[&rooms, &firsts, &lasts, &limit])
+                .await
+                .map_err(|e| self.failed(e))?;
+            busy.done();
+            let mut read = vec![Vec::new(); ranges.len()];
+            for row in &rows {
+                let i: i64 = row.get(0);
+                let at: DateTime<Utc> = row.get(2);
+                read[(i - 1) as usize].push(StoredMessage {
+                    id: row.get::<_, i64>(1) as MessageId,
+                    millis: at.timestamp_millis(),
+                    nick: row.get::<_, &str>(3).into(),
+                    text: row.get(4),
+                });
+            }
+            Ok(read)
+        })
+        .await
+    }
+}
+
 /// `<origin> (<room> <first> <last>)*`, as the trigger writes it.
 fn parse(payload: &str) -> Option<Stored> {
     let mut words = payload.split(' ');

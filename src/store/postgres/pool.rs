@@ -48,6 +48,15 @@ pub const PAGE_OLDEST: &str = "SELECT m.id, m.created_at, u.name, m.body \
      FROM messages m JOIN users u ON u.id = m.user_id \
      WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1) AND m.id > $2 AND m.id < $3 \
      ORDER BY m.id LIMIT $4";
+/// For each range `i` (room `$1[i]`, ids `$2[i]..=$3[i]`), its oldest `$4` messages: one
+/// round trip for every room of several notifications (`bus.rs`).
+pub const READ_RANGES: &str = "SELECT q.i, m.id, m.created_at, u.name, m.body \
+     FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS q(room, first, last, i) \
+     CROSS JOIN LATERAL (SELECT id, created_at, user_id, body FROM messages \
+         WHERE room_id = (SELECT id FROM rooms WHERE name = q.room) \
+           AND id >= q.first AND id <= q.last ORDER BY id LIMIT $4) m \
+     JOIN users u ON u.id = m.user_id \
+     ORDER BY q.i, m.id";
 /// The newest id in room `$1` (0 if none).
 pub const LATEST_ID: &str = "SELECT coalesce(max(m.id), 0) FROM messages m \
      WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1)";
@@ -64,6 +73,7 @@ pub(super) struct Statements {
     pub(super) page_newest: Statement,
     pub(super) page_oldest: Statement,
     pub(super) latest_id: Statement,
+    pub(super) read_ranges: Statement,
     pub(super) upsert_user: Statement,
     pub(super) upsert_room: Statement,
 }
@@ -109,6 +119,7 @@ impl ManageConnection for PgManager {
             page_newest: client.prepare(PAGE_NEWEST).await?,
             page_oldest: client.prepare(PAGE_OLDEST).await?,
             latest_id: client.prepare(LATEST_ID).await?,
+            read_ranges: client.prepare(READ_RANGES).await?,
             upsert_user: client.prepare(UPSERT_USER).await?,
             upsert_room: client.prepare(UPSERT_ROOM).await?,
         };

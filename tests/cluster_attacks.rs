@@ -571,3 +571,109 @@ async fn a_crashed_database_gets_every_name_and_room_back_and_a_name_stays_one_p
     }
     stop_all(servers).await;
 }
+
+/// Asks for `name` on `client` until it is given; panics after [`PATIENCE`].
+async fn take_when_free(client: &mut Client, name: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        client.send(&format!("NICK {name}")).await;
+        let reply = client.reply().await;
+        if reply == format!("OK NICK {name}") {
+            return;
+        }
+        assert!(reply.starts_with("ERR NICK_IN_USE "), "{reply}");
+        assert!(Instant::now() < deadline, "{name} never became free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Clients that vanish in the middle of `NICK` (the claim held up in the database) or of
+/// `JOIN`: their names are free on every server a moment later, and they leave no member
+/// behind in any room.
+#[tokio::test]
+async fn a_client_gone_in_the_middle_of_nick_or_join_leaves_nothing_behind() {
+    let config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut watcher = servers[1].login("watcher").await;
+    watcher.join("r").await;
+    let mut admin = pg::connect(&url).await;
+    let hold = admin.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE live_names, presence IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut gone_in_nick = servers[0].client().await;
+    gone_in_nick.send("NICK ghost").await;
+    let mut gone_in_join = servers[0].login("phantom").await;
+    gone_in_join.send("JOIN r").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop((gone_in_nick, gone_in_join));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hold.commit().await.unwrap();
+    let mut taker = servers[1].client().await;
+    take_when_free(&mut taker, "ghost").await;
+    take_when_free(&mut taker, "phantom").await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (members, _) = who(&mut watcher, "r").await;
+        if members == ["watcher"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a member left behind: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held: i64 = admin
+        .query_one("SELECT count(*) FROM presence WHERE room = 'r'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 1);
+    stop_all(servers).await;
+}
+
+/// A member in many rooms changes its name, then only its case: every room's members on the
+/// other server are told each change, `WHO` there shows the name as it is now, and the name
+/// stays held there whatever its case.
+#[tokio::test]
+async fn a_rename_in_many_rooms_reaches_every_room_on_the_other_server() {
+    const ROOMS: usize = 40;
+    let servers = servers_with(2, pg::config().await).await;
+    let mut mover = servers[0].login("mover").await;
+    let mut watcher = servers[1].login("watcher").await;
+    for n in 0..ROOMS {
+        watcher.join(&format!("m{n:02} NONE")).await;
+        mover.join(&format!("m{n:02} NONE")).await;
+        watcher.expect(&format!("JOINED m{n:02} mover")).await;
+    }
+    mover.send("NICK shaker").await;
+    mover.expect("OK NICK shaker").await;
+    mover.send("NICK Shaker").await;
+    mover.expect("OK NICK Shaker").await;
+    let mut told: Vec<String> = Vec::new();
+    for _ in 0..2 * ROOMS {
+        told.push(watcher.line().await);
+    }
+    told.sort();
+    let mut want: Vec<String> = (0..ROOMS)
+        .flat_map(|n| {
+            [
+                format!("NICK m{n:02} mover shaker"),
+                format!("NICK m{n:02} shaker Shaker"),
+            ]
+        })
+        .collect();
+    want.sort();
+    assert_eq!(told, want);
+    assert_eq!(who(&mut watcher, "m07").await.0, ["Shaker", "watcher"]);
+    let mut other = servers[1].client().await;
+    for name in ["shaker", "SHAKER"] {
+        other.send(&format!("NICK {name}")).await;
+        other.expect_err("NICK_IN_USE").await;
+    }
+    take_when_free(&mut other, "mover").await;
+    watcher.expect_nothing_pending().await;
+    stop_all(servers).await;
+}

@@ -272,17 +272,19 @@ ALTER TABLE messages ENABLE ALWAYS TRIGGER messages_notify;
 -- its connections' names (live_names: a name, whatever its case, is held by one connection
 -- of one server) and their rooms (presence) hang off that row, so that deleting it (the
 -- server stopped, or others found it silent for --node-timeout) frees everything it held.
--- Unlogged: this is the present, not history; after a crash PostgreSQL empties these tables,
--- and each server, finding its row gone, writes what it holds again.
+-- nodes and live_names are logged, so that a crash of the database never frees a name that
+-- a connected user holds; presence is unlogged (it changes with every JOIN and PART): after
+-- a crash PostgreSQL empties it, and each server, finding none of its rooms there, writes
+-- them again.
 --
 -- Every change to presence is notified at commit, in commit order, on linechat_presence
 -- (which servers listen to with linechat_messages): "J <node> <conn> <room> <name>" (joined),
 -- "L <node> <conn> <room> <name>" (left), "N <node> <conn> <room> <old> <new>" (renamed).
-CREATE UNLOGGED TABLE nodes (
+CREATE TABLE nodes (
     origin text PRIMARY KEY,
     seen timestamptz NOT NULL DEFAULT now()
 );
-CREATE UNLOGGED TABLE live_names (
+CREATE TABLE live_names (
     key text PRIMARY KEY,
     name text NOT NULL,
     node text NOT NULL REFERENCES nodes (origin) ON DELETE CASCADE,

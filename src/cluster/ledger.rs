@@ -49,6 +49,8 @@ pub struct Ledger {
     /// meanwhile went back to what was written before (a `JOIN` just after a `PART`: the
     /// `PART` is being written, and the `JOIN` is written after it).
     flying: HashSet<Key>,
+    /// Room slots in `written`.
+    written_rooms: usize,
 }
 
 impl Ledger {
@@ -128,19 +130,42 @@ impl Ledger {
                     };
                 }
             } else {
-                match w.name {
+                let was = match w.name {
                     Some(name) => self.written.insert(key.clone(), name),
                     None => self.written.remove(&key),
                 };
+                if matches!(key.1, Slot::Room(_)) {
+                    match (was.is_some(), self.written.contains_key(&key)) {
+                        (false, true) => self.written_rooms += 1,
+                        (true, false) => self.written_rooms -= 1,
+                        _ => {}
+                    }
+                }
             }
             self.recheck(key);
         }
+    }
+
+    /// True if some room membership is written (the directory should hold some for this
+    /// server).
+    pub fn has_written_rooms(&self) -> bool {
+        self.written_rooms > 0
+    }
+
+    /// The directory lost this server's rooms but not its names (PostgreSQL empties the
+    /// unlogged `presence` after a crash): they are to be written again.
+    pub fn forget_written_rooms(&mut self) {
+        self.written.retain(|(_, slot), _| *slot == Slot::Name);
+        self.written_rooms = 0;
+        let lost = self.wanted.keys().filter(|(_, slot)| *slot != Slot::Name);
+        self.dirty.extend(lost.cloned());
     }
 
     /// The directory lost what this server wrote (its node was taken for dead and removed,
     /// or the database emptied the tables): everything wanted is to be written again.
     pub fn forget_written(&mut self) {
         self.written.clear();
+        self.written_rooms = 0;
         self.dirty = self.wanted.keys().cloned().collect();
     }
 
@@ -292,5 +317,26 @@ mod tests {
         assert_eq!(ledger.writes(1).len(), 1, "at most max a write");
         ledger.done(again, &[]);
         assert!(ledger.is_clean());
+    }
+
+    #[test]
+    fn rooms_lost_by_the_directory_are_written_again_and_names_kept() {
+        let mut ledger = Ledger::default();
+        ledger.set((1, Slot::Name), name("alice"));
+        ledger.set(room(1, "r"), name("alice"));
+        let writes = ledger.writes(10);
+        ledger.done(writes, &[]);
+        assert!(ledger.has_written_rooms());
+        ledger.forget_written_rooms();
+        assert!(!ledger.has_written_rooms());
+        let again = ledger.writes(10);
+        assert_eq!(again.len(), 1, "the room only");
+        assert_eq!(again[0].slot, Slot::Room("r".into()));
+        ledger.done(again, &[]);
+        assert!(ledger.has_written_rooms() && ledger.is_clean());
+        ledger.set(room(1, "r"), None);
+        let gone = ledger.writes(10);
+        ledger.done(gone, &[]);
+        assert!(!ledger.has_written_rooms());
     }
 }

@@ -64,6 +64,9 @@ pub struct Written {
     /// This server had no row: it is new, or it was taken for dead (or the database lost
     /// the directory), and what it wrote before is gone.
     pub made: bool,
+    /// The directory held rooms of this server's when the write began (PostgreSQL empties
+    /// the unlogged `presence` after a crash; names and servers are kept).
+    pub has_rooms: bool,
     /// Name claims refused: another server's connection holds the name.
     pub lost: Vec<Lost>,
 }
@@ -288,7 +291,12 @@ impl DirectoryWriter<'_> {
             self.in_touch_since.get_or_insert_with(Instant::now);
             let taken = {
                 let mut inner = self.lock();
+                let had_rooms = inner.ledger.has_written_rooms();
                 inner.ledger.done(writes, &written.lost);
+                if had_rooms && !written.has_rooms && !written.made {
+                    tracing::warn!("the database lost this server's rooms (a crash empties them): writing them again");
+                    inner.ledger.forget_written_rooms();
+                }
                 if written.made && self.registered {
                     tracing::warn!("the other servers took this one for dead (or the database lost its directory): writing its names and presence again");
                     inner.ledger.forget_written();

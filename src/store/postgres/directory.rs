@@ -10,9 +10,11 @@ use crate::cluster::ledger::{Lost, Slot, Write};
 use crate::cluster::remote::RemoteMember;
 use crate::cluster::{Directory, Written};
 
-/// This server is alive now; `true` if its row had to be made.
-const HEARTBEAT: &str = "INSERT INTO nodes (origin) VALUES ($1) \
-     ON CONFLICT (origin) DO UPDATE SET seen = now() RETURNING (xmax = 0)";
+/// This server is alive now; whether its row had to be made, and whether the directory
+/// holds any room of its (a crash empties the unlogged `presence`).
+const HEARTBEAT: &str = "WITH beat AS (INSERT INTO nodes (origin) VALUES ($1) \
+       ON CONFLICT (origin) DO UPDATE SET seen = now() RETURNING (xmax = 0) AS made) \
+     SELECT made, EXISTS (SELECT 1 FROM presence WHERE node = $1) FROM beat";
 /// Claims names (`$2` connections, `$3` lower-case keys, `$4` names): a name already held by
 /// another server stays its; one held by this server (a connection that just left it) is
 /// handed over. Returns the connections that got their names. In key order: every server
@@ -105,7 +107,8 @@ async fn write_once(
     b: &Batch<'_>,
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let made: bool = tx.query_one(HEARTBEAT, &[&me]).await?.get(0);
+    let beat = tx.query_one(HEARTBEAT, &[&me]).await?;
+    let (made, has_rooms): (bool, bool) = (beat.get(0), beat.get(1));
     let mut lost = Vec::new();
     // Each winner gives up its old name; each loser keeps it.
     let mut release: (Vec<i64>, Vec<Option<&str>>) =
@@ -152,7 +155,11 @@ async fn write_once(
         }
     }
     tx.commit().await?;
-    Ok(Written { made, lost })
+    Ok(Written {
+        made,
+        has_rooms,
+        lost,
+    })
 }
 
 #[async_trait]

@@ -68,23 +68,40 @@ fn kill(pid: i32, signal: &str) {
     assert!(status.success());
 }
 
-/// Says `text` until the store takes it (within `bound`): every other reply must be
-/// `ERR STORE_UNAVAILABLE`. Returns the acknowledged id.
-async fn say_until_stored(c: &mut Client, text: &str, bound: Duration) -> u64 {
+/// Says `<text>-<attempt>` until the store takes it (within `bound`): every other reply must
+/// be `ERR STORE_UNAVAILABLE`, or `ERR OUTCOME_UNKNOWN` (its INSERT was sent on a connection
+/// whose backend died with the postmaster). Returns the acknowledged id and text, and the
+/// texts whose outcome was unknown (each may or may not be stored).
+async fn say_until_stored(
+    c: &mut Client,
+    text: &str,
+    bound: Duration,
+) -> (u64, String, Vec<String>) {
     let deadline = Instant::now() + bound;
-    loop {
-        c.send(&format!("SAY {text}")).await;
+    let mut unknown = Vec::new();
+    for attempt in 0.. {
+        let said = format!("{text}-{attempt}");
+        c.send(&format!("SAY {said}")).await;
         let reply = c.reply().await;
         if let Some(rest) = reply.strip_prefix("OK SAY ") {
-            return rest.split(' ').next().unwrap().parse().unwrap();
+            return (
+                rest.split(' ').next().unwrap().parse().unwrap(),
+                said,
+                unknown,
+            );
         }
-        assert!(reply.starts_with("ERR STORE_UNAVAILABLE"), "{reply}");
+        if reply.starts_with("ERR OUTCOME_UNKNOWN") {
+            unknown.push(said);
+        } else {
+            assert!(reply.starts_with("ERR STORE_UNAVAILABLE"), "{reply}");
+        }
         assert!(
             Instant::now() < deadline,
             "the server did not serve again within {bound:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    unreachable!()
 }
 
 /// A SIGKILL of the managed postmaster: the server notices, logs it at warn with the
@@ -107,7 +124,8 @@ async fn a_killed_postmaster_is_restarted_and_the_server_serves_again() {
 
     // Generous: noticing takes about 2 s, the first restart waits 1 s, and one that comes
     // before the dead postmaster's backends have all exited fails and is tried again.
-    let after = say_until_stored(&mut c, "after", Duration::from_secs(120)).await;
+    let (after, after_text, unknown) =
+        say_until_stored(&mut c, "after", Duration::from_secs(120)).await;
     let warning = server
         .wait_for_log(&format!(
             "PostgreSQL is not running: postmaster {old} is gone without a shutdown (killed or crashed)"
@@ -121,13 +139,27 @@ async fn a_killed_postmaster_is_restarted_and_the_server_serves_again() {
     assert!(running(new));
 
     let mut d = Client::login(server.addr, "bob").await;
-    let ids: Vec<u64> = d
+    let history: Vec<(u64, String)> = d
         .join("r SINCE 0")
         .await
         .iter()
-        .map(|l| parse_message(l).id)
+        .map(|l| {
+            let m = parse_message(l);
+            (m.id, m.text)
+        })
         .collect();
-    assert_eq!(ids, [before, after]);
+    // Both acknowledged messages, in order; between them at most the ones whose outcome
+    // was unknown, each once.
+    assert_eq!(history.first(), Some(&(before, "before".to_owned())));
+    assert_eq!(history.last(), Some(&(after, after_text)));
+    let between: Vec<&String> = history[1..history.len() - 1]
+        .iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert!(
+        between.iter().all(|t| unknown.contains(t)),
+        "{history:?}, unknown {unknown:?}"
+    );
 
     server.signal("-TERM");
     assert!(server.wait().await.success());

@@ -316,3 +316,54 @@ END $$;
 CREATE TRIGGER presence_notify AFTER INSERT OR UPDATE OR DELETE ON presence
     FOR EACH ROW EXECUTE FUNCTION linechat_notify_presence();
 ALTER TABLE presence ENABLE ALWAYS TRIGGER presence_notify;
+
+-- migration 7
+-- Notifications carry the messages, so that other servers need not read them back (that
+-- read was most of what a second and third server cost the database: BENCHMARKS.md, "Three
+-- servers against one"). A transaction's messages are notified in parts, in id order, each
+-- part a payload (at most 8000 bytes) of its own:
+--   "<origin> + (<room> <first> <last> <count> (<id> <millis> <nick> <length> <text>)*)*"
+-- each room's messages of the part in id order, its rooms in order of their first id; from
+-- <first> to <last>, every id of the room is this transaction's and in this part.
+-- <millis> counts since the Unix epoch; <length> counts the text's characters (not bytes:
+-- a payload is converted to each listener's encoding). A part that does not fit after all
+-- (a very long message) is notified as migration 5 says, ranges only, to be read from the
+-- table.
+--
+-- Servers older than this migration cannot read these notifications: all servers sharing a
+-- database must be of one version (README, "Running several servers").
+CREATE OR REPLACE FUNCTION linechat_notify_messages() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    origin text := coalesce(
+        nullif(translate(current_setting('application_name'), ' ', '_'), ''), '-');
+BEGIN
+    PERFORM pg_notify('linechat_messages',
+                      CASE WHEN octet_length(p.carried) < 8000 THEN p.carried ELSE p.ranges END)
+    FROM (
+        SELECT origin || ' +' || string_agg(c.carried, '' ORDER BY c.first) AS carried,
+               origin || ' ' || string_agg(c.room || ' ' || c.first || ' ' || c.last, ' '
+                                           ORDER BY c.first) AS ranges
+        FROM (
+            SELECT m.part, m.room, min(m.id) AS first, max(m.id) AS last,
+                   concat_ws(' ', '', m.room, min(m.id), max(m.id), count(*))
+                   || string_agg(concat_ws(' ', '', m.id, m.millis, m.nick, length(m.body),
+                                           m.body), '' ORDER BY m.id) AS carried
+            FROM (
+                -- Parts of about 6000 bytes, counting each message's room too: a part
+                -- may overrun by its first message.
+                SELECT n.id, n.body, r.name AS room, u.name AS nick,
+                       floor(extract(epoch FROM n.created_at) * 1000)::bigint AS millis,
+                       (sum(octet_length(n.body) + octet_length(u.name) + octet_length(r.name) + 96)
+                            OVER (ORDER BY n.id) - 1) / 6000 AS part
+                FROM new_messages n
+                JOIN rooms r ON r.id = n.room_id
+                JOIN users u ON u.id = n.user_id
+            ) m
+            GROUP BY m.part, m.room
+        ) c
+        GROUP BY c.part
+        ORDER BY c.part
+    ) p;
+    RETURN NULL;
+END $$;

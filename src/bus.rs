@@ -7,8 +7,9 @@
 //! The writer hands its stored batches to a [`Bus`] instead of the fan-out. The database
 //! notifies every server of every commit ([`HistoryStore::subscribe`]); [`deliver`] takes
 //! those notifications in order and publishes each batch: its own from memory (with the
-//! senders, who get `OK SAY` rather than their own `MSG`), another server's read from the
-//! store, and only for rooms that have members here. What other programs insert (a bulk
+//! senders, who get `OK SAY` rather than their own `MSG`), another server's from the
+//! notification if it carries them (schema.sql's migration 7) or else read from the store,
+//! and only for rooms that have members here. What other programs insert (a bulk
 //! load) is history only, as it always was.
 //!
 //! `OK SAY` waits for its batch's delivery too (the writer hands the answers over,
@@ -362,6 +363,7 @@ async fn collect(
     stopping: &CancellationToken,
 ) -> Option<Parts> {
     enum Piece {
+        /// Ours, or carried by the notification.
         Ours(Vec<(NewMessage, StoredMessage, ConnId)>),
         /// The `i`th range to read.
         Read(usize),
@@ -371,26 +373,29 @@ async fn collect(
     let mut ranges = Vec::new();
     for (stored, own) in notified {
         tracing::trace!(?stored, own, "stored");
+        let mut carried = stored.carried.map(Vec::into_iter);
         for (room, first, last) in stored.rooms {
             let here = rooms.exists(&room);
+            let carried = carried.as_mut().and_then(Iterator::next);
             // Ours are taken even for a room with nobody here: their answers go with them.
             let taken = if own {
                 take_own(shared, &room, first, last).await
             } else {
                 None
             };
-            match taken {
-                Some((messages, acks)) => {
+            match (taken, carried) {
+                (Some((messages, acks)), _) => {
                     parts.3.extend(acks);
                     if here {
                         pieces.push(Piece::Ours(messages));
                     }
                 }
-                None if here => {
+                (None, _) if !here => {}
+                (None, Some(carried)) => pieces.push(Piece::Ours(from_elsewhere(&room, carried))),
+                (None, None) => {
                     pieces.push(Piece::Read(ranges.len()));
                     ranges.push((room, first, last));
                 }
-                None => {}
             }
         }
     }
@@ -402,20 +407,7 @@ async fn collect(
     for piece in pieces {
         let messages = match piece {
             Piece::Ours(messages) => messages,
-            Piece::Read(i) => {
-                let room = &ranges[i].0;
-                std::mem::take(&mut read[i])
-                    .into_iter()
-                    .map(|s| {
-                        let m = NewMessage {
-                            room: room.clone(),
-                            nick: s.nick.clone(),
-                            text: s.text.clone(),
-                        };
-                        (m, s, NOBODY)
-                    })
-                    .collect()
-            }
+            Piece::Read(i) => from_elsewhere(&ranges[i].0, std::mem::take(&mut read[i])),
         };
         for (m, s, tag) in messages {
             parts.0.push(m);
@@ -424,6 +416,25 @@ async fn collect(
         }
     }
     Some(parts)
+}
+
+/// Messages of `room` stored by another server (or ours, given up on by the writer), to
+/// publish: no sender here.
+fn from_elsewhere(
+    room: &Arc<str>,
+    stored: Vec<StoredMessage>,
+) -> Vec<(NewMessage, StoredMessage, ConnId)> {
+    stored
+        .into_iter()
+        .map(|s| {
+            let m = NewMessage {
+                room: room.clone(),
+                nick: s.nick.clone(),
+                text: s.text.clone(),
+            };
+            (m, s, NOBODY)
+        })
+        .collect()
 }
 
 /// Our messages of `room` in `first..=last`, once the writer has them; `None` if it gave up

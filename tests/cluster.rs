@@ -174,6 +174,106 @@ async fn a_cut_notification_connection_loses_nothing_and_doubles_nothing() {
     }
 }
 
+/// Another server's messages come in the notifications themselves, whatever their text, in
+/// parts of at most one payload for a large batch; one too long for a payload is read back
+/// from the table (schema.sql's migration 7). Checked on the wire too: a listener of the
+/// test's own sees what the servers see.
+#[tokio::test]
+async fn notifications_carry_the_messages_and_one_too_long_is_read_back() {
+    use futures::StreamExt;
+    let mut config = pg::config().await;
+    config.max_line = 12_000;
+    let (servers, url) = servers_with(2, config).await;
+    let (listener, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (payloads_tx, mut payloads) = tokio::sync::mpsc::unbounded_channel();
+    let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = payloads_tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN linechat_messages")
+        .await
+        .unwrap();
+
+    let mut alice = servers[0].login("alice").await;
+    let mut bob = servers[1].login("bob").await;
+    alice.join("r").await;
+    bob.join("r").await;
+    let awkward = [
+        "  leading and trailing spaces  ",
+        "tab\tseparated\tvalues",
+        "r 1 1 1 1 0 x 3 abc looks like a notification",
+        "emoji 🎉👩‍💻🇳🇱, CJK 你好, combining e\u{301}",
+        "+",
+    ];
+    let mut said = Vec::new();
+    for text in awkward {
+        said.push((alice.say(text).await, format!("alice {text}")));
+    }
+    // Pipelined, so that batches hold several: 24 of 3,000 characters take several parts.
+    let long: Vec<String> = (0..24)
+        .map(|i| format!("{i:02}{}", "é".repeat(2998)))
+        .collect();
+    for text in &long {
+        alice.send(&format!("SAY {text}")).await;
+    }
+    for text in &long {
+        let (_, ok) = alice.until("OK SAY ").await;
+        let id: u64 = ok.split(' ').nth(2).unwrap().parse().unwrap();
+        said.push((id, format!("alice {text}")));
+    }
+    // Past what one payload holds.
+    let huge = "h".repeat(9_000);
+    let huge_id = alice.say(&huge).await;
+    said.push((huge_id, format!("alice {huge}")));
+    assert_eq!(messages(&mut bob, "r", said.len()).await, said);
+    bob.expect_nothing_pending().await;
+
+    // What the servers were told: every payload within PostgreSQL's limit; every message
+    // but the huge one carried exactly once; the huge one as a range.
+    let mut notified = Vec::new();
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), payloads.recv()).await
+    {
+        notified.push(p);
+    }
+    assert!(notified.iter().all(|p| p.len() < 8000));
+    let carried: Vec<&String> = notified.iter().filter(|p| p.contains(" + r ")).collect();
+    for text in awkward
+        .iter()
+        .copied()
+        .chain(long.iter().map(String::as_str))
+    {
+        let sized = format!(" {} {text}", text.chars().count());
+        let with = carried.iter().filter(|p| p.contains(&sized)).count();
+        assert_eq!(with, 1, "{text:.20}... carried once");
+    }
+    let long_parts = carried.iter().filter(|p| p.contains("éééé")).count();
+    assert!(
+        long_parts >= 12,
+        "3,000-character messages, 2 or fewer a part: {long_parts}"
+    );
+    assert!(notified.iter().all(|p| !p.contains(&huge)));
+    assert!(
+        notified
+            .iter()
+            .any(|p| p.ends_with(&format!(" r {huge_id} {huge_id}"))),
+        "{:?}",
+        notified
+            .iter()
+            .map(|p| &p[..p.len().min(80)])
+            .collect::<Vec<_>>()
+    );
+    for server in servers {
+        server.stop().await.unwrap();
+    }
+}
+
 /// The `MEMBER` names of `WHO <room>`, and its count.
 async fn who(client: &mut Client, room: &str) -> (Vec<String>, String) {
     client.send(&format!("WHO {room}")).await;

@@ -635,7 +635,7 @@ async fn replay_from_a_room_of_100000_messages_uses_the_index() {
     assert_eq!(texts, ["bulk 19999", "bulk 20000"]);
 
     // Each history query is an index scan on (room_id, id), never a scan of the table, in
-    // the generic plan that prepared statements end up using too.
+    // the generic plan that the server's connections use (plan_cache_mode, pool.rs).
     db.batch_execute("SET plan_cache_mode = force_generic_plan")
         .await
         .unwrap();
@@ -649,6 +649,10 @@ async fn replay_from_a_room_of_100000_messages_uses_the_index() {
             "'big', 500::bigint, 9223372036854775807::bigint, 50::bigint",
         ),
         (LATEST_ID, "'big'"),
+        (
+            READ_RANGES,
+            "ARRAY['big'], ARRAY[500::bigint], ARRAY[600::bigint], 4096::bigint",
+        ),
     ];
     for (query, args) in plans {
         db.batch_execute(&format!("PREPARE q AS {query}"))

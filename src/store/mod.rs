@@ -91,6 +91,9 @@ pub enum Event {
 pub struct Stored {
     pub origin: String,
     pub rooms: Vec<(Arc<str>, MessageId, MessageId)>,
+    /// The messages themselves, room by room as in `rooms`, when the notification carried
+    /// them (it does when they fit): no need to read them back.
+    pub carried: Option<Vec<Vec<StoredMessage>>>,
 }
 
 /// How a linechat server's origin begins (the rest is its own random name).

@@ -55,7 +55,13 @@ impl PgStore {
                                     _ => parse(n.payload()).map(Event::Stored),
                                 };
                                 let Some(event) = event else {
-                                    tracing::warn!(payload = n.payload(), "an unreadable notification");
+                                    let payload = n.payload();
+                                    tracing::warn!(payload = &payload[..payload.floor_char_boundary(200)], "an unreadable notification");
+                                    // A server's messages would be missed: listen again, and
+                                    // catch up from the table. Anyone else's is ignored.
+                                    if payload.starts_with(crate::store::SERVER_ORIGIN) {
+                                        return;
+                                    }
                                     continue;
                                 };
                                 if tx.send(event).await.is_err() {
@@ -127,17 +133,96 @@ impl PgStore {
     }
 }
 
-/// `<origin> (<room> <first> <last>)*`, as the trigger writes it.
+/// `<origin> (<room> <first> <last>)*` (migration 5), or with the messages carried (migration
+/// 7): `<origin> + (<room> <first> <last> <count> (<id> <millis> <nick> <length> <text>)*)*`,
+/// as the trigger writes them.
 fn parse(payload: &str) -> Option<Stored> {
-    let mut words = payload.split(' ');
-    let origin = words.next()?.to_owned();
+    let (origin, rest) = payload.split_once(' ').unwrap_or((payload, ""));
+    let origin = origin.to_owned();
+    if let Some(carried) = rest.strip_prefix("+ ") {
+        let (rooms, carried) = parse_carried(carried)?;
+        return Some(Stored {
+            origin,
+            rooms,
+            carried: Some(carried),
+        });
+    }
+    let mut words = rest.split(' ').filter(|w| !w.is_empty());
     let mut rooms = Vec::new();
     while let Some(room) = words.next() {
         let first = words.next()?.parse().ok()?;
         let last = words.next()?.parse().ok()?;
         rooms.push((Arc::from(room), first, last));
     }
-    Some(Stored { origin, rooms })
+    Some(Stored {
+        origin,
+        rooms,
+        carried: None,
+    })
+}
+
+/// The rooms and messages of a notification that carries them. Each room's messages must
+/// be its `count`, in increasing id order from `first` to `last`; the text is exactly
+/// `length` characters, whatever they are.
+#[allow(clippy::type_complexity)]
+fn parse_carried(
+    mut rest: &str,
+) -> Option<(
+    Vec<(Arc<str>, MessageId, MessageId)>,
+    Vec<Vec<StoredMessage>>,
+)> {
+    fn word<'a>(rest: &mut &'a str) -> Option<&'a str> {
+        let (word, after) = rest.split_once(' ')?;
+        *rest = after;
+        Some(word)
+    }
+    fn number<T: std::str::FromStr>(rest: &mut &str) -> Option<T> {
+        word(rest)?.parse().ok()
+    }
+    let (mut rooms, mut carried) = (Vec::new(), Vec::new());
+    while !rest.is_empty() {
+        let room: Arc<str> = word(&mut rest)?.into();
+        let first: MessageId = number(&mut rest)?;
+        let last: MessageId = number(&mut rest)?;
+        // The count is the last word of a room without messages: none is ever sent.
+        let count: usize = number(&mut rest)?;
+        // Each message takes at least 10 bytes: a count past that is not to be believed.
+        let mut messages = Vec::with_capacity(count.min(rest.len() / 10));
+        let mut previous = None;
+        for _ in 0..count {
+            let id: MessageId = number(&mut rest)?;
+            let millis = number(&mut rest)?;
+            let nick = word(&mut rest)?.into();
+            let length: usize = number(&mut rest)?;
+            let end = match rest.char_indices().nth(length) {
+                Some((end, _)) => end,
+                None if rest.chars().count() == length => rest.len(),
+                None => return None,
+            };
+            let text = rest[..end].to_owned();
+            // The text ends the payload or is followed by a space.
+            rest = match &rest[end..] {
+                "" => "",
+                more => more.strip_prefix(' ')?,
+            };
+            if previous.is_some_and(|p| p >= id) || !(first..=last).contains(&id) {
+                return None;
+            }
+            previous = Some(id);
+            messages.push(StoredMessage {
+                id,
+                millis,
+                nick,
+                text,
+            });
+        }
+        if messages.first().map(|m| m.id) != Some(first) || previous != Some(last) {
+            return None;
+        }
+        rooms.push((room, first, last));
+        carried.push(messages);
+    }
+    Some((rooms, carried))
 }
 
 /// `J|L <node> <conn> <room> <name>` or `N <node> <conn> <room> <old> <new>`, as the
@@ -180,6 +265,7 @@ mod tests {
             Some(Stored {
                 origin: "linechat-00ff".into(),
                 rooms: vec![("4".into(), 10, 12), ("lobby".into(), 11, 11)],
+                carried: None,
             })
         );
         assert!(parse("linechat-00ff 4 1 1").unwrap().by_a_server());
@@ -189,6 +275,60 @@ mod tests {
         );
         assert_eq!(parse("psql 4 10"), None);
         assert_eq!(parse("psql 4 x 12"), None);
+    }
+
+    fn message(id: MessageId, millis: i64, nick: &str, text: &str) -> StoredMessage {
+        StoredMessage {
+            id,
+            millis,
+            nick: nick.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_notification_may_carry_its_messages_whatever_their_text() {
+        // As the trigger writes it: every message's parts after a space, the text last.
+        let payload = "linechat-00ff + 4 10 12 2 10 1700000000123 ann 5 a b   \
+                       12 1700000000124 bob 3 één lobby 11 11 1 11 5 cy 0 ";
+        assert_eq!(
+            parse(&payload),
+            Some(Stored {
+                origin: "linechat-00ff".into(),
+                rooms: vec![("4".into(), 10, 12), ("lobby".into(), 11, 11)],
+                carried: Some(vec![
+                    vec![
+                        message(10, 1700000000123, "ann", "a b  "),
+                        message(12, 1700000000124, "bob", "één"),
+                    ],
+                    vec![message(11, 5, "cy", "")],
+                ]),
+            })
+        );
+        // A text that ends the payload; a text that looks like more messages.
+        let fake = "x 4 99 1 y 1 z";
+        let last = format!("s + r 7 7 1 7 0 n {} {fake}", fake.chars().count());
+        let stored = parse(&last).unwrap();
+        assert_eq!(
+            stored.carried.unwrap(),
+            vec![vec![message(7, 0, "n", fake)]]
+        );
+    }
+
+    #[test]
+    fn a_carried_notification_that_does_not_add_up_is_unreadable() {
+        for bad in [
+            "s + r 7 7 2 7 0 n 1 a",           // fewer messages than counted
+            "s + r 7 8 1 7 0 n 1 a",           // the range ends past the last message
+            "s + r 7 9 2 9 0 n 1 a 7 0 n 1 b", // ids out of order
+            "s + r 7 7 1 7 0 n 3 ab",          // a text shorter than its length
+            "s + r 7 7 1 7 0 n 1 abc",         // a text longer than its length
+            "s + r 7 7 1 8 0 n 1 a",           // an id outside the range
+            "s + r 7 7 99999999999 7 0 n 1 a", // a count past belief
+            "s + r 7 7 0",                     // a room without messages
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -114,6 +114,14 @@ impl ManageConnection for PgManager {
 
     async fn connect(&self) -> Result<PgConnection, tokio_postgres::Error> {
         let client = self.inner.connect().await?;
+        // Every statement here looks rows up by key, and its generic plan (checked in
+        // tests/postgres.rs) is the one a custom plan would be. Left to choose, PostgreSQL
+        // plans the INSERT anew for every batch (its generic plan's guessed array sizes cost
+        // more than a small batch's real ones): 0.8 ms of the database's CPU a batch,
+        // more than the INSERT itself (BENCHMARKS.md, "Three servers against one").
+        client
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .await?;
         let statements = Statements {
             insert_messages: client.prepare(INSERT_MESSAGES).await?,
             page_newest: client.prepare(PAGE_NEWEST).await?,

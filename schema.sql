@@ -337,7 +337,29 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     origin text := coalesce(
         nullif(translate(current_setting('application_name'), ' ', '_'), ''), '-');
+    carried text;
 BEGIN
+    -- Most transactions fit in one part, built without the parts' running sum (which costs
+    -- a third of the INSERT). 40 bytes a message at least besides its text.
+    IF (SELECT sum(octet_length(body) + 40) FROM new_messages) < 8000 THEN
+        SELECT origin || ' +' || string_agg(c.carried, '' ORDER BY c.first) INTO carried
+        FROM (
+            SELECT min(n.id) AS first,
+                   concat_ws(' ', '', r.name, min(n.id), max(n.id), count(*))
+                   || string_agg(concat_ws(' ', '', n.id,
+                                           floor(extract(epoch FROM n.created_at) * 1000)::bigint,
+                                           u.name, length(n.body), n.body),
+                                 '' ORDER BY n.id) AS carried
+            FROM new_messages n
+            JOIN rooms r ON r.id = n.room_id
+            JOIN users u ON u.id = n.user_id
+            GROUP BY r.name
+        ) c;
+        IF octet_length(carried) < 8000 THEN
+            PERFORM pg_notify('linechat_messages', carried);
+            RETURN NULL;
+        END IF;
+    END IF;
     PERFORM pg_notify('linechat_messages',
                       CASE WHEN octet_length(p.carried) < 8000 THEN p.carried ELSE p.ranges END)
     FROM (

@@ -130,7 +130,8 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Several rooms' messages at once: for each `(room, first, last)`, at most `limit` of
     /// its messages with ids `first..=last`, oldest first (servers sharing the database read
-    /// each other's batches so, a round trip for many instead of one per room).
+    /// so the batches of each other's that their notifications did not carry, a round trip
+    /// for many instead of one per room).
     async fn read_ranges(
         &self,
         ranges: &[(Arc<str>, MessageId, MessageId)],

@@ -1,9 +1,10 @@
 //! What every server sharing the database stored, as PostgreSQL notifies it (schema.sql's
-//! migration 5): at commit, in commit order, one notification per transaction (or a few, for
-//! very many rooms) naming its origin (the storing connection's `application_name`, which
-//! for linechat's own connections is its server's [`PgStore::origin`]) and, per room, the
-//! first and last id it stored there. On the same connection, so in the same commit order:
-//! changes to the members of rooms (migration 6, [`crate::cluster`]).
+//! migrations 5 and 7): at commit, in commit order, one notification per transaction (or a
+//! few, for a large one) naming its origin (the storing connection's `application_name`,
+//! which for linechat's own connections is its server's [`PgStore::origin`]) and, per room,
+//! the first and last id it stored there and, when they fit, the messages themselves. On the
+//! same connection, so in the same commit order: changes to the members of rooms (migration
+//! 6, [`crate::cluster`]).
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};

@@ -57,7 +57,8 @@ impl PgStore {
                                 };
                                 let Some(event) = event else {
                                     let payload = n.payload();
-                                    tracing::warn!(payload = &payload[..payload.floor_char_boundary(200)], "an unreadable notification");
+                                    let start: String = payload.chars().take(200).collect();
+                                    tracing::warn!(payload = start, "an unreadable notification");
                                     // A server's messages would be missed: listen again, and
                                     // catch up from the table. Anyone else's is ignored.
                                     if payload.starts_with(crate::store::SERVER_ORIGIN) {
@@ -293,7 +294,7 @@ mod tests {
         let payload = "linechat-00ff + 4 10 12 2 10 1700000000123 ann 5 a b   \
                        12 1700000000124 bob 3 één lobby 11 11 1 11 5 cy 0 ";
         assert_eq!(
-            parse(&payload),
+            parse(payload),
             Some(Stored {
                 origin: "linechat-00ff".into(),
                 rooms: vec![("4".into(), 10, 12), ("lobby".into(), 11, 11)],

@@ -667,3 +667,165 @@ async fn a_rename_in_many_rooms_reaches_every_room_on_the_other_server() {
     watcher.expect_nothing_pending().await;
     stop_all(servers).await;
 }
+
+/// The `MSG` lines of `rooms` a client gets until it has `count` of them (presence lines
+/// skipped; anything else fails the test), room by room in the order they came.
+async fn live_messages(client: &mut Client, count: usize) -> HashMap<String, Vec<common::Message>> {
+    let mut seen: HashMap<String, Vec<common::Message>> = HashMap::new();
+    for _ in 0..count {
+        let line = loop {
+            let line = client.line().await;
+            if !line.starts_with("JOINED ") && !line.starts_with("LEFT ") {
+                break line;
+            }
+        };
+        let m = common::parse_message(&line);
+        assert_eq!(m.kind, "MSG", "{line:.100}");
+        seen.entry(m.room.clone()).or_default().push(m);
+    }
+    seen
+}
+
+/// Messages as `(id, time, nick, text)`, the text cut short for a readable failure, with
+/// its length in characters.
+fn brief(messages: &[common::Message]) -> Vec<(u64, String, String, String, usize)> {
+    messages
+        .iter()
+        .map(|m| {
+            let text = m.text.chars().take(24).collect();
+            (
+                m.id,
+                m.time.clone(),
+                m.nick.clone(),
+                text,
+                m.text.chars().count(),
+            )
+        })
+        .collect()
+}
+
+/// `room`'s whole history, as `HIST` lines say it.
+async fn history(client: &mut Client, room: &str) -> Vec<common::Message> {
+    client.send(&format!("HISTORY {room} LIMIT 500")).await;
+    let (lines, ok) = client.until("OK HISTORY ").await;
+    let hist: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("HIST "))
+        .map(|l| common::parse_message(l))
+        .collect();
+    assert!(ok.ends_with(&format!(" {}", hist.len())), "{ok}");
+    hist
+}
+
+/// Texts that look like the payload's own syntax, multi-byte characters, combining marks,
+/// emoji and tabs, at names' longest, from 80 senders on each of two servers at once (more
+/// than 64 rooms a batch), some long enough that a room's messages are split over several
+/// parts of a notification and one past what a payload holds (read back from the table):
+/// every member on both servers gets every other's message once, in id order, equal to the
+/// history (the time too), and every sender all its answers.
+#[tokio::test]
+async fn batches_over_many_rooms_with_awkward_and_long_texts_reach_both_servers_once() {
+    const ROOMS: usize = 80;
+    let mut config = pg::config().await;
+    config.max_line = 12_000;
+    config.max_rooms_per_connection = 0;
+    config.new_rooms_per_minute = 100_000;
+    let servers = servers_with(2, config).await;
+    let room = |i: usize| format!("{i:03}.{}", "R".repeat(60));
+    let nick = |s: usize, i: usize| format!("s{s}n{i:03}_{}", "N".repeat(25));
+    let texts = |s: usize, i: usize| -> Vec<String> {
+        let mut texts = vec![
+            format!("{} 1 1 1 1 0 x 3 abc", room(i)),
+            "  é\u{301}\u{301} 🎉👩‍💻🇳🇱\t你好  ".to_string(),
+            format!("{s} {i} + - 0 0 linechat-x + r 1 1 1"),
+        ];
+        if i % 5 == 0 {
+            // A room's messages split over parts: 3,000 two-byte characters each.
+            texts.insert(1, format!("{s}{i:03}{}", "é".repeat(2996)));
+            texts.push(format!("{s}{i:03}{}", "ß".repeat(2996)));
+        }
+        if i == 7 {
+            // Past one payload: that part goes as ranges.
+            texts.insert(2, "𝄞".repeat(2_100));
+        }
+        texts
+    };
+    assert!(room(0).len() == 64 && nick(0, 0).len() == 32);
+
+    let mut watchers = Vec::new();
+    for (s, server) in servers.iter().enumerate() {
+        let mut watcher = server.login(&format!("watcher{s}")).await;
+        for i in 0..ROOMS {
+            watcher.join(&room(i)).await;
+        }
+        watchers.push(watcher);
+    }
+    let mut senders = Vec::new();
+    for (s, server) in servers.iter().enumerate() {
+        for i in 0..ROOMS {
+            let mut sender = server.login(&nick(s, i)).await;
+            sender.join(&room(i)).await;
+            senders.push((s, i, sender));
+        }
+    }
+    // Every SAY first, alternating between servers, then the answers.
+    for k in 0..5 {
+        for (s, i, sender) in &mut senders {
+            if let Some(text) = texts(*s, *i).get(k) {
+                sender.send(&format!("SAY {text}")).await;
+            }
+        }
+    }
+    let mut total = 0;
+    for (s, i, sender) in &mut senders {
+        let ours = texts(*s, *i);
+        let theirs = texts(1 - *s, *i);
+        total += ours.len();
+        let (mut acks, mut others) = (Vec::new(), Vec::new());
+        while acks.len() < ours.len() || others.len() < theirs.len() {
+            let line = sender.line().await;
+            if let Some(ok) = line.strip_prefix("OK SAY ") {
+                acks.push(ok.split(' ').next().unwrap().parse::<u64>().unwrap());
+            } else if line.starts_with("MSG ") {
+                others.push(common::parse_message(&line));
+            } else {
+                assert!(
+                    line.starts_with("JOINED ") || line.starts_with("LEFT "),
+                    "{line:.100}"
+                );
+            }
+        }
+        assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
+        let texts: Vec<&str> = others.iter().map(|m| m.text.as_str()).collect();
+        assert!(
+            texts == theirs.iter().map(String::as_str).collect::<Vec<_>>(),
+            "sender {s} {i}: {:?}",
+            brief(&others)
+        );
+        assert!(others.iter().all(|m| m.nick == nick(1 - *s, *i)));
+    }
+    for watcher in &mut watchers {
+        let seen = live_messages(watcher, total).await;
+        for i in 0..ROOMS {
+            let hist = history(watcher, &room(i)).await;
+            let live = seen.get(&room(i)).map(Vec::as_slice).unwrap_or_default();
+            assert_eq!(brief(live), brief(&hist), "room {i}");
+        }
+        watcher.expect_nothing_pending().await;
+    }
+    for (_, _, sender) in &mut senders {
+        sender.expect_nothing_pending().await;
+    }
+    // And the servers are still in use.
+    let (s0, s1) = watchers.split_at_mut(1);
+    s1[0].send(&format!("JOIN {}", room(1))).await;
+    s0[0].send(&format!("JOIN {}", room(1))).await;
+    s0[0].until("OK JOIN ").await;
+    s1[0].until("OK JOIN ").await;
+    let id = s0[0].say("still here").await;
+    let got = live_messages(&mut s1[0], 1).await;
+    assert_eq!(got[&room(1)][0].id, id);
+    drop(watchers);
+    drop(senders);
+    stop_all(servers).await;
+}

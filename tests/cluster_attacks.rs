@@ -829,3 +829,164 @@ async fn batches_over_many_rooms_with_awkward_and_long_texts_reach_both_servers_
     drop(senders);
     stop_all(servers).await;
 }
+
+/// The texts of the `MSG` lines a client gets up to one of `last`.
+async fn texts_until(client: &mut Client, last: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    while texts.last().map(String::as_str) != Some(last) {
+        let line = client.line().await;
+        if line.starts_with("MSG ") {
+            texts.push(common::parse_message(&line).text);
+        }
+    }
+    texts
+}
+
+/// What another database client does is history only: its INSERTs (one row, many rows over
+/// several parts, a row too long for a payload), whatever its `application_name`, and a
+/// `NOTIFY` of its own carrying a made-up message, are never delivered live, and the
+/// servers carry on.
+#[tokio::test]
+async fn another_clients_inserts_and_notifications_are_history_only() {
+    let mut config = pg::config().await;
+    config.max_line = 12_000;
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    let mut carol = servers[0].login("carol").await;
+    let mut bob = servers[1].login("bob").await;
+    for c in [&mut alice, &mut carol, &mut bob] {
+        c.join("r").await;
+    }
+    alice.say("one").await;
+    assert_eq!(texts_until(&mut bob, "one").await, ["one"]);
+    assert_eq!(texts_until(&mut carol, "one").await, ["one"]);
+
+    let other = pg::connect(&url).await;
+    let insert = "INSERT INTO messages (room_id, user_id, body) \
+                  SELECT r.id, u.id, $1 || g FROM rooms r, users u, generate_series(1, $2) g \
+                  WHERE r.name = 'r' AND u.name = 'alice'";
+    other.execute(insert, &[&"bulk ", &1i32]).await.unwrap();
+    other
+        .batch_execute("SET application_name = 'psql'")
+        .await
+        .unwrap();
+    let long = "é".repeat(3000);
+    other.execute(insert, &[&long, &40i32]).await.unwrap();
+    other
+        .execute(insert, &[&"h".repeat(9000), &1i32])
+        .await
+        .unwrap();
+    other
+        .batch_execute("NOTIFY linechat_messages, 'psql + r 1 1 1 1 0 mallory 5 hello'")
+        .await
+        .unwrap();
+    other
+        .batch_execute("NOTIFY linechat_messages, 'psql r 1 999999'")
+        .await
+        .unwrap();
+    alice.say("two").await;
+    assert_eq!(texts_until(&mut bob, "two").await, ["two"]);
+    assert_eq!(texts_until(&mut carol, "two").await, ["two"]);
+    bob.send("HISTORY r LIMIT 100").await;
+    let (_, ok) = bob.until("OK HISTORY ").await;
+    assert_eq!(ok, "OK HISTORY r 44");
+    stop_all(servers).await;
+}
+
+/// Messages whose notification is a byte or so either side of a payload's limit (8,000
+/// bytes), on both sides of the single-part fast path's threshold too, in one-byte and
+/// two-byte characters, each its own transaction: each reaches the other server's member
+/// once, as stored.
+#[tokio::test]
+async fn messages_at_the_payload_limit_reach_the_other_server_as_stored() {
+    let mut config = pg::config().await;
+    config.max_line = 12_000;
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    let mut bob = servers[1].login("bob").await;
+    alice.join("r").await;
+    bob.join("r").await;
+    let mut said = Vec::new();
+    for bytes in 7_860..8_000 {
+        // Every other one with a two-byte character in the middle: a character count
+        // unlike its byte count.
+        let text = match bytes % 2 {
+            0 => "a".repeat(bytes),
+            _ => format!("{}é{}", "b".repeat(bytes / 2 - 1), "c".repeat(bytes / 2)),
+        };
+        assert_eq!(text.len(), bytes);
+        said.push((alice.say(&text).await, text));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < said.len() {
+        let line = bob.line().await;
+        if line.starts_with("MSG ") {
+            let m = common::parse_message(&line);
+            seen.push((m.id, m.text));
+        }
+    }
+    let sizes = |v: &[(u64, String)]| v.iter().map(|(id, t)| (*id, t.len())).collect::<Vec<_>>();
+    assert_eq!(sizes(&seen), sizes(&said));
+    assert!(seen == said);
+    bob.expect_nothing_pending().await;
+    stop_all(servers).await;
+}
+
+/// Another database client that sends unreadable notifications under a server's origin
+/// again and again makes every server listen again and catch its members up each time:
+/// while one talks, the members on both servers get every message once, in order, and the
+/// talker every answer.
+#[tokio::test]
+async fn unreadable_notifications_under_a_servers_origin_lose_and_double_nothing() {
+    const SAID: usize = 300;
+    let config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    let mut carol = servers[0].login("carol").await;
+    let mut bob = servers[1].login("bob").await;
+    for c in [&mut alice, &mut carol, &mut bob] {
+        c.join("r").await;
+    }
+    let other = pg::connect(&url).await;
+    let nuisance = tokio::spawn(async move {
+        for i in 0..40 {
+            let notify = format!("NOTIFY linechat_messages, 'linechat-x + {i}'");
+            other.batch_execute(&notify).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    for i in 0..SAID {
+        alice.send(&format!("SAY m{i}")).await;
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    }
+    let mut acks = Vec::new();
+    while acks.len() < SAID {
+        let line = alice.line().await;
+        if let Some(ok) = line.strip_prefix("OK SAY ") {
+            acks.push(ok.split(' ').next().unwrap().parse::<u64>().unwrap());
+        }
+    }
+    nuisance.await.unwrap();
+    let want: Vec<(u64, String)> = acks
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, format!("m{i}")))
+        .collect();
+    for member in [&mut bob, &mut carol] {
+        let mut seen = Vec::new();
+        while seen.len() < SAID {
+            let line = member.line().await;
+            if line.starts_with("MSG ") {
+                let m = common::parse_message(&line);
+                seen.push((m.id, m.text));
+            }
+        }
+        assert_eq!(seen, want);
+        member.expect_nothing_pending().await;
+    }
+    stop_all(servers).await;
+}

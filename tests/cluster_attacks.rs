@@ -990,3 +990,41 @@ async fn unreadable_notifications_under_a_servers_origin_lose_and_double_nothing
     }
     stop_all(servers).await;
 }
+
+/// A SQL_ASCII database counts a text's bytes, not its characters, and converts nothing for
+/// the listener: a notification carrying a multi-byte text was unreadable, and every one made
+/// each server listen again and catch everyone up (seconds a message). Such a database's
+/// notifications carry ranges only (schema.sql's migration 7).
+#[tokio::test]
+async fn multi_byte_texts_in_a_sql_ascii_database_are_notified_readably() {
+    let logs = common::logs::Logs::capture();
+    let mut config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let (base, name) = url.rsplit_once("dbname=").unwrap();
+    let admin = pg::connect(&format!("{base}dbname=postgres")).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE {name}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {name} ENCODING 'SQL_ASCII' \
+             TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+        ))
+        .await
+        .unwrap();
+    config.database_url = Some(url.clone());
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    let mut bob = servers[1].login("bob").await;
+    alice.join("r").await;
+    bob.join("r").await;
+    for text in ["héllo wörld", "plain", "é", "éé r"] {
+        alice.say(text).await;
+    }
+    let texts = ["héllo wörld", "plain", "é", "éé r"];
+    assert_eq!(texts_until(&mut bob, "éé r").await, texts);
+    assert_eq!(logs.count("an unreadable notification"), 0);
+    assert_eq!(logs.count("listening for stored messages again"), 0);
+    stop_all(servers).await;
+}

@@ -328,7 +328,8 @@ ALTER TABLE presence ENABLE ALWAYS TRIGGER presence_notify;
 -- <millis> counts since the Unix epoch; <length> counts the text's characters (not bytes:
 -- a payload is converted to each listener's encoding). A part that does not fit after all
 -- (a very long message) is notified as migration 5 says, ranges only, to be read from the
--- table.
+-- table. So is everything in a SQL_ASCII database: it has no characters to count (length()
+-- counts bytes there, and no conversion makes them characters for the listener).
 --
 -- Servers older than this migration cannot read these notifications: all servers sharing a
 -- database must be of one version (README, "Running several servers").
@@ -338,10 +339,11 @@ DECLARE
     origin text := coalesce(
         nullif(translate(current_setting('application_name'), ' ', '_'), ''), '-');
     carried text;
+    carry boolean := getdatabaseencoding() <> 'SQL_ASCII';
 BEGIN
     -- Most transactions fit in one part, built without the parts' running sum (which costs
     -- a third of the INSERT). 40 bytes a message at least besides its text.
-    IF (SELECT sum(octet_length(body) + 40) FROM new_messages) < 8000 THEN
+    IF carry AND (SELECT sum(octet_length(body) + 40) FROM new_messages) < 8000 THEN
         SELECT origin || ' +' || string_agg(c.carried, '' ORDER BY c.first) INTO carried
         FROM (
             SELECT min(n.id) AS first,
@@ -361,7 +363,8 @@ BEGIN
         END IF;
     END IF;
     PERFORM pg_notify('linechat_messages',
-                      CASE WHEN octet_length(p.carried) < 8000 THEN p.carried ELSE p.ranges END)
+                      CASE WHEN carry AND octet_length(p.carried) < 8000 THEN p.carried
+                           ELSE p.ranges END)
     FROM (
         SELECT origin || ' +' || string_agg(c.carried, '' ORDER BY c.first) AS carried,
                origin || ' ' || string_agg(c.room || ' ' || c.first || ' ' || c.last, ' '

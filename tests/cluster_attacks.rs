@@ -667,3 +667,364 @@ async fn a_rename_in_many_rooms_reaches_every_room_on_the_other_server() {
     watcher.expect_nothing_pending().await;
     stop_all(servers).await;
 }
+
+/// The `MSG` lines of `rooms` a client gets until it has `count` of them (presence lines
+/// skipped; anything else fails the test), room by room in the order they came.
+async fn live_messages(client: &mut Client, count: usize) -> HashMap<String, Vec<common::Message>> {
+    let mut seen: HashMap<String, Vec<common::Message>> = HashMap::new();
+    for _ in 0..count {
+        let line = loop {
+            let line = client.line().await;
+            if !line.starts_with("JOINED ") && !line.starts_with("LEFT ") {
+                break line;
+            }
+        };
+        let m = common::parse_message(&line);
+        assert_eq!(m.kind, "MSG", "{line:.100}");
+        seen.entry(m.room.clone()).or_default().push(m);
+    }
+    seen
+}
+
+/// Messages as `(id, time, nick, text)`, the text cut short for a readable failure, with
+/// its length in characters.
+fn brief(messages: &[common::Message]) -> Vec<(u64, String, String, String, usize)> {
+    messages
+        .iter()
+        .map(|m| {
+            let text = m.text.chars().take(24).collect();
+            (
+                m.id,
+                m.time.clone(),
+                m.nick.clone(),
+                text,
+                m.text.chars().count(),
+            )
+        })
+        .collect()
+}
+
+/// `room`'s whole history, as `HIST` lines say it.
+async fn history(client: &mut Client, room: &str) -> Vec<common::Message> {
+    client.send(&format!("HISTORY {room} LIMIT 500")).await;
+    let (lines, ok) = client.until("OK HISTORY ").await;
+    let hist: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("HIST "))
+        .map(|l| common::parse_message(l))
+        .collect();
+    assert!(ok.ends_with(&format!(" {}", hist.len())), "{ok}");
+    hist
+}
+
+/// Texts that look like the payload's own syntax, multi-byte characters, combining marks,
+/// emoji and tabs, at names' longest, from 80 senders on each of two servers at once (more
+/// than 64 rooms a batch), some long enough that a room's messages are split over several
+/// parts of a notification and one past what a payload holds (read back from the table):
+/// every member on both servers gets every other's message once, in id order, equal to the
+/// history (the time too), and every sender all its answers.
+#[tokio::test]
+async fn batches_over_many_rooms_with_awkward_and_long_texts_reach_both_servers_once() {
+    const ROOMS: usize = 80;
+    let mut config = pg::config().await;
+    config.max_line = 12_000;
+    config.max_rooms_per_connection = 0;
+    config.new_rooms_per_minute = 100_000;
+    let servers = servers_with(2, config).await;
+    let room = |i: usize| format!("{i:03}.{}", "R".repeat(60));
+    let nick = |s: usize, i: usize| format!("s{s}n{i:03}_{}", "N".repeat(25));
+    let texts = |s: usize, i: usize| -> Vec<String> {
+        let mut texts = vec![
+            format!("{} 1 1 1 1 0 x 3 abc", room(i)),
+            "  é\u{301}\u{301} 🎉👩‍💻🇳🇱\t你好  ".to_string(),
+            format!("{s} {i} + - 0 0 linechat-x + r 1 1 1"),
+        ];
+        if i % 5 == 0 {
+            // A room's messages split over parts: 3,000 two-byte characters each.
+            texts.insert(1, format!("{s}{i:03}{}", "é".repeat(2996)));
+            texts.push(format!("{s}{i:03}{}", "ß".repeat(2996)));
+        }
+        if i == 7 {
+            // Past one payload: that part goes as ranges.
+            texts.insert(2, "𝄞".repeat(2_100));
+        }
+        texts
+    };
+    assert!(room(0).len() == 64 && nick(0, 0).len() == 32);
+
+    let mut watchers = Vec::new();
+    for (s, server) in servers.iter().enumerate() {
+        let mut watcher = server.login(&format!("watcher{s}")).await;
+        for i in 0..ROOMS {
+            watcher.join(&room(i)).await;
+        }
+        watchers.push(watcher);
+    }
+    let mut senders = Vec::new();
+    for (s, server) in servers.iter().enumerate() {
+        for i in 0..ROOMS {
+            let mut sender = server.login(&nick(s, i)).await;
+            sender.join(&room(i)).await;
+            senders.push((s, i, sender));
+        }
+    }
+    // Every SAY first, alternating between servers, then the answers.
+    for k in 0..5 {
+        for (s, i, sender) in &mut senders {
+            if let Some(text) = texts(*s, *i).get(k) {
+                sender.send(&format!("SAY {text}")).await;
+            }
+        }
+    }
+    let mut total = 0;
+    for (s, i, sender) in &mut senders {
+        let ours = texts(*s, *i);
+        let theirs = texts(1 - *s, *i);
+        total += ours.len();
+        let (mut acks, mut others) = (Vec::new(), Vec::new());
+        while acks.len() < ours.len() || others.len() < theirs.len() {
+            let line = sender.line().await;
+            if let Some(ok) = line.strip_prefix("OK SAY ") {
+                acks.push(ok.split(' ').next().unwrap().parse::<u64>().unwrap());
+            } else if line.starts_with("MSG ") {
+                others.push(common::parse_message(&line));
+            } else {
+                assert!(
+                    line.starts_with("JOINED ") || line.starts_with("LEFT "),
+                    "{line:.100}"
+                );
+            }
+        }
+        assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
+        let texts: Vec<&str> = others.iter().map(|m| m.text.as_str()).collect();
+        assert!(
+            texts == theirs.iter().map(String::as_str).collect::<Vec<_>>(),
+            "sender {s} {i}: {:?}",
+            brief(&others)
+        );
+        assert!(others.iter().all(|m| m.nick == nick(1 - *s, *i)));
+    }
+    for watcher in &mut watchers {
+        let seen = live_messages(watcher, total).await;
+        for i in 0..ROOMS {
+            let hist = history(watcher, &room(i)).await;
+            let live = seen.get(&room(i)).map(Vec::as_slice).unwrap_or_default();
+            assert_eq!(brief(live), brief(&hist), "room {i}");
+        }
+        watcher.expect_nothing_pending().await;
+    }
+    for (_, _, sender) in &mut senders {
+        sender.expect_nothing_pending().await;
+    }
+    // And the servers are still in use.
+    let (s0, s1) = watchers.split_at_mut(1);
+    s1[0].send(&format!("JOIN {}", room(1))).await;
+    s0[0].send(&format!("JOIN {}", room(1))).await;
+    s0[0].until("OK JOIN ").await;
+    s1[0].until("OK JOIN ").await;
+    let id = s0[0].say("still here").await;
+    let got = live_messages(&mut s1[0], 1).await;
+    assert_eq!(got[&room(1)][0].id, id);
+    drop(watchers);
+    drop(senders);
+    stop_all(servers).await;
+}
+
+/// The texts of the `MSG` lines a client gets up to one of `last`.
+async fn texts_until(client: &mut Client, last: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    while texts.last().map(String::as_str) != Some(last) {
+        let line = client.line().await;
+        if line.starts_with("MSG ") {
+            texts.push(common::parse_message(&line).text);
+        }
+    }
+    texts
+}
+
+/// What another database client does is history only: its INSERTs (one row, many rows over
+/// several parts, a row too long for a payload), whatever its `application_name`, and a
+/// `NOTIFY` of its own carrying a made-up message, are never delivered live, and the
+/// servers carry on.
+#[tokio::test]
+async fn another_clients_inserts_and_notifications_are_history_only() {
+    let mut config = pg::config().await;
+    config.max_line = 12_000;
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    let mut carol = servers[0].login("carol").await;
+    let mut bob = servers[1].login("bob").await;
+    for c in [&mut alice, &mut carol, &mut bob] {
+        c.join("r").await;
+    }
+    alice.say("one").await;
+    assert_eq!(texts_until(&mut bob, "one").await, ["one"]);
+    assert_eq!(texts_until(&mut carol, "one").await, ["one"]);
+
+    let other = pg::connect(&url).await;
+    let insert = "INSERT INTO messages (room_id, user_id, body) \
+                  SELECT r.id, u.id, $1 || g FROM rooms r, users u, generate_series(1, $2) g \
+                  WHERE r.name = 'r' AND u.name = 'alice'";
+    other.execute(insert, &[&"bulk ", &1i32]).await.unwrap();
+    other
+        .batch_execute("SET application_name = 'psql'")
+        .await
+        .unwrap();
+    let long = "é".repeat(3000);
+    other.execute(insert, &[&long, &40i32]).await.unwrap();
+    other
+        .execute(insert, &[&"h".repeat(9000), &1i32])
+        .await
+        .unwrap();
+    other
+        .batch_execute("NOTIFY linechat_messages, 'psql + r 1 1 1 1 0 mallory 5 hello'")
+        .await
+        .unwrap();
+    other
+        .batch_execute("NOTIFY linechat_messages, 'psql r 1 999999'")
+        .await
+        .unwrap();
+    alice.say("two").await;
+    assert_eq!(texts_until(&mut bob, "two").await, ["two"]);
+    assert_eq!(texts_until(&mut carol, "two").await, ["two"]);
+    bob.send("HISTORY r LIMIT 100").await;
+    let (_, ok) = bob.until("OK HISTORY ").await;
+    assert_eq!(ok, "OK HISTORY r 44");
+    stop_all(servers).await;
+}
+
+/// Messages whose notification is a byte or so either side of a payload's limit (8,000
+/// bytes), on both sides of the single-part fast path's threshold too, in one-byte and
+/// two-byte characters, each its own transaction: each reaches the other server's member
+/// once, as stored.
+#[tokio::test]
+async fn messages_at_the_payload_limit_reach_the_other_server_as_stored() {
+    let mut config = pg::config().await;
+    config.max_line = 12_000;
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    let mut bob = servers[1].login("bob").await;
+    alice.join("r").await;
+    bob.join("r").await;
+    let mut said = Vec::new();
+    for bytes in 7_860..8_000 {
+        // Every other one with a two-byte character in the middle: a character count
+        // unlike its byte count.
+        let text = match bytes % 2 {
+            0 => "a".repeat(bytes),
+            _ => format!("{}é{}", "b".repeat(bytes / 2 - 1), "c".repeat(bytes / 2)),
+        };
+        assert_eq!(text.len(), bytes);
+        said.push((alice.say(&text).await, text));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < said.len() {
+        let line = bob.line().await;
+        if line.starts_with("MSG ") {
+            let m = common::parse_message(&line);
+            seen.push((m.id, m.text));
+        }
+    }
+    let sizes = |v: &[(u64, String)]| v.iter().map(|(id, t)| (*id, t.len())).collect::<Vec<_>>();
+    assert_eq!(sizes(&seen), sizes(&said));
+    assert!(seen == said);
+    bob.expect_nothing_pending().await;
+    stop_all(servers).await;
+}
+
+/// Another database client that sends unreadable notifications under a server's origin
+/// again and again makes every server listen again and catch its members up each time:
+/// while one talks, the members on both servers get every message once, in order, and the
+/// talker every answer.
+#[tokio::test]
+async fn unreadable_notifications_under_a_servers_origin_lose_and_double_nothing() {
+    const SAID: usize = 300;
+    let config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    let mut carol = servers[0].login("carol").await;
+    let mut bob = servers[1].login("bob").await;
+    for c in [&mut alice, &mut carol, &mut bob] {
+        c.join("r").await;
+    }
+    let other = pg::connect(&url).await;
+    let nuisance = tokio::spawn(async move {
+        for i in 0..40 {
+            let notify = format!("NOTIFY linechat_messages, 'linechat-x + {i}'");
+            other.batch_execute(&notify).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    for i in 0..SAID {
+        alice.send(&format!("SAY m{i}")).await;
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    }
+    let mut acks = Vec::new();
+    while acks.len() < SAID {
+        let line = alice.line().await;
+        if let Some(ok) = line.strip_prefix("OK SAY ") {
+            acks.push(ok.split(' ').next().unwrap().parse::<u64>().unwrap());
+        }
+    }
+    nuisance.await.unwrap();
+    let want: Vec<(u64, String)> = acks
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, format!("m{i}")))
+        .collect();
+    for member in [&mut bob, &mut carol] {
+        let mut seen = Vec::new();
+        while seen.len() < SAID {
+            let line = member.line().await;
+            if line.starts_with("MSG ") {
+                let m = common::parse_message(&line);
+                seen.push((m.id, m.text));
+            }
+        }
+        assert_eq!(seen, want);
+        member.expect_nothing_pending().await;
+    }
+    stop_all(servers).await;
+}
+
+/// A SQL_ASCII database counts a text's bytes, not its characters, and converts nothing for
+/// the listener: a notification carrying a multi-byte text was unreadable, and every one made
+/// each server listen again and catch everyone up (seconds a message). Such a database's
+/// notifications carry ranges only (schema.sql's migration 7).
+#[tokio::test]
+async fn multi_byte_texts_in_a_sql_ascii_database_are_notified_readably() {
+    let logs = common::logs::Logs::capture();
+    let mut config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let (base, name) = url.rsplit_once("dbname=").unwrap();
+    let admin = pg::connect(&format!("{base}dbname=postgres")).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE {name}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {name} ENCODING 'SQL_ASCII' \
+             TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+        ))
+        .await
+        .unwrap();
+    config.database_url = Some(url.clone());
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    let mut bob = servers[1].login("bob").await;
+    alice.join("r").await;
+    bob.join("r").await;
+    for text in ["héllo wörld", "plain", "é", "éé r"] {
+        alice.say(text).await;
+    }
+    let texts = ["héllo wörld", "plain", "é", "éé r"];
+    assert_eq!(texts_until(&mut bob, "éé r").await, texts);
+    assert_eq!(logs.count("an unreadable notification"), 0);
+    assert_eq!(logs.count("listening for stored messages again"), 0);
+    stop_all(servers).await;
+}

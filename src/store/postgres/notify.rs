@@ -57,8 +57,7 @@ impl PgStore {
                                 };
                                 let Some(event) = event else {
                                     let payload = n.payload();
-                                    let start: String = payload.chars().take(200).collect();
-                                    tracing::warn!(payload = start, "an unreadable notification");
+                                    tracing::warn!(payload = cut(payload, 200), "an unreadable notification");
                                     // A server's messages would be missed: listen again, and
                                     // catch up from the table. Anyone else's is ignored.
                                     if payload.starts_with(crate::store::SERVER_ORIGIN) {
@@ -133,6 +132,16 @@ impl PgStore {
         })
         .await
     }
+}
+
+/// At most `bytes` of `s`, cut at a character's start (`str::floor_char_boundary` is newer
+/// than the Rust this crate supports).
+fn cut(s: &str, bytes: usize) -> &str {
+    let mut end = bytes.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// `<origin> (<room> <first> <last>)*` (migration 5), or with the messages carried (migration
@@ -277,6 +286,14 @@ mod tests {
         );
         assert_eq!(parse("psql 4 10"), None);
         assert_eq!(parse("psql 4 x 12"), None);
+    }
+
+    #[test]
+    fn a_logged_payload_is_cut_at_a_characters_start() {
+        assert_eq!(cut("abc", 200), "abc");
+        assert_eq!(cut("aé", 2), "a");
+        assert_eq!(cut("aé", 3), "aé");
+        assert_eq!(cut("", 0), "");
     }
 
     fn message(id: MessageId, millis: i64, nick: &str, text: &str) -> StoredMessage {

@@ -331,8 +331,48 @@ ALTER TABLE presence ENABLE ALWAYS TRIGGER presence_notify;
 -- table. So is everything in a SQL_ASCII database: it has no characters to count (length()
 -- counts bytes there, and no conversion makes them characters for the listener).
 --
+-- And the notifications go to channels whose names no other login can know. Anyone who can
+-- connect to a database may NOTIFY any channel; on the well-known ones, a login with no
+-- privilege at all could have made every server deliver a message nobody stored, in the name
+-- of anyone, with an id that hid the room's real messages from its members. The names are in
+-- notify_channels, which only the schema's owner (linechat's login) may read; the servers
+-- listen on them, and the triggers notify on them (an INSERT by a login that may not read
+-- them is notified to nobody: another program's rows are history only anyway).
+--
 -- Servers older than this migration cannot read these notifications: all servers sharing a
 -- database must be of one version (README, "Running several servers").
+CREATE TABLE notify_channels (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    messages text NOT NULL,
+    presence text NOT NULL
+);
+REVOKE ALL ON notify_channels FROM PUBLIC;
+INSERT INTO notify_channels (messages, presence)
+SELECT 'linechat_messages_' || secret, 'linechat_presence_' || secret
+FROM (SELECT replace(gen_random_uuid()::text, '-', '') AS secret) s;
+
+CREATE OR REPLACE FUNCTION linechat_notify_presence() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    channel text;
+BEGIN
+    IF NOT has_table_privilege('notify_channels', 'SELECT') THEN
+        RETURN NULL;
+    END IF;
+    SELECT presence INTO channel FROM notify_channels;
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify(channel,
+            concat_ws(' ', 'J', NEW.node, NEW.conn, NEW.room, NEW.name));
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM pg_notify(channel,
+            concat_ws(' ', 'N', NEW.node, NEW.conn, NEW.room, OLD.name, NEW.name));
+    ELSE
+        PERFORM pg_notify(channel,
+            concat_ws(' ', 'L', OLD.node, OLD.conn, OLD.room, OLD.name));
+    END IF;
+    RETURN NULL;
+END $$;
+
 CREATE OR REPLACE FUNCTION linechat_notify_messages() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
@@ -340,7 +380,12 @@ DECLARE
         nullif(translate(current_setting('application_name'), ' ', '_'), ''), '-');
     carried text;
     carry boolean := getdatabaseencoding() <> 'SQL_ASCII';
+    channel text;
 BEGIN
+    IF NOT has_table_privilege('notify_channels', 'SELECT') THEN
+        RETURN NULL;
+    END IF;
+    SELECT messages INTO channel FROM notify_channels;
     -- Most transactions fit in one part, built without the parts' running sum (which costs
     -- a third of the INSERT). 40 bytes a message at least besides its text.
     IF carry AND (SELECT sum(octet_length(body) + 40) FROM new_messages) < 8000 THEN
@@ -358,11 +403,11 @@ BEGIN
             GROUP BY r.name
         ) c;
         IF octet_length(carried) < 8000 THEN
-            PERFORM pg_notify('linechat_messages', carried);
+            PERFORM pg_notify(channel, carried);
             RETURN NULL;
         END IF;
     END IF;
-    PERFORM pg_notify('linechat_messages',
+    PERFORM pg_notify(channel,
                       CASE WHEN carry AND octet_length(p.carried) < 8000 THEN p.carried
                            ELSE p.ranges END)
     FROM (

@@ -196,8 +196,13 @@ async fn notifications_carry_the_messages_and_one_too_long_is_read_back() {
             }
         }
     });
+    let channel: String = listener
+        .query_one("SELECT messages FROM notify_channels", &[])
+        .await
+        .unwrap()
+        .get(0);
     listener
-        .batch_execute("LISTEN linechat_messages")
+        .batch_execute(&format!("LISTEN {channel}"))
         .await
         .unwrap();
 

@@ -842,6 +842,102 @@ async fn texts_until(client: &mut Client, last: &str) -> Vec<String> {
     texts
 }
 
+/// The channels the servers listen on (schema.sql's migration 7).
+async fn secret_channels(db: &tokio_postgres::Client) -> (String, String) {
+    let row = db
+        .query_one("SELECT messages, presence FROM notify_channels", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// A login with no privilege but to connect cannot make the servers deliver anything:
+/// PostgreSQL lets anyone NOTIFY any channel, so the servers listen on channels whose names
+/// it may not read. Before, its made-up message reached every member, in anyone's name,
+/// with an id that hid the room's real messages from them ever after; and made-up presence
+/// put strangers in `WHO`. Given INSERT on messages, its rows are history only.
+#[tokio::test]
+async fn a_login_without_privileges_cannot_forge_messages_or_presence() {
+    let config = pg::config().await;
+    let url = config.database_url.clone().unwrap();
+    let servers = servers_with(2, config).await;
+    let mut alice = servers[0].login("alice").await;
+    let mut bob = servers[1].login("bob").await;
+    alice.join("r").await;
+    bob.join("r").await;
+    alice.expect("JOINED r bob").await;
+
+    let admin = pg::connect(&url).await;
+    let db: String = admin
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mallory = format!("mallory_{db}");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {mallory} LOGIN; \
+             GRANT INSERT ON messages TO {mallory}; \
+             GRANT SELECT, UPDATE ON rooms, users TO {mallory}"
+        ))
+        .await
+        .unwrap();
+    let mallory_url = url.replace("user=linechat", &format!("user={mallory}"));
+    assert_ne!(mallory_url, url);
+    let other = pg::connect(&mallory_url).await;
+    let refused = other
+        .query("SELECT messages FROM notify_channels", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused:?}"
+    );
+    for forged in [
+        "NOTIFY linechat_messages, 'linechat-x + r 9000000000000000000 9000000000000000000 1 \
+         9000000000000000000 0 alice 6 forged'",
+        "NOTIFY linechat_messages, 'linechat-x + nonsense'",
+        "NOTIFY linechat_presence, 'J linechat-x 1 r eve'",
+    ] {
+        other.batch_execute(forged).await.unwrap();
+    }
+    other
+        .execute(
+            "INSERT INTO messages (room_id, user_id, body) \
+             SELECT r.id, u.id, 'inserted' FROM rooms r, users u \
+             WHERE r.name = 'r' AND u.name = 'alice'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let id = alice.say("real").await;
+    assert_eq!(texts_until(&mut bob, "real").await, ["real"]);
+    bob.send("WHO r").await;
+    let (members, _) = bob.until("OK WHO").await;
+    assert!(members.iter().all(|l| !l.contains("eve")), "{members:?}");
+    bob.send("HISTORY r LIMIT 10").await;
+    let (history, _) = bob.until("OK HISTORY").await;
+    let texts: Vec<String> = history
+        .iter()
+        .map(|l| common::parse_message(l).text)
+        .collect();
+    assert_eq!(texts, ["inserted", "real"]);
+    assert_eq!(common::parse_message(history.last().unwrap()).id, id);
+    // And the servers did not drop their notifications over it: still live.
+    let id2 = bob.say("and back").await;
+    assert_eq!(texts_until(&mut alice, "and back").await, ["and back"]);
+    assert!(id2 > id);
+    drop(other);
+    admin
+        .batch_execute(&format!(
+            "REVOKE ALL ON messages, rooms, users FROM {mallory}; DROP ROLE {mallory}"
+        ))
+        .await
+        .unwrap();
+    stop_all(servers).await;
+}
+
 /// What another database client does is history only: its INSERTs (one row, many rows over
 /// several parts, a row too long for a payload), whatever its `application_name`, and a
 /// `NOTIFY` of its own carrying a made-up message, are never delivered live, and the
@@ -863,6 +959,8 @@ async fn another_clients_inserts_and_notifications_are_history_only() {
     assert_eq!(texts_until(&mut carol, "one").await, ["one"]);
 
     let other = pg::connect(&url).await;
+    // Even one who may read the servers' channels (linechat's own login).
+    let (messages, _) = secret_channels(&other).await;
     let insert = "INSERT INTO messages (room_id, user_id, body) \
                   SELECT r.id, u.id, $1 || g FROM rooms r, users u, generate_series(1, $2) g \
                   WHERE r.name = 'r' AND u.name = 'alice'";
@@ -878,11 +976,13 @@ async fn another_clients_inserts_and_notifications_are_history_only() {
         .await
         .unwrap();
     other
-        .batch_execute("NOTIFY linechat_messages, 'psql + r 1 1 1 1 0 mallory 5 hello'")
+        .batch_execute(&format!(
+            "NOTIFY {messages}, 'psql + r 1 1 1 1 0 mallory 5 hello'"
+        ))
         .await
         .unwrap();
     other
-        .batch_execute("NOTIFY linechat_messages, 'psql r 1 999999'")
+        .batch_execute(&format!("NOTIFY {messages}, 'psql r 1 999999'"))
         .await
         .unwrap();
     alice.say("two").await;
@@ -950,9 +1050,11 @@ async fn unreadable_notifications_under_a_servers_origin_lose_and_double_nothing
         c.join("r").await;
     }
     let other = pg::connect(&url).await;
+    // One who may read the servers' channels (linechat's own login).
+    let (messages, _) = secret_channels(&other).await;
     let nuisance = tokio::spawn(async move {
         for i in 0..40 {
-            let notify = format!("NOTIFY linechat_messages, 'linechat-x + {i}'");
+            let notify = format!("NOTIFY {messages}, 'linechat-x + {i}'");
             other.batch_execute(&notify).await.unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -14,10 +14,9 @@ use super::*;
 use crate::cluster::remote::{Change, Presence, RemoteMember};
 use crate::store::{Event, Stored, Subscription};
 
-/// The channel the messages' trigger notifies on.
-const CHANNEL: &str = "linechat_messages";
-/// The channel the presence trigger notifies on.
-const PRESENCE_CHANNEL: &str = "linechat_presence";
+/// The channels the triggers notify on: names no other login can know (schema.sql's
+/// migration 7), or anyone could make the servers deliver what nobody stored.
+const CHANNELS: &str = "SELECT messages, presence FROM notify_channels";
 /// Notifications waiting for the subscriber; past that, the connection is not read (the
 /// database keeps them meanwhile).
 const BACKLOG: usize = 1024;
@@ -37,13 +36,30 @@ impl PgStore {
         tokio::spawn(async move {
             // The connection is driven here, by the task that owns its client, until it
             // breaks or the subscriber goes.
-            let statement = format!("LISTEN {CHANNEL}; LISTEN {PRESENCE_CHANNEL}");
-            let listen = client.batch_execute(&statement);
+            let listen = async {
+                let row = client.query_one(CHANNELS, &[]).await?;
+                let (messages, presence): (String, String) = (row.get(0), row.get(1));
+                // Names the migration made of letters, digits and `_`: anything else is not
+                // put into a statement.
+                let plain = |name: &str| {
+                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                };
+                if !plain(&messages) || !plain(&presence) {
+                    return Err(ListenError::Channels);
+                }
+                client
+                    .batch_execute(&format!("LISTEN {messages}; LISTEN {presence}"))
+                    .await?;
+                Ok(presence)
+            };
             let mut listen = std::pin::pin!(listen.fuse());
             let mut listening = Some(listening_tx);
+            // Until it listens, no notification comes.
+            let mut presence_channel = String::new();
             loop {
                 tokio::select! {
                     done = &mut listen, if listening.is_some() => {
+                        let done = done.map(|presence| presence_channel = presence);
                         let _ = listening.take().expect("once").send(done);
                     }
                     // The subscriber is gone (the server stops): so is the connection.
@@ -51,9 +67,10 @@ impl PgStore {
                     message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
                         match message {
                             Some(Ok(AsyncMessage::Notification(n))) => {
-                                let event = match n.channel() {
-                                    PRESENCE_CHANNEL => parse_presence(n.payload()).map(Event::Presence),
-                                    _ => parse(n.payload()).map(Event::Stored),
+                                let event = if n.channel() == presence_channel {
+                                    parse_presence(n.payload()).map(Event::Presence)
+                                } else {
+                                    parse(n.payload()).map(Event::Stored)
                                 };
                                 let Some(event) = event else {
                                     let payload = n.payload();
@@ -85,7 +102,10 @@ impl PgStore {
                 origin: self.origin.clone(),
                 events: rx,
             }),
-            Ok(Ok(Err(e))) => Err(unavailable(with_causes(&e))),
+            Ok(Ok(Err(ListenError::Db(e)))) => Err(unavailable(with_causes(&e))),
+            Ok(Ok(Err(ListenError::Channels))) => Err(unavailable(
+                "the notification channels in notify_channels are not plain names",
+            )),
             Ok(Err(_)) => Err(unavailable("the notification connection broke")),
             Err(_) => Err(unavailable("LISTEN took too long")),
         }
@@ -142,6 +162,15 @@ fn cut(s: &str, bytes: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Why listening did not begin.
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+    #[error("the channels' names are not plain")]
+    Channels,
 }
 
 /// `<origin> (<room> <first> <last>)*` (migration 5), or with the messages carried (migration

@@ -196,11 +196,7 @@ async fn notifications_carry_the_messages_and_one_too_long_is_read_back() {
             }
         }
     });
-    let channel: String = listener
-        .query_one("SELECT messages FROM notify_channels", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let (channel, _) = pg::secret_channels(&listener).await;
     listener
         .batch_execute(&format!("LISTEN {channel}"))
         .await

@@ -842,13 +842,17 @@ async fn texts_until(client: &mut Client, last: &str) -> Vec<String> {
     texts
 }
 
-/// The channels the servers listen on (schema.sql's migration 7).
-async fn secret_channels(db: &tokio_postgres::Client) -> (String, String) {
-    let row = db
-        .query_one("SELECT messages, presence FROM notify_channels", &[])
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
+/// The ids and texts of the next `count` `MSG` lines, skipping any other line.
+async fn ids_and_texts(client: &mut Client, count: usize) -> Vec<(u64, String)> {
+    let mut seen = Vec::with_capacity(count);
+    while seen.len() < count {
+        let line = client.line().await;
+        if line.starts_with("MSG ") {
+            let m = common::parse_message(&line);
+            seen.push((m.id, m.text));
+        }
+    }
+    seen
 }
 
 /// A login with no privilege but to connect cannot make the servers deliver anything:
@@ -960,7 +964,7 @@ async fn another_clients_inserts_and_notifications_are_history_only() {
 
     let other = pg::connect(&url).await;
     // Even one who may read the servers' channels (linechat's own login).
-    let (messages, _) = secret_channels(&other).await;
+    let (messages, _) = pg::secret_channels(&other).await;
     let insert = "INSERT INTO messages (room_id, user_id, body) \
                   SELECT r.id, u.id, $1 || g FROM rooms r, users u, generate_series(1, $2) g \
                   WHERE r.name = 'r' AND u.name = 'alice'";
@@ -1018,14 +1022,7 @@ async fn messages_at_the_payload_limit_reach_the_other_server_as_stored() {
         assert_eq!(text.len(), bytes);
         said.push((alice.say(&text).await, text));
     }
-    let mut seen = Vec::new();
-    while seen.len() < said.len() {
-        let line = bob.line().await;
-        if line.starts_with("MSG ") {
-            let m = common::parse_message(&line);
-            seen.push((m.id, m.text));
-        }
-    }
+    let seen = ids_and_texts(&mut bob, said.len()).await;
     let sizes = |v: &[(u64, String)]| v.iter().map(|(id, t)| (*id, t.len())).collect::<Vec<_>>();
     assert_eq!(sizes(&seen), sizes(&said));
     assert!(seen == said);
@@ -1051,7 +1048,7 @@ async fn unreadable_notifications_under_a_servers_origin_lose_and_double_nothing
     }
     let other = pg::connect(&url).await;
     // One who may read the servers' channels (linechat's own login).
-    let (messages, _) = secret_channels(&other).await;
+    let (messages, _) = pg::secret_channels(&other).await;
     let nuisance = tokio::spawn(async move {
         for i in 0..40 {
             let notify = format!("NOTIFY {messages}, 'linechat-x + {i}'");
@@ -1079,14 +1076,7 @@ async fn unreadable_notifications_under_a_servers_origin_lose_and_double_nothing
         .map(|(i, id)| (*id, format!("m{i}")))
         .collect();
     for member in [&mut bob, &mut carol] {
-        let mut seen = Vec::new();
-        while seen.len() < SAID {
-            let line = member.line().await;
-            if line.starts_with("MSG ") {
-                let m = common::parse_message(&line);
-                seen.push((m.id, m.text));
-            }
-        }
+        let seen = ids_and_texts(member, SAID).await;
         assert_eq!(seen, want);
         member.expect_nothing_pending().await;
     }

@@ -234,11 +234,12 @@ fn parse_carried(
             let millis = number(&mut rest)?;
             let nick = word(&mut rest)?.into();
             let length: usize = number(&mut rest)?;
-            let end = match rest.char_indices().nth(length) {
-                Some((end, _)) => end,
-                None if rest.chars().count() == length => rest.len(),
-                None => return None,
-            };
+            // Where its `length`th character ends: the payload's end counts as one.
+            let end = rest
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([rest.len()])
+                .nth(length)?;
             let text = rest[..end].to_owned();
             // The text ends the payload or is followed by a space.
             rest = match &rest[end..] {

@@ -313,6 +313,12 @@ async fn a_stopped_database_fails_fast_and_the_server_recovers_by_itself() {
         refused_fast(&mut c, "JOIN r SINCE 0").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // The store's failures are not the client's: more of them than its error budget allows
+    // (--max-errors, 30) and it is still served, not closed for too many errors.
+    assert_eq!(memory_config().max_errors, 30);
+    for _ in 0..40 {
+        refused_fast(&mut c, "HISTORY r").await;
+    }
     // The refused JOINs left no trace in the room, and the rest of the protocol works.
     a.expect_nothing_pending().await;
     b.expect_nothing_pending().await;

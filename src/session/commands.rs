@@ -106,9 +106,14 @@ impl Session {
     }
 
     /// Sends `ERR`, counting it: past its error budget (`--max-errors`, refilled
-    /// at that many a minute) the connection is closed.
+    /// at that many a minute) the connection is closed. The store's own failures are not the
+    /// client's and do not count: a client retrying through an outage is not closed for it.
     fn refuse(&mut self, e: ProtocolError) {
-        if let Some(limit) = &self.hub.error_limit {
+        let store_failed = matches!(
+            e.code,
+            ErrorCode::StoreUnavailable | ErrorCode::OutcomeUnknown
+        );
+        if let (Some(limit), false) = (&self.hub.error_limit, store_failed) {
             let now = Millis::now();
             let budget = self
                 .errors

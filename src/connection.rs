@@ -189,9 +189,23 @@ impl LineWriter {
         }
     }
 
+    /// Queues the rest of what another writer began ([`crate::express`]): first in line, and
+    /// if `begun`, the end of a line whose start is on the wire (kept by `drop_unstarted`).
+    pub fn push_rest(&mut self, rest: Bytes, begun: bool) {
+        debug_assert!(!begun || self.queue.is_empty(), "a begun line comes first");
+        self.queue.push(rest);
+        self.queue.started |= begun;
+    }
+
     /// Answers a WebSocket ping.
     pub fn push_pong(&mut self, payload: &[u8]) {
         self.queue.push(frames::pong(payload));
+    }
+
+    /// The socket, if a plain TCP one (which others may write to while the session waits:
+    /// [`crate::express`]).
+    pub fn plain_socket(&self) -> Option<&Arc<Transport>> {
+        matches!(*self.socket, Transport::Tcp(_)).then_some(&self.socket)
     }
 
     /// Bytes queued and not yet written.

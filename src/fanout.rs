@@ -101,6 +101,21 @@ impl LiveBatch {
         form.bytes.slice(framed(range.start)..framed(range.end))
     }
 
+    /// What member `me`, who has shown the room through `last_shown`, should get of it.
+    pub fn show(&self, me: ConnId, last_shown: MessageId) -> Show {
+        if self
+            .messages
+            .iter()
+            .all(|m| m.sender != me && m.id > last_shown)
+        {
+            return Show::All;
+        }
+        match self.ranges_for(me, last_shown) {
+            ranges if ranges.is_empty() => Show::Nothing,
+            ranges => Show::Ranges(ranges),
+        }
+    }
+
     /// The byte ranges a member should get: messages newer than `last_shown` that `me` did
     /// not send, with neighbouring ranges merged (usually the whole batch in one range).
     pub fn ranges_for(&self, me: ConnId, last_shown: MessageId) -> Vec<Range<usize>> {
@@ -117,6 +132,17 @@ impl LiveBatch {
         }
         ranges
     }
+}
+
+/// What to show of a live batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Show {
+    /// Nothing: not our room any more, or nothing new.
+    Nothing,
+    /// The whole batch (the usual case, without allocating).
+    All,
+    /// These byte ranges of it.
+    Ranges(Vec<Range<usize>>),
 }
 
 /// Formats stored batches into [`LiveBatch`]es and publishes them to their rooms.

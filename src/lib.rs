@@ -29,6 +29,8 @@
 //! - [`rooms`]: membership and presence; delivers to every member's mailbox.
 //! - [`mailbox`]: each connection's bounded queue of room traffic; a reader too slow for its
 //!   rooms *lags* there instead of being dropped, and its session catches it up.
+//! - [`express`]: while a plain TCP session waits with nothing to write, its room traffic is
+//!   written to its socket by the deliverer, without waking it.
 //! - [`managed_postgres`]: the PostgreSQL process the server runs itself when no database is
 //!   given.
 //! - [`telemetry`]: the metrics (`/metrics`, Prometheus text): counted per batch on the hot
@@ -46,6 +48,7 @@ pub mod bus;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod express;
 pub mod fanout;
 pub mod http;
 pub mod hub;

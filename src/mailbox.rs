@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 
+use crate::express::{Express, Outcome};
 use crate::fanout::LiveBatch;
+use crate::protocol::MessageId;
+use crate::transport::Transport;
 
 /// What a closed mailbox counts as queued: more than any limit, so that it takes nothing.
 const CLOSED: usize = usize::MAX / 2;
@@ -114,6 +117,9 @@ struct Queue {
     /// The lag is not the client's (the server's own delivery was interrupted): it is caught
     /// up without `LAGGED`.
     quiet: bool,
+    /// Made when a plain TCP session first arms: deliveries then write to its socket
+    /// themselves while it waits ([`crate::express`]).
+    express: Option<Box<Express>>,
 }
 
 impl Queue {
@@ -139,9 +145,23 @@ impl Mailbox {
         }
     }
 
-    /// Queues an item, or notes its room as missed if the connection lags or would start to.
-    pub fn deliver(&self, item: Delivery) {
+    /// Queues an item, or notes its room as missed if the connection lags or would start to;
+    /// or, while the session waits armed, writes it to the socket ([`crate::express`]).
+    pub fn deliver(&self, mut item: Delivery) {
         let mut queue = self.queue.lock().expect("mailbox lock");
+        if let Some(express) = queue.express.as_deref_mut() {
+            if express.is_armed() && !self.lagging.load(Ordering::Relaxed) {
+                match express.deliver(item) {
+                    Outcome::Done => return,
+                    Outcome::Partly => {
+                        drop(queue);
+                        self.ready.notify();
+                        return;
+                    }
+                    Outcome::Refused(back) => item = back,
+                }
+            }
+        }
         // Once lagging, nothing more until the session has caught up: a later, smaller item
         // must not slip in after one that was refused, or the client would see a hole.
         // Except presence in a quiet catch-up (the server's lag, not the client's: its
@@ -195,6 +215,40 @@ impl Mailbox {
             queue.items = VecDeque::new();
         }
         n
+    }
+
+    /// Before the session waits: deliveries write to `socket` themselves until it wakes,
+    /// showing `rooms` on from the ids given (see [`crate::express`]). Only while nothing is
+    /// queued and it does not lag; returns whether it armed.
+    pub fn arm<'a>(
+        &self,
+        socket: &Arc<Transport>,
+        me: ConnId,
+        rooms: impl Iterator<Item = (&'a Arc<str>, MessageId)>,
+    ) -> bool {
+        let mut queue = self.queue.lock().expect("mailbox lock");
+        if !queue.items.is_empty() || self.lagging.load(Ordering::Relaxed) {
+            return false;
+        }
+        queue
+            .express
+            .get_or_insert_with(|| Box::new(Express::new(socket.clone(), me)))
+            .arm(rooms);
+        true
+    }
+
+    /// When the session wakes from an armed wait: `shown` hears how far each room was shown
+    /// meanwhile, `leftover` gets what the socket has still to take, before anything queued
+    /// (with whether its line was begun).
+    pub fn disarm(
+        &self,
+        shown: impl FnMut(&Arc<str>, MessageId),
+        leftover: impl FnMut(Bytes, bool),
+    ) {
+        let mut queue = self.queue.lock().expect("mailbox lock");
+        if let Some(express) = queue.express.as_deref_mut() {
+            express.disarm(shown, leftover);
+        }
     }
 
     /// True while traffic is not being queued because the queue overflowed.

@@ -8,10 +8,10 @@
 //! our own messages acknowledged above `last_shown` are remembered until it passes them, for
 //! a catch-up to skip.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use crate::fanout::LiveBatch;
+pub(super) use crate::fanout::Show;
 use crate::mailbox::ConnId;
 use crate::protocol::MessageId;
 
@@ -19,17 +19,6 @@ use crate::protocol::MessageId;
 struct Joined {
     room: Arc<str>,
     last_shown: MessageId,
-}
-
-/// What to show of a live batch.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Show {
-    /// Nothing: not our room any more, or nothing new.
-    Nothing,
-    /// The whole batch (the usual case, without allocating).
-    All,
-    /// These byte ranges of it.
-    Ranges(Vec<Range<usize>>),
 }
 
 /// The rooms a connection is in, in join order (the last one is the current room).
@@ -80,6 +69,11 @@ impl JoinedRooms {
         self.rooms.push(Joined { room, last_shown });
     }
 
+    /// Each room with the id it is shown through.
+    pub fn shown(&self) -> impl Iterator<Item = (&Arc<str>, MessageId)> {
+        self.rooms.iter().map(|j| (&j.room, j.last_shown))
+    }
+
     /// Leaves `room`, or the current room if `None`; returns the room left.
     pub fn leave(&mut self, room: Option<&str>) -> Option<Arc<str>> {
         let index = match room {
@@ -108,17 +102,7 @@ impl JoinedRooms {
             joined.last_shown = last_shown.max(last.id);
             self.own.forget(&batch.room, Some(joined.last_shown));
         }
-        if batch
-            .messages
-            .iter()
-            .all(|m| m.sender != me && m.id > last_shown)
-        {
-            return Show::All;
-        }
-        match batch.ranges_for(me, last_shown) {
-            ranges if ranges.is_empty() => Show::Nothing,
-            ranges => Show::Ranges(ranges),
-        }
+        batch.show(me, last_shown)
     }
 
     /// Our own message `id` in `room` was stored: a catch-up must not show it.
@@ -179,6 +163,8 @@ impl OwnIds {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
+
     use bytes::Bytes;
 
     use super::*;

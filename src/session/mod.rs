@@ -208,28 +208,40 @@ impl Session {
             // The write comes first in this biased select: if another branch wins while output
             // waits, the socket is full, and a stall may begin.
             let had_output = self.writer.has_pending();
-            let mut wrote = false;
-            tokio::select! {
+            // While it waits with nothing to write, deliveries write to its socket themselves;
+            // it takes the socket back first thing when it wakes, whatever woke it.
+            let armed = !had_output && !busy && self.arm_express();
+            let event = tokio::select! {
                 biased;
-                written = self.writer.write_some(), if had_output => {
+                written = self.writer.write_some(), if had_output => Event::Written(written),
+                _ = stall::timer(&mut self.stall), if self.stall.is_some() => Event::StallTimer,
+                Some(ack) = self.acks.next(), if !self.acks.is_empty() => Event::Ack(ack),
+                // Over its budget, the connection is not read until a token is back.
+                _ = flood_timer(&mut self.flood_wait), if self.flood_wait.is_some() => {
+                    Event::FloodTimer
+                }
+                // Handled at the top of the loop. Shutdown comes this way too, so it is waited
+                // for even while a replay is busy.
+                _ = mailbox.ready.wait() => Event::Woken,
+                frame = self.reader.next(), if can_read => Event::Input(frame),
+            };
+            if armed {
+                self.disarm_express();
+            }
+            let mut wrote = false;
+            match event {
+                Event::Written(written) => {
                     if let Err(e) = written {
                         return End::Io(e);
                     }
                     wrote = true;
                     self.wrote();
                 }
-                _ = stall::timer(&mut self.stall), if self.stall.is_some() => {
-                    self.on_stall_timer();
-                }
-                Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.on_acks(ack),
-                // Over its budget, the connection is not read until a token is back.
-                _ = flood_timer(&mut self.flood_wait), if self.flood_wait.is_some() => {
-                    self.flood_wait = None;
-                }
-                // Handled at the top of the loop. Shutdown comes this way too, so it is waited
-                // for even while a replay is busy.
-                _ = mailbox.ready.wait() => {}
-                frame = self.reader.next(), if can_read => {
+                Event::StallTimer => self.on_stall_timer(),
+                Event::Ack(ack) => self.on_acks(ack),
+                Event::FloodTimer => self.flood_wait = None,
+                Event::Woken => {}
+                Event::Input(frame) => {
                     if let Some(end) = self.on_input(frame).await {
                         return end;
                     }
@@ -239,6 +251,35 @@ impl Session {
                 self.watch_stall();
             }
         }
+    }
+
+    /// Arms the mailbox for express delivery ([`crate::express`]) if the connection is a
+    /// plain socket in some room; true if it did.
+    fn arm_express(&self) -> bool {
+        if self.joined.len() == 0 || self.shutdown.is_cancelled() {
+            return false;
+        }
+        let Some(socket) = self.writer.plain_socket() else {
+            return false;
+        };
+        self.conn
+            .mailbox
+            .arm(socket, self.conn.id, self.joined.shown())
+    }
+
+    /// Takes the socket back from express delivery: the rooms it showed meanwhile count as
+    /// shown, and what the socket did not take yet is written first.
+    fn disarm_express(&mut self) {
+        let Session {
+            conn,
+            joined,
+            writer,
+            ..
+        } = self;
+        conn.mailbox.disarm(
+            |room, id| joined.shown_through(room, id),
+            |rest, begun| writer.push_rest(rest, begun),
+        );
     }
 
     /// A reason to close that came from outside the client's lines.
@@ -346,6 +387,16 @@ impl Session {
                 .as_ref()
                 .is_none_or(|s| s.catch_up_due(Instant::now()))
     }
+}
+
+/// What woke the session's loop.
+enum Event {
+    Written(io::Result<()>),
+    StallTimer,
+    Ack((acks::AckOutcome, Arc<str>)),
+    FloodTimer,
+    Woken,
+    Input(Option<io::Result<Frame>>),
 }
 
 impl Drop for Session {

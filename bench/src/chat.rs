@@ -46,6 +46,8 @@ use crate::{system, Cli};
 const ROOMS_PER_CONNECTION: [usize; 10] = [1, 1, 1, 1, 2, 2, 2, 3, 3, 4];
 /// The seed of the choice of speakers.
 const SEED: u64 = 15;
+/// From the last connection's join to the first message.
+const SETTLE: Duration = Duration::from_secs(1);
 /// How long to keep listening after the last expected delivery, for late duplicates.
 const GRACE: Duration = Duration::from_millis(300);
 
@@ -371,12 +373,13 @@ pub async fn run(
     let shared = Arc::new(Shared::default());
     let switches = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (go_tx, go) = watch::channel(false);
     let (mut readers, mut speakers) = (JoinSet::new(), JoinSet::new());
     // Write halves stay open until the run ends: dropping one would half-close it.
     let mut open_writes: Vec<ConnWrite> = Vec::new();
-    // The first message is due a moment after the speakers are spawned, as they wait on go.
-    let start = Instant::now() + Duration::from_millis(100);
+    // The presence lines of the joins (JOINED to the members already in) may still be on
+    // their way: the first message is due once they have drained, and the clock and the CPU
+    // count start then.
+    let start = Instant::now() + SETTLE;
     let size = shape.size;
     for (i, ((stream, leftover), mine)) in streams.into_iter().zip(says_of).enumerate() {
         let (read, write) = stream.into_split();
@@ -392,14 +395,18 @@ pub async fn run(
         }
         // After connecting, linechat's current room is the last one joined.
         let current = room_name(*rooms_of[i].last().expect("a room at least"));
-        let (mut go, switches) = (go.clone(), switches.clone());
-        speakers.spawn(async move {
-            let _ = go.wait_for(|go| *go).await;
-            speak(target, write, current, mine, (start, epoch, size), switches).await
-        });
+        let switches = switches.clone();
+        speakers.spawn(speak(
+            target,
+            write,
+            current,
+            mine,
+            (start, epoch, size),
+            switches,
+        ));
     }
+    tokio::time::sleep_until(start.into()).await;
     let cpu_before = server_pid.map(system::cpu_seconds).transpose()?;
-    let _ = go_tx.send(true);
     let sent_total = says.len() as u64;
     let want_acks = if target.acks() { sent_total } else { 0 };
     let last_due = start + says.last().map_or(Duration::ZERO, |s| s.at);

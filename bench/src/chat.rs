@@ -279,6 +279,9 @@ impl Member {
 }
 
 impl Lines for Member {
+    /// A chat connection reads a few lines a second; 5,000 of 256 KiB would be 1.3 GB.
+    const BUFFER: usize = 16 * 1024;
+
     fn line(&mut self, line: &[u8], now: u64) {
         match self.parser.line(self.target, line) {
             Event::Payload(p) => match parse_tag(p) {

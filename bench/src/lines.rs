@@ -10,6 +10,9 @@ use crate::transport::ConnRead;
 
 /// What a reader does with the lines of one connection.
 pub trait Lines {
+    /// The read buffer's first size (it doubles when a line does not fit): large for the
+    /// floods, where each read should take much.
+    const BUFFER: usize = 256 * 1024;
     /// One complete line (without its LF), read at `now` (nanoseconds since the epoch).
     fn line(&mut self, line: &[u8], now: u64);
     /// Every line of one read has been seen.
@@ -17,14 +20,14 @@ pub trait Lines {
 }
 
 /// Reads one connection line by line until it closes or `stop` changes.
-pub async fn read_lines(
+pub async fn read_lines<L: Lines>(
     mut read: ConnRead,
     leftover: Vec<u8>,
     epoch: Instant,
     mut stop: watch::Receiver<bool>,
-    lines: &mut impl Lines,
+    lines: &mut L,
 ) {
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; L::BUFFER.max(leftover.len() + 1)];
     buf[..leftover.len()].copy_from_slice(&leftover);
     let mut filled = leftover.len();
     loop {

@@ -30,6 +30,10 @@ def ms(v):
     return "n/a" if v is None else f"{v / 1000:.2f} ms"
 
 
+def us(v):
+    return "n/a" if v is None else f"{v / 1000:.1f} µs"
+
+
 def kib(v):
     return "n/a" if v is None else f"{v / 1024:.2f} KiB"
 
@@ -54,6 +58,9 @@ row("bigroom: latency p99", "bigroom", lat("p99"), ms)
 for k, label in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")]:
     row(f"latency (200 msg/s per room): {label}", "latency",
         lambda r, k=k: r["points"][0]["result"]["latency_us"][k], ms)
+for k, label in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")]:
+    row(f"chat (1,000 rooms x 10, a message/2 s each): {label}", "chat", lat(k), ms)
+row("chat: server CPU per delivery", "chat", res("server_cpu_ns_per_delivery"), us)
 connections = sorted({k[2] for k in runs if k[0] == "idle"})
 for n in connections:
     row(f"idle {n:,}: RSS per connection", "idle", lambda r: r["rss_bytes_per_connection"], kib, n)
@@ -69,7 +76,7 @@ for r in rows:
 
 if "--check" in sys.argv:
     problems = []
-    for scenario in ["fanout", "bigroom", "latency", "idle", "persist", "replay"]:
+    for scenario in ["fanout", "bigroom", "latency", "idle", "chat", "persist", "replay"]:
         for store in stores:
             if store == "nats" and scenario in ("persist", "replay"):
                 continue

@@ -3,17 +3,18 @@
 //! member must receive every message of its room exactly once, in one order shared by the
 //! whole room) and timed, same-node and cross-node pairs apart.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{watch, Notify};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cluster_check::{check, Member};
-use crate::load::{connect_all, new_histogram, room_name, Load};
+use crate::lines::{read_lines, Lines};
+use crate::load::{connect_all, new_histogram, room_name, Load, Shared, Window};
 use crate::report::{Percentiles, Progress};
 use crate::system;
 use crate::target::Target;
@@ -93,20 +94,6 @@ impl ClusterResult {
     }
 }
 
-#[derive(Default)]
-struct Shared {
-    delivered: AtomicU64,
-    acked: AtomicU64,
-    last_event_ns: AtomicU64,
-}
-
-/// A sender's unacknowledged messages, between its writer and its reader.
-#[derive(Default)]
-struct Window {
-    acked: AtomicU64,
-    moved: Notify,
-}
-
 /// Which node member `j` of room `r` is on: rotated per room, so that with as many senders
 /// as nodes every room has a sender on every node, and otherwise senders still land on all.
 pub fn node_of(room: usize, member: usize, nodes: usize) -> usize {
@@ -133,7 +120,7 @@ pub async fn run(
             &Transport::Plain,
             addr,
             mine.len(),
-            |i| room_name(mine[i] / load.clients),
+            |i| vec![room_name(mine[i] / load.clients)],
             progress,
         )
         .await
@@ -353,78 +340,69 @@ fn parse_line(line: &[u8]) -> Option<(u64, Option<&[u8]>)> {
     Some((id, Some(parts.next().unwrap_or_default())))
 }
 
-/// Reads one member's connection until told to stop: its room's ids in arrival order, its
-/// own acknowledged ids, and the latency of each delivery by sender's node.
+/// One member's reader: its room's ids in arrival order, its own acknowledged ids, and the
+/// latency of each delivery by sender's node.
+struct Reader {
+    me: Member,
+    shared: Arc<Shared>,
+    window: Option<Arc<Window>>,
+    nodes: usize,
+    /// Since the last read: deliveries and acks to add to the run's counters.
+    fresh: (u64, u64),
+}
+
+impl Lines for Reader {
+    fn line(&mut self, line: &[u8], now: u64) {
+        let me = &mut self.me;
+        match parse_line(line.strip_suffix(b"\r").unwrap_or(line)) {
+            Some((id, Some(p))) => {
+                self.fresh.0 += 1;
+                me.ids.push(id);
+                if let Some((sent, from)) = parse_payload(p) {
+                    let us = now.saturating_sub(sent) / 1000;
+                    match from == me.node || self.nodes == 1 {
+                        true => me.same.saturating_record(us),
+                        false => me.cross.saturating_record(us),
+                    }
+                }
+            }
+            Some((id, None)) => {
+                self.fresh.1 += 1;
+                me.own.push(id);
+            }
+            None => {}
+        }
+    }
+
+    fn end_of_read(&mut self, now: u64) {
+        let fresh = std::mem::take(&mut self.fresh);
+        self.shared.add(fresh, self.window.as_deref(), now);
+    }
+}
+
+/// Reads one member's connection until told to stop.
 #[allow(clippy::too_many_arguments)]
 async fn receive(
-    mut read: ConnRead,
+    read: ConnRead,
     leftover: Vec<u8>,
     mut me: Member,
     shared: Arc<Shared>,
     window: Option<Arc<Window>>,
     nodes: usize,
     epoch: Instant,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Member {
     me.same = new_histogram();
     me.cross = new_histogram();
-    let mut buf = vec![0u8; 256 * 1024];
-    buf[..leftover.len()].copy_from_slice(&leftover);
-    let mut filled = leftover.len();
-    loop {
-        let n = tokio::select! {
-            n = read.read(&mut buf[filled..]) => match n {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            },
-            _ = stop.changed() => break,
-        };
-        let now = epoch.elapsed().as_nanos() as u64;
-        filled += n;
-        let (mut delivered, mut acked) = (0u64, 0u64);
-        let mut start = 0;
-        while let Some(len) = buf[start..filled].iter().position(|&b| b == b'\n') {
-            let line = &buf[start..start + len];
-            match parse_line(line.strip_suffix(b"\r").unwrap_or(line)) {
-                Some((id, Some(p))) => {
-                    delivered += 1;
-                    me.ids.push(id);
-                    if let Some((sent, from)) = parse_payload(p) {
-                        let us = now.saturating_sub(sent) / 1000;
-                        match from == me.node || nodes == 1 {
-                            true => me.same.saturating_record(us),
-                            false => me.cross.saturating_record(us),
-                        }
-                    }
-                }
-                Some((id, None)) => {
-                    acked += 1;
-                    me.own.push(id);
-                }
-                None => {}
-            }
-            start += len + 1;
-        }
-        buf.copy_within(start..filled, 0);
-        filled -= start;
-        if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        if delivered > 0 {
-            shared.delivered.fetch_add(delivered, Ordering::Relaxed);
-        }
-        if acked > 0 {
-            shared.acked.fetch_add(acked, Ordering::Relaxed);
-            if let Some(w) = &window {
-                w.acked.fetch_add(acked, Ordering::Release);
-                w.moved.notify_one();
-            }
-        }
-        if delivered > 0 || acked > 0 {
-            shared.last_event_ns.fetch_max(now, Ordering::Relaxed);
-        }
-    }
-    me
+    let mut reader = Reader {
+        me,
+        shared,
+        window,
+        nodes,
+        fresh: (0, 0),
+    };
+    read_lines(read, leftover, epoch, stop, &mut reader).await;
+    reader.me
 }
 
 #[cfg(test)]

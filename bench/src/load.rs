@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::lines::{read_lines, Lines};
 use crate::report::{Percentiles, Progress};
 use crate::system;
 use crate::target::{Event, Parser, Target};
@@ -72,20 +73,40 @@ pub struct LoadResult {
 
 /// Counters shared by every task of a run.
 #[derive(Default)]
-struct Shared {
-    delivered: AtomicU64,
-    acked: AtomicU64,
+pub struct Shared {
+    pub delivered: AtomicU64,
+    pub acked: AtomicU64,
     /// Nanoseconds since the epoch of the last delivery or ack.
-    last_event_ns: AtomicU64,
+    pub last_event_ns: AtomicU64,
+}
+
+impl Shared {
+    /// Adds what one read brought, (deliveries, acks) read at `now`, to the run's counters,
+    /// and the acks to the sender's `window`.
+    pub fn add(&self, (delivered, acked): (u64, u64), window: Option<&Window>, now: u64) {
+        if delivered > 0 {
+            self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        }
+        if acked > 0 {
+            self.acked.fetch_add(acked, Ordering::Relaxed);
+            if let Some(w) = window {
+                w.acked.fetch_add(acked, Ordering::Release);
+                w.moved.notify_one();
+            }
+        }
+        if delivered > 0 || acked > 0 {
+            self.last_event_ns.fetch_max(now, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Flow control between a sender's writer and the reader that sees its acks.
 #[derive(Default)]
-struct Window {
+pub struct Window {
     /// Messages the sender has handed to its connection (for the report of a stalled run).
-    sent: AtomicU64,
-    acked: AtomicU64,
-    moved: Notify,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub moved: Notify,
 }
 
 pub fn payload(epoch: Instant, size: usize) -> Vec<u8> {
@@ -94,16 +115,27 @@ pub fn payload(epoch: Instant, size: usize) -> Vec<u8> {
 
 /// A payload stamped with `at` (nanoseconds since `epoch`), padded to `size` bytes.
 pub fn payload_at(epoch: Instant, at: Instant, size: usize) -> Vec<u8> {
+    tagged_payload_at(epoch, at, "", size)
+}
+
+/// A payload stamped with `at`, then `tag` (after a space, if not empty), padded to `size`
+/// bytes.
+pub fn tagged_payload_at(epoch: Instant, at: Instant, tag: &str, size: usize) -> Vec<u8> {
     let ns = at.saturating_duration_since(epoch).as_nanos() as u64;
     let mut p = format!("{ns:0STAMP$}").into_bytes();
-    if size > STAMP + 1 {
+    if !tag.is_empty() {
+        p.push(b' ');
+        p.extend_from_slice(tag.as_bytes());
+    }
+    if size > p.len() + 1 {
         p.push(b' ');
         p.resize(size, b'x');
     }
     p
 }
 
-fn stamp(payload: &[u8]) -> Option<u64> {
+/// The send time (nanoseconds since the run's epoch) a payload starts with.
+pub fn stamp(payload: &[u8]) -> Option<u64> {
     let digits = payload.get(..STAMP)?;
     let mut v: u64 = 0;
     for &d in digits {
@@ -130,14 +162,14 @@ pub fn run_tag() -> String {
     }
 }
 
-/// Opens `count` connections: connection `i` joins room `room_of(i)`. Returns them in order
-/// with their connect-and-join times.
+/// Opens `count` connections: connection `i` joins the rooms `rooms_of(i)`. Returns them in
+/// order with their connect-and-join times.
 pub async fn connect_all(
     target: Target,
     transport: &Transport,
     addr: &str,
     count: usize,
-    room_of: impl Fn(usize) -> String,
+    rooms_of: impl Fn(usize) -> Vec<String>,
     progress: &Progress,
 ) -> Result<(Vec<(Conn, Vec<u8>)>, Histogram<u64>)> {
     let limit = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
@@ -145,11 +177,11 @@ pub async fn connect_all(
     let tag = run_tag();
     for i in 0..count {
         let permit = limit.clone().acquire_owned().await?;
-        let (addr, room, name) = (addr.to_string(), room_of(i), format!("{tag}_{i}"));
+        let (addr, rooms, name) = (addr.to_string(), rooms_of(i), format!("{tag}_{i}"));
         let transport = transport.clone();
         set.spawn(async move {
             let started = Instant::now();
-            let stream = target.connect(&transport, &addr, &name, &room).await;
+            let stream = target.connect(&transport, &addr, &name, &rooms).await;
             drop(permit);
             (i, stream, started.elapsed())
         });
@@ -184,7 +216,7 @@ pub async fn run(
         transport,
         addr,
         count,
-        |i| room_name(i / load.clients),
+        |i| vec![room_name(i / load.clients)],
         progress,
     )
     .await?;
@@ -236,29 +268,21 @@ pub async fn run(
     let expected = load.expected();
     let sent_total = (load.rooms * load.senders) as u64 * load.messages;
     let want_acks = if target.acks() { sent_total } else { 0 };
-    progress.start("delivering", expected.max(want_acks));
-    let mut last_seen = (0, 0);
-    let mut quiet_since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        while let Some(done) = senders.try_join_next() {
-            open_writes.push(done??);
-        }
-        let delivered = shared.delivered.load(Ordering::Relaxed);
-        let acked = shared.acked.load(Ordering::Relaxed);
-        progress.set(if expected > 0 { delivered } else { acked });
-        // Every sender has returned its write half: everything was sent.
-        let all_sent = open_writes.len() == count;
-        if delivered >= expected && acked >= want_acks && all_sent {
-            break;
-        }
-        if (delivered, acked) != last_seen {
-            last_seen = (delivered, acked);
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= patience {
-            break;
-        }
-    }
+    wait(
+        &shared,
+        (expected, want_acks),
+        patience,
+        Instant::now(),
+        progress,
+        || {
+            while let Some(done) = senders.try_join_next() {
+                open_writes.push(done??);
+            }
+            // Every sender has returned its write half: everything was sent.
+            Ok(open_writes.len() == count)
+        },
+    )
+    .await?;
     progress.finish();
     let cpu_after = server_pid.map(system::cpu_seconds).transpose()?;
     let cpu_wall = (epoch.elapsed().as_nanos() as u64 - started_ns) as f64 / 1e9;
@@ -323,6 +347,41 @@ pub async fn run(
     })
 }
 
+/// Waits until `want` (deliveries, acks) have come and `all_sent()` says every message went
+/// out, or until nothing has come for `patience` (a clock that starts no sooner than
+/// `quiet_from`, when the last message is due).
+pub async fn wait(
+    shared: &Shared,
+    want: (u64, u64),
+    patience: Duration,
+    quiet_from: Instant,
+    progress: &Progress,
+    mut all_sent: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let (expected, want_acks) = want;
+    progress.start("delivering", expected.max(want_acks));
+    let mut last_seen = (0, 0);
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = all_sent()?;
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        let acked = shared.acked.load(Ordering::Relaxed);
+        progress.set(if expected > 0 { delivered } else { acked });
+        if delivered >= expected && acked >= want_acks && sent {
+            break;
+        }
+        if (delivered, acked) != last_seen || Instant::now() < quiet_from {
+            last_seen = (delivered, acked);
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= patience {
+            break;
+        }
+    }
+    progress.finish();
+    Ok(())
+}
+
 pub fn room_name(room: usize) -> String {
     format!("bench{room}")
 }
@@ -385,66 +444,62 @@ async fn send(
     Ok(write)
 }
 
+/// A load run's reader: counts and times deliveries, counts acks (and opens its sender's
+/// window), and adds both to the run's counters after each read.
+struct Counter {
+    target: Target,
+    parser: Parser,
+    hist: Histogram<u64>,
+    delivered: u64,
+    acked: u64,
+    shared: Arc<Shared>,
+    window: Option<Arc<Window>>,
+}
+
+impl Lines for Counter {
+    fn line(&mut self, line: &[u8], now: u64) {
+        match self.parser.line(self.target, line) {
+            Event::Payload(p) => {
+                self.delivered += 1;
+                if let Some(sent) = stamp(p) {
+                    self.hist.saturating_record(now.saturating_sub(sent) / 1000);
+                }
+            }
+            Event::Ack => self.acked += 1,
+            Event::Ping | Event::Other => {}
+        }
+    }
+
+    fn end_of_read(&mut self, now: u64) {
+        let fresh = (
+            std::mem::take(&mut self.delivered),
+            std::mem::take(&mut self.acked),
+        );
+        self.shared.add(fresh, self.window.as_deref(), now);
+    }
+}
+
 /// Reads one connection until told to stop, counting and timing deliveries and acks.
 async fn receive(
     target: Target,
-    mut read: ConnRead,
+    read: ConnRead,
     leftover: Vec<u8>,
     shared: Arc<Shared>,
     window: Option<Arc<Window>>,
     epoch: Instant,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Histogram<u64> {
-    let mut hist = new_histogram();
-    let mut buf = vec![0u8; 256 * 1024];
-    buf[..leftover.len()].copy_from_slice(&leftover);
-    let mut filled = leftover.len();
-    let mut parser = Parser::default();
-    loop {
-        let n = tokio::select! {
-            n = read.read(&mut buf[filled..]) => match n {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            },
-            _ = stop.changed() => break,
-        };
-        let now = epoch.elapsed().as_nanos() as u64;
-        filled += n;
-        let (mut delivered, mut acked) = (0u64, 0u64);
-        let mut start = 0;
-        while let Some(len) = buf[start..filled].iter().position(|&b| b == b'\n') {
-            match parser.line(target, &buf[start..start + len]) {
-                Event::Payload(p) => {
-                    delivered += 1;
-                    if let Some(sent) = stamp(p) {
-                        hist.saturating_record(now.saturating_sub(sent) / 1000);
-                    }
-                }
-                Event::Ack => acked += 1,
-                Event::Ping | Event::Other => {}
-            }
-            start += len + 1;
-        }
-        buf.copy_within(start..filled, 0);
-        filled -= start;
-        if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        if delivered > 0 {
-            shared.delivered.fetch_add(delivered, Ordering::Relaxed);
-        }
-        if acked > 0 {
-            shared.acked.fetch_add(acked, Ordering::Relaxed);
-            if let Some(w) = &window {
-                w.acked.fetch_add(acked, Ordering::Release);
-                w.moved.notify_one();
-            }
-        }
-        if delivered > 0 || acked > 0 {
-            shared.last_event_ns.fetch_max(now, Ordering::Relaxed);
-        }
-    }
-    hist
+    let mut counter = Counter {
+        target,
+        parser: Parser::default(),
+        hist: new_histogram(),
+        delivered: 0,
+        acked: 0,
+        shared,
+        window,
+    };
+    read_lines(read, leftover, epoch, stop, &mut counter).await;
+    counter.hist
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! linechat-bench: drives a running linechat (or NATS) server over real TCP (or TLS, or
-//! WebSocket) and
-//! reports throughput, latency, lost deliveries, connect time and server memory; and TLS
-//! handshakes per second with the server's CPU time per handshake.
+//! WebSocket) and reports throughput, latency, lost deliveries, connect time, server memory
+//! and, with --server-pid, the server's CPU time (per delivery, per connection, per JOIN);
+//! and TLS handshakes per second.
 //!
 //! Run the load generator on a core of its own, away from the server:
 //! `taskset -c 1 linechat-bench fanout --server-pid $(pgrep -n linechat)`.
 
+mod chat;
 mod cluster;
 mod cluster_check;
 mod handshakes;
+mod idle;
+mod lines;
 mod load;
 mod logins;
 mod plot;
@@ -22,15 +25,15 @@ mod ws;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 
 use load::Load;
-use print::{print_handshakes, print_load, series_of, title, title_at};
-use report::{micros, table, thousands, Percentiles, Progress};
+use print::{print_handshakes, print_load, series_of};
+use report::{micros, table, Progress};
 use target::Target;
 use transport::{Cipher, TlsClient, Transport};
 
@@ -50,7 +53,7 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1:7777")]
     addr: String,
 
-    /// The server's process id, to report its memory (RSS) and CPU time (handshakes).
+    /// The server's process id, to report its memory (RSS) and CPU time (every scenario).
     #[arg(long)]
     server_pid: Option<u32>,
 
@@ -82,19 +85,19 @@ struct Cli {
     /// Rooms (subjects, for NATS).
     #[arg(long)]
     rooms: Option<usize>,
-    /// Clients per room, senders included.
+    /// Clients per room, senders included (chat: members per room).
     #[arg(long)]
     clients: Option<usize>,
     /// Senders per room.
     #[arg(long)]
     senders: Option<usize>,
-    /// Messages per sender.
+    /// Messages per sender (chat: per room).
     #[arg(long)]
     messages: Option<u64>,
-    /// Messages per second per sender (0: as fast as possible).
+    /// Messages per second per sender (0: as fast as possible; chat: per room, default 0.5).
     #[arg(long)]
     rate: Option<f64>,
-    /// Seconds to send at --rate (sets --messages).
+    /// Seconds to send at --rate (sets --messages; chat: 20).
     #[arg(long)]
     duration: Option<f64>,
     /// Payload bytes; each payload starts with its send time.
@@ -104,7 +107,8 @@ struct Cli {
     #[arg(long, default_value_t = 256)]
     window: u64,
 
-    /// idle: connections to open.
+    /// idle, chat: connections to open (chat: by default half the memberships, rooms x
+    /// clients, so that a connection is in two rooms on average).
     #[arg(long)]
     connections: Option<usize>,
     /// replay: messages the room holds.
@@ -177,6 +181,10 @@ enum Scenario {
     /// Servers on one database (--nodes): 10 rooms x 48 members spread over them, 3 senders
     /// per room x 2,000 messages, full speed (or --room-rate); every delivery checked.
     Cluster,
+    /// A real chat server's shape: 5,000 connections in 1,000 rooms of 10 members (two rooms
+    /// per connection on average), each room saying one message every 2 s from a random
+    /// member, for 20 s; every delivery checked (see bench/src/chat.rs).
+    Chat,
 }
 
 impl Cli {
@@ -215,7 +223,9 @@ impl Cli {
             Scenario::Latency => (10, 50, 1, 2000, 200.0),
             Scenario::Persist => (50, 1, 1, 2000, 0.0),
             Scenario::Cluster => (10, 48, 3, 2000, 0.0),
-            Scenario::Idle | Scenario::Replay | Scenario::Handshakes => (0, 0, 0, 0, 0.0),
+            Scenario::Idle | Scenario::Replay | Scenario::Handshakes | Scenario::Chat => {
+                (0, 0, 0, 0, 0.0)
+            }
         };
         let rate = self.rate.unwrap_or(rate);
         let messages = match (self.duration, self.messages) {
@@ -416,120 +426,9 @@ async fn run(cli: &Cli) -> Result<()> {
                 }
             }
         }
-        Scenario::Idle => {
-            let connections = cli.connections.unwrap_or(5000);
-            let rooms = cli.rooms.unwrap_or(50).max(1);
-            let (transport, addr) = cli.transport()?;
-            out["transport"] = json!(transport.name());
-            let started = Instant::now();
-            let (streams, connect) = load::connect_all(
-                cli.target,
-                &transport,
-                &addr,
-                connections,
-                |i| load::room_name(i % rooms),
-                &progress,
-            )
-            .await?;
-            let took = started.elapsed();
-            // Let the server settle (buffers freed, tasks parked) before measuring.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let rss_after = cli.server_pid.map(system::rss_kib).transpose()?;
-            let per_conn = match (rss_before, rss_after) {
-                (Some(b), Some(a)) => {
-                    Some((a.saturating_sub(b)) as f64 * 1024.0 / connections as f64)
-                }
-                _ => None,
-            };
-            drop(streams);
-            let connect = Percentiles::of(&connect);
-            out["connections"] = json!(connections);
-            out["rooms"] = json!(rooms);
-            out["connect_seconds"] = json!(took.as_secs_f64());
-            out["connect_us"] = json!(connect);
-            out["server_rss_before_kib"] = json!(rss_before);
-            out["server_rss_after_kib"] = json!(rss_after);
-            out["rss_bytes_per_connection"] = json!(per_conn);
-            if !cli.json {
-                let mut rows = vec![
-                    (
-                        "connections".into(),
-                        format!("{connections} over {rooms} rooms"),
-                    ),
-                    (
-                        "connect + join".into(),
-                        format!(
-                            "{:.2} s in all; each p50 {} p99 {} max {}",
-                            took.as_secs_f64(),
-                            micros(connect.p50),
-                            micros(connect.p99),
-                            micros(connect.max)
-                        ),
-                    ),
-                ];
-                if let (Some(b), Some(a), Some(p)) = (rss_before, rss_after, per_conn) {
-                    rows.push(("server RSS".into(), format!("{b} KiB -> {a} KiB")));
-                    rows.push((
-                        "RSS per connection".into(),
-                        format!("{:.2} KiB ({p:.0} bytes)", p / 1024.0),
-                    ));
-                }
-                table(&title_at(cli, transport.name(), &addr), &rows);
-            }
-        }
-        Scenario::Replay => {
-            if cli.target != Target::Linechat {
-                bail!("replay needs stored history: NATS core keeps none (n/a)");
-            }
-            let history = cli.history.unwrap_or(1_000_000);
-            let replay = cli.replay.unwrap_or(100);
-            let joins = cli.joins.unwrap_or(500);
-            let result = replay::run(
-                &cli.addr,
-                history,
-                replay,
-                joins,
-                cli.size.unwrap_or(64),
-                &progress,
-            )
-            .await?;
-            out["result"] = json!(result);
-            if !cli.json {
-                let j = &result.join_us;
-                table(
-                    &title(cli),
-                    &[
-                        (
-                            "room".into(),
-                            format!("{} holding {} messages", result.room, history),
-                        ),
-                        (
-                            "filled".into(),
-                            if result.filled > 0 {
-                                format!(
-                                    "{} messages in {:.1} s ({} /s acknowledged)",
-                                    result.filled,
-                                    result.fill_seconds,
-                                    thousands(result.filled as f64 / result.fill_seconds)
-                                )
-                            } else {
-                                "already full".into()
-                            },
-                        ),
-                        (
-                            format!("JOIN ... LAST {replay} ({joins} joins)"),
-                            format!(
-                                "p50 {} p99 {} p99.9 {} max {}",
-                                micros(j.p50),
-                                micros(j.p99),
-                                micros(j.p999),
-                                micros(j.max)
-                            ),
-                        ),
-                    ],
-                );
-            }
-        }
+        Scenario::Idle => idle::scenario(cli, &progress, &mut out, rss_before).await?,
+        Scenario::Replay => replay::scenario(cli, &progress, &mut out).await?,
+        Scenario::Chat => clean = chat::scenario(cli, &progress, &mut out).await?,
     }
     if cli.json {
         println!("{out}");

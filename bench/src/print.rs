@@ -1,9 +1,9 @@
 //! What the benchmark prints: a table per run, and the series of a latency sweep.
 
 use crate::load::Load;
-use crate::report::{micros, table, thousands};
+use crate::report::{micros, spread, table, thousands};
 use crate::transport::Transport;
-use crate::{handshakes, load, plot, Cli};
+use crate::{chat, handshakes, load, plot, Cli};
 
 pub fn title(cli: &Cli) -> String {
     title_at(cli, "", &cli.addr)
@@ -136,16 +136,7 @@ pub fn print_load(
                 r.messages_sent
             ),
         ),
-        (
-            "latency".into(),
-            format!(
-                "p50 {} p99 {} p99.9 {} max {}",
-                micros(r.latency_us.p50),
-                micros(r.latency_us.p99),
-                micros(r.latency_us.p999),
-                micros(r.latency_us.max)
-            ),
-        ),
+        ("latency".into(), spread(&r.latency_us)),
         (
             "connect + join".into(),
             format!(
@@ -180,4 +171,85 @@ pub fn print_load(
         ));
     }
     table(&title_at(cli, transport.name(), addr), &rows);
+}
+
+pub fn print_chat(cli: &Cli, r: &chat::ChatResult) {
+    let s = &r.shape;
+    let in_rooms: Vec<String> = r
+        .rooms_per_connection
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n} in {}", i + 1))
+        .collect();
+    let mut rows = vec![
+        (
+            "shape".into(),
+            format!(
+                "{} rooms x {} members over {} connections (rooms each: {})",
+                s.rooms,
+                s.members,
+                s.connections,
+                in_rooms.join(", ")
+            ),
+        ),
+        (
+            "messages".into(),
+            format!(
+                "1 every {:.1} s per room from a random member, {} per room of {} bytes: {} sent, {} acknowledged{}",
+                1.0 / s.rate,
+                s.messages,
+                s.size,
+                r.messages_sent,
+                r.messages_acked,
+                if cli.target.acks() {
+                    format!(", {} room switches (re-JOIN)", r.room_switches)
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        (
+            "deliveries".into(),
+            format!(
+                "{} of {} ({} lost, {} connections short; {} duplicated, {} unexpected) in {:.2} s",
+                r.deliveries,
+                r.expected_deliveries,
+                r.lost_deliveries,
+                r.connections_short,
+                r.duplicate_deliveries,
+                r.unexpected_deliveries,
+                r.seconds
+            ),
+        ),
+        (
+            "deliveries/s".into(),
+            format!(
+                "{} (offered {})",
+                thousands(r.deliveries_per_sec),
+                thousands(r.offered_deliveries_per_sec)
+            ),
+        ),
+        (
+            "latency".into(),
+            spread(&r.latency_us),
+        ),
+        (
+            "connect + join".into(),
+            format!(
+                "each p50 {} p99 {}",
+                micros(r.connect_us.p50),
+                micros(r.connect_us.p99)
+            ),
+        ),
+    ];
+    if let (Some(ns), Some(share)) = (r.server_cpu_ns_per_delivery, r.server_cpu_share) {
+        rows.push((
+            "server CPU".into(),
+            format!("{ns:.0} ns per delivery ({:.0}% of a core)", share * 100.0),
+        ));
+    }
+    if r.errors > 0 {
+        rows.push(("server errors".into(), format!("{} ERR lines", r.errors)));
+    }
+    table(&title(cli), &rows);
 }

@@ -1,13 +1,18 @@
-//! The replay scenario: how long a JOIN takes in a room holding a large history.
+//! The replay scenario: how long a JOIN takes in a room holding a large history, and what
+//! the server's CPU time is per JOIN and per replayed message.
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::load::{new_histogram, payload, run_tag};
-use crate::report::{Percentiles, Progress};
+use crate::print::title;
+use crate::report::{spread, table, thousands, Percentiles, Progress};
+use crate::target::Target;
+use crate::{system, Cli};
 
 /// The text of the message that marks a room as completely filled.
 const FILLED: &str = "bench-fill-complete";
@@ -19,6 +24,75 @@ pub struct ReplayResult {
     pub filled: u64,
     pub fill_seconds: f64,
     pub join_us: Percentiles,
+    /// `HIST` lines the timed JOINs received.
+    pub replayed: u64,
+    /// The server's CPU time (user + system) over the timed JOINs (each with its PART),
+    /// per JOIN, and per replayed message.
+    pub server_cpu_us_per_join: Option<f64>,
+    pub server_cpu_ns_per_replayed_message: Option<f64>,
+    /// That CPU time as a share of one core.
+    pub server_cpu_share: Option<f64>,
+}
+
+/// Runs the scenario for the command line; fills `out` and prints the table unless the
+/// output is JSON.
+pub async fn scenario(cli: &Cli, progress: &Progress, out: &mut Value) -> Result<()> {
+    if cli.target != Target::Linechat {
+        bail!("replay needs stored history: NATS core keeps none (n/a)");
+    }
+    let history = cli.history.unwrap_or(1_000_000);
+    let replay = cli.replay.unwrap_or(100);
+    let joins = cli.joins.unwrap_or(500);
+    let r = run(
+        &cli.addr,
+        history,
+        replay,
+        joins,
+        cli.size.unwrap_or(64),
+        cli.server_pid,
+        progress,
+    )
+    .await?;
+    out["result"] = json!(r);
+    if cli.json {
+        return Ok(());
+    }
+    let j = &r.join_us;
+    let mut rows = vec![
+        (
+            "room".into(),
+            format!("{} holding {} messages", r.room, history),
+        ),
+        (
+            "filled".into(),
+            if r.filled > 0 {
+                format!(
+                    "{} messages in {:.1} s ({} /s acknowledged)",
+                    r.filled,
+                    r.fill_seconds,
+                    thousands(r.filled as f64 / r.fill_seconds)
+                )
+            } else {
+                "already full".into()
+            },
+        ),
+        (format!("JOIN ... LAST {replay} ({joins} joins)"), spread(j)),
+    ];
+    if let (Some(join), Some(msg), Some(share)) = (
+        r.server_cpu_us_per_join,
+        r.server_cpu_ns_per_replayed_message,
+        r.server_cpu_share,
+    ) {
+        rows.push((
+            "server CPU".into(),
+            format!(
+                "{join:.0} us per JOIN (with its PART), {msg:.0} ns per replayed message ({:.0}% of a core)",
+                share * 100.0
+            ),
+        ));
+    }
+    table(&title(cli), &rows);
+    Ok(())
 }
 
 /// A linechat connection driven line by line.
@@ -73,6 +147,7 @@ pub async fn run(
     replay: usize,
     joins: usize,
     size: usize,
+    server_pid: Option<u32>,
     progress: &Progress,
 ) -> Result<ReplayResult> {
     let room = format!("bench-replay-{history}");
@@ -133,7 +208,10 @@ pub async fn run(
 
     let mut joiner = Conn::open(addr, &format!("{tag}_join")).await?;
     let mut times = new_histogram();
+    let mut replayed = 0u64;
     progress.start("joining", joins as u64);
+    let cpu_before = server_pid.map(system::cpu_seconds).transpose()?;
+    let joins_started = Instant::now();
     for _ in 0..joins {
         let started = Instant::now();
         joiner.send(&format!("JOIN {room} LAST {replay}\n")).await?;
@@ -142,15 +220,23 @@ pub async fn run(
         if lines < replay.min(history as usize) {
             bail!("JOIN replayed {lines} messages, not {replay}");
         }
+        replayed += lines as u64;
         joiner.send(&format!("PART {room}\n")).await?;
         joiner.until("OK PART").await?;
         progress.inc(1);
     }
+    let cpu_after = server_pid.map(system::cpu_seconds).transpose()?;
+    let seconds = joins_started.elapsed().as_secs_f64();
     progress.finish();
+    let cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
     Ok(ReplayResult {
         room,
         filled,
         fill_seconds,
         join_us: Percentiles::of(&times),
+        replayed,
+        server_cpu_us_per_join: cpu.map(|c| c * 1e6 / joins.max(1) as f64),
+        server_cpu_ns_per_replayed_message: cpu.map(|c| c * 1e9 / replayed.max(1) as f64),
+        server_cpu_share: cpu.map(|c| c / seconds.max(1e-9)),
     })
 }

@@ -102,6 +102,17 @@ pub fn micros(us: u64) -> String {
     }
 }
 
+/// "p50 1.20 ms p99 3.44 ms p99.9 3.46 ms max 3.46 ms".
+pub fn spread(p: &Percentiles) -> String {
+    format!(
+        "p50 {} p99 {} p99.9 {} max {}",
+        micros(p.p50),
+        micros(p.p99),
+        micros(p.p999),
+        micros(p.max)
+    )
+}
+
 /// Prints `rows` of (label, value) as an aligned two-column table.
 pub fn table(title: &str, rows: &[(String, String)]) {
     let width = rows

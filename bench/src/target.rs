@@ -30,15 +30,16 @@ pub enum Event<'a> {
 }
 
 impl Target {
-    /// Connects, names the connection `name` and subscribes it to `room` (linechat: `JOIN
-    /// room NONE`, live traffic only). Returns the stream and any bytes already read past the
-    /// handshake (presence lines of others joining).
+    /// Connects, names the connection `name` and subscribes it to each of `rooms` (linechat:
+    /// `JOIN room NONE`, live traffic only; the last one is its current room). Returns the
+    /// stream and any bytes already read past the handshake (presence lines of others
+    /// joining).
     pub async fn connect(
         self,
         transport: &Transport,
         addr: &str,
         name: &str,
-        room: &str,
+        rooms: &[String],
     ) -> Result<(Conn, Vec<u8>)> {
         let mut stream = BufReader::new(transport.connect(addr).await?);
         let mut line = String::new();
@@ -48,20 +49,29 @@ impl Target {
                 if !line.starts_with("HELLO") {
                     bail!("not a linechat server: {line:?}");
                 }
-                let hello = format!("NICK {name}\nJOIN {room} NONE\n");
+                let mut hello = format!("NICK {name}\n");
+                for room in rooms {
+                    hello.push_str(&format!("JOIN {room} NONE\n"));
+                }
                 stream.get_mut().write_all(hello.as_bytes()).await?;
                 // Over WebSocket the frames wait in tungstenite's buffer until a flush.
                 stream.get_mut().flush().await?;
                 expect_line(&mut stream, "OK NICK").await?;
-                expect_line(&mut stream, "OK JOIN").await?;
+                for _ in rooms {
+                    expect_line(&mut stream, "OK JOIN").await?;
+                }
             }
             Target::Nats => {
                 if !line.starts_with("INFO") {
                     bail!("not a NATS server: {line:?}");
                 }
-                let hello = format!(
-                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false,\"name\":\"{name}\"}}\r\nSUB {room} 1\r\nPING\r\n"
+                let mut hello = format!(
+                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false,\"name\":\"{name}\"}}\r\n"
                 );
+                for (sid, room) in rooms.iter().enumerate() {
+                    hello.push_str(&format!("SUB {room} {}\r\n", sid + 1));
+                }
+                hello.push_str("PING\r\n");
                 stream.get_mut().write_all(hello.as_bytes()).await?;
                 expect_line(&mut stream, "PONG").await?;
             }
@@ -83,6 +93,18 @@ impl Target {
                 out.extend_from_slice(payload);
                 out.extend_from_slice(b"\r\n");
             }
+        }
+    }
+
+    /// Appends what makes `room` the one the next `publish` goes to, if the connection's
+    /// current room is another: linechat says in its current room, and a re-JOIN (with
+    /// NONE: no replay; the live feed is untouched) makes a room current; NATS names the
+    /// subject in every PUB.
+    pub fn switch_room(self, room: &str, current: &mut String, out: &mut Vec<u8>) {
+        if self == Target::Linechat && current != room {
+            out.extend_from_slice(format!("JOIN {room} NONE\n").as_bytes());
+            current.clear();
+            current.push_str(room);
         }
     }
 

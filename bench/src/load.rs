@@ -250,8 +250,20 @@ pub async fn run(
         if is_sender {
             let room = room_name(i / load.clients);
             let (load, mut go) = (load.clone(), go.clone());
+            // Senders are independent people: in rate mode each starts its own share of a
+            // period later, rather than all of them at once every period (in lockstep, every
+            // message of a period reached the bench's one thread in the same instant, and
+            // reading them all was most of the latency measured).
+            let senders_in_all = (load.rooms * load.senders).max(1);
+            let order = (i / load.clients) * load.senders + i % load.clients;
+            let offset = if load.rate > 0.0 {
+                Duration::from_secs_f64(order as f64 / (senders_in_all as f64 * load.rate))
+            } else {
+                Duration::ZERO
+            };
             senders.spawn(async move {
                 let _ = go.wait_for(|go| *go).await;
+                tokio::time::sleep(offset).await;
                 send(target, write, &room, &load, window, epoch).await
             });
         } else {

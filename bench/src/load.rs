@@ -86,6 +86,22 @@ struct Window {
     sent: AtomicU64,
     acked: AtomicU64,
     moved: Notify,
+    /// What the sender's payloads carry after their stamp when its target echoes them back
+    /// (Redis), so its own reader can drop them: linechat never sends a member its own
+    /// messages, and every target's deliveries must mean the same (`Load::expected`). Empty
+    /// for the other targets.
+    mark: String,
+}
+
+impl Window {
+    /// True if `payload` is this sender's own (marked) message.
+    fn own(&self, payload: &[u8]) -> bool {
+        !self.mark.is_empty()
+            && payload.get(STAMP) == Some(&b' ')
+            && payload[STAMP + 1..]
+                .strip_prefix(self.mark.as_bytes())
+                .is_some_and(|rest| rest.first().is_none_or(|&b| b == b' '))
+    }
 }
 
 pub fn payload(epoch: Instant, size: usize) -> Vec<u8> {
@@ -94,9 +110,19 @@ pub fn payload(epoch: Instant, size: usize) -> Vec<u8> {
 
 /// A payload stamped with `at` (nanoseconds since `epoch`), padded to `size` bytes.
 pub fn payload_at(epoch: Instant, at: Instant, size: usize) -> Vec<u8> {
+    tagged_payload_at(epoch, at, "", size)
+}
+
+/// A payload stamped with `at`, then `tag` (after a space, if not empty), padded to `size`
+/// bytes.
+pub fn tagged_payload_at(epoch: Instant, at: Instant, tag: &str, size: usize) -> Vec<u8> {
     let ns = at.saturating_duration_since(epoch).as_nanos() as u64;
     let mut p = format!("{ns:0STAMP$}").into_bytes();
-    if size > STAMP + 1 {
+    if !tag.is_empty() {
+        p.push(b' ');
+        p.extend_from_slice(tag.as_bytes());
+    }
+    if size > p.len() + 1 {
         p.push(b' ');
         p.resize(size, b'x');
     }
@@ -199,12 +225,36 @@ pub async fn run(
     // Write halves stay open until the run ends: dropping one would half-close it.
     let mut open_writes: Vec<ConnWrite> = Vec::new();
     let mut windows: Vec<Arc<Window>> = Vec::new();
+    // Write halves held when everything is sent: one per connection, and one per publisher.
+    let mut writes = count;
     for (i, (stream, leftover)) in streams.into_iter().enumerate() {
-        let (read, write) = stream.into_split();
+        let (read, mut write) = stream.into_split();
         let is_sender = i % load.clients < load.senders;
-        let window = Arc::new(Window::default());
+        let window = Arc::new(Window {
+            mark: match is_sender && target.echoes() {
+                true => format!("s{i}"),
+                false => String::new(),
+            },
+            ..Window::default()
+        });
         if is_sender {
             windows.push(window.clone());
+            // Redis: the sender publishes on a connection of its own, whose reader sees the
+            // acks; the subscribed one's write half stays open, unused.
+            if let Some(publisher) = target.publisher(transport, addr).await? {
+                let (publisher_read, publisher_write) = publisher.into_split();
+                readers.spawn(receive(
+                    target,
+                    publisher_read,
+                    Vec::new(),
+                    shared.clone(),
+                    Some(window.clone()),
+                    epoch,
+                    stop_rx.clone(),
+                ));
+                open_writes.push(std::mem::replace(&mut write, publisher_write));
+                writes += 1;
+            }
         }
         readers.spawn(receive(
             target,
@@ -248,7 +298,7 @@ pub async fn run(
         let acked = shared.acked.load(Ordering::Relaxed);
         progress.set(if expected > 0 { delivered } else { acked });
         // Every sender has returned its write half: everything was sent.
-        let all_sent = open_writes.len() == count;
+        let all_sent = open_writes.len() == writes;
         if delivered >= expected && acked >= want_acks && all_sent {
             break;
         }
@@ -269,7 +319,9 @@ pub async fn run(
                 w.sent.load(Ordering::Relaxed),
                 w.acked.load(Ordering::Relaxed),
             );
-            (sent < load.messages || acked < sent).then(|| format!("sent {sent} acked {acked}"))
+            // NATS and IRC ack nothing: only a sender that did not send all has stalled.
+            let unacked = target.acks() && acked < sent;
+            (sent < load.messages || unacked).then(|| format!("sent {sent} acked {acked}"))
         })
         .collect();
     if !stalled.is_empty() {
@@ -374,7 +426,8 @@ async fn send(
             } else {
                 Instant::now()
             };
-            target.publish(room, &payload_at(epoch, stamp_at, load.size), &mut out);
+            let payload = tagged_payload_at(epoch, stamp_at, &window.mark, load.size);
+            target.publish(room, &payload, &mut out);
         }
         write.write_all(&out).await.context("send")?;
         // Plain TCP: nothing to do; TLS: records still held by rustls go out now.
@@ -414,6 +467,7 @@ async fn receive(
         let mut start = 0;
         while let Some(len) = buf[start..filled].iter().position(|&b| b == b'\n') {
             match parser.line(target, &buf[start..start + len]) {
+                Event::Payload(p) if window.as_ref().is_some_and(|w| w.own(p)) => {}
                 Event::Payload(p) => {
                     delivered += 1;
                     if let Some(sent) = stamp(p) {
@@ -459,5 +513,20 @@ mod tests {
         let ns = stamp(&p).unwrap();
         assert!(ns >= 3_000_000_000);
         assert_eq!(stamp(&payload(epoch, 0)).map(|_| ()), Some(()));
+    }
+
+    #[test]
+    fn a_sender_knows_its_own_payloads() {
+        let epoch = Instant::now();
+        let w = |mark: &str| Window {
+            mark: mark.into(),
+            ..Window::default()
+        };
+        let p = tagged_payload_at(epoch, Instant::now(), "s1", 64);
+        assert_eq!(p.len(), 64);
+        assert!(w("s1").own(&p));
+        assert!(!w("s10").own(&p) && !w("s").own(&p) && !w("").own(&p));
+        assert!(w("s1").own(&tagged_payload_at(epoch, epoch, "s1", 0)));
+        assert!(!w("s1").own(&payload_at(epoch, epoch, 64)));
     }
 }

@@ -11,14 +11,18 @@ use crate::transport::Conn;
 
 /// Registers as `name`, joins `rooms` (as channels `#room`) and waits for the end of each
 /// one's names list (366), answering the server's PINGs meanwhile.
-pub async fn register(stream: &mut BufReader<Conn>, name: &str, rooms: &[&str]) -> Result<()> {
+pub async fn register(
+    stream: &mut BufReader<Conn>,
+    name: &str,
+    rooms: &[impl AsRef<str>],
+) -> Result<()> {
     let hello = format!("NICK {name}\r\nUSER {name} 0 * :{name}\r\n");
     stream.get_mut().write_all(hello.as_bytes()).await?;
     stream.get_mut().flush().await?;
     expect_numeric(stream, "001").await?;
     let mut join = String::new();
     for room in rooms {
-        join.push_str(&format!("JOIN #{room}\r\n"));
+        join.push_str(&format!("JOIN #{}\r\n", room.as_ref()));
     }
     stream.get_mut().write_all(join.as_bytes()).await?;
     stream.get_mut().flush().await?;
@@ -58,7 +62,8 @@ async fn expect_numeric(stream: &mut BufReader<Conn>, numeric: &str) -> Result<(
     }
 }
 
-/// Appends `PRIVMSG #room :payload`.
+/// Appends `PRIVMSG #room :payload`. IRC limits a line to 512 bytes, so a payload over about
+/// 450 may arrive cut short (still counted and timed by the stamp that opens it).
 pub fn publish(room: &str, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(format!("PRIVMSG #{room} :").as_bytes());
     out.extend_from_slice(payload);

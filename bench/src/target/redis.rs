@@ -12,9 +12,9 @@ use super::{expect_line, Event};
 use crate::transport::Conn;
 
 /// Subscribes the connection to `rooms` and waits for Redis to confirm each.
-pub async fn subscribe(stream: &mut BufReader<Conn>, rooms: &[&str]) -> Result<()> {
+pub async fn subscribe(stream: &mut BufReader<Conn>, rooms: &[impl AsRef<str>]) -> Result<()> {
     let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
-    args.extend(rooms.iter().map(|r| r.as_bytes()));
+    args.extend(rooms.iter().map(|r| r.as_ref().as_bytes()));
     let mut out = Vec::new();
     command(&args, &mut out);
     stream.get_mut().write_all(&out).await?;

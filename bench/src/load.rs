@@ -107,6 +107,22 @@ pub struct Window {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
     pub moved: Notify,
+    /// What the sender's payloads carry after their stamp when its target echoes them back
+    /// (Redis), so its own reader can drop them: linechat never sends a member its own
+    /// messages, and every target's deliveries must mean the same (`Load::expected`). Empty
+    /// for the other targets.
+    mark: String,
+}
+
+impl Window {
+    /// True if `payload` is this sender's own (marked) message.
+    pub fn own(&self, payload: &[u8]) -> bool {
+        !self.mark.is_empty()
+            && payload.get(STAMP) == Some(&b' ')
+            && payload[STAMP + 1..]
+                .strip_prefix(self.mark.as_bytes())
+                .is_some_and(|rest| rest.first().is_none_or(|&b| b == b' '))
+    }
 }
 
 pub fn payload(epoch: Instant, size: usize) -> Vec<u8> {
@@ -231,12 +247,36 @@ pub async fn run(
     // Write halves stay open until the run ends: dropping one would half-close it.
     let mut open_writes: Vec<ConnWrite> = Vec::new();
     let mut windows: Vec<Arc<Window>> = Vec::new();
+    // Write halves held when everything is sent: one per connection, and one per publisher.
+    let mut writes = count;
     for (i, (stream, leftover)) in streams.into_iter().enumerate() {
-        let (read, write) = stream.into_split();
+        let (read, mut write) = stream.into_split();
         let is_sender = i % load.clients < load.senders;
-        let window = Arc::new(Window::default());
+        let window = Arc::new(Window {
+            mark: match is_sender && target.echoes() {
+                true => format!("s{i}"),
+                false => String::new(),
+            },
+            ..Window::default()
+        });
         if is_sender {
             windows.push(window.clone());
+            // Redis: the sender publishes on a connection of its own, whose reader sees the
+            // acks; the subscribed one's write half stays open, unused.
+            if let Some(publisher) = target.publisher(transport, addr).await? {
+                let (publisher_read, publisher_write) = publisher.into_split();
+                readers.spawn(receive(
+                    target,
+                    publisher_read,
+                    Vec::new(),
+                    shared.clone(),
+                    Some(window.clone()),
+                    epoch,
+                    stop_rx.clone(),
+                ));
+                open_writes.push(std::mem::replace(&mut write, publisher_write));
+                writes += 1;
+            }
         }
         readers.spawn(receive(
             target,
@@ -291,7 +331,7 @@ pub async fn run(
                 open_writes.push(done??);
             }
             // Every sender has returned its write half: everything was sent.
-            Ok(open_writes.len() == count)
+            Ok(open_writes.len() == writes)
         },
     )
     .await?;
@@ -305,7 +345,9 @@ pub async fn run(
                 w.sent.load(Ordering::Relaxed),
                 w.acked.load(Ordering::Relaxed),
             );
-            (sent < load.messages || acked < sent).then(|| format!("sent {sent} acked {acked}"))
+            // NATS and IRC ack nothing: only a sender that did not send all has stalled.
+            let unacked = target.acks() && acked < sent;
+            (sent < load.messages || unacked).then(|| format!("sent {sent} acked {acked}"))
         })
         .collect();
     if !stalled.is_empty() {
@@ -445,7 +487,8 @@ async fn send(
             } else {
                 Instant::now()
             };
-            target.publish(room, &payload_at(epoch, stamp_at, load.size), &mut out);
+            let payload = tagged_payload_at(epoch, stamp_at, &window.mark, load.size);
+            target.publish(room, &payload, &mut out);
         }
         write.write_all(&out).await.context("send")?;
         // Plain TCP: nothing to do; TLS: records still held by rustls go out now.
@@ -471,6 +514,7 @@ struct Counter {
 impl Lines for Counter {
     fn line(&mut self, line: &[u8], now: u64) {
         match self.parser.line(self.target, line) {
+            Event::Payload(p) if self.window.as_ref().is_some_and(|w| w.own(p)) => {}
             Event::Payload(p) => {
                 self.delivered += 1;
                 if let Some(sent) = stamp(p) {
@@ -526,5 +570,20 @@ mod tests {
         let ns = stamp(&p).unwrap();
         assert!(ns >= 3_000_000_000);
         assert_eq!(stamp(&payload(epoch, 0)).map(|_| ()), Some(()));
+    }
+
+    #[test]
+    fn a_sender_knows_its_own_payloads() {
+        let epoch = Instant::now();
+        let w = |mark: &str| Window {
+            mark: mark.into(),
+            ..Window::default()
+        };
+        let p = tagged_payload_at(epoch, Instant::now(), "s1", 64);
+        assert_eq!(p.len(), 64);
+        assert!(w("s1").own(&p));
+        assert!(!w("s10").own(&p) && !w("s").own(&p) && !w("").own(&p));
+        assert!(w("s1").own(&tagged_payload_at(epoch, epoch, "s1", 0)));
+        assert!(!w("s1").own(&payload_at(epoch, epoch, 64)));
     }
 }

@@ -1,6 +1,9 @@
-//! What the bench talks to: linechat's line protocol, or NATS's for comparison. Each target
-//! knows its handshake, how to publish a payload, and how to find payloads and acks in the
-//! bytes a connection receives.
+//! What the bench talks to: linechat's line protocol, or for comparison NATS's, Redis's
+//! pub/sub or IRC (issue 15's peers). Each target knows its handshake, how to publish a
+//! payload, and how to find payloads and acks in the bytes a connection receives.
+
+mod irc;
+mod redis;
 
 use anyhow::{bail, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -14,6 +17,10 @@ pub enum Target {
     Linechat,
     /// A NATS server (core pub/sub), through a small SUB/PUB adapter.
     Nats,
+    /// A Redis server (pub/sub): SUBSCRIBE, and PUBLISH on a second connection per sender.
+    Redis,
+    /// An IRC server (InspIRCd with bench/inspircd.conf): JOIN #room, PRIVMSG.
+    Irc,
 }
 
 /// One thing found in the received stream.
@@ -23,7 +30,7 @@ pub enum Event<'a> {
     Payload(&'a [u8]),
     /// The server acknowledged one published message (linechat's `OK SAY`).
     Ack,
-    /// Something the bench must answer (NATS `PING`).
+    /// Something the bench must answer (NATS or IRC `PING`).
     Ping,
     /// Anything else (presence lines, `+OK`, ...).
     Other,
@@ -43,7 +50,10 @@ impl Target {
     ) -> Result<(Conn, Vec<u8>)> {
         let mut stream = BufReader::new(transport.connect(addr).await?);
         let mut line = String::new();
-        stream.read_line(&mut line).await?;
+        // Redis and IRC servers wait for the client to speak first.
+        if matches!(self, Target::Linechat | Target::Nats) {
+            stream.read_line(&mut line).await?;
+        }
         match self {
             Target::Linechat => {
                 if !line.starts_with("HELLO") {
@@ -75,6 +85,8 @@ impl Target {
                 stream.get_mut().write_all(hello.as_bytes()).await?;
                 expect_line(&mut stream, "PONG").await?;
             }
+            Target::Redis => redis::subscribe(&mut stream, rooms).await?,
+            Target::Irc => irc::register(&mut stream, name, rooms).await?,
         }
         let leftover = stream.buffer().to_vec();
         Ok((stream.into_inner(), leftover))
@@ -93,6 +105,8 @@ impl Target {
                 out.extend_from_slice(payload);
                 out.extend_from_slice(b"\r\n");
             }
+            Target::Redis => redis::publish(room, payload, out),
+            Target::Irc => irc::publish(room, payload, out),
         }
     }
 
@@ -108,9 +122,24 @@ impl Target {
         }
     }
 
-    /// True if this target acknowledges each published message.
+    /// True if this target acknowledges each published message (Redis: PUBLISH's reply).
     pub fn acks(self) -> bool {
-        self == Target::Linechat
+        matches!(self, Target::Linechat | Target::Redis)
+    }
+
+    /// True if a sender's own messages come back to it (Redis delivers to every subscriber;
+    /// linechat, NATS without echo and IRC do not).
+    pub fn echoes(self) -> bool {
+        self == Target::Redis
+    }
+
+    /// A second connection for a sender to publish on, for a target whose subscribed
+    /// connections cannot (Redis), else None.
+    pub async fn publisher(self, transport: &Transport, addr: &str) -> Result<Option<Conn>> {
+        match self {
+            Target::Redis => Ok(Some(transport.connect(addr).await?)),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -123,18 +152,20 @@ async fn expect_line(stream: &mut BufReader<Conn>, prefix: &str) -> Result<()> {
         if line.starts_with(prefix) {
             return Ok(());
         }
-        if line.starts_with("ERR") || line.starts_with("-ERR") || line.starts_with("BYE") {
+        // NATS and Redis errors start with "-".
+        if line.starts_with("ERR") || line.starts_with('-') || line.starts_with("BYE") {
             bail!("server said {}", line.trim_end());
         }
     }
 }
 
 /// Splits received bytes into events. Keeps state across reads for NATS, whose payload comes
-/// on the line after its `MSG` header.
+/// on the line after its `MSG` header, and for Redis, whose push frames span lines.
 #[derive(Default)]
 pub struct Parser {
     /// NATS: the next line is a payload.
     payload_next: bool,
+    redis: redis::Resp,
 }
 
 impl Parser {
@@ -174,6 +205,8 @@ impl Parser {
                     Event::Other
                 }
             }
+            Target::Redis => self.redis.line(line),
+            Target::Irc => irc::line(line),
         }
     }
 }

@@ -11,6 +11,11 @@
 #   RUNS=1 SCALE=tiny bash bench/peers.sh                 # seconds, to check it all works
 #   TARGETS="memory redis irc" SCENARIOS=latency bash bench/peers.sh
 #   BUILD=0 bash bench/peers.sh                           # the release binaries already built
+#   BEFORE=/tmp/old TARGETS="before-memory memory before-postgres postgres" \
+#     SCENARIOS="latency chat" bash bench/peers.sh        # an older build (its linechat in
+#                                                         # /tmp/old) beside this one
+#
+# Scenarios: latency, fanout, bigroom and chat (chat: linechat and NATS only).
 #
 # Needs nats-server, redis-server and inspircd (apt-get install nats-server redis-server
 # inspircd) and the PostgreSQL programs. Every server is set up to take a flood from one
@@ -43,9 +48,13 @@ done
 if [ "$SCALE" = tiny ]; then
   latency=(--rooms 2 --clients 5 --duration 2)
   fanout=(--rooms 2 --clients 5 --senders 2 --messages 50)
+  bigroom=(--rooms 1 --clients 20 --senders 1 --messages 100)
+  chat=(--rooms 20 --clients 5 --duration 4)
 else
   latency=()
   fanout=()
+  bigroom=()
+  chat=()
 fi
 
 pids=()
@@ -55,15 +64,19 @@ wait_port() { for _ in $(seq 1 600); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 
 # start TARGET: a fresh server on core $SERVER_CORE; sets $server_pid, $addr and $kind.
 start() {
-  local on=(taskset -c "$SERVER_CORE")
+  local on=(taskset -c "$SERVER_CORE") linechat=$LINECHAT
   case $1 in
+    before-*)
+      linechat=${BEFORE:?BEFORE must name a directory holding the older linechat}/linechat ;;
+  esac
+  case ${1#before-} in
     memory)
-      "${on[@]}" "$LINECHAT" --store memory --rate 0 --listen 127.0.0.1:7911 \
+      "${on[@]}" "$linechat" --store memory --rate 0 --listen 127.0.0.1:7911 \
         --http-listen off 2>>"$OUT/memory.log" &
       addr=127.0.0.1:7911; kind=linechat ;;
     postgres)
       rm -rf "$OUT/pgdata"
-      "${on[@]}" "$LINECHAT" --store postgres --data-dir "$OUT/pgdata" --rate 0 \
+      "${on[@]}" "$linechat" --store postgres --data-dir "$OUT/pgdata" --rate 0 \
         --listen 127.0.0.1:7912 --http-listen off 2>>"$OUT/postgres.log" &
       addr=127.0.0.1:7912; kind=linechat ;;
     nats)
@@ -107,7 +120,11 @@ for i in $(seq 1 "$RUNS"); do
       case $scenario in
         latency) run "$target" latency "$i" "${latency[@]}" ;;
         fanout) run "$target" fanout "$i" "${fanout[@]}" ;;
-        *) echo "peers.sh runs latency and fanout, not $scenario" >&2; exit 1 ;;
+        bigroom) run "$target" bigroom "$i" "${bigroom[@]}" ;;
+        chat)
+          case $target in redis | irc) continue ;; esac
+          run "$target" chat "$i" "${chat[@]}" ;;
+        *) echo "peers.sh runs latency, fanout, bigroom and chat, not $scenario" >&2; exit 1 ;;
       esac
     done
   done

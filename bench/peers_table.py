@@ -10,8 +10,9 @@ import statistics
 import sys
 from collections import defaultdict
 
-NAMES = {"memory": "linechat, memory", "postgres": "linechat, PostgreSQL", "nats": "NATS",
-         "redis": "Redis pub/sub", "irc": "InspIRCd"}
+NAMES = {"before-memory": "linechat before, memory", "memory": "linechat, memory",
+         "before-postgres": "linechat before, PostgreSQL", "postgres": "linechat, PostgreSQL",
+         "nats": "NATS", "redis": "Redis pub/sub", "irc": "InspIRCd"}
 
 
 def result(r):
@@ -54,7 +55,7 @@ def med(scenario, peer, pick):
 
 
 rows = []
-for scenario in ["latency", "fanout"]:
+for scenario in ["latency", "chat", "fanout", "bigroom"]:
     if not any(k[0] == scenario for k in by):
         continue
     for key, label in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")]:

@@ -1,36 +1,87 @@
-//! Express delivery: room traffic written straight to a waiting member's socket by whoever
-//! delivers it (the fan-out, or a session announcing presence), without waking the member.
+//! Express delivery: room traffic written to a waiting member's socket by one flusher task,
+//! without waking the member's session.
 //!
 //! At paced traffic a delivery cost a wake-up of the member's task, two turns of its loop and
 //! one vectored write, and only the write must happen. So a session with nothing to write,
 //! nothing queued and no replay under way *arms* its mailbox before it waits
 //! ([`Mailbox::arm`](crate::mailbox::Mailbox::arm)): it leaves there its socket (plain TCP
 //! only: TLS and WebSocket connections frame their bytes in their own task) and, for each room
-//! it is in, the last message id it showed. A delivery to an armed mailbox is decided as the
-//! session would decide it ([`LiveBatch::show`]) and written with one non-blocking vectored
-//! write. When the socket does not take all of it, the mailbox is disarmed and the session
-//! woken:
-//! - the socket took none of it: the delivery is queued, as for any session;
-//! - the socket took part of it: the rest waits here, for the session to write before
-//!   anything else.
+//! it is in, the last message id it showed. A batch for an armed mailbox is queued there as
+//! for any other, but instead of waking the session the fan-out hands the mailbox to the
+//! [`Flusher`], one task for the server, which writes everything queued in it with one
+//! non-blocking vectored write, decided as the session would decide it ([`LiveBatch::show`]).
+//! The flusher runs once the fan-out has let go of the thread, so batches stored in quick
+//! succession still reach a member in one write, as they did when each session woke.
 //!
-//! A session that wakes for any reason disarms first and learns how far each room was shown
-//! meanwhile, so nothing is shown twice and nothing overtakes: while armed, only deliverers
-//! write to the socket (under the mailbox's lock, in delivery order); once disarmed, only the
-//! session does.
+//! When the socket does not take everything, the mailbox is disarmed and the session woken:
+//! what was not begun stays queued; the end of a line that was begun waits in the mailbox,
+//! to be written before anything else. A session that wakes for any reason disarms first and
+//! learns how far each room was shown meanwhile, so nothing is shown twice and nothing
+//! overtakes: while armed, only the flusher writes to the socket (under the mailbox's lock);
+//! once disarmed, only the session does.
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
+use tokio::sync::mpsc;
+
 use crate::fanout::Show;
-use crate::mailbox::{ConnId, Delivery};
+use crate::mailbox::{ConnId, Delivery, Mailbox};
 use crate::protocol::MessageId;
 use crate::transport::Transport;
 
-/// Most buffers handed to one express write; a delivery in more pieces is queued instead.
-const MAX_IOVECS: usize = 16;
+/// Most buffers handed to one express write.
+const MAX_IOVECS: usize = 64;
+
+/// Flushes armed mailboxes that batches were queued in: one task, woken once for any number
+/// of them (see the module documentation).
+#[derive(Default)]
+pub struct Flusher {
+    pending: Arc<Mutex<Vec<Arc<Mailbox>>>>,
+    /// Wakes the task (made at the first use; `None` outside a runtime, where each is flushed
+    /// at once). Dropped with the flusher, which ends the task.
+    kick: OnceLock<Option<mpsc::Sender<()>>>,
+}
+
+impl Flusher {
+    /// Has `mailboxes` flushed soon, after the caller lets go of the thread.
+    pub fn flush_soon(&self, mailboxes: Vec<Arc<Mailbox>>) {
+        if mailboxes.is_empty() {
+            return;
+        }
+        let kick = self.kick.get_or_init(|| {
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let (kick, kicked) = mpsc::channel(1);
+            runtime.spawn(flush_when_kicked(self.pending.clone(), kicked));
+            Some(kick)
+        });
+        match kick {
+            Some(kick) => {
+                self.pending.lock().expect("flusher lock").extend(mailboxes);
+                // Full: a kick is waiting already, and will find these too.
+                let _ = kick.try_send(());
+            }
+            None => mailboxes.iter().for_each(|m| m.flush_express()),
+        }
+    }
+}
+
+async fn flush_when_kicked(pending: Arc<Mutex<Vec<Arc<Mailbox>>>>, mut kicked: mpsc::Receiver<()>) {
+    let mut taken = Vec::new();
+    while kicked.recv().await.is_some() {
+        // Kicked from a worker thread, this task would run next (tokio's LIFO slot), before
+        // the senders and the writer it woke: behind them instead, it finds every batch they
+        // store meanwhile and writes them all at once, as each session did when it woke.
+        tokio::task::yield_now().await;
+        std::mem::swap(&mut taken, &mut *pending.lock().expect("flusher lock"));
+        for mailbox in taken.drain(..) {
+            mailbox.flush_express();
+        }
+    }
+}
 
 /// A mailbox's express state; see the module documentation.
 pub struct Express {
@@ -53,15 +104,14 @@ struct Shown {
     now: MessageId,
 }
 
-/// What became of one delivery to an armed mailbox.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Written, or nothing in it to show: the session need not wake.
+/// What became of a flush of an armed mailbox.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued was written (or had nothing to show): the session sleeps on.
     Done,
-    /// Partly written; the rest waits for the session, which must wake.
-    Partly,
-    /// Not written: to be queued for the session, as if the mailbox were not armed.
-    Refused(Delivery),
+    /// The socket did not take everything: disarmed, and the session must wake to write the
+    /// leftover and take what is still queued.
+    Wake,
 }
 
 impl Express {
@@ -132,81 +182,114 @@ impl Express {
         }
     }
 
-    /// Writes `item` to the socket if it takes it; see [`Outcome`].
-    pub fn deliver(&mut self, item: Delivery) -> Outcome {
+    /// Writes what was queued while armed, in order, with as few vectored writes as the
+    /// socket allows; `taken` hears of each item gone from the queue (written, or with
+    /// nothing to show). See [`Flushed`].
+    pub fn flush(
+        &mut self,
+        items: &mut VecDeque<Delivery>,
+        mut taken: impl FnMut(&Delivery),
+    ) -> Flushed {
         debug_assert!(self.armed);
-        let (written, last) = match &item {
-            Delivery::Messages { batch, .. } => {
-                // Not our room any more: the session would drop it too.
-                let Some(i) = self.rooms.iter().position(|s| s.room == batch.room) else {
-                    return Outcome::Done;
-                };
-                let shown = self.rooms[i].now;
-                let last = batch.messages.last().map_or(shown, |m| m.id.max(shown));
-                let written = match batch.show(self.me, shown) {
-                    Show::Nothing => Some(Rest::default()),
-                    Show::All => self.write(std::slice::from_ref(&batch.bytes)),
-                    Show::Ranges(ranges) => {
-                        let pieces: Vec<Bytes> =
-                            ranges.into_iter().map(|r| batch.bytes.slice(r)).collect();
-                        self.write(&pieces)
+        while !items.is_empty() {
+            // What each item shows, decided as the session would, room by room in order.
+            let mut shown: Vec<MessageId> = self.rooms.iter().map(|s| s.now).collect();
+            let mut pieces: Vec<Bytes> = Vec::new();
+            // Per item: its bytes, its pieces' end in `pieces`, and the room it moves on.
+            let mut plan: Vec<(usize, usize, Option<(usize, MessageId)>)> = Vec::new();
+            for item in items.iter() {
+                let before = pieces.len();
+                let moved = match item {
+                    Delivery::Messages { batch, .. } => {
+                        match self.rooms.iter().position(|s| s.room == batch.room) {
+                            // Not our room any more: the session would drop it too.
+                            None => None,
+                            Some(i) => {
+                                match batch.show(self.me, shown[i]) {
+                                    Show::Nothing => {}
+                                    Show::All => pieces.push(batch.bytes.clone()),
+                                    Show::Ranges(ranges) => pieces
+                                        .extend(ranges.into_iter().map(|r| batch.bytes.slice(r))),
+                                }
+                                let last = batch.messages.last().map_or(0, |m| m.id);
+                                shown[i] = shown[i].max(last);
+                                Some((i, shown[i]))
+                            }
+                        }
+                    }
+                    Delivery::Presence { room, line } => {
+                        if self.rooms.iter().any(|s| s.room == *room) {
+                            pieces.push(line.clone());
+                        }
+                        None
                     }
                 };
-                (written, Some((i, last)))
-            }
-            Delivery::Presence { room, line } => {
-                if !self.rooms.iter().any(|s| s.room == *room) {
-                    return Outcome::Done;
+                if pieces.len() > MAX_IOVECS {
+                    pieces.truncate(before);
+                    break;
                 }
-                (self.write(std::slice::from_ref(line)), None)
+                let bytes = pieces[before..].iter().map(Bytes::len).sum();
+                plan.push((bytes, pieces.len(), moved));
             }
-        };
-        let Some(rest) = written else {
-            self.armed = false;
-            return Outcome::Refused(item);
-        };
-        if let Some((i, last)) = last {
-            self.rooms[i].now = last;
+            if plan.is_empty() {
+                // One item in more pieces than a write takes: the session writes it.
+                self.armed = false;
+                return Flushed::Wake;
+            }
+            let mut written = if pieces.is_empty() {
+                0
+            } else {
+                match self.write(&pieces) {
+                    Some(n) => n,
+                    None => {
+                        self.armed = false;
+                        return Flushed::Wake;
+                    }
+                }
+            };
+            let mut first_piece = 0;
+            for (bytes, end, moved) in plan {
+                if written == 0 && bytes > 0 {
+                    // Not begun: it stays queued, for the session.
+                    self.armed = false;
+                    return Flushed::Wake;
+                }
+                let item = items.pop_front().expect("planned from the queue");
+                taken(&item);
+                if let Some((i, id)) = moved {
+                    self.rooms[i].now = id;
+                }
+                if written >= bytes {
+                    written -= bytes;
+                    first_piece = end;
+                    continue;
+                }
+                // Begun but not finished: the rest goes first when the session wakes.
+                let rest = Rest::after(&pieces[first_piece..end], written);
+                self.leftover = rest.pieces;
+                self.leftover_started = rest.started;
+                self.armed = false;
+                return Flushed::Wake;
+            }
         }
-        if rest.is_empty() {
-            Outcome::Done
-        } else {
-            self.leftover = rest.pieces;
-            self.leftover_started = rest.started;
-            self.armed = false;
-            Outcome::Partly
-        }
+        Flushed::Done
     }
 
     /// One non-blocking vectored write of `pieces`: `None` if the socket took nothing (full,
     /// or failed: the session will meet the error on its own write), else what it did not
     /// take.
-    fn write(&self, pieces: &[Bytes]) -> Option<Rest> {
+    fn write(&self, pieces: &[Bytes]) -> Option<usize> {
         let Transport::Tcp(stream) = &*self.socket else {
             return None;
         };
-        if pieces.len() > MAX_IOVECS {
-            return None;
-        }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         for (slot, piece) in slices.iter_mut().zip(pieces) {
             *slot = IoSlice::new(piece);
         }
-        let mut written = match stream.try_write_vectored(&slices[..pieces.len()]) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => n,
-        };
-        let mut rest = Rest::default();
-        for piece in pieces {
-            if written >= piece.len() {
-                written -= piece.len();
-            } else {
-                rest.started |= rest.pieces.is_empty() && written > 0;
-                rest.pieces.push(piece.slice(written..));
-                written = 0;
-            }
+        match stream.try_write_vectored(&slices[..pieces.len().min(MAX_IOVECS)]) {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
         }
-        Some(rest)
     }
 }
 
@@ -218,8 +301,19 @@ struct Rest {
 }
 
 impl Rest {
-    fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
+    /// What is left of `pieces` once `written` bytes of them went.
+    fn after(pieces: &[Bytes], mut written: usize) -> Rest {
+        let mut rest = Rest::default();
+        for piece in pieces {
+            if written >= piece.len() {
+                written -= piece.len();
+            } else {
+                rest.started |= rest.pieces.is_empty() && written > 0;
+                rest.pieces.push(piece.slice(written..));
+                written = 0;
+            }
+        }
+        rest
     }
 }
 
@@ -244,7 +338,6 @@ mod tests {
 
     use super::*;
     use crate::fanout::{BatchEntry, LiveBatch};
-    use crate::mailbox::Mailbox;
 
     const ME: ConnId = 1;
     const OTHER: ConnId = 2;
@@ -307,36 +400,69 @@ mod tests {
         mailbox.ready.wait().now_or_never().is_some()
     }
 
+    /// Takes everything queued; returns how many items.
+    fn taken(mailbox: &Mailbox) -> usize {
+        mailbox.take_while(|_| true)
+    }
+
     #[tokio::test]
     async fn an_armed_mailbox_writes_what_the_session_would_show_without_waking_it() {
         let (socket, mut client) = pair().await;
         let mailbox = Mailbox::new(1 << 20);
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         assert!(mailbox.arm(&socket, ME, [(&a, 5), (&b, 0)].into_iter()));
-        // Already shown (5), our own (7), and new from others (6, 8).
-        mailbox.deliver(batch(
-            "a",
-            &[
-                (5, OTHER, "old"),
-                (6, OTHER, "x"),
-                (7, ME, "mine"),
-                (8, OTHER, "y"),
-            ],
-        ));
-        mailbox.deliver(batch("c", &[(1, OTHER, "not our room")]));
-        mailbox.deliver(presence("b", "JOINED b carol\n"));
-        mailbox.deliver(presence("c", "JOINED c carol\n"));
-        let expected = "MSG a 6 x\nMSG a 8 y\nJOINED b carol\n";
+        // Already shown (5), our own (7), and new from others (6, 8); then more of a, of a
+        // room we are not in, and of b: four batches, one write.
+        let held = [
+            batch(
+                "a",
+                &[
+                    (5, OTHER, "old"),
+                    (6, OTHER, "x"),
+                    (7, ME, "mine"),
+                    (8, OTHER, "y"),
+                ],
+            ),
+            batch("a", &[(8, OTHER, "again"), (9, OTHER, "z")]),
+            batch("c", &[(1, OTHER, "not our room")]),
+            batch("b", &[(3, OTHER, "in b")]),
+        ];
+        for item in held {
+            assert!(mailbox.deliver(item), "held for the flusher");
+        }
+        assert!(!woken(&mailbox));
+        mailbox.flush_express();
+        let expected = "MSG a 6 x\nMSG a 8 y\nMSG a 9 z\nMSG b 3 in b\n";
         assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
         assert!(!woken(&mailbox), "the session slept through it");
-        assert_eq!(taken(&mailbox), 0, "nothing was queued");
+        assert_eq!(taken(&mailbox), 0, "nothing is left queued");
         let (shown, rest) = disarm(&mailbox);
-        assert_eq!(shown, [("a".to_string(), 8)]);
+        assert_eq!(shown, [("a".to_string(), 9), ("b".to_string(), 3)]);
         assert!(rest.is_empty());
-        // Disarmed: deliveries queue for the session again.
-        mailbox.deliver(batch("a", &[(9, OTHER, "z")]));
+        // Disarmed: deliveries queue for the session, and wake it.
+        assert!(!mailbox.deliver(batch("a", &[(10, OTHER, "z")])));
         assert!(woken(&mailbox));
         assert_eq!(taken(&mailbox), 1);
+    }
+
+    #[tokio::test]
+    async fn presence_wakes_an_armed_session_and_keeps_its_place() {
+        let (socket, _client) = pair().await;
+        let mailbox = Mailbox::new(1 << 20);
+        let a: Arc<str> = "a".into();
+        assert!(mailbox.arm(&socket, ME, [(&a, 0)].into_iter()));
+        assert!(mailbox.deliver(batch("a", &[(1, OTHER, "x")])));
+        assert!(!mailbox.deliver(presence("a", "JOINED a carol\n")));
+        assert!(woken(&mailbox));
+        // The session woke first: it takes both, in order; the flusher finds it disarmed.
+        disarm(&mailbox);
+        mailbox.flush_express();
+        let mut messages_first = Vec::new();
+        mailbox.take_while(|item| {
+            messages_first.push(matches!(item, Delivery::Messages { .. }));
+            true
+        });
+        assert_eq!(messages_first, [true, false]);
     }
 
     #[tokio::test]
@@ -345,7 +471,8 @@ mod tests {
         let mailbox = Mailbox::new(1 << 20);
         let a: Arc<str> = "a".into();
         assert!(mailbox.arm(&socket, ME, [(&a, 0)].into_iter()));
-        mailbox.deliver(batch("a", &[(3, ME, "mine")]));
+        assert!(mailbox.deliver(batch("a", &[(3, ME, "mine")])));
+        mailbox.flush_express();
         assert!(!woken(&mailbox));
         assert_eq!(disarm(&mailbox).0, [("a".to_string(), 3)]);
     }
@@ -359,9 +486,9 @@ mod tests {
         // Far more than a socket buffer holds: it takes part of the line.
         let long = "x".repeat(64 << 20);
         mailbox.deliver(batch("a", &[(1, OTHER, &long)]));
-        assert!(woken(&mailbox), "the session must write the rest");
-        // Nothing more goes to the socket behind the rest's back.
         mailbox.deliver(batch("a", &[(2, OTHER, "after")]));
+        mailbox.flush_express();
+        assert!(woken(&mailbox), "the session must write the rest");
         let (shown, rest) = disarm(&mailbox);
         assert_eq!(shown, [("a".to_string(), 1)]);
         assert_eq!(rest.len(), 1);
@@ -370,14 +497,11 @@ mod tests {
             "the line was begun: it must not be dropped as unstarted"
         );
         let line = format!("MSG a 1 {long}\n");
-        assert!(
-            rest[0].0.len() < line.len()
-                && line.ends_with(std::str::from_utf8(&rest[0].0).unwrap())
-        );
+        let tail = std::str::from_utf8(&rest[0].0).unwrap();
+        assert!(tail.len() < line.len() && line.ends_with(tail));
         assert_eq!(taken(&mailbox), 1, "the later batch waits in the queue");
         // The socket got exactly the start of the line.
-        let written = line.len() - rest[0].0.len();
-        let got = read_exactly(&mut client, written).await;
+        let got = read_exactly(&mut client, line.len() - tail.len()).await;
         assert!(line.starts_with(&got));
     }
 
@@ -393,7 +517,8 @@ mod tests {
         let mailbox = Mailbox::new(1 << 20);
         let a: Arc<str> = "a".into();
         assert!(mailbox.arm(&socket, ME, [(&a, 0)].into_iter()));
-        mailbox.deliver(batch("a", &[(1, OTHER, "one")]));
+        assert!(mailbox.deliver(batch("a", &[(1, OTHER, "one")])));
+        mailbox.flush_express();
         assert!(woken(&mailbox));
         let (shown, rest) = disarm(&mailbox);
         assert!(
@@ -418,13 +543,25 @@ mod tests {
         assert!(mailbox.arm(&socket, ME, [(&a, 0)].into_iter()));
         // The server lost its notifications: a quiet catch-up, nothing written meanwhile.
         mailbox.catch_up_quietly(vec![a.clone()]);
-        mailbox.deliver(batch("a", &[(1, OTHER, "one")]));
+        assert!(!mailbox.deliver(batch("a", &[(1, OTHER, "one")])));
+        mailbox.flush_express();
         assert_eq!(disarm(&mailbox).0, []);
         assert!(mailbox.is_lagging());
     }
 
-    /// Takes everything queued; returns how many items.
-    fn taken(mailbox: &Mailbox) -> usize {
-        mailbox.take_while(|_| true)
+    #[tokio::test]
+    async fn the_flusher_writes_held_batches_once_the_deliverer_lets_go() {
+        let (socket, mut client) = pair().await;
+        let mailbox = Arc::new(Mailbox::new(1 << 20));
+        let a: Arc<str> = "a".into();
+        assert!(mailbox.arm(&socket, ME, [(&a, 0)].into_iter()));
+        let flusher = Flusher::default();
+        for id in 1..=3 {
+            assert!(mailbox.deliver(batch("a", &[(id, OTHER, "m")])));
+            flusher.flush_soon(vec![mailbox.clone()]);
+        }
+        let expected = "MSG a 1 m\nMSG a 2 m\nMSG a 3 m\n";
+        assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
+        assert!(!woken(&mailbox));
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 
-use crate::express::{Express, Outcome};
+use crate::express::{Express, Flushed};
 use crate::fanout::LiveBatch;
 use crate::protocol::MessageId;
 use crate::transport::Transport;
@@ -145,23 +145,13 @@ impl Mailbox {
         }
     }
 
-    /// Queues an item, or notes its room as missed if the connection lags or would start to;
-    /// or, while the session waits armed, writes it to the socket ([`crate::express`]).
-    pub fn deliver(&self, mut item: Delivery) {
+    /// Queues an item, or notes its room as missed if the connection lags or would start to.
+    /// Returns true if the session was not woken because it waits armed: the caller must
+    /// have the mailbox flushed ([`crate::express::Flusher`]).
+    pub fn deliver(&self, item: Delivery) -> bool {
         let mut queue = self.queue.lock().expect("mailbox lock");
-        if let Some(express) = queue.express.as_deref_mut() {
-            if express.is_armed() && !self.lagging.load(Ordering::Relaxed) {
-                match express.deliver(item) {
-                    Outcome::Done => return,
-                    Outcome::Partly => {
-                        drop(queue);
-                        self.ready.notify();
-                        return;
-                    }
-                    Outcome::Refused(back) => item = back,
-                }
-            }
-        }
+        let express = matches!(item, Delivery::Messages { .. })
+            && queue.express.as_deref().is_some_and(Express::is_armed);
         // Once lagging, nothing more until the session has caught up: a later, smaller item
         // must not slip in after one that was refused, or the client would see a hole.
         // Except presence in a quiet catch-up (the server's lag, not the client's: its
@@ -181,7 +171,7 @@ impl Mailbox {
             ) {
                 queue.note_missed(item.room());
             }
-            return;
+            return false;
         }
         let cost = item.cost();
         let before = self.queued.fetch_add(cost, Ordering::Relaxed);
@@ -194,9 +184,34 @@ impl Mailbox {
             queue.note_missed(item.room());
         } else {
             queue.items.push_back(item);
+            if express {
+                return true;
+            }
         }
         drop(queue);
         self.ready.notify();
+        false
+    }
+
+    /// Writes what was queued while the session waits armed, if it still does; wakes it if
+    /// the socket did not take everything ([`crate::express`]).
+    pub fn flush_express(&self) {
+        let mut queue = self.queue.lock().expect("mailbox lock");
+        let Queue { items, express, .. } = &mut *queue;
+        let Some(express) = express.as_deref_mut() else {
+            return;
+        };
+        if !express.is_armed() || self.lagging.load(Ordering::Relaxed) {
+            // The session took over (or will: a lag wakes it).
+            return;
+        }
+        let flushed = express.flush(items, |item| {
+            self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
+        });
+        drop(queue);
+        if flushed == Flushed::Wake {
+            self.ready.notify();
+        }
     }
 
     /// Moves queued items into `take` while it says so; returns how many.

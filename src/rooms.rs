@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::cluster::remote::{Presence, RemoteMember, RemoteMembers};
+use crate::express::Flusher;
 use crate::fanout::LiveBatch;
 use crate::mailbox::{ConnHandle, ConnId, Delivery};
 use crate::protocol;
@@ -67,6 +68,8 @@ pub struct Rooms {
     /// Members on other servers sharing the database ([`crate::cluster`]): listed by `WHO`
     /// and `ROOMS`, never delivered to.
     remote: Mutex<RemoteMembers>,
+    /// Writes batches to the sockets of members whose sessions wait ([`crate::express`]).
+    flusher: Flusher,
 }
 
 impl Rooms {
@@ -197,12 +200,17 @@ impl Rooms {
             return 0;
         };
         let members = room.members.lock().expect("room lock");
+        let mut armed = Vec::new();
         for (id, m) in &members.by_conn {
-            m.conn.mailbox.deliver(Delivery::Messages {
+            let held = m.conn.mailbox.deliver(Delivery::Messages {
                 batch: batch.clone(),
                 only_ours: batch.only_sender == Some(*id),
             });
+            if held {
+                armed.push(m.conn.mailbox.clone());
+            }
         }
+        self.flusher.flush_soon(armed);
         // Senders still in the room do not get their own messages: one look-up per message
         // (or one per batch of a single sender), never one per member.
         let own = match batch.only_sender {

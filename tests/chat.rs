@@ -141,6 +141,71 @@ async fn several_rooms_per_connection_and_the_current_room() {
     server.stop().await.unwrap();
 }
 
+/// A client in several rooms makes one current again with `JOIN <room> NONE` before each
+/// `SAY`. For a room it is in, `<last-id>` is the id through which the connection was shown
+/// the room (no store is read): every `MSG` of that room after `OK JOIN` is newer, every
+/// one before it is not, and none is lost or doubled, however the switches fall among the
+/// room's traffic.
+#[tokio::test]
+async fn switching_rooms_with_join_none_splits_the_live_feed_exactly() {
+    const SAYS: usize = 200;
+    let server = TestServer::start().await;
+    let mut talker = server.login("talker").await;
+    talker.join("a NONE").await;
+    let mut switcher = server.login("switcher").await;
+    switcher.join("a NONE").await;
+    switcher.join("b NONE").await;
+    talker.expect("JOINED a switcher").await;
+    let talk = tokio::spawn(async move {
+        for n in 0..SAYS {
+            talker.say(&format!("t{n}")).await;
+        }
+        talker
+    });
+    let (mut seen, mut boundaries, mut switches) = (Vec::new(), Vec::new(), 0);
+    let mut pending_switch = false;
+    while seen.len() < SAYS {
+        if !pending_switch && seen.len() % 7 == 0 && switches < SAYS / 7 {
+            let room = if switches % 2 == 0 { "a" } else { "b" };
+            switcher.send(&format!("JOIN {room} NONE")).await;
+            pending_switch = true;
+            switches += 1;
+        }
+        let line = switcher.line().await;
+        if let Some(ok) = line.strip_prefix("OK JOIN ") {
+            let parts: Vec<&str> = ok.split(' ').collect();
+            assert_eq!(parts[1], "0", "{line}");
+            if parts[0] == "a" {
+                let through: u64 = parts[2].parse().unwrap();
+                let last_seen = seen.last().map_or(0, |&(id, _)| id);
+                assert_eq!(
+                    through, last_seen,
+                    "OK JOIN names what was shown of a: {line}"
+                );
+                boundaries.push(through);
+            }
+            pending_switch = false;
+            continue;
+        }
+        let m = parse_message(&line);
+        assert_eq!(m.room, "a", "{line}");
+        seen.push((m.id, m.text));
+    }
+    let texts: Vec<String> = seen.iter().map(|(_, t)| t.clone()).collect();
+    let want: Vec<String> = (0..SAYS).map(|n| format!("t{n}")).collect();
+    assert_eq!(texts, want, "every message once, in order");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(!boundaries.is_empty());
+    let mut talker = talk.await.unwrap();
+    if pending_switch {
+        let line = switcher.line().await;
+        assert!(line.starts_with("OK JOIN "), "{line}");
+    }
+    talker.expect_nothing_pending().await;
+    switcher.expect_nothing_pending().await;
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn per_sender_order_at_every_member() {
     const SENDERS: usize = 3;

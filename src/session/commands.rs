@@ -159,10 +159,13 @@ impl Session {
         let room: Arc<str> = room.into();
         self.check_entry(&room).await?;
         self.check_room_limits(&room)?;
-        let store = self.hub.store.clone();
-        if let Err(e) = self.until_shutdown(store.record_room(&room)).await {
-            self.writer.push(e.line());
-            return Ok(());
+        // A room already joined is in the store already, and a re-JOIN changes no membership.
+        if !self.joined.contains(&room) {
+            let store = self.hub.store.clone();
+            if let Err(e) = self.until_shutdown(store.record_room(&room)).await {
+                self.writer.push(e.line());
+                return Ok(());
+            }
         }
         let newly_joined = self
             .hub

@@ -137,6 +137,13 @@ impl Session {
             Replay::Default => self.hub.config.history_on_join.min(max_page),
             Replay::Last(n) => n.min(max_page),
             Replay::None => {
+                // A room already joined: its live feed goes on untouched, so everything after
+                // what this connection was shown of it comes as MSG. That is the answer, and
+                // no store call is needed: switching the current room (a client in several
+                // rooms does before each SAY) costs nothing, even while the store is down.
+                if let Some(shown) = self.joined.last_shown(&room).filter(|_| !newly_joined) {
+                    return self.answer_join(room, 0, shown);
+                }
                 match self.until_shutdown(store.latest_id(&room)).await {
                     Ok(newest) => self.answer_join(room, 0, newest),
                     Err(e) => self.refuse_join(&room, newly_joined, &e),

@@ -248,6 +248,20 @@ async fn many_members_of_several_rooms_talking_and_pinging_see_everything_once_i
             }
         }
         assert_eq!(pongs, pings, "{nick}: every PONG");
+        // An OK SAY never comes before a MSG of its room with a smaller id (none lagged).
+        let current = rooms.last().unwrap();
+        let mut later: Vec<u64> = msg_ids(&lines, current);
+        later.reverse();
+        for line in &lines {
+            if line.starts_with(&format!("MSG {current} ")) {
+                later.pop();
+            } else if let Some(id) = ack_id(line) {
+                assert!(
+                    later.iter().all(|&m| m > id),
+                    "{nick}: OK SAY {id} before a MSG with a smaller id"
+                );
+            }
+        }
         for room in *rooms {
             let mine = |id: &u64| room == rooms.last().unwrap() && own.contains(id);
             let want: Vec<u64> = carried[room]
@@ -462,7 +476,7 @@ async fn rejoins_and_replays_never_duplicate_or_drop_live_messages() {
 /// every message arrives once, in order, whole, with `LAGGED` where the feed broke off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reader_that_stops_and_goes_gets_every_message_once_and_whole() {
-    const TOTAL: usize = 1500;
+    const TOTAL: usize = 3000;
     let config = Config {
         outbound_limit: 64 * 1024,
         ..memory_config()
@@ -478,6 +492,7 @@ async fn a_reader_that_stops_and_goes_gets_every_message_once_and_whole() {
     let mut last_shown: u64 = ok.rsplit(' ').next().unwrap().parse().unwrap();
     talker.expect("JOINED r slow").await;
     let text_of = |i: usize| format!("{i} {}", "x".repeat(1000 + (i * 337) % 3000));
+    let (progress_tx, progress) = tokio::sync::watch::channel(0usize);
     let talking = tokio::spawn(async move {
         let mut acked = Vec::new();
         for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(10) {
@@ -490,7 +505,8 @@ async fn a_reader_that_stops_and_goes_gets_every_message_once_and_whole() {
                 let (_, ok) = talker.until("OK SAY ").await;
                 acked.push(ack_id(&ok).unwrap());
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            let _ = progress_tx.send(acked.len());
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         (talker, acked)
     });
@@ -511,6 +527,11 @@ async fn a_reader_that_stops_and_goes_gets_every_message_once_and_whole() {
         last_shown = m.id;
         got.push(m.id);
         burst += 1;
+        if got.len() == 100 {
+            // A long pause first, so that it surely lags (the kernel's buffers are large).
+            let mut progress = progress.clone();
+            progress.wait_for(|&n| n >= TOTAL / 2).await.unwrap();
+        }
         if burst == 150 {
             burst = 0;
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -518,8 +539,18 @@ async fn a_reader_that_stops_and_goes_gets_every_message_once_and_whole() {
     }
     let (_talker, acked) = talking.await.unwrap();
     assert_eq!(got, acked);
-    slow.expect_nothing_pending().await;
-    eprintln!("lagged {lagged} times");
+    // Nothing more but, possibly, a LAGGED with nothing after it: the live traffic that came
+    // during the last catch-up overflowed, though the catch-up had shown it (so before
+    // express delivery too; a wart, not a gap).
+    slow.send("PING sync").await;
+    let (rest, _) = slow.until("PONG sync").await;
+    for line in rest {
+        assert_eq!(
+            line.split(' ').take(3).collect::<Vec<_>>(),
+            ["LAGGED", "r", &last_shown.to_string()]
+        );
+    }
+    assert!(lagged > 0, "it lagged");
     server.stop().await.unwrap();
 }
 
@@ -767,4 +798,129 @@ async fn websocket_and_plain_members_of_one_room_each_get_everything() {
     server.stop().await.unwrap();
     let lines = plain.finish().await;
     assert_eq!(msg_ids(&lines, "w"), acked, "the plain member");
+}
+
+/// Members of many rooms keep leaving and re-entering some while every room is busy, all at
+/// once (the rooms an armed mailbox shows change between each wait): in every membership
+/// each room's messages arrive from just after the `OK JOIN`'s `<last-id>`, once each, in
+/// order, without a gap, and none after `OK PART`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_churning_through_busy_rooms_see_each_membership_exactly() {
+    const ROOMS: usize = 6;
+    const CHURNERS: usize = 4;
+    const ROUNDS: usize = 60;
+    let server = TestServer::start().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut talkers = Vec::new();
+    for r in 0..ROOMS {
+        let mut talker = server.login(&format!("t{r}")).await;
+        talker.join(&format!("c{r} NONE")).await;
+        let stopping = stop.clone();
+        talkers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut k = 0;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                acked.push(talker.say(&format!("{r}-{k}")).await);
+                k += 1;
+                tokio::time::sleep(jitter(r, k)).await;
+            }
+            (talker, acked)
+        }));
+    }
+    let mut churners = Vec::new();
+    for c in 0..CHURNERS {
+        let mut member = server.login(&format!("ch{c}")).await;
+        let addr_lines = tokio::spawn(async move {
+            let mut lines = Vec::new();
+            let mut joined = [false; ROOMS];
+            for round in 0..ROUNDS * 2 {
+                let r = (c * 5 + round * 7 + round / 3) % ROOMS;
+                let command = if joined[r] {
+                    format!("PART c{r}")
+                } else {
+                    format!("JOIN c{r} NONE")
+                };
+                joined[r] = !joined[r];
+                member.send(&command).await;
+                let reply = format!("OK {} c{r}", &command[..4]);
+                loop {
+                    let line = member.line().await;
+                    let done = line.starts_with(&reply);
+                    lines.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                tokio::time::sleep(jitter(c, round) * 3).await;
+            }
+            for (r, _) in joined.iter().enumerate().filter(|(_, j)| **j) {
+                member.send(&format!("PART c{r}")).await;
+                let (before, ok) = member.until(&format!("OK PART c{r}")).await;
+                lines.extend(before);
+                lines.push(ok);
+            }
+            (member, lines)
+        });
+        churners.push(addr_lines);
+    }
+    let mut seen = Vec::new();
+    for c in churners {
+        seen.push(c.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut carried = Vec::new();
+    let mut keep = Vec::new();
+    for t in talkers {
+        let (talker, acked) = t.await.unwrap();
+        keep.push(talker);
+        carried.push(acked);
+    }
+    let mut shown_any = 0;
+    for (member, lines) in &seen {
+        let _ = member;
+        // Per room: the membership under way (its last id and what it showed), if any.
+        let mut open: HashMap<String, (u64, Vec<u64>)> = HashMap::new();
+        for line in lines {
+            let words: Vec<&str> = line.splitn(6, ' ').collect();
+            match words[..] {
+                ["OK", "JOIN", room, _, last] => {
+                    assert!(open
+                        .insert(room.to_string(), (last.parse().unwrap(), Vec::new()))
+                        .is_none());
+                }
+                ["OK", "PART", room] => {
+                    let (since, ids) = open.remove(room).expect("parted a joined room");
+                    let acked = &carried[room[1..].parse::<usize>().unwrap()];
+                    let from = acked
+                        .iter()
+                        .position(|id| *id > since)
+                        .unwrap_or(acked.len());
+                    assert!(
+                        from + ids.len() <= acked.len(),
+                        "{room}: more than was said"
+                    );
+                    assert_eq!(
+                        ids,
+                        acked[from..from + ids.len()],
+                        "{room}: the membership after {since}: from there, once each, no gap"
+                    );
+                    shown_any += ids.len();
+                }
+                ["MSG", room, ..] => {
+                    let m = parse_message(line);
+                    open.get_mut(room)
+                        .unwrap_or_else(|| panic!("a message of a room not joined: {line}"))
+                        .1
+                        .push(m.id);
+                }
+                _ => assert!(
+                    line.starts_with("JOINED ") || line.starts_with("LEFT "),
+                    "{line}"
+                ),
+            }
+        }
+        assert!(open.is_empty());
+    }
+    assert!(shown_any > 100, "the rooms were busy: {shown_any}");
+    server.stop().await.unwrap();
 }

@@ -924,3 +924,78 @@ async fn members_churning_through_busy_rooms_see_each_membership_exactly() {
     assert!(shown_any > 100, "the rooms were busy: {shown_any}");
     server.stop().await.unwrap();
 }
+
+/// The server stops while a busy room's members are mid-line (slow readers with small
+/// buffers, so that express writes leave line ends behind): each reads whole lines, its
+/// messages once each and in order, a prefix of the room's traffic, and `BYE` last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shutdown_mid_line_still_ends_with_bye_after_whole_lines() {
+    let config = Config {
+        close_grace: Duration::from_secs(15),
+        ..memory_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut talker = server.login("talker").await;
+    talker.join("s NONE").await;
+    let text_of = |i: usize| format!("{i} {}", "z".repeat(300 + (i * 611) % 3700));
+    let mut readers = Vec::new();
+    for n in 0..6 {
+        let mut c = Client::connect_small(server.addr).await;
+        c.send(&format!("NICK s{n}\nJOIN s NONE")).await;
+        c.until("OK JOIN s ").await;
+        talker.until(&format!("JOINED s s{n}")).await;
+        readers.push(tokio::spawn(async move {
+            let (mut next, mut last_id, mut lines) = (None::<usize>, 0, 0);
+            loop {
+                let line = c.try_line().await.expect("BYE before the end");
+                if line == "BYE server shutting down" {
+                    break;
+                }
+                if line.starts_with("LAGGED s ")
+                    || line.starts_with("JOINED s ")
+                    || line.starts_with("LEFT s ")
+                {
+                    continue;
+                }
+                let m = parse_message(&line);
+                assert!(m.id > last_id, "s{n}: in order, once: {line:.40}");
+                let i: usize = m.text.split(' ').next().unwrap().parse().unwrap();
+                assert_eq!(m.text, text_of(i), "s{n}: a whole line");
+                assert!(next.is_none_or(|want| want == i), "s{n}: no gap at {i}");
+                next = Some(i + 1);
+                last_id = m.id;
+                lines += 1;
+                if lines % (20 + n * 10) == 0 {
+                    tokio::time::sleep(Duration::from_millis(5 * n as u64)).await;
+                }
+            }
+            assert!(c.try_line().await.is_none(), "s{n}: nothing after BYE");
+            lines
+        }));
+    }
+    let talking = tokio::spawn(async move {
+        let mut i = 0;
+        loop {
+            let out: String = (i..i + 4)
+                .map(|j| format!("SAY {}\n", text_of(j)))
+                .collect();
+            talker.send_raw(out.as_bytes()).await;
+            let mut acks = 0;
+            while acks < 4 {
+                match talker.try_line().await {
+                    None => return i,
+                    Some(line) => acks += usize::from(line.starts_with("OK SAY ")),
+                }
+            }
+            i += 4;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.stop().await.unwrap();
+    let said = talking.await.unwrap();
+    for r in readers {
+        let got = r.await.unwrap();
+        assert!(got > 0 && got <= said + 4, "{got} of {said}");
+    }
+}

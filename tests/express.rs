@@ -999,3 +999,162 @@ async fn a_shutdown_mid_line_still_ends_with_bye_after_whole_lines() {
         assert!(got > 0 && got <= said + 4, "{got} of {said}");
     }
 }
+
+/// The race at the heart of express delivery: a member whose input wakes its session all the
+/// time (pings, some pipelined) while four talkers' messages are being written to its socket
+/// by the fan-out on other threads. Its stream must stay whole lines: every `PONG` in order,
+/// every message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn input_waking_the_session_while_deliveries_are_written_tears_nothing() {
+    const SAYS: usize = 250;
+    const PINGS: usize = 3000;
+    let server = TestServer::start().await;
+    let mut pinger = Peer::join(server.addr, "pinger", &["k"]).await;
+    let mut talking = Vec::new();
+    for t in 0..4 {
+        let mut talker = server.login(&format!("k{t}")).await;
+        talker.join("k NONE").await;
+        talking.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..SAYS {
+                acked.push(
+                    talker
+                        .say(&format!("{t}-{i} {}", "w".repeat(i * 13 % 900)))
+                        .await,
+                );
+                tokio::time::sleep(jitter(t, i)).await;
+            }
+            (talker, acked)
+        }));
+    }
+    for p in 0..PINGS {
+        let out = if p % 10 == 0 {
+            format!("PING {p}\nPING {p}b\n")
+        } else {
+            format!("PING {p}\n")
+        };
+        pinger.send(&out).await;
+        if p % 3 == 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    let mut acked = Vec::new();
+    let mut keep = Vec::new();
+    for t in talking {
+        let (talker, ids) = t.await.unwrap();
+        keep.push(talker);
+        acked.extend(ids);
+    }
+    acked.sort_unstable();
+    pinger
+        .wait_for("everything", |lines| {
+            msg_ids(lines, "k").len() >= acked.len()
+                && lines.iter().filter(|l| l.starts_with("PONG ")).count() == PINGS + PINGS / 10
+        })
+        .await;
+    server.stop().await.unwrap();
+    let mut lines = pinger.finish().await;
+    assert_eq!(lines.pop().as_deref(), Some("BYE server shutting down"));
+    let mut pongs = Vec::new();
+    for line in &lines {
+        if let Some(token) = line.strip_prefix("PONG ") {
+            pongs.push(token.to_string());
+        } else if line.starts_with("MSG ") {
+            let m = parse_message(line);
+            let (who, rest) = m.text.split_once('-').unwrap();
+            let (i, w) = rest.split_once(' ').unwrap();
+            assert!(who.parse::<usize>().unwrap() < 4, "{line:.60}");
+            assert_eq!(
+                w.len(),
+                i.parse::<usize>().unwrap() * 13 % 900,
+                "a whole line"
+            );
+        } else {
+            // Talkers joining, and leaving as the server stops.
+            assert!(
+                line.starts_with("JOINED k k") || line.starts_with("LEFT k k"),
+                "torn or unexpected: {line:.80}"
+            );
+        }
+    }
+    let want: Vec<String> = (0..PINGS)
+        .flat_map(|p| {
+            let mut v = vec![p.to_string()];
+            if p % 10 == 0 {
+                v.push(format!("{p}b"));
+            }
+            v
+        })
+        .collect();
+    assert_eq!(pongs, want, "every PONG, in order");
+    assert_eq!(msg_ids(&lines, "k"), acked, "every message once, in order");
+}
+
+/// Readers that read steadily but slower than a room talks: their sockets stay nearly full,
+/// so each time a session has written everything and waits armed, the next delivery finds a
+/// socket that takes part of it or none (the fallbacks of express delivery), again and
+/// again, with lags and catch-ups between. Each still gets every message once, whole, in
+/// order, `LAGGED` naming the last one delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steady_slow_readers_get_every_message_through_partial_and_refused_writes() {
+    const TOTAL: usize = 3500;
+    let config = Config {
+        outbound_limit: 256 * 1024,
+        ..memory_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut talker = server.login("talker").await;
+    talker.join("v NONE").await;
+    let text_of = |i: usize| format!("{i} {}", "v".repeat(1500 + (i * 733) % 2500));
+    let mut readers = Vec::new();
+    for n in 0..3usize {
+        let mut c = Client::connect_small(server.addr).await;
+        c.send(&format!("NICK v{n}\nJOIN v NONE")).await;
+        let (_, ok) = c.until("OK JOIN v ").await;
+        talker.until(&format!("JOINED v v{n}")).await;
+        let mut last: u64 = ok.rsplit(' ').next().unwrap().parse().unwrap();
+        readers.push(tokio::spawn(async move {
+            let (mut got, mut lagged) = (0, 0);
+            while got < TOTAL {
+                let line = c.line().await;
+                if let Some(rest) = line.strip_prefix("LAGGED v ") {
+                    assert_eq!(rest.split(' ').next(), Some(last.to_string().as_str()));
+                    lagged += 1;
+                    continue;
+                }
+                if line.starts_with("JOINED v ") {
+                    continue;
+                }
+                let m = parse_message(&line);
+                assert!(m.id > last, "v{n}: in order, once: {line:.40}");
+                assert_eq!(m.text, text_of(got), "v{n}: whole, no gap");
+                last = m.id;
+                got += 1;
+                if got % (2 + 2 * n) == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            (c, lagged)
+        }));
+    }
+    for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(10) {
+        let out: String = chunk
+            .iter()
+            .map(|&i| format!("SAY {}\n", text_of(i)))
+            .collect();
+        talker.send_raw(out.as_bytes()).await;
+        for _ in chunk {
+            talker.until("OK SAY ").await;
+        }
+    }
+    let mut done = Vec::new();
+    for r in readers {
+        done.push(r.await.unwrap());
+    }
+    for (c, _lagged) in &mut done {
+        c.send("PING sync").await;
+        let (rest, _) = c.until("PONG sync").await;
+        assert!(rest.iter().all(|l| l.starts_with("LAGGED v ")), "{rest:?}");
+    }
+    server.stop().await.unwrap();
+}

@@ -11,6 +11,8 @@
 #   RUNS=1 SCALE=tiny bash bench/peers.sh                 # seconds, to check it all works
 #   TARGETS="memory redis irc" SCENARIOS=latency bash bench/peers.sh
 #   BUILD=0 bash bench/peers.sh                           # the release binaries already built
+#   SWEEP=100,200,500,1000,2000 bash bench/peers.sh       # also latency against offered load,
+#                                                         # every target on one plot
 #   BEFORE=/tmp/old TARGETS="before-memory memory before-postgres postgres" \
 #     SCENARIOS="latency chat" bash bench/peers.sh        # an older build (its linechat in
 #                                                         # /tmp/old) beside this one
@@ -34,6 +36,7 @@ SERVER_CORE=${SERVER_CORE:-0}
 BENCH_CORE=${BENCH_CORE:-1}
 mkdir -p "$OUT"
 rm -f "$OUT/peers.jsonl"
+touch "$OUT/peers.jsonl"
 
 if [ "${BUILD:-1}" != 0 ]; then
   cargo build --release --quiet -p linechat --bin linechat
@@ -107,7 +110,8 @@ run() {
   taskset -c "$BENCH_CORE" "$BENCH" "$scenario" --target "$kind" --addr "$addr" \
     --server-pid "$server_pid" --json "$@" |
     python3 -c 'import json,sys; r=json.load(sys.stdin); r["peer"], r["round"] = sys.argv[1], int(sys.argv[2]); print(json.dumps(r))' \
-      "$target" "$round" >>"$OUT/peers.jsonl"
+      "$target" "$round" >>"$OUT/peers.jsonl" ||
+    echo "$scenario on $target: the bench reported lost, duplicated or unexpected deliveries" >&2
   stop
   tail -n 1 "$OUT/peers.jsonl" | python3 bench/peers_table.py -
 }
@@ -131,3 +135,24 @@ for i in $(seq 1 "$RUNS"); do
 done
 
 python3 bench/peers_table.py "$OUT/peers.jsonl" --medians ${CHECK:+--check}
+
+# SWEEP=100,200,500 (per-sender rates): a latency sweep per target, drawn on one plot.
+if [ -n "${SWEEP:-}" ]; then
+  withs=()
+  for target in "${targets[@]}"; do
+    start "$target"
+    taskset -c "$BENCH_CORE" "$BENCH" latency --target "$kind" --addr "$addr" "${latency[@]}" \
+      --sweep "$SWEEP" --json | python3 -c '
+import json, sys
+names = {"before-memory": "linechat before (memory)", "memory": "linechat (memory)",
+         "before-postgres": "linechat before (PostgreSQL)", "postgres": "linechat (PostgreSQL)",
+         "nats": "NATS", "redis": "Redis pub/sub", "irc": "InspIRCd"}
+r = json.load(sys.stdin)
+r["target"] = names[sys.argv[1]]
+print(json.dumps(r))' "$target" >"$OUT/sweep-$target.json"
+    stop
+    withs+=(--plot-with "$OUT/sweep-$target.json")
+  done
+  "$BENCH" latency --plot-only --plot "$OUT/latency.svg" "${withs[@]}"
+  echo "plot: $OUT/latency.svg" >&2
+fi

@@ -8,7 +8,7 @@
 //! only: TLS and WebSocket connections frame their bytes in their own task) and, for each room
 //! it is in, the last message id it showed. A batch for an armed mailbox is queued there as
 //! for any other, but instead of waking the session the fan-out hands the mailbox to the
-//! [`Flusher`], one task for the server, which writes everything queued in it with one
+//! [`Flusher`] (a task per worker thread), which writes everything queued in it with one
 //! non-blocking vectored write, decided as the session would decide it ([`LiveBatch::show`]).
 //! The flusher runs once the fan-out has let go of the thread, so batches stored in quick
 //! succession still reach a member in one write, as they did when each session woke.
@@ -36,14 +36,20 @@ use crate::transport::Transport;
 /// Most buffers handed to one express write.
 const MAX_IOVECS: usize = 64;
 
-/// Flushes armed mailboxes that batches were queued in: one task, woken once for any number
-/// of them (see the module documentation).
+/// Flushes armed mailboxes that batches were queued in: a task per worker thread (each
+/// mailbox always to the same one), woken once for any number of mailboxes (see the module
+/// documentation).
 #[derive(Default)]
 pub struct Flusher {
+    /// Made at the first use: empty outside a runtime, where each is flushed at once.
+    shards: OnceLock<Vec<Shard>>,
+}
+
+/// One flushing task: the mailboxes waiting for it, and its wake-up. Dropped with the
+/// flusher, which ends the task.
+struct Shard {
     pending: Arc<Mutex<Vec<Arc<Mailbox>>>>,
-    /// Wakes the task (made at the first use; `None` outside a runtime, where each is flushed
-    /// at once). Dropped with the flusher, which ends the task.
-    kick: OnceLock<Option<mpsc::Sender<()>>>,
+    kick: mpsc::Sender<()>,
 }
 
 impl Flusher {
@@ -52,19 +58,38 @@ impl Flusher {
         if mailboxes.is_empty() {
             return;
         }
-        let kick = self.kick.get_or_init(|| {
-            let runtime = tokio::runtime::Handle::try_current().ok()?;
-            let (kick, kicked) = mpsc::channel(1);
-            runtime.spawn(flush_when_kicked(self.pending.clone(), kicked));
-            Some(kick)
+        let shards = self.shards.get_or_init(|| {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return Vec::new();
+            };
+            // As many as the threads that ran the sessions' writes before.
+            let n = runtime.metrics().num_workers().clamp(1, 64);
+            (0..n)
+                .map(|_| {
+                    let pending = Arc::default();
+                    let (kick, kicked) = mpsc::channel(1);
+                    runtime.spawn(flush_when_kicked(Arc::clone(&pending), kicked));
+                    Shard { pending, kick }
+                })
+                .collect()
         });
-        match kick {
-            Some(kick) => {
-                self.pending.lock().expect("flusher lock").extend(mailboxes);
-                // Full: a kick is waiting already, and will find these too.
-                let _ = kick.try_send(());
-            }
-            None => mailboxes.iter().for_each(|m| m.flush_express()),
+        if shards.is_empty() {
+            return mailboxes.iter().for_each(|m| m.flush_express());
+        }
+        let mut kicked = [false; 64];
+        for mailbox in mailboxes {
+            // Mailboxes are at least 64 bytes apart: the low bits say little.
+            let i = (Arc::as_ptr(&mailbox) as usize >> 6) % shards.len();
+            shards[i]
+                .pending
+                .lock()
+                .expect("flusher lock")
+                .push(mailbox);
+            kicked[i] = true;
+        }
+        for (shard, _) in shards.iter().zip(kicked).filter(|(_, k)| *k) {
+            // Full: a kick is waiting already, and will find these too.
+            let _ = shard.kick.try_send(());
         }
     }
 }

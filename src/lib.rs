@@ -30,7 +30,7 @@
 //! - [`mailbox`]: each connection's bounded queue of room traffic; a reader too slow for its
 //!   rooms *lags* there instead of being dropped, and its session catches it up.
 //! - [`express`]: while a plain TCP session waits with nothing to write, its room traffic is
-//!   written to its socket by the deliverer, without waking it.
+//!   written to its socket by a flusher task, one write per round, without waking it.
 //! - [`managed_postgres`]: the PostgreSQL process the server runs itself when no database is
 //!   given.
 //! - [`telemetry`]: the metrics (`/metrics`, Prometheus text): counted per batch on the hot

@@ -12,13 +12,12 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::lines::{read_lines, Lines};
+pub use crate::payload::{new_histogram, payload, stamp, tagged_payload_at, STAMP};
 use crate::report::{Percentiles, Progress};
 use crate::system;
 use crate::target::{Event, Parser, Target};
 use crate::transport::{Conn, ConnRead, ConnWrite, Transport};
 
-/// Digits of the send time (nanoseconds since the run's epoch) that open every payload.
-const STAMP: usize = 16;
 /// Connections opened at once.
 const CONNECT_PARALLELISM: usize = 64;
 
@@ -123,48 +122,6 @@ impl Window {
                 .strip_prefix(self.mark.as_bytes())
                 .is_some_and(|rest| rest.first().is_none_or(|&b| b == b' '))
     }
-}
-
-pub fn payload(epoch: Instant, size: usize) -> Vec<u8> {
-    payload_at(epoch, Instant::now(), size)
-}
-
-/// A payload stamped with `at` (nanoseconds since `epoch`), padded to `size` bytes.
-pub fn payload_at(epoch: Instant, at: Instant, size: usize) -> Vec<u8> {
-    tagged_payload_at(epoch, at, "", size)
-}
-
-/// A payload stamped with `at`, then `tag` (after a space, if not empty), padded to `size`
-/// bytes.
-pub fn tagged_payload_at(epoch: Instant, at: Instant, tag: &str, size: usize) -> Vec<u8> {
-    let ns = at.saturating_duration_since(epoch).as_nanos() as u64;
-    let mut p = format!("{ns:0STAMP$}").into_bytes();
-    if !tag.is_empty() {
-        p.push(b' ');
-        p.extend_from_slice(tag.as_bytes());
-    }
-    if size > p.len() + 1 {
-        p.push(b' ');
-        p.resize(size, b'x');
-    }
-    p
-}
-
-/// The send time (nanoseconds since the run's epoch) a payload starts with.
-pub fn stamp(payload: &[u8]) -> Option<u64> {
-    let digits = payload.get(..STAMP)?;
-    let mut v: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + u64::from(d - b'0');
-    }
-    Some(v)
-}
-
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 /// A unique prefix for this process's names, so runs never collide on nicks: not with other
@@ -561,6 +518,7 @@ async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payload::payload_at;
 
     #[test]
     fn payload_carries_its_send_time() {

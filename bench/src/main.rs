@@ -14,6 +14,7 @@ mod idle;
 mod lines;
 mod load;
 mod logins;
+mod payload;
 mod plot;
 mod print;
 mod replay;

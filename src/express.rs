@@ -220,8 +220,7 @@ impl Express {
             // What each item shows, decided as the session would, room by room in order.
             let mut shown: Vec<MessageId> = self.rooms.iter().map(|s| s.now).collect();
             let mut pieces: Vec<Bytes> = Vec::new();
-            // Per item: its bytes, its pieces' end in `pieces`, and the room it moves on.
-            let mut plan: Vec<(usize, usize, Option<(usize, MessageId)>)> = Vec::new();
+            let mut plan: Vec<Planned> = Vec::new();
             for item in items.iter() {
                 let before = pieces.len();
                 let moved = match item {
@@ -254,7 +253,11 @@ impl Express {
                     break;
                 }
                 let bytes = pieces[before..].iter().map(Bytes::len).sum();
-                plan.push((bytes, pieces.len(), moved));
+                plan.push(Planned {
+                    bytes,
+                    end: pieces.len(),
+                    moved,
+                });
             }
             if plan.is_empty() {
                 // One item in more pieces than a write takes: the session writes it.
@@ -273,7 +276,7 @@ impl Express {
                 }
             };
             let mut first_piece = 0;
-            for (bytes, end, moved) in plan {
+            for Planned { bytes, end, moved } in plan {
                 if written == 0 && bytes > 0 {
                     // Not begun: it stays queued, for the session.
                     self.armed = false;
@@ -316,6 +319,14 @@ impl Express {
             Ok(n) => Some(n),
         }
     }
+}
+
+/// One queued item in a flush: its bytes, where its pieces end in the flush's, and the room
+/// it moves on (the room's index, and the id it is then shown through).
+struct Planned {
+    bytes: usize,
+    end: usize,
+    moved: Option<(usize, MessageId)>,
 }
 
 /// What a write left: pieces are whole lines, except the first when `started`.
@@ -412,7 +423,9 @@ mod tests {
     }
 
     /// What disarming reports: rooms shown further, and the leftover with its begun flags.
-    fn disarm(mailbox: &Mailbox) -> (Vec<(String, MessageId)>, Vec<(Bytes, bool)>) {
+    type Disarmed = (Vec<(String, MessageId)>, Vec<(Bytes, bool)>);
+
+    fn disarm(mailbox: &Mailbox) -> Disarmed {
         let (mut shown, mut rest) = (Vec::new(), Vec::new());
         mailbox.disarm(
             |room, id| shown.push((room.to_string(), id)),

@@ -131,6 +131,35 @@ fn msg_ids(lines: &[String], room: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Says `text_of(0..total)` in the talker's current room, ten lines a write, each ten
+/// waiting for their acks (then `after_ten`, with how many are acked, and `pause`); returns
+/// the acked ids.
+async fn say_by_tens(
+    talker: &mut Client,
+    total: usize,
+    text_of: impl Fn(usize) -> String,
+    pause: Duration,
+    mut after_ten: impl FnMut(usize),
+) -> Vec<u64> {
+    let mut acked = Vec::new();
+    for chunk in (0..total).collect::<Vec<_>>().chunks(10) {
+        let out: String = chunk
+            .iter()
+            .map(|&i| format!("SAY {}\n", text_of(i)))
+            .collect();
+        talker.send_raw(out.as_bytes()).await;
+        for _ in chunk {
+            let (_, ok) = talker.until("OK SAY ").await;
+            acked.push(ack_id(&ok).unwrap());
+        }
+        after_ten(acked.len());
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    acked
+}
+
 /// Many members in several rooms talk (pipelining, with pauses, so that the others wait
 /// armed between messages) and ping (input that wakes a session while a fan-out may be
 /// writing to its socket). Each must see every other member's message of its rooms exactly
@@ -494,20 +523,11 @@ async fn a_reader_that_stops_and_goes_gets_every_message_once_and_whole() {
     let text_of = |i: usize| format!("{i} {}", "x".repeat(1000 + (i * 337) % 3000));
     let (progress_tx, progress) = tokio::sync::watch::channel(0usize);
     let talking = tokio::spawn(async move {
-        let mut acked = Vec::new();
-        for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(10) {
-            let out: String = chunk
-                .iter()
-                .map(|&i| format!("SAY {}\n", text_of(i)))
-                .collect();
-            talker.send_raw(out.as_bytes()).await;
-            for _ in chunk {
-                let (_, ok) = talker.until("OK SAY ").await;
-                acked.push(ack_id(&ok).unwrap());
-            }
-            let _ = progress_tx.send(acked.len());
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let pause = Duration::from_millis(1);
+        let acked = say_by_tens(&mut talker, TOTAL, text_of, pause, |n| {
+            let _ = progress_tx.send(n);
+        })
+        .await;
         (talker, acked)
     });
     let (mut got, mut lagged) = (Vec::new(), 0);
@@ -1137,16 +1157,7 @@ async fn steady_slow_readers_get_every_message_through_partial_and_refused_write
             (c, lagged)
         }));
     }
-    for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(10) {
-        let out: String = chunk
-            .iter()
-            .map(|&i| format!("SAY {}\n", text_of(i)))
-            .collect();
-        talker.send_raw(out.as_bytes()).await;
-        for _ in chunk {
-            talker.until("OK SAY ").await;
-        }
-    }
+    say_by_tens(&mut talker, TOTAL, text_of, Duration::ZERO, |_| {}).await;
     let mut done = Vec::new();
     for r in readers {
         done.push(r.await.unwrap());

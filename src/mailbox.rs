@@ -117,8 +117,8 @@ struct Queue {
     /// The lag is not the client's (the server's own delivery was interrupted): it is caught
     /// up without `LAGGED`.
     quiet: bool,
-    /// Made when a plain TCP session first arms: deliveries then write to its socket
-    /// themselves while it waits ([`crate::express`]).
+    /// Made when a plain TCP session first arms: while it waits, the flusher writes what is
+    /// queued to its socket ([`crate::express`]).
     express: Option<Box<Express>>,
 }
 
@@ -232,9 +232,9 @@ impl Mailbox {
         n
     }
 
-    /// Before the session waits: deliveries write to `socket` themselves until it wakes,
-    /// showing `rooms` on from the ids given (see [`crate::express`]). Only while nothing is
-    /// queued and it does not lag; returns whether it armed.
+    /// Before the session waits: until it wakes, what is queued is written to `socket` by the
+    /// flusher, showing `rooms` on from the ids given (see [`crate::express`]). Only while
+    /// nothing is queued and it does not lag; returns whether it armed.
     pub fn arm<'a>(
         &self,
         socket: &Arc<Transport>,

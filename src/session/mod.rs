@@ -208,8 +208,8 @@ impl Session {
             // The write comes first in this biased select: if another branch wins while output
             // waits, the socket is full, and a stall may begin.
             let had_output = self.writer.has_pending();
-            // While it waits with nothing to write, deliveries write to its socket themselves;
-            // it takes the socket back first thing when it wakes, whatever woke it.
+            // While it waits with nothing to write, the flusher writes its room traffic to its
+            // socket; it takes the socket back first thing when it wakes, whatever woke it.
             let armed = !had_output && !busy && self.arm_express();
             let event = tokio::select! {
                 biased;

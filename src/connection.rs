@@ -24,8 +24,8 @@ use crate::fanout::LiveBatch;
 use crate::http::websocket::frames;
 use crate::transport::Transport;
 
-/// Most buffers handed to one vectored write.
-const MAX_IOVECS: usize = 64;
+/// Most buffers handed to one vectored write (the session's, and express delivery's).
+pub(crate) const MAX_IOVECS: usize = 64;
 
 /// Splits a connection into its line reader and line writer, which share its transport. A
 /// plain socket is polled for readiness directly (not through `readable()`/`AsyncWrite`,

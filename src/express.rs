@@ -28,13 +28,11 @@ use bytes::Bytes;
 
 use tokio::sync::mpsc;
 
+use crate::connection::MAX_IOVECS;
 use crate::fanout::Show;
 use crate::mailbox::{ConnId, Delivery, Mailbox};
 use crate::protocol::MessageId;
 use crate::transport::Transport;
-
-/// Most buffers handed to one express write.
-const MAX_IOVECS: usize = 64;
 
 /// Flushes armed mailboxes that batches were queued in: a task per worker thread (each
 /// mailbox always to the same one), woken once for any number of mailboxes (see the module

@@ -140,20 +140,24 @@ async fn concurrent_talkers_on_every_server_give_every_member_one_order() {
 /// twice, and is not told it lagged (it did not).
 #[tokio::test]
 async fn a_cut_notification_connection_loses_nothing_and_doubles_nothing() {
-    const TOTAL: usize = 400;
+    // The cut comes once the first part is stored, while the rest (much longer than the cut
+    // takes) is on its way.
+    const FIRST: usize = 200;
+    const TOTAL: usize = 1000;
     let (servers, url) = servers(2).await;
     let mut member = servers[0].login("member").await;
     member.join("cut").await;
     let mut talker = servers[1].login("talker").await;
     talker.join("cut").await;
     let admin = pg::connect(&url).await;
+    let (first_part_said, first_part) = tokio::sync::oneshot::channel();
     let talking = tokio::spawn(async move {
-        let mut acked = talk_in_chunks(&mut talker, 0..TOTAL / 2, "before").await;
-        acked.extend(talk_in_chunks(&mut talker, TOTAL / 2..TOTAL, "after").await);
+        let mut acked = talk_in_chunks(&mut talker, 0..FIRST, "before").await;
+        let _ = first_part_said.send(());
+        acked.extend(talk_in_chunks(&mut talker, FIRST..TOTAL, "after").await);
         acked
     });
-    // Somewhere in the talk.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    first_part.await.unwrap();
     let cut = admin
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \

@@ -11,7 +11,9 @@ use common::binary::{linechat, Binary};
 use common::logs::Logs;
 use common::{memory_config, parse_message, pg, Client, Message, TestServer, PATIENCE};
 use linechat::managed_postgres::ManagedPostgres;
-use linechat::store::postgres::{LATEST_ID, PAGE_NEWEST, PAGE_OLDEST, READ_RANGES};
+use linechat::store::postgres::{
+    INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST, READ_RANGES, SESSION_SETTINGS,
+};
 use linechat::Config;
 
 async fn pg_server() -> (TestServer, String) {
@@ -676,6 +678,85 @@ async fn replay_from_a_room_of_100000_messages_uses_the_index() {
         assert!(!plan.contains("Seq Scan on messages"), "{query}\n{plan}");
     }
     server.stop().await.unwrap();
+}
+
+/// A batch finds its rooms and users through their indexes, in its triggers' queries too,
+/// with what the server's connections set (`SESSION_SETTINGS`), even in a small database (a
+/// thousand rooms): left to choose, PostgreSQL's generic plan read every room for every batch
+/// there (BENCHMARKS.md, "Paced traffic").
+#[tokio::test]
+async fn a_batch_finds_rooms_and_users_by_index_in_a_small_database() {
+    let url = pg::fresh_database().await;
+    let setup = pg::connect(&url).await;
+    linechat::store::postgres::migrate(&setup)
+        .await
+        .expect("migrate");
+    let db = pg::connect(&url).await;
+    db.batch_execute(SESSION_SETTINGS).await.unwrap();
+    let insert = db.prepare(INSERT_MESSAGES).await.unwrap();
+    let batch = |rooms: Vec<&'static str>, users: Vec<&'static str>, n: usize| {
+        let room_of: Vec<i32> = (0..n).map(|i| (i % rooms.len()) as i32 + 1).collect();
+        let user_of: Vec<i32> = (0..n).map(|i| (i % users.len()) as i32 + 1).collect();
+        let bodies: Vec<String> = (0..n).map(|i| format!("message {i}")).collect();
+        (rooms, users, room_of, user_of, bodies)
+    };
+    // Tables of a small server, analyzed: small enough that reading them whole looks cheap.
+    setup
+        .batch_execute(
+            "INSERT INTO rooms (name) SELECT 'room' || g FROM generate_series(0, 1000) g;
+             INSERT INTO users (name) SELECT 'user' || g FROM generate_series(0, 5000) g;
+             ANALYZE rooms; ANALYZE users;",
+        )
+        .await
+        .unwrap();
+    // The first batch plans the statement and its triggers' queries.
+    let first = batch(vec!["room0"], vec!["user0"], 1);
+    db.query(&insert, &[&first.0, &first.1, &first.2, &first.3, &first.4])
+        .await
+        .unwrap();
+    // This session's scans not yet reported (earlier transactions' among them), read in one
+    // transaction before the batch and after it.
+    let scans = || async {
+        let rows = db
+            .query(
+                "SELECT relname::text, seq_scan, coalesce(idx_scan, 0) \
+                 FROM pg_stat_xact_user_tables WHERE relname IN ('rooms', 'users') \
+                 ORDER BY relname",
+                &[],
+            )
+            .await
+            .unwrap();
+        let scans: Vec<(String, i64, i64)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        scans
+    };
+    db.batch_execute("BEGIN").await.unwrap();
+    let before = scans().await;
+    let next = batch(
+        vec!["room7", "room999"],
+        vec!["user3", "user4999", "user0"],
+        6,
+    );
+    let stored = db
+        .query(&insert, &[&next.0, &next.1, &next.2, &next.3, &next.4])
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 6);
+    let after = scans().await;
+    db.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(after.len(), 2, "{after:?}");
+    for ((table, seq, idx), (_, seq_before, idx_before)) in after.iter().zip(&before) {
+        assert_eq!(
+            seq, seq_before,
+            "{table} read whole: {before:?} -> {after:?}"
+        );
+        assert!(
+            idx > idx_before,
+            "{table} not read by index: {before:?} -> {after:?}"
+        );
+    }
 }
 
 /// Adds `n` messages to `room` straight into the database.

@@ -3,9 +3,21 @@
 
 use super::*;
 
+/// Whether a batch's names are recorded before its INSERT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Names {
+    /// Not recorded: NICK and JOIN recorded them already, almost always, and the INSERT
+    /// looks every name up itself; if one is missing it fails whole
+    /// ([`BatchError::NameVanished`]) and the batch is tried again with [`Names::Record`].
+    Assumed,
+    /// Every name of the batch recorded first, all in one statement (one commit).
+    Record,
+}
+
 impl PgStore {
-    /// Stores a batch with one INSERT, all of it before one deadline. The names it needs
-    /// are recorded first (idempotent upserts). The INSERT is its own transaction.
+    /// Stores a batch with one INSERT, all of it before one deadline. With [`Names::Record`]
+    /// its names are recorded first, in one idempotent statement of their own. The INSERT is
+    /// its own transaction.
     ///
     /// Until the INSERT is sent, a failure is a refusal ([`StoreError::Unavailable`]): the
     /// messages were never handed to the database, and their connection (which may have an
@@ -18,6 +30,7 @@ impl PgStore {
         &self,
         batch: &[NewMessage],
         deadline: Instant,
+        recording: Names,
     ) -> Result<Vec<StoredMessage>, BatchError> {
         let mut conn = self
             .before(deadline, "waiting for a connection", self.connection())
@@ -27,17 +40,15 @@ impl PgStore {
             client, statements, ..
         } = &*busy.0;
         let names = BatchNames::of(batch);
-        let (new_users, new_rooms) = self
-            .before(deadline, "recording names", async {
-                let users = &statements.upsert_user;
-                let new_users = record(client, users, &self.known_users, &names.users).await;
-                let new_users = new_users.map_err(|e| self.failed(e))?;
-                let rooms = &statements.upsert_room;
-                let new_rooms = record(client, rooms, &self.known_rooms, &names.rooms).await;
-                let new_rooms = new_rooms.map_err(|e| self.failed(e))?;
-                Ok((new_users, new_rooms))
+        if recording == Names::Record {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&names.users, &names.rooms];
+            self.before(deadline, "recording names", async {
+                let recorded = client.execute(&statements.record_names, &params).await;
+                recorded.map(drop).map_err(|e| self.failed(e))
             })
             .await?;
+        }
         let bodies: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
         // From here on the INSERT is on its way.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
@@ -57,7 +68,11 @@ impl PgStore {
                 let text = e.to_string();
                 let refusal = self.failed(e);
                 return Err(match (rolled_back, vanished) {
-                    (true, true) => BatchError::NameVanished(refusal),
+                    (true, true) => {
+                        // An ERROR answer leaves the connection idle: it serves the retry.
+                        busy.done();
+                        BatchError::NameVanished(refusal)
+                    }
                     (true, false) => refusal.into(),
                     (false, _) => StoreError::OutcomeUnknown(text).into(),
                 });
@@ -69,8 +84,8 @@ impl PgStore {
             }
         };
         busy.done();
-        remember(&self.known_users, new_users);
-        remember(&self.known_rooms, new_rooms);
+        // Stored messages now reference these names: they cannot be deleted (schema.sql).
+        self.remember_names(&names.users, &names.rooms);
         let rows = in_batch_order(&rows, &names)?;
         Ok(batch
             .iter()
@@ -129,29 +144,6 @@ impl<'a> Distinct<'a> {
     }
 }
 
-/// Records (upserts) each of `names` not known to exist; returns those it recorded.
-async fn record(
-    client: &Client,
-    upsert: &Statement,
-    known: &Mutex<HashSet<Arc<str>>>,
-    names: &[&str],
-) -> Result<Vec<Arc<str>>, tokio_postgres::Error> {
-    let unknown: Vec<&str> = {
-        let known = known.lock().expect("name cache");
-        names
-            .iter()
-            .copied()
-            .filter(|n| !known.contains(*n))
-            .collect()
-    };
-    let mut made = Vec::with_capacity(unknown.len());
-    for name in unknown {
-        client.query_one(upsert, &[&name]).await?;
-        made.push(Arc::from(name));
-    }
-    Ok(made)
-}
-
 /// The inserted rows as (id, time) in batch order. Identity values are drawn in insertion
 /// order, which is the order of the arrays; each row is checked against the batch anyway (one
 /// row per message, and the rows of one room or user name carry one id, different from the
@@ -199,12 +191,6 @@ fn one_id_per_name(places: &[i32], count: usize, ids: impl Iterator<Item = i64>)
     ids.sort_unstable();
     ids.dedup();
     ids.len() == named
-}
-
-fn remember(known: &Mutex<HashSet<Arc<str>>>, made: Vec<Arc<str>>) {
-    if !made.is_empty() {
-        known.lock().expect("name cache").extend(made);
-    }
 }
 
 #[cfg(test)]

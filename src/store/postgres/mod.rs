@@ -21,7 +21,7 @@ use bb8::{ManageConnection, Pool};
 use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
-use tokio_postgres::{Client, Row, Statement};
+use tokio_postgres::Row;
 
 use super::health::{Backoff, Health, HealthWatch, PROBE_CAP, PROBE_FIRST};
 use super::{HistoryStore, NewMessage, Page, StoreError, StoredMessage};
@@ -38,12 +38,16 @@ mod schema;
 mod tls;
 mod url;
 
+use batch::Names;
 use errors::{
     name_vanished, proves_rolled_back, shows_unreachable, unavailable, with_causes, Attempt,
     BatchError,
 };
 use pool::{Busy, LogErrors, PgConnection, PgManager};
-pub use pool::{HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST, READ_RANGES};
+pub use pool::{
+    HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST, READ_RANGES,
+    SESSION_SETTINGS,
+};
 pub use schema::{ensure_database, migrate, migrations, SCHEMA};
 pub use tls::{PgTls, TlsSetupError};
 pub use url::{DatabaseUrl, DatabaseUrlError, RootCert, SslMode, TlsSettings, Verify};
@@ -63,16 +67,19 @@ pub struct PgSettings {
     pub startup_timeout: Duration,
 }
 
+/// How many user names, and how many room names, [`PgStore`] keeps as known to exist.
+const KNOWN_NAMES: usize = 100_000;
+
 /// History in PostgreSQL.
 pub struct PgStore {
     pool: Pool<PgManager>,
     timeout: Duration,
     /// Up, or down until the background probe reaches the database again.
     health: Arc<Health>,
-    /// Names of users and rooms that stored messages reference: known to exist, so a batch
-    /// need not record them first. Only names are kept, never ids: the INSERT looks each name
-    /// up itself. If a table was emptied meanwhile, the INSERT fails whole and `append`
-    /// records the names again (`BatchError::NameVanished`).
+    /// Names of users and rooms that stored messages reference: known to exist, so NICK and
+    /// JOIN need not record them. Only names are kept, never ids, and batches never rely on
+    /// it: their INSERT looks each name up itself (`batch.rs`). At most [`KNOWN_NAMES`] of
+    /// each: a full cache starts again empty.
     known_users: Mutex<HashSet<Arc<str>>>,
     known_rooms: Mutex<HashSet<Arc<str>>>,
     /// Bounds the background `record_user` calls.
@@ -220,6 +227,20 @@ impl PgStore {
         }
     }
 
+    fn remember_names(&self, users: &[&str], rooms: &[&str]) {
+        for (known, names) in [(&self.known_users, users), (&self.known_rooms, rooms)] {
+            let mut known = known.lock().expect("name cache");
+            for &name in names {
+                if !known.contains(name) {
+                    if known.len() >= KNOWN_NAMES {
+                        known.clear();
+                    }
+                    known.insert(Arc::from(name));
+                }
+            }
+        }
+    }
+
     fn forget_names(&self) {
         self.known_users.lock().expect("name cache").clear();
         self.known_rooms.lock().expect("name cache").clear();
@@ -303,13 +324,13 @@ impl HistoryStore for PgStore {
         batch: &[NewMessage],
         deadline: Instant,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut stored = self.append_batch(batch, deadline).await;
+        let mut stored = self.append_batch(batch, deadline, Names::Assumed).await;
         if let Err(BatchError::NameVanished(e)) = &stored {
-            // Rooms or users were emptied or restored under us: nothing of the batch was
-            // stored, so record its names again and try it once more.
-            tracing::warn!("a room or user the batch names is gone; recording them again: {e}");
-            self.forget_names();
-            stored = self.append_batch(batch, deadline).await;
+            // A name NICK or JOIN did not record (a NICK's record is skipped when others are
+            // under way), or one emptied or restored under us: nothing of the batch was
+            // stored, so record its names and try it once more.
+            tracing::debug!("a room or user the batch names was missing; recording them: {e}");
+            stored = self.append_batch(batch, deadline, Names::Record).await;
         }
         if stored.is_err() {
             // The failure may be a name the cache still holds (a restored or edited
@@ -463,7 +484,7 @@ impl HistoryStore for PgStore {
             let busy = Busy::new(&mut conn);
             busy.0
                 .client
-                .query_one(&busy.0.statements.upsert_room, &[&room])
+                .execute(&busy.0.statements.upsert_room, &[&room])
                 .await
                 .map_err(|e| self.failed(e))?;
             busy.done();

@@ -64,8 +64,38 @@ const UPSERT_USER: &str = "INSERT INTO users (name) VALUES ($1) \
      ON CONFLICT (name) DO UPDATE SET last_seen_at = now() RETURNING id";
 /// This database's history epoch (schema.sql's migration 3).
 pub const HISTORY_EPOCH: &str = "SELECT epoch FROM history_epoch";
-const UPSERT_ROOM: &str = "INSERT INTO rooms (name) VALUES ($1) \
-     ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id";
+/// Records room `$1`; one that exists is left as it is (no new row version, nothing to
+/// commit).
+const UPSERT_ROOM: &str = "INSERT INTO rooms (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
+/// Records users `$1` and rooms `$2`, all in one statement (one commit); names that exist are
+/// left as they are. In name order, so that servers recording the same new names at once
+/// take them in one order.
+const RECORD_NAMES: &str = "WITH u AS (INSERT INTO users (name) \
+         SELECT n FROM unnest($1::text[]) AS n ORDER BY n ON CONFLICT (name) DO NOTHING \
+         RETURNING 1), \
+     r AS (INSERT INTO rooms (name) \
+         SELECT n FROM unnest($2::text[]) AS n ORDER BY n ON CONFLICT (name) DO NOTHING \
+         RETURNING 1) \
+     SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM r)";
+
+/// What every pooled connection sets first.
+///
+/// Every statement here looks rows up by key, and its generic plan (checked in
+/// tests/postgres.rs) is the one a custom plan would be. Left to choose, PostgreSQL plans the
+/// INSERT anew for every batch (its generic plan's guessed array sizes cost more than a small
+/// batch's real ones): 0.8 ms of the database's CPU a batch, more than the INSERT itself
+/// (BENCHMARKS.md, "Three servers against one").
+///
+/// And every one of them, the triggers' queries included, finds its rows through an index.
+/// While the tables are small (a thousand rooms), the generic plan, which guesses ten names
+/// a batch, reads them whole instead, and every batch then read every room
+/// (BENCHMARKS.md, "Paced traffic").
+///
+/// Nor is any worth compiling (JIT): their plans are small, and a guessed cost can pass
+/// the threshold when the tables were never analyzed. A stopping server's removal of its
+/// 5,000 connections from `presence` was once seen compiling (LLVM) for minutes.
+pub const SESSION_SETTINGS: &str =
+    "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET jit = off";
 
 /// The statements every pooled connection has prepared.
 pub(super) struct Statements {
@@ -76,6 +106,7 @@ pub(super) struct Statements {
     pub(super) read_ranges: Statement,
     pub(super) upsert_user: Statement,
     pub(super) upsert_room: Statement,
+    pub(super) record_names: Statement,
 }
 
 /// A pooled connection with its prepared statements.
@@ -114,14 +145,7 @@ impl ManageConnection for PgManager {
 
     async fn connect(&self) -> Result<PgConnection, tokio_postgres::Error> {
         let client = self.inner.connect().await?;
-        // Every statement here looks rows up by key, and its generic plan (checked in
-        // tests/postgres.rs) is the one a custom plan would be. Left to choose, PostgreSQL
-        // plans the INSERT anew for every batch (its generic plan's guessed array sizes cost
-        // more than a small batch's real ones): 0.8 ms of the database's CPU a batch,
-        // more than the INSERT itself (BENCHMARKS.md, "Three servers against one").
-        client
-            .batch_execute("SET plan_cache_mode = force_generic_plan")
-            .await?;
+        client.batch_execute(SESSION_SETTINGS).await?;
         let statements = Statements {
             insert_messages: client.prepare(INSERT_MESSAGES).await?,
             page_newest: client.prepare(PAGE_NEWEST).await?,
@@ -130,6 +154,7 @@ impl ManageConnection for PgManager {
             read_ranges: client.prepare(READ_RANGES).await?,
             upsert_user: client.prepare(UPSERT_USER).await?,
             upsert_room: client.prepare(UPSERT_ROOM).await?,
+            record_names: client.prepare(RECORD_NAMES).await?,
         };
         Ok(PgConnection {
             client,

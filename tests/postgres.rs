@@ -680,6 +680,111 @@ async fn replay_from_a_room_of_100000_messages_uses_the_index() {
     server.stop().await.unwrap();
 }
 
+/// A message from a user whose name was never recorded (NICK's record skipped, or not yet
+/// done) is stored all the same, its name recorded then, and without a refused INSERT first:
+/// an ERROR there wrote the failing row, text and all, to the database's log, and took ids
+/// (from the hostile review of the change).
+#[tokio::test]
+async fn a_first_message_from_an_unrecorded_user_is_stored_without_a_refused_insert() {
+    use linechat::store::postgres::{PgSettings, PgStore, PgTls};
+    use linechat::store::{HistoryStore, NewMessage};
+    let url = pg::fresh_database().await;
+    let store = PgStore::connect(PgSettings {
+        config: url.parse().unwrap(),
+        tls: PgTls::disabled(),
+        pool_size: 2,
+        timeout: Duration::from_secs(10),
+        startup_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    store.record_room("r").await.unwrap();
+    let message = |nick: &str, text: &str| NewMessage {
+        room: "r".into(),
+        nick: nick.into(),
+        text: text.into(),
+    };
+    let db = pg::connect(&url).await;
+    let rollbacks = || async {
+        let row = db
+            .query_one(
+                "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let before = rollbacks().await;
+    let stored = store
+        .append(&[message("fresh", "secret text"), message("newer", "more")])
+        .await
+        .unwrap();
+    // A fresh database: the first message is id 1 unless an INSERT took ids and failed first.
+    let ids: Vec<u64> = stored.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [1, 2]);
+    let in_history: Vec<(String, String)> = db
+        .query(
+            "SELECT u.name, m.body FROM messages m JOIN users u ON u.id = m.user_id ORDER BY m.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        in_history,
+        [
+            ("fresh".to_string(), "secret text".to_string()),
+            ("newer".to_string(), "more".to_string())
+        ]
+    );
+    // Statistics reach the view once a backend reports them: wait for them a little.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    db.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    assert_eq!(rollbacks().await, before, "no statement was refused");
+}
+
+/// A crowd logging in at once (the clients of a restarted server) is recorded whole, the
+/// names gathered into a few statements, so that their first messages need not record them.
+/// (One upsert, one commit, per NICK, at most two at a time, skipped NICKs when busy: a third
+/// of a `chat` run's batches first failed for a missing user, BENCHMARKS.md.)
+#[tokio::test]
+async fn a_crowd_logging_in_at_once_is_recorded_whole() {
+    const CROWD: usize = 300;
+    let (server, url) = pg_server().await;
+    let logins = (0..CROWD).map(|i| {
+        let addr = server.addr;
+        tokio::spawn(async move { Client::login(addr, &format!("crowd{i}")).await })
+    });
+    let mut crowd = Vec::new();
+    for login in logins {
+        crowd.push(login.await.unwrap());
+    }
+    let db = pg::connect(&url).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let recorded: i64 = db
+            .query_one("SELECT count(*) FROM users WHERE name LIKE 'crowd%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if recorded == CROWD as i64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{recorded} of {CROWD} names recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(crowd);
+    server.stop().await.unwrap();
+}
+
 /// A batch finds its rooms and users through their indexes, in its triggers' queries too,
 /// with what the server's connections set (`SESSION_SETTINGS`), even in a small database (a
 /// thousand rooms): left to choose, PostgreSQL's generic plan read every room for every batch

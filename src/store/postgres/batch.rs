@@ -6,9 +6,10 @@ use super::*;
 /// Whether a batch's names are recorded before its INSERT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Names {
-    /// Not recorded: NICK and JOIN recorded them already, almost always, and the INSERT
-    /// looks every name up itself; if one is missing it fails whole
-    /// ([`BatchError::NameVanished`]) and the batch is tried again with [`Names::Record`].
+    /// Not recorded: NICK and JOIN recorded them already, almost always (`recorder.rs`,
+    /// `record_room`), and the INSERT looks every name up itself; if one is missing it stores
+    /// nothing ([`BatchError::NameVanished`]) and the batch is tried again with
+    /// [`Names::Record`].
     Assumed,
     /// Every name of the batch recorded first, all in one statement (one commit).
     Record,
@@ -84,6 +85,12 @@ impl PgStore {
             }
         };
         busy.done();
+        if rows.is_empty() && !batch.is_empty() {
+            // A name is missing: nothing was inserted (INSERT_MESSAGES).
+            return Err(BatchError::NameVanished(unavailable(
+                "a room or user the batch names does not exist",
+            )));
+        }
         // Stored messages now reference these names: they cannot be deleted (schema.sql).
         self.remember_names(&names.users, &names.rooms);
         let rows = in_batch_order(&rows, &names)?;

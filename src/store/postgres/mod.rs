@@ -34,6 +34,7 @@ pub use directory::DIRECTORY_STATEMENTS;
 mod errors;
 mod notify;
 mod pool;
+mod recorder;
 mod schema;
 mod tls;
 mod url;
@@ -48,6 +49,7 @@ pub use pool::{
     HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST, READ_RANGES,
     SESSION_SETTINGS,
 };
+use recorder::UserRecorder;
 pub use schema::{ensure_database, migrate, migrations, SCHEMA};
 pub use tls::{PgTls, TlsSetupError};
 pub use url::{DatabaseUrl, DatabaseUrlError, RootCert, SslMode, TlsSettings, Verify};
@@ -82,8 +84,8 @@ pub struct PgStore {
     /// each: a full cache starts again empty.
     known_users: Mutex<HashSet<Arc<str>>>,
     known_rooms: Mutex<HashSet<Arc<str>>>,
-    /// Bounds the background `record_user` calls.
-    recorders: Arc<tokio::sync::Semaphore>,
+    /// Records the names of `record_user`, many at a time.
+    user_recorder: UserRecorder,
     /// The database's history epoch, read at connect (schema.sql's migration 3).
     epoch: u64,
     /// This server among those sharing the database: its connections' `application_name`,
@@ -199,13 +201,15 @@ impl PgStore {
             health.watch(),
             settings.timeout,
         ));
+        let user_recorder =
+            UserRecorder::spawn(pool.clone(), Arc::downgrade(&health), settings.timeout);
         Ok(PgStore {
             pool,
             timeout: settings.timeout,
             health,
             known_users: Mutex::new(HashSet::new()),
             known_rooms: Mutex::new(HashSet::new()),
-            recorders: Arc::new(tokio::sync::Semaphore::new(2)),
+            user_recorder,
             epoch,
             origin,
             listen,
@@ -326,9 +330,9 @@ impl HistoryStore for PgStore {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let mut stored = self.append_batch(batch, deadline, Names::Assumed).await;
         if let Err(BatchError::NameVanished(e)) = &stored {
-            // A name NICK or JOIN did not record (a NICK's record is skipped when others are
-            // under way), or one emptied or restored under us: nothing of the batch was
-            // stored, so record its names and try it once more.
+            // A name NICK or JOIN did not record (NICK's records are skipped while too many
+            // wait, or the database was down), or one emptied or restored under us: nothing
+            // of the batch was stored, so record its names and try it once more.
             tracing::debug!("a room or user the batch names was missing; recording them: {e}");
             stored = self.append_batch(batch, deadline, Names::Record).await;
         }
@@ -436,37 +440,12 @@ impl HistoryStore for PgStore {
     }
 
     fn record_user(&self, nick: &str) {
-        // Never more than a few at a time (the writer needs the pool more), nothing for a
-        // known name, and no task at all when there is no capacity: a flood of NICKs costs
-        // the server nothing. Not cached either: a user who never speaks should cost no
-        // memory (their first message caches the id).
+        // Nothing for a known name; the rest are gathered and recorded together. Not cached:
+        // a user who never speaks should cost no memory (their first message caches it).
         if !self.health.is_up() || self.known_users.lock().expect("name cache").contains(nick) {
             return;
         }
-        let Ok(permit) = self.recorders.clone().try_acquire_owned() else {
-            return;
-        };
-        let (pool, nick, timeout) = (self.pool.clone(), nick.to_string(), self.timeout);
-        tokio::spawn(async move {
-            let record = async {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                let busy = Busy::new(&mut conn);
-                let done = busy
-                    .0
-                    .client
-                    .execute(&busy.0.statements.upsert_user, &[&nick])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                busy.done();
-                Ok::<u64, String>(done)
-            };
-            match tokio::time::timeout(timeout, record).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(%nick, "could not record the user: {e}"),
-                Err(_) => tracing::debug!(%nick, "recording the user timed out"),
-            }
-            drop(permit);
-        });
+        self.user_recorder.record(nick);
     }
 
     async fn record_room(&self, room: &str) -> Result<(), StoreError> {

@@ -14,8 +14,9 @@ use crate::store::health::Health;
 /// names its rooms (`$1`) and users (`$2`) once each, and each message points into them
 /// (`$3`, `$4`, 1-based): each name is looked up once, here, by name, so that no id remembered
 /// from earlier can go stale (emptied or restored tables may reuse it for another name). A
-/// name that does not exist makes its id NULL and the whole statement fail (NOT NULL), so
-/// nothing is stored. Rows are inserted in array order (WITH ORDINALITY ... ORDER BY), so
+/// name that does not exist makes its id NULL, and then no row is inserted at all: the
+/// statement stores nothing and says so by returning no row (no ERROR, which would write
+/// the failing row, text and all, to the database's log, and no id taken). Rows are inserted in array order (WITH ORDINALITY ... ORDER BY), so
 /// ids follow the batch; each row comes back with the ids it was stored with, so that this is
 /// checked, not assumed. The triggers of schema.sql's migration 2 check (and lock) every room
 /// and user the rows reference, once per statement.
@@ -36,6 +37,7 @@ pub const INSERT_MESSAGES: &str = "WITH locked AS MATERIALIZED (SELECT id, name 
          ARRAY(SELECT (SELECT id FROM users WHERE name = n.name) \
                FROM unnest($2::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS users) ids, \
        unnest($3::int[], $4::int[], $5::text[]) WITH ORDINALITY AS batch(r, u, body, n) \
+     WHERE array_position(ids.rooms, NULL) IS NULL AND array_position(ids.users, NULL) IS NULL \
      ORDER BY batch.n \
      RETURNING id, created_at, room_id, user_id";
 /// The newest `$3` messages of room `$1` with id < `$2`, newest first.
@@ -60,8 +62,9 @@ pub const READ_RANGES: &str = "SELECT q.i, m.id, m.created_at, u.name, m.body \
 /// The newest id in room `$1` (0 if none).
 pub const LATEST_ID: &str = "SELECT coalesce(max(m.id), 0) FROM messages m \
      WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1)";
-const UPSERT_USER: &str = "INSERT INTO users (name) VALUES ($1) \
-     ON CONFLICT (name) DO UPDATE SET last_seen_at = now() RETURNING id";
+/// Records users `$1` (each once, in order), or notes that they were seen.
+const UPSERT_USERS: &str = "INSERT INTO users (name) SELECT n FROM unnest($1::text[]) AS n \
+     ON CONFLICT (name) DO UPDATE SET last_seen_at = now()";
 /// This database's history epoch (schema.sql's migration 3).
 pub const HISTORY_EPOCH: &str = "SELECT epoch FROM history_epoch";
 /// Records room `$1`; one that exists is left as it is (no new row version, nothing to
@@ -104,7 +107,7 @@ pub(super) struct Statements {
     pub(super) page_oldest: Statement,
     pub(super) latest_id: Statement,
     pub(super) read_ranges: Statement,
-    pub(super) upsert_user: Statement,
+    pub(super) upsert_users: Statement,
     pub(super) upsert_room: Statement,
     pub(super) record_names: Statement,
 }
@@ -152,7 +155,7 @@ impl ManageConnection for PgManager {
             page_oldest: client.prepare(PAGE_OLDEST).await?,
             latest_id: client.prepare(LATEST_ID).await?,
             read_ranges: client.prepare(READ_RANGES).await?,
-            upsert_user: client.prepare(UPSERT_USER).await?,
+            upsert_users: client.prepare(UPSERT_USERS).await?,
             upsert_room: client.prepare(UPSERT_ROOM).await?,
             record_names: client.prepare(RECORD_NAMES).await?,
         };

@@ -16,7 +16,8 @@ use crate::store::health::Health;
 /// from earlier can go stale (emptied or restored tables may reuse it for another name). A
 /// name that does not exist makes its id NULL, and then no row is inserted at all: the
 /// statement stores nothing and says so by returning no row (no ERROR, which would write
-/// the failing row, text and all, to the database's log, and no id taken). Rows are inserted in array order (WITH ORDINALITY ... ORDER BY), so
+/// the failing row, text and all, to the database's log, and no id taken). Rows are
+/// inserted in array order (WITH ORDINALITY ... ORDER BY), so
 /// ids follow the batch; each row comes back with the ids it was stored with, so that this is
 /// checked, not assumed. The triggers of schema.sql's migration 2 check (and lock) every room
 /// and user the rows reference, once per statement.
@@ -72,7 +73,7 @@ pub const HISTORY_EPOCH: &str = "SELECT epoch FROM history_epoch";
 const UPSERT_ROOM: &str = "INSERT INTO rooms (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 /// Records users `$1` and rooms `$2`, all in one statement (one commit); names that exist are
 /// left as they are. In name order, so that servers recording the same new names at once
-/// take them in one order.
+/// take them in one order (users first: the SELECT reads `u` before `r`).
 const RECORD_NAMES: &str = "WITH u AS (INSERT INTO users (name) \
          SELECT n FROM unnest($1::text[]) AS n ORDER BY n ON CONFLICT (name) DO NOTHING \
          RETURNING 1), \

@@ -17,9 +17,8 @@ use crate::store::health::Health;
 /// name that does not exist makes its id NULL, and then no row is inserted at all: the
 /// statement stores nothing and says so by returning no row (no ERROR, which would write
 /// the failing row, text and all, to the database's log, and no id taken). Rows are
-/// inserted in array order (WITH ORDINALITY ... ORDER BY), so
-/// ids follow the batch; each row comes back with the ids it was stored with, so that this is
-/// checked, not assumed. The triggers of schema.sql's migration 2 check (and lock) every room
+/// inserted in array order (WITH ORDINALITY ... ORDER BY), so ids follow the batch; each row
+/// comes back with the ids it was stored with, so that this is checked, not assumed. The triggers of schema.sql's migration 2 check (and lock) every room
 /// and user the rows reference, once per statement.
 ///
 /// Before any id is taken, the batch's rooms are locked (FOR NO KEY UPDATE, in id order, so

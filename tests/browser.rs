@@ -69,12 +69,26 @@ impl Browser {
         let Value::Object(caps) = caps else {
             unreachable!()
         };
-        let web = tokio::time::timeout(
-            PATIENCE,
-            ClientBuilder::new(HttpConnector::new())
-                .capabilities(caps)
-                .connect(&format!("http://127.0.0.1:{port}")),
-        )
+        // chromedriver listening is not always chromedriver ready: on a loaded machine its
+        // first connection has been reset (CI on 7e53cde). A few tries, one deadline.
+        let url = format!("http://127.0.0.1:{port}");
+        let web = tokio::time::timeout(PATIENCE, async {
+            let mut tries = 0;
+            loop {
+                let session = ClientBuilder::new(HttpConnector::new())
+                    .capabilities(caps.clone())
+                    .connect(&url)
+                    .await;
+                match session {
+                    Err(e) if tries < 3 => {
+                        tries += 1;
+                        eprintln!("no WebDriver session yet ({e}); trying again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    session => break session,
+                }
+            }
+        })
         .await
         .expect("Chromium starts in time")
         .expect("a WebDriver session");

@@ -1627,3 +1627,68 @@ async fn a_catch_up_cut_short_by_an_outage_loses_nothing() {
     slow.expect_nothing_pending().await;
     server.stop().await.unwrap();
 }
+
+/// What a login and a JOIN ask the database besides messages (the name's account, the
+/// room's privacy, the directory's presence) is prepared on each pooled connection once:
+/// counted by `pg_stat_statements` on a cluster of the test's own, every statement run for
+/// each of 40 clients was planned at most once per pooled connection, not at every use.
+#[tokio::test]
+async fn logins_and_joins_plan_each_statement_once_per_connection() {
+    const CLIENTS: usize = 40;
+    let dir = pg::temp_dir("plans");
+    let _cleanup = pg::DirGuard(dir.clone());
+    let (cluster, config) = pg::own_cluster(&dir, Duration::from_secs(5), memory_config()).await;
+    // postgresql.auto.conf is the managed cluster's own, written at every start.
+    let conf = cluster.pgdata().join("postgresql.conf");
+    pg::stop_cluster(cluster).await;
+    let mut settings = std::fs::OpenOptions::new().append(true).open(conf).unwrap();
+    std::io::Write::write_all(
+        &mut settings,
+        b"shared_preload_libraries = 'pg_stat_statements'\n\
+          pg_stat_statements.track_planning = on\n",
+    )
+    .unwrap();
+    let _cluster = pg::restart_cluster(&dir).await;
+    let db = pg::connect(config.database_url.as_deref().unwrap()).await;
+    db.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    let pool_size = i64::from(config.pool_size);
+    let server = TestServer::start_with(config).await;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut client = server.login(&format!("user{i}")).await;
+        client.join(&format!("room{}", i % 4)).await;
+        clients.push(client);
+    }
+    let rows = db
+        .query(
+            "SELECT query, calls, plans FROM pg_stat_statements \
+             WHERE toplevel AND calls >= $1 AND query NOT LIKE '%pg_stat_statements%'",
+            &[&(CLIENTS as i64)],
+        )
+        .await
+        .unwrap();
+    let counted: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    for part in [
+        "FROM private_rooms p WHERE p.room",
+        "password_hash IS NOT NULL",
+        "INSERT INTO presence",
+    ] {
+        assert!(
+            counted.iter().any(|(query, _, _)| query.contains(part)),
+            "no statement with {part:?} ran for every client: {counted:#?}"
+        );
+    }
+    for (query, calls, plans) in &counted {
+        assert!(
+            *plans <= pool_size,
+            "planned {plans} times in {calls} runs on {pool_size} connections: {query}"
+        );
+    }
+    drop(clients);
+    server.stop().await.unwrap();
+}

@@ -1,6 +1,6 @@
 //! Accounts in PostgreSQL: the `users` table's `password_hash` (schema.sql, migration 4).
-//! Every server on the database sees the same accounts. Statements are prepared per use:
-//! accounts are read at logins, not per message.
+//! Every server on the database sees the same accounts. Each statement is prepared on a
+//! pooled connection at its first use there ([`super::pool::PgConnection::prepared`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -64,13 +64,13 @@ impl PgStore {
     pub(super) async fn run(
         &self,
         what: &str,
-        sql: &str,
+        sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Vec<Row>>, StoreError> {
         self.with_timeout(what, async {
             let mut conn = self.connection().await?;
             let busy = Busy::new(&mut conn);
-            let rows = busy.0.client.query(sql, params).await;
+            let rows = busy.0.query(sql, params).await;
             match rows {
                 Ok(rows) => {
                     busy.done();
@@ -90,7 +90,7 @@ impl PgStore {
     pub(super) async fn rows(
         &self,
         what: &str,
-        sql: &str,
+        sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
         Ok(self.run(what, sql, params).await?.unwrap_or_default())

@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::Statement;
 
 use super::*;
 use crate::cluster::ledger::{Lost, Slot, Write};
@@ -102,12 +103,20 @@ const DEADLOCK_ATTEMPTS: usize = 3;
 
 /// The batch in one transaction, which begins by refreshing this server's row.
 async fn write_once(
-    client: &mut tokio_postgres::Client,
+    conn: &mut PgConnection,
     me: &str,
     b: &Batch<'_>,
 ) -> Result<Written, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    let beat = tx.query_one(HEARTBEAT, &[&me]).await?;
+    // Prepared before the transaction; after this connection's first write, at no cost.
+    let [heartbeat, claim_names, release_names, leave_rooms, enter_rooms] = [
+        conn.prepared(HEARTBEAT).await?,
+        conn.prepared(CLAIM_NAMES).await?,
+        conn.prepared(RELEASE_NAMES).await?,
+        conn.prepared(LEAVE_ROOMS).await?,
+        conn.prepared(ENTER_ROOMS).await?,
+    ];
+    let tx = conn.client.transaction().await?;
+    let beat = tx.query_one(&heartbeat, &[&me]).await?;
     let (made, has_rooms): (bool, bool) = (beat.get(0), beat.get(1));
     let mut lost = Vec::new();
     // Each winner gives up its old name; each loser keeps it.
@@ -115,7 +124,7 @@ async fn write_once(
         (b.released.clone(), vec![None; b.released.len()]);
     if !b.claims.0.is_empty() {
         let won: std::collections::HashSet<i64> = tx
-            .query(CLAIM_NAMES, &[&me, &b.claims.0, &b.claims.1, &b.claims.2])
+            .query(&claim_names, &[&me, &b.claims.0, &b.claims.1, &b.claims.2])
             .await?
             .iter()
             .map(|row| row.get(0))
@@ -132,26 +141,30 @@ async fn write_once(
             }
         }
     }
-    let statements: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)], bool); 3] = [
+    let statements: [(
+        Statement,
+        &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        bool,
+    ); 3] = [
         (
-            RELEASE_NAMES,
+            release_names,
             &[&me, &release.0, &release.1],
             release.0.is_empty(),
         ),
         (
-            LEAVE_ROOMS,
+            leave_rooms,
             &[&me, &b.leaves.0, &b.leaves.1],
             b.leaves.0.is_empty(),
         ),
         (
-            ENTER_ROOMS,
+            enter_rooms,
             &[&me, &b.enters.0, &b.enters.1, &b.enters.2],
             b.enters.0.is_empty(),
         ),
     ];
     for (statement, params, empty) in statements {
         if !empty {
-            tx.execute(statement, params).await?;
+            tx.execute(&statement, params).await?;
         }
     }
     tx.commit().await?;
@@ -172,7 +185,7 @@ impl Directory for PgStore {
             let busy = Busy::new(&mut conn);
             let mut attempt = 1;
             let written = loop {
-                match write_once(&mut busy.0.client, me, &batch).await {
+                match write_once(busy.0, me, &batch).await {
                     Ok(written) => break written,
                     Err(e)
                         if attempt < DEADLOCK_ATTEMPTS
@@ -198,7 +211,6 @@ impl Directory for PgStore {
             let busy = Busy::new(&mut conn);
             let rows = busy
                 .0
-                .client
                 .query(REMOVE_SILENT, &[&me, &secs])
                 .await
                 .map_err(|e| self.failed(e))?;
@@ -215,7 +227,6 @@ impl Directory for PgStore {
             let busy = Busy::new(&mut conn);
             let rows = busy
                 .0
-                .client
                 .query(OTHERS, &[&me])
                 .await
                 .map_err(|e| self.failed(e))?;
@@ -239,8 +250,7 @@ impl Directory for PgStore {
             let mut conn = self.connection().await?;
             let busy = Busy::new(&mut conn);
             busy.0
-                .client
-                .execute(LEAVE, &[&me])
+                .query(LEAVE, &[&me])
                 .await
                 .map_err(|e| self.failed(e))?;
             busy.done();

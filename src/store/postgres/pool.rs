@@ -1,11 +1,13 @@
 //! The pool's connections: each prepares every statement once, when the pool opens it, and
 //! is thrown away rather than reused if an operation on it was cut short.
 
+use std::collections::HashMap;
 use std::sync::Weak;
 
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::health::Health;
@@ -116,10 +118,39 @@ pub(super) struct Statements {
 pub struct PgConnection {
     pub(super) client: Client,
     pub(super) statements: Statements,
+    /// The rarer statements (accounts, the directory), prepared at their first use here.
+    prepared: HashMap<&'static str, Statement>,
     /// Set while an operation runs. If the operation is cancelled (a timeout), the flag stays
     /// set and the pool discards the connection instead of handing it on mid-query: above all
     /// one whose INSERT was abandoned, which may still run when the database answers.
     pub(super) busy: bool,
+}
+
+impl PgConnection {
+    /// `sql` prepared on this connection: parsed and planned at its first use here, then
+    /// only bound and run, in one round trip instead of two. Only constant texts are kept,
+    /// so this holds at most the store's statements.
+    pub(super) async fn prepared(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs `sql`, [`prepared`](Self::prepared), with `params`: its rows.
+    pub(super) async fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.prepared(sql).await?;
+        self.client.query(&statement, params).await
+    }
 }
 
 /// Marks a connection busy for the life of an operation.
@@ -162,6 +193,7 @@ impl ManageConnection for PgManager {
         Ok(PgConnection {
             client,
             statements,
+            prepared: HashMap::new(),
             busy: false,
         })
     }

@@ -4,7 +4,8 @@
 # fresh managed PostgreSQL, taking turns for ROUNDS rounds. Reported per run: the bench's
 # latency and server CPU, and from the server and its database afterwards: how long the
 # writer was busy storing (linechat_store_commit_seconds_sum, of a 20 s run), how many batches
-# it stored, and how often rooms and users were read whole (pg_stat_user_tables).
+# it stored, how often rooms and users were read whole (pg_stat_user_tables), and how long
+# each connection took to log in and join its rooms.
 # The server and its PostgreSQL on core 0, the bench on core 1.
 #
 #   BINS="/tmp/before/linechat target/release/linechat" ROUNDS=2 bash bench/pg-writer.sh
@@ -41,7 +42,8 @@ for round in $(seq 1 "$ROUNDS"); do
     server=
     echo "round $round $bin:$(grep -E '^  latency' "$OUT/bench.out" | sed 's/  latency *//') |" \
       "$(grep -E '^  server CPU' "$OUT/bench.out" | sed 's/  server CPU *//') |" \
-      "writer busy ${busy} s, ${batches} batches | read whole: ${scans}"
+      "writer busy ${busy} s, ${batches} batches | read whole: ${scans} |" \
+      "connect + join $(grep -E '^  connect \+ join' "$OUT/bench.out" | sed 's/  connect + join *each //')"
   done
 done
 rm -rf "$OUT/pg"

@@ -1638,14 +1638,16 @@ async fn logins_and_joins_plan_each_statement_once_per_connection() {
     let dir = pg::temp_dir("plans");
     let _cleanup = pg::DirGuard(dir.clone());
     let (cluster, config) = pg::own_cluster(&dir, Duration::from_secs(5), memory_config()).await;
-    // postgresql.auto.conf is the managed cluster's own, written at every start.
+    // postgresql.auto.conf is the managed cluster's own, written at every start. No
+    // autovacuum: an ANALYZE during the test would have every statement planned again.
     let conf = cluster.pgdata().join("postgresql.conf");
     pg::stop_cluster(cluster).await;
     let mut settings = std::fs::OpenOptions::new().append(true).open(conf).unwrap();
     std::io::Write::write_all(
         &mut settings,
         b"shared_preload_libraries = 'pg_stat_statements'\n\
-          pg_stat_statements.track_planning = on\n",
+          pg_stat_statements.track_planning = on\n\
+          autovacuum = off\n",
     )
     .unwrap();
     let _cluster = pg::restart_cluster(&dir).await;
@@ -1688,6 +1690,35 @@ async fn logins_and_joins_plan_each_statement_once_per_connection() {
             *plans <= pool_size,
             "planned {plans} times in {calls} runs on {pool_size} connections: {query}"
         );
+    }
+    drop(clients);
+    server.stop().await.unwrap();
+}
+
+/// A column changed under a running server (a newer server's migration, an operator) makes
+/// the statements its pooled connections prepared return another type, which PostgreSQL
+/// refuses to run: each is prepared again, and no login or JOIN fails for it.
+#[tokio::test]
+async fn statements_prepared_before_a_column_changed_type_are_prepared_again() {
+    let (server, url) = pg_server().await;
+    let db = pg::connect(&url).await;
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let mut client = server.login(&format!("early{i}")).await;
+        client.join("before").await;
+        clients.push(client);
+    }
+    db.batch_execute(
+        "ALTER TABLE users ALTER COLUMN password_hash TYPE varchar(400); \
+         ALTER TABLE private_rooms ALTER COLUMN owner TYPE varchar(64)",
+    )
+    .await
+    .unwrap();
+    for i in 0..8 {
+        let mut client = server.login(&format!("late{i}")).await;
+        let hist = client.join("after").await;
+        assert!(hist.is_empty(), "{hist:?}");
+        clients.push(client);
     }
     drop(clients);
     server.stop().await.unwrap();

@@ -98,7 +98,8 @@ impl<'a> Batch<'a> {
 
 /// Attempts at a write that PostgreSQL aborts to break a deadlock: two servers' batches can
 /// lock each other's names in opposite orders (one claims a name whose row the other is
-/// releasing, while the other does the same), and the victim is not refused for it.
+/// releasing, while the other does the same), and the victim is not refused for it. A write
+/// whose prepared statements no longer fit the database is tried again the same way.
 const DEADLOCK_ATTEMPTS: usize = 3;
 
 /// The batch in one transaction, which begins by refreshing this server's row.
@@ -192,6 +193,11 @@ impl Directory for PgStore {
                             && e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
                     {
                         tracing::debug!("writing names and presence deadlocked with another server's write; again");
+                        attempt += 1;
+                    }
+                    Err(e) if attempt < DEADLOCK_ATTEMPTS && pool::stale_statement(&e) => {
+                        tracing::debug!(error = %e, "a prepared statement no longer fits the database; preparing again");
+                        busy.0.forget_prepared();
                         attempt += 1;
                     }
                     Err(e) => return Err(self.failed(e)),

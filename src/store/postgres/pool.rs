@@ -6,6 +6,7 @@ use std::sync::Weak;
 
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -149,8 +150,34 @@ impl PgConnection {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         let statement = self.prepared(sql).await?;
-        self.client.query(&statement, params).await
+        match self.client.query(&statement, params).await {
+            Err(e) if stale_statement(&e) => {
+                self.forget_prepared();
+                let statement = self.prepared(sql).await?;
+                self.client.query(&statement, params).await
+            }
+            ran => ran,
+        }
     }
+
+    /// Drops every statement [`prepared`](Self::prepared) here: they are prepared anew.
+    pub(super) fn forget_prepared(&mut self) {
+        self.prepared.clear();
+    }
+}
+
+/// Whether `e` says a statement prepared earlier on the connection no longer fits the
+/// database: a column it returns changed type (a newer server's migration, an operator), or
+/// the statement is gone. PostgreSQL refuses such a statement before running any of it, so
+/// preparing it again and running it once more is safe, a write included.
+pub(super) fn stale_statement(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
+            || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
+                && db
+                    .message()
+                    .starts_with("cached plan must not change result type"))
+    })
 }
 
 /// Marks a connection busy for the life of an operation.

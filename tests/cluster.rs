@@ -308,9 +308,11 @@ async fn presence_covers_members_on_every_server() {
     let mut alice = servers[0].login("alice").await;
     alice.join("4").await;
     let mut bob = servers[1].login("bob").await;
+    bob.until_members("4", &["alice"]).await;
     bob.join("4").await;
     alice.expect("JOINED 4 bob").await;
     let mut carol = servers[2].login("carol").await;
+    carol.until_members("4", &["alice", "bob"]).await;
     carol.join("4").await;
     alice.expect("JOINED 4 carol").await;
     bob.expect("JOINED 4 carol").await;

@@ -639,11 +639,7 @@ async fn a_rename_in_many_rooms_reaches_every_room_on_the_other_server() {
     // Another server's presence may trail it: once the mover's server lists the watcher
     // everywhere, the mover's JOINs meet no `JOINED` of the watcher's.
     for n in 0..ROOMS {
-        let deadline = Instant::now() + PATIENCE;
-        while who(&mut mover, &format!("m{n:02}")).await.0 != ["watcher"] {
-            assert!(Instant::now() < deadline, "m{n:02} never lists the watcher");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        mover.until_members(&format!("m{n:02}"), &["watcher"]).await;
     }
     for n in 0..ROOMS {
         mover.join(&format!("m{n:02} NONE")).await;

@@ -534,9 +534,11 @@ async fn presence_and_names_span_three_processes() {
     let mut alice = Client::login(nodes.addr(0), "alice").await;
     alice.join("4").await;
     let mut bob = Client::login(nodes.addr(1), "bob").await;
+    bob.until_members("4", &["alice"]).await;
     bob.join("4").await;
     alice.expect("JOINED 4 bob").await;
     let mut carol = Client::login(nodes.addr(2), "carol").await;
+    carol.until_members("4", &["alice", "bob"]).await;
     carol.join("4").await;
     alice.expect("JOINED 4 carol").await;
     bob.expect("JOINED 4 carol").await;
@@ -598,8 +600,10 @@ async fn a_killed_nodes_members_leave_within_the_node_timeout() {
     let mut alice = Client::login(nodes.addr(0), "alice").await;
     alice.join("4").await;
     let mut bob = Client::login(nodes.addr(1), "bob").await;
+    bob.until_members("4", &["alice"]).await;
     bob.join("4").await;
     let mut carol = Client::login(nodes.addr(2), "carol").await;
+    carol.until_members("4", &["alice", "bob"]).await;
     carol.join("4").await;
     alice.expect("JOINED 4 bob").await;
     alice.expect("JOINED 4 carol").await;

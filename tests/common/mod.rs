@@ -220,6 +220,30 @@ impl Client {
         self.expect_prefix(&format!("ERR {code} ")).await
     }
 
+    /// Asks `WHO <room>` until it lists exactly `names` (in `WHO`'s order): another server's
+    /// presence may trail it by a few milliseconds (PROTOCOL.md), so a test waits for this
+    /// server to know of them before a member here joins. Panics after [`PATIENCE`].
+    pub async fn until_members(&mut self, room: &str, names: &[&str]) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let prefix = format!("MEMBER {room} ");
+        loop {
+            self.send(&format!("WHO {room}")).await;
+            let (lines, _) = self.until("OK WHO ").await;
+            let listed: Vec<&str> = lines
+                .iter()
+                .map(|l| l.strip_prefix(&prefix).unwrap_or(l))
+                .collect();
+            if listed == names {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "WHO {room} never listed {names:?}: {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends PING and checks that PONG is the very next line: proves nothing else was queued.
     pub async fn expect_nothing_pending(&mut self) {
         self.send("PING sync").await;

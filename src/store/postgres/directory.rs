@@ -101,6 +101,9 @@ impl<'a> Batch<'a> {
 /// releasing, while the other does the same), and the victim is not refused for it. A write
 /// whose prepared statements no longer fit the database is tried again the same way.
 const DEADLOCK_ATTEMPTS: usize = 3;
+/// How long a write that lost a deadlock waits before its next attempt (times the attempts
+/// made): long enough for the other write to commit.
+const DEADLOCK_PAUSE: Duration = Duration::from_millis(20);
 
 /// The batch in one transaction, which begins by refreshing this server's row.
 async fn write_once(
@@ -193,6 +196,10 @@ impl Directory for PgStore {
                             && e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
                     {
                         tracing::debug!("writing names and presence deadlocked with another server's write; again");
+                        // The other write goes on once this one is rolled back: tried again
+                        // at once, this one could lock the other's rows again before it
+                        // commits, and deadlock with it a second time.
+                        tokio::time::sleep(DEADLOCK_PAUSE * attempt as u32).await;
                         attempt += 1;
                     }
                     Err(e) if attempt < DEADLOCK_ATTEMPTS && pool::stale_statement(&e) => {

@@ -1723,3 +1723,50 @@ async fn statements_prepared_before_a_column_changed_type_are_prepared_again() {
     drop(clients);
     server.stop().await.unwrap();
 }
+
+/// A statement the database refuses (here: a table renamed under the running server) is
+/// logged with PostgreSQL's own message, which tokio-postgres's error text ("db error")
+/// leaves out, and only once for a burst; the client is told only that the store is
+/// unavailable.
+#[tokio::test]
+async fn a_refused_statement_is_logged_with_its_cause_once_for_a_burst() {
+    let logs = Logs::capture();
+    let (server, url) = pg_server().await;
+    let db = pg::connect(&url).await;
+    db.batch_execute("ALTER TABLE private_rooms RENAME TO private_rooms_gone")
+        .await
+        .unwrap();
+    let mut client = server.login("asker").await;
+    for _ in 0..5 {
+        client.send("JOIN lobby").await;
+        let refusal = client.expect_err("STORE_UNAVAILABLE").await;
+        assert!(!refusal.contains("private_rooms"), "{refusal}");
+    }
+    let cause = r#"PostgreSQL refused a statement error=ERROR: relation "private_rooms" does not exist (SQLSTATE 42P01)"#;
+    logs.wait_for(cause, 1).await;
+    assert_eq!(logs.count("PostgreSQL refused a statement"), 1);
+    server.stop().await.unwrap();
+}
+
+/// A refusal's DETAIL may quote the failing row: here a check that no password is stored
+/// makes `REGISTER` fail, and PostgreSQL's DETAIL holds the new row, hash and all. The log
+/// says what was refused, and never the hash.
+#[tokio::test]
+async fn a_refused_statement_is_logged_without_the_row_it_quotes() {
+    let logs = Logs::capture();
+    let (server, url) = pg_server().await;
+    let db = pg::connect(&url).await;
+    db.batch_execute(
+        "ALTER TABLE users ADD CONSTRAINT no_passwords_here CHECK (password_hash IS NULL)",
+    )
+    .await
+    .unwrap();
+    let mut client = server.login("careful").await;
+    client.send("REGISTER correct-horse-battery").await;
+    client.expect_err("STORE_UNAVAILABLE").await;
+    logs.wait_for(r#"violates check constraint "no_passwords_here""#, 1)
+        .await;
+    assert_eq!(logs.count("argon2"), 0);
+    assert_eq!(logs.count("careful,"), 0);
+    server.stop().await.unwrap();
+}

@@ -1,6 +1,8 @@
 //! How the store reads PostgreSQL's errors: unreachable or refused, committed or not, worth
 //! another try or not. Pure, and unit-tested where it decides something.
 
+use std::time::{Duration, Instant};
+
 use tokio_postgres::error::{Severity, SqlState};
 
 use super::StoreError;
@@ -64,6 +66,51 @@ pub(super) fn with_causes(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// What the database said when it refused a statement, for the log: its severity, message
+/// and SQLSTATE, never its DETAIL, which may quote the failing row (a message's text, a
+/// password hash).
+pub(super) fn refusal(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => with_causes(e),
+    }
+}
+
+/// How often a statement the database refused is logged at most: a client that can make one
+/// fail at will must not fill the log.
+pub(super) const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+/// The statements the database refused (it answered, with an error) that are logged: the
+/// first, then at most one every [`REFUSALS_LOGGED_EVERY`], each saying how many were not.
+/// A client is told only that the store is unavailable; the cause is for the operator.
+#[derive(Debug, Default)]
+pub(super) struct Refusals {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    /// A refusal at `now`: `Some(n)` if it is to be logged, with the `n` refused since the
+    /// last one logged that were not.
+    pub(super) fn log_now(&mut self, now: Instant) -> Option<u64> {
+        match self.last_logged {
+            Some(last) if now.saturating_duration_since(last) < REFUSALS_LOGGED_EVERY => {
+                self.unlogged += 1;
+                None
+            }
+            _ => {
+                self.last_logged = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+}
+
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -102,6 +149,20 @@ mod tests {
         for code in ["23503", "42P01", "53100", "40001"] {
             assert!(!unreachable_code(code), "{code}");
         }
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_a_period_with_the_count_left_out() {
+        let start = Instant::now();
+        let mut refusals = Refusals::default();
+        assert_eq!(refusals.log_now(start), Some(0));
+        for ms in [1, 500, 9_999] {
+            assert_eq!(refusals.log_now(start + Duration::from_millis(ms)), None);
+        }
+        let later = start + REFUSALS_LOGGED_EVERY;
+        assert_eq!(refusals.log_now(later), Some(3));
+        assert_eq!(refusals.log_now(later + Duration::from_secs(1)), None);
+        assert_eq!(refusals.log_now(later + REFUSALS_LOGGED_EVERY), Some(1));
     }
 
     #[test]

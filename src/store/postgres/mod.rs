@@ -41,8 +41,8 @@ mod url;
 
 use batch::Names;
 use errors::{
-    name_vanished, proves_rolled_back, shows_unreachable, unavailable, with_causes, Attempt,
-    BatchError,
+    name_vanished, proves_rolled_back, refusal, shows_unreachable, unavailable, with_causes,
+    Attempt, BatchError, Refusals,
 };
 use pool::{Busy, LogErrors, PgConnection, PgManager};
 pub use pool::{
@@ -91,6 +91,8 @@ pub struct PgStore {
     /// This server among those sharing the database: its connections' `application_name`,
     /// which marks the batches it stores (see notify.rs).
     origin: String,
+    /// The statements the database refused, for logging their causes.
+    refusals: Mutex<Refusals>,
     /// How to open the connection that listens for stored batches.
     listen: (
         tokio_postgres::Config,
@@ -212,6 +214,7 @@ impl PgStore {
             user_recorder,
             epoch,
             origin,
+            refusals: Mutex::default(),
             listen,
         })
     }
@@ -266,10 +269,18 @@ impl PgStore {
     }
 
     /// A statement's error as a refusal, marking the database down if the error shows it
-    /// unreachable.
+    /// unreachable. One the database refused is logged with its cause (the client is told
+    /// only that the store is unavailable), at most one every [`errors::REFUSALS_LOGGED_EVERY`].
     fn failed(&self, e: tokio_postgres::Error) -> StoreError {
         if shows_unreachable(&e) {
             self.health.mark_down(&e.to_string());
+        } else if let Some(unlogged) = self
+            .refusals
+            .lock()
+            .expect("refusals")
+            .log_now(Instant::now().into_std())
+        {
+            tracing::warn!(error = %refusal(&e), unlogged, "PostgreSQL refused a statement");
         }
         unavailable(e)
     }

@@ -200,6 +200,85 @@ async fn postgresql_refuses_dangling_references_from_every_session() {
         .unwrap();
 }
 
+/// The servers' INSERT locks what its rows reference itself and says so
+/// (`linechat.refs_locked`), so the reference check does not run for it: replaced by one that
+/// refuses everything, the server's messages are still stored, while an INSERT by hand is
+/// refused. Only the tables' owner may skip the check so: another login that says the same,
+/// for its transaction or its session, is checked as ever.
+#[tokio::test]
+async fn only_the_owner_may_say_its_insert_locked_what_it_references() {
+    let (server, url) = pg_server().await;
+    let mut alice = server.login("alice").await;
+    alice.join("alpha").await;
+    alice.say("checked by the trigger? no").await;
+    let db = pg::connect(&url).await;
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION linechat_messages_check_refs() RETURNS trigger
+         LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the check ran'; END $$",
+    )
+    .await
+    .unwrap();
+    alice.say("still stored").await;
+    let by_hand = "INSERT INTO messages (room_id, user_id, body) \
+                   SELECT r.id, u.id, 'by hand' FROM rooms r, users u \
+                   WHERE r.name = 'alpha' AND u.name = 'alice'";
+    let e = db.execute(by_hand, &[]).await.unwrap_err();
+    assert!(format!("{e:?}").contains("the check ran"), "{e:?}");
+    assert_eq!(
+        history(&server, "alpha").await,
+        said(&[
+            ("alice", "checked by the trigger? no"),
+            ("alice", "still stored")
+        ])
+    );
+    server.stop().await.unwrap();
+
+    // A login with every privilege on the tables but not their owner: the check runs for it.
+    let database: String = db
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mallory = format!("mallory_{database}");
+    db.batch_execute(&format!(
+        "CREATE ROLE {mallory} LOGIN;
+         GRANT ALL ON messages, rooms, users TO {mallory};
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {mallory};"
+    ))
+    .await
+    .unwrap();
+    let other_url = url.replace("user=linechat", &format!("user={mallory}"));
+    assert_ne!(other_url, url, "the test's url names its login: {url}");
+    let other = pg::connect(&other_url).await;
+    for promise in [
+        "BEGIN; SELECT set_config('linechat.refs_locked', 'on', true)",
+        "SET linechat.refs_locked = on",
+    ] {
+        other.batch_execute(promise).await.unwrap();
+        let e = other
+            .execute(
+                "INSERT INTO messages (room_id, user_id, body) \
+                 VALUES (-1, (SELECT min(id) FROM users), 'no such room')",
+                &[],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{e:?}").contains("the check ran"),
+            "{promise}: {e:?}"
+        );
+        other.batch_execute("ROLLBACK; RESET ALL").await.unwrap();
+    }
+    drop(other);
+    db.batch_execute(&format!(
+        "REVOKE ALL ON messages, rooms, users FROM {mallory};
+         REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {mallory};
+         DROP ROLE {mallory}"
+    ))
+    .await
+    .unwrap();
+}
+
 /// Two sessions racing: a DELETE of a room that a concurrent, uncommitted INSERT references
 /// waits for it and is then refused; an INSERT referencing a room whose DELETE is uncommitted
 /// waits for it and is then refused. Neither order leaves a dangling message.

@@ -437,33 +437,3 @@ BEGIN
     ) p;
     RETURN NULL;
 END $$;
-
--- migration 8
--- The servers' own INSERT notifies its messages itself and says that it has locked what its
--- rows reference (INSERT_MESSAGES in src/store/postgres/pool.rs): at paced traffic, starting
--- the two statement triggers' plpgsql statements was about a third of a batch's database CPU
--- (BENCHMARKS.md, "Notified and checked by the INSERT itself").
---
--- So no trigger notifies messages any more: only a server's own INSERT does, on the channel of
--- migration 7, in the payload it describes. Rows another program inserts are history only,
--- as they were for any login that could not read notify_channels.
-DROP TRIGGER messages_notify ON messages;
-DROP FUNCTION linechat_notify_messages();
-
--- And the reference check is skipped for a statement that sets linechat.refs_locked to 'on'
--- (for its transaction) when it runs as a login with the privileges of the role that owned
--- messages at this migration: that role may drop the trigger anyway, so the setting gives it
--- nothing new, and it binds every other login as before. Should messages change owner, the
--- check runs for every statement again (slower, never wrong).
-DROP TRIGGER messages_check_refs_on_insert ON messages;
-DO $migration$
-BEGIN
-    EXECUTE format(
-        'CREATE TRIGGER messages_check_refs_on_insert AFTER INSERT ON messages '
-        'REFERENCING NEW TABLE AS added FOR EACH STATEMENT '
-        'WHEN (current_setting(''linechat.refs_locked'', true) IS DISTINCT FROM ''on'' '
-        'OR NOT pg_has_role(%s::oid, ''USAGE'')) '
-        'EXECUTE FUNCTION linechat_messages_check_refs()',
-        (SELECT relowner FROM pg_class WHERE oid = 'messages'::regclass));
-END $migration$;
-ALTER TABLE messages ENABLE ALWAYS TRIGGER messages_check_refs_on_insert;

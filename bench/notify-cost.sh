@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
-# What the room lock and the NOTIFY cost the writer's INSERT, at its batch sizes
+# What the room lock, the trigger and its NOTIFY cost the writer's INSERT, at its batch sizes
 # (BATCHES rows a transaction) and with 1 and 3 concurrent writers (one per server). pgbench
 # runs linechat's batch INSERT (INSERT_MESSAGES in src/store/postgres/pool.rs, its arrays
 # built in SQL) against linechat's own schema (schema.sql, through a linechat server's
 # managed PostgreSQL, which stays up and LISTENs as a server does) in four configurations,
 # alternating within each round:
 #
-#   shipped   rooms locked (FOR NO KEY UPDATE) + NOTIFY  (what servers run)
-#   no-notify rooms locked, nothing notified
-#   no-lock   NOTIFY, rooms not locked
+#   shipped   rooms locked (FOR NO KEY UPDATE) + trigger + NOTIFY  (what servers run)
+#   no-notify rooms locked, trigger messages_notify disabled
+#   no-lock   trigger + NOTIFY, rooms not locked
 #   neither   neither (as before issue 14)
-#
-# (Until schema.sql's migration 8 a trigger notified; the statement does now.)
 #
 # Reported per configuration: rows stored a second (pgbench's transactions a second times N),
 # the transaction's average latency, and PostgreSQL's CPU time per row (the postmaster and
@@ -48,29 +46,9 @@ sql() { "${as[@]}" psql -X -q -At "${conn[@]}" -c "$1"; }
 sql "INSERT INTO rooms (name) SELECT 'bench' || k FROM generate_series(0, 9) k ON CONFLICT DO NOTHING;
      INSERT INTO users (name) VALUES ('benchuser') ON CONFLICT DO NOTHING;"
 
-# The server's statement, from its source: INSERT_MESSAGES in src/store/postgres/pool.rs.
-statement=$(python3 - src/store/postgres/pool.rs <<'PY'
-import re, sys
-src = open(sys.argv[1]).read()
-body = re.search(r'pub const INSERT_MESSAGES: &str = "(.*?)";', src, re.S).group(1)
-print(re.sub(r'\\\n\s*', '', body))
-PY
-)
-
-# script N LOCK NOTIFY: the writer's INSERT of N rows, its arrays built in SQL, with or
-# without the room lock and the notification.
+# script N LOCK: the writer's INSERT of N rows, with or without the room lock.
 script() {
-  local n=$1 lock=$2 notify=$3 r=$(( $1 < 10 ? $1 : 10 ))
-  local sql=$statement
-  sql=${sql//'$1::text[]'/(SELECT rooms FROM p)}
-  sql=${sql//'$2::text[]'/(SELECT users FROM p)}
-  sql=${sql//'$3::int[]'/(SELECT r FROM p)}
-  sql=${sql//'$4::int[]'/(SELECT u FROM p)}
-  sql=${sql//'$5::text[]'/(SELECT body FROM p)}
-  sql=${sql/WITH locked AS/, locked AS}
-  [ "$lock" = lock ] || sql=${sql/'ORDER BY id FOR NO KEY UPDATE'/ORDER BY id}
-  # Not joined, the notification's CTE never runs.
-  [ "$notify" = notify ] || sql=${sql/'FROM added a, notified'/FROM added a}
+  local n=$1 lock=$2 r=$(( $1 < 10 ? $1 : 10 ))
   cat <<SQL
 \\set r random(0, 9)
 WITH p AS MATERIALIZED (SELECT
@@ -78,16 +56,25 @@ WITH p AS MATERIALIZED (SELECT
     ARRAY['benchuser'] AS users,
     ARRAY(SELECT (g % $r) + 1 FROM generate_series(0, $n - 1) g) AS r,
     array_fill(1, ARRAY[$n]) AS u,
-    array_fill(repeat('x', 64), ARRAY[$n]) AS body)
-$sql;
+    array_fill(repeat('x', 64), ARRAY[$n]) AS body),
+  locked AS MATERIALIZED (SELECT id, name FROM rooms
+    WHERE name = ANY((SELECT rooms FROM p)::text[]) ORDER BY id $lock)
+INSERT INTO messages (room_id, user_id, body)
+SELECT ids.rooms[batch.r], ids.users[batch.u], batch.body
+FROM (SELECT
+    ARRAY(SELECT (SELECT id FROM locked WHERE name = n.name)
+          FROM unnest((SELECT rooms FROM p)) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS rooms,
+    ARRAY(SELECT (SELECT id FROM users WHERE name = n.name)
+          FROM unnest((SELECT users FROM p)) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS users) ids,
+  unnest((SELECT r FROM p), (SELECT u FROM p), (SELECT body FROM p)) WITH ORDINALITY AS batch(r, u, body, n)
+ORDER BY batch.n
+RETURNING id, created_at, room_id, user_id;
 SQL
 }
 
 for n in $BATCHES; do
-  script "$n" lock notify >"$OUT/shipped-$n.sql"
-  script "$n" lock - >"$OUT/no-notify-$n.sql"
-  script "$n" - notify >"$OUT/no-lock-$n.sql"
-  script "$n" - - >"$OUT/neither-$n.sql"
+  script "$n" "FOR NO KEY UPDATE" >"$OUT/lock-$n.sql"
+  script "$n" "" >"$OUT/nolock-$n.sql"
 done
 chmod 644 "$OUT"/*.sql
 
@@ -117,7 +104,12 @@ for round in $(seq 1 "$ROUNDS"); do
   for n in $BATCHES; do
     for w in $WRITERS; do
       for config in shipped no-notify no-lock neither; do
-        file=$OUT/$config-$n.sql
+        case $config in
+          shipped | no-lock) sql "ALTER TABLE messages ENABLE ALWAYS TRIGGER messages_notify" ;;
+          *) sql "ALTER TABLE messages DISABLE TRIGGER messages_notify" ;;
+        esac
+        file=$OUT/lock-$n.sql
+        case $config in no-lock | neither) file=$OUT/nolock-$n.sql ;; esac
         sql "TRUNCATE messages"
         sql "CHECKPOINT"
         log=$OUT/run-$round-$config-$n-$w.log
@@ -134,6 +126,8 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
+sql "ALTER TABLE messages ENABLE ALWAYS TRIGGER messages_notify"
+
 python3 - "$OUT/results.txt" <<'PY'
 import collections, statistics, sys
 rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]

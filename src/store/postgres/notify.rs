@@ -14,9 +14,8 @@ use super::*;
 use crate::cluster::remote::{Change, Presence, RemoteMember};
 use crate::store::{Event, Stored, Subscription};
 
-/// The channels the servers' INSERT and the presence trigger notify on: names no other login
-/// can know (schema.sql's migration 7), or anyone could make the servers deliver what nobody
-/// stored.
+/// The channels the triggers notify on: names no other login can know (schema.sql's
+/// migration 7), or anyone could make the servers deliver what nobody stored.
 const CHANNELS: &str = "SELECT messages, presence FROM notify_channels";
 /// Notifications waiting for the subscriber; past that, the connection is not read (the
 /// database keeps them meanwhile).
@@ -176,7 +175,7 @@ enum ListenError {
 
 /// `<origin> (<room> <first> <last>)*` (migration 5), or with the messages carried (migration
 /// 7): `<origin> + (<room> <first> <last> <count> (<id> <millis> <nick> <length> <text>)*)*`,
-/// as a server's INSERT writes them (`INSERT_MESSAGES`).
+/// as the trigger writes them.
 fn parse(payload: &str) -> Option<Stored> {
     let (origin, rest) = payload.split_once(' ').unwrap_or((payload, ""));
     let origin = origin.to_owned();
@@ -338,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_notification_may_carry_its_messages_whatever_their_text() {
-        // As the INSERT writes it: every message's parts after a space, the text last.
+        // As the trigger writes it: every message's parts after a space, the text last.
         let payload = "linechat-00ff + 4 10 12 2 10 1700000000123 ann 5 a b   \
                        12 1700000000124 bob 3 één lobby 11 11 1 11 5 cy 0 ";
         assert_eq!(

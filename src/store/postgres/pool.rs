@@ -14,68 +14,36 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::health::Health;
 
-/// Stores a batch and notifies every server of it: one statement, so one implicit
-/// transaction and one round trip. The batch names its rooms (`$1`) and users (`$2`) once
-/// each, and each message points into them (`$3`, `$4`, 1-based): each name is looked up
-/// once, here, by name, so that no id remembered from earlier can go stale (emptied or
-/// restored tables may reuse it for another name). A name that does not exist makes its id
-/// NULL, and then no row is inserted at all: the statement stores nothing and says so by
-/// returning no row (no ERROR, which would write the failing row, text and all, to the
-/// database's log, no id taken, and nothing notified). Rows are inserted in array order
-/// (WITH ORDINALITY ... ORDER BY), so ids follow the batch; each row comes back with the
-/// ids it was stored with, so that this is checked, not assumed.
+/// Stores a batch: one statement, so one implicit transaction and one round trip. The batch
+/// names its rooms (`$1`) and users (`$2`) once each, and each message points into them
+/// (`$3`, `$4`, 1-based): each name is looked up once, here, by name, so that no id remembered
+/// from earlier can go stale (emptied or restored tables may reuse it for another name). A
+/// name that does not exist makes its id NULL, and then no row is inserted at all: the
+/// statement stores nothing and says so by returning no row (no ERROR, which would write
+/// the failing row, text and all, to the database's log, and no id taken). Rows are
+/// inserted in array order (WITH ORDINALITY ... ORDER BY), so ids follow the batch; each row
+/// comes back with the ids it was stored with, so that this is checked, not assumed. The triggers of schema.sql's migration 2 check (and lock) every room
+/// and user the rows reference, once per statement.
 ///
 /// Before any id is taken, the batch's rooms are locked (FOR NO KEY UPDATE, in id order, so
 /// two batches never wait for each other in a circle): room ids are looked up in `locked`,
 /// each look-up reading all of it (a scalar subquery checks that one row came), and every
 /// inserted row needs them. Another server's batch into one of these rooms waits for this
 /// one to commit, so within a room ids are taken in commit order (schema.sql's migration 5
-/// says why that matters). Its users are locked too (FOR KEY SHARE, as a foreign key
-/// would), so that nothing the rows reference can go before they commit: the statement
-/// checks its references itself, and says so (`linechat.refs_locked`, for its transaction)
-/// to skip the reference-checking trigger (schema.sql's migration 8).
-///
-/// `notified` sends the notification of migration 7 (the messages themselves, in parts of
-/// at most 8000 bytes, or each room's range of ids where a part does not fit or the database
-/// is SQL_ASCII) on the messages channel of `notify_channels`, from the rows as inserted.
-/// PostgreSQL delivers it at commit, in commit order. The final join with it makes it run,
-/// and returns nothing if nothing was inserted.
+/// says why that matters).
 pub const INSERT_MESSAGES: &str = "WITH locked AS MATERIALIZED (SELECT id, name FROM rooms \
-         WHERE name = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE), \
-       named AS MATERIALIZED (SELECT id, name FROM users \
-         WHERE name = ANY($2::text[]) ORDER BY id FOR KEY SHARE), \
-       added AS (INSERT INTO messages (room_id, user_id, body) \
-         SELECT ids.rooms[batch.r], ids.users[batch.u], batch.body \
-         FROM (SELECT \
-             ARRAY(SELECT (SELECT id FROM locked WHERE name = n.name) \
-                   FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS rooms, \
-             ARRAY(SELECT (SELECT id FROM named WHERE name = n.name) \
-                   FROM unnest($2::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS users) ids, \
-           unnest($3::int[], $4::int[], $5::text[]) WITH ORDINALITY AS batch(r, u, body, n) \
-         WHERE array_position(ids.rooms, NULL) IS NULL AND array_position(ids.users, NULL) IS NULL \
-           AND set_config('linechat.refs_locked', 'on', true) = 'on' \
-         ORDER BY batch.n \
-         RETURNING id, created_at, room_id, user_id, body), \
-       notified AS MATERIALIZED (SELECT count(pg_notify(ch.messages, \
-             CASE WHEN o.carry AND octet_length(p.carried) < 8000 THEN p.carried ELSE p.ranges END)) \
-         FROM notify_channels ch, \
-           (SELECT getdatabaseencoding() <> 'SQL_ASCII' AS carry, coalesce(nullif( \
-               translate(current_setting('application_name'), ' ', '_'), ''), '-') AS origin) o, \
-           LATERAL (SELECT o.origin || ' +' || string_agg(c.carried, '' ORDER BY c.first) AS carried, \
-               o.origin || ' ' || string_agg(c.room || ' ' || c.first || ' ' || c.last, ' ' \
-                                             ORDER BY c.first) AS ranges \
-             FROM (SELECT m.part, m.room, min(m.id) AS first, max(m.id) AS last, \
-                     concat_ws(' ', '', m.room, min(m.id), max(m.id), count(*)) \
-                     || string_agg(concat_ws(' ', '', m.id, m.millis, m.nick, length(m.body), \
-                                             m.body), '' ORDER BY m.id) AS carried \
-               FROM (SELECT a.id, a.body, r.name AS room, u.name AS nick, \
-                       floor(extract(epoch FROM a.created_at) * 1000)::bigint AS millis, \
-                       (sum(octet_length(a.body) + octet_length(u.name) + octet_length(r.name) + 96) \
-                            OVER (ORDER BY a.id) - 1) / 6000 AS part \
-                     FROM added a JOIN locked r ON r.id = a.room_id JOIN named u ON u.id = a.user_id) m \
-               GROUP BY m.part, m.room) c \
-             GROUP BY c.part ORDER BY c.part) p) \
-     SELECT a.id, a.created_at, a.room_id, a.user_id FROM added a, notified";
+         WHERE name = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE) \
+     INSERT INTO messages (room_id, user_id, body) \
+     SELECT ids.rooms[batch.r], ids.users[batch.u], batch.body \
+     FROM (SELECT \
+         ARRAY(SELECT (SELECT id FROM locked WHERE name = n.name) \
+               FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS rooms, \
+         ARRAY(SELECT (SELECT id FROM users WHERE name = n.name) \
+               FROM unnest($2::text[]) WITH ORDINALITY AS n(name, i) ORDER BY n.i) AS users) ids, \
+       unnest($3::int[], $4::int[], $5::text[]) WITH ORDINALITY AS batch(r, u, body, n) \
+     WHERE array_position(ids.rooms, NULL) IS NULL AND array_position(ids.users, NULL) IS NULL \
+     ORDER BY batch.n \
+     RETURNING id, created_at, room_id, user_id";
 /// The newest `$3` messages of room `$1` with id < `$2`, newest first.
 pub const PAGE_NEWEST: &str = "SELECT m.id, m.created_at, u.name, m.body \
      FROM messages m JOIN users u ON u.id = m.user_id \

@@ -1697,7 +1697,9 @@ async fn logins_and_joins_plan_each_statement_once_per_connection() {
 
 /// A column changed under a running server (a newer server's migration, an operator) makes
 /// the statements its pooled connections prepared return another type, which PostgreSQL
-/// refuses to run: each is prepared again, and no login or JOIN fails for it.
+/// refuses to run: each is prepared again, and no login, JOIN, replay or HISTORY fails for
+/// it, whether the statement was prepared at its first use (accounts, privacy) or when the
+/// pool opened the connection (the messages' pages).
 #[tokio::test]
 async fn statements_prepared_before_a_column_changed_type_are_prepared_again() {
     let (server, url) = pg_server().await;
@@ -1706,11 +1708,14 @@ async fn statements_prepared_before_a_column_changed_type_are_prepared_again() {
     for i in 0..8 {
         let mut client = server.login(&format!("early{i}")).await;
         client.join("before").await;
+        client.say(&format!("said early by {i}")).await;
         clients.push(client);
     }
     db.batch_execute(
         "ALTER TABLE users ALTER COLUMN password_hash TYPE varchar(400); \
-         ALTER TABLE private_rooms ALTER COLUMN owner TYPE varchar(64)",
+         ALTER TABLE private_rooms ALTER COLUMN owner TYPE varchar(64); \
+         ALTER TABLE messages ALTER COLUMN body TYPE varchar; \
+         ALTER TABLE users ALTER COLUMN name TYPE varchar(64)",
     )
     .await
     .unwrap();
@@ -1718,6 +1723,13 @@ async fn statements_prepared_before_a_column_changed_type_are_prepared_again() {
         let mut client = server.login(&format!("late{i}")).await;
         let hist = client.join("after").await;
         assert!(hist.is_empty(), "{hist:?}");
+        let hist = client.join("before LAST 100").await;
+        assert_eq!(hist.len(), 8 + i, "{hist:?}");
+        assert_eq!(parse_message(&hist[0]).text, "said early by 0");
+        client.send("HISTORY before AFTER 0 LIMIT 3").await;
+        let (hist, _) = client.until("OK HISTORY").await;
+        assert_eq!(parse_message(&hist[2]).text, "said early by 2");
+        client.say(&format!("said late by {i}")).await;
         clients.push(client);
     }
     drop(clients);

@@ -37,15 +37,12 @@ impl PgStore {
             .before(deadline, "waiting for a connection", self.connection())
             .await?;
         let busy = Busy::new(&mut conn);
-        let PgConnection {
-            client, statements, ..
-        } = &*busy.0;
         let names = BatchNames::of(batch);
         if recording == Names::Record {
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
                 [&names.users, &names.rooms];
             self.before(deadline, "recording names", async {
-                let recorded = client.execute(&statements.record_names, &params).await;
+                let recorded = busy.0.query(RECORD_NAMES, &params).await;
                 recorded.map(drop).map_err(|e| self.failed(e))
             })
             .await?;
@@ -59,7 +56,9 @@ impl PgStore {
             &names.user_of,
             &bodies,
         ];
-        let insert = client.query(&statements.insert_messages, &params);
+        // A statement made stale by a change of the schema is refused before it runs, and
+        // prepared again and sent once more (`PgConnection::query`).
+        let insert = busy.0.query(INSERT_MESSAGES, &params);
         let rows = match tokio::time::timeout_at(deadline, insert).await {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {

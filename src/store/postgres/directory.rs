@@ -202,7 +202,7 @@ impl Directory for PgStore {
                         tokio::time::sleep(DEADLOCK_PAUSE * attempt as u32).await;
                         attempt += 1;
                     }
-                    Err(e) if attempt < DEADLOCK_ATTEMPTS && pool::stale_statement(&e) => {
+                    Err(e) if attempt < DEADLOCK_ATTEMPTS && errors::stale_statement(&e) => {
                         tracing::debug!(error = %e, "a prepared statement no longer fits the database; preparing again");
                         busy.0.forget_prepared();
                         attempt += 1;

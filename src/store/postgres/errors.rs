@@ -53,6 +53,20 @@ pub(super) fn name_vanished(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// Whether `e` says a statement prepared earlier on the connection no longer fits the
+/// database: a column it returns changed type (a newer server's migration, an operator), or
+/// the statement is gone. PostgreSQL refuses such a statement before running any of it, so
+/// preparing it again and running it once more is safe, a write included.
+pub(super) fn stale_statement(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
+            || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
+                && db
+                    .message()
+                    .starts_with("cached plan must not change result type"))
+    })
+}
+
 /// An error with what caused it: tokio-postgres says only "db error" or "error performing
 /// TLS handshake", and the reason (a `pg_hba.conf` refusal, a certificate) is in its source.
 pub(super) fn with_causes(e: &tokio_postgres::Error) -> String {

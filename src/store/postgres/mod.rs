@@ -44,7 +44,7 @@ use errors::{
     name_vanished, proves_rolled_back, refusal, shows_unreachable, unavailable, with_causes,
     Attempt, BatchError, Refusals,
 };
-use pool::{Busy, LogErrors, PgConnection, PgManager};
+use pool::{Busy, LogErrors, PgConnection, PgManager, RECORD_NAMES, UPSERT_ROOM};
 pub use pool::{
     HISTORY_EPOCH, INSERT_MESSAGES, LATEST_ID, PAGE_NEWEST, PAGE_OLDEST, READ_RANGES,
     SESSION_SETTINGS,
@@ -363,15 +363,13 @@ impl HistoryStore for PgStore {
         self.with_timeout("reading history", async {
             let mut conn = self.connection().await?;
             let busy = Busy::new(&mut conn);
-            let PgConnection {
-                client, statements, ..
-            } = &*busy.0;
             let rows = match page {
                 Page::Newest { before, limit } => {
                     let before = before.map_or(i64::MAX, to_db_id);
                     let limit = limit as i64;
-                    let mut rows = client
-                        .query(&statements.page_newest, &[&room, &before, &limit])
+                    let mut rows = busy
+                        .0
+                        .query(PAGE_NEWEST, &[&room, &before, &limit])
                         .await
                         .map_err(|e| self.failed(e))?;
                     rows.reverse();
@@ -385,8 +383,8 @@ impl HistoryStore for PgStore {
                     let after = to_db_id(after);
                     let before = before.map_or(i64::MAX, to_db_id);
                     let limit = limit as i64;
-                    client
-                        .query(&statements.page_oldest, &[&room, &after, &before, &limit])
+                    busy.0
+                        .query(PAGE_OLDEST, &[&room, &after, &before, &limit])
                         .await
                         .map_err(|e| self.failed(e))?
                 }
@@ -409,14 +407,16 @@ impl HistoryStore for PgStore {
         self.with_timeout("reading history", async {
             let mut conn = self.connection().await?;
             let busy = Busy::new(&mut conn);
-            let row = busy
+            let rows = busy
                 .0
-                .client
-                .query_one(&busy.0.statements.latest_id, &[&room])
+                .query(LATEST_ID, &[&room])
                 .await
                 .map_err(|e| self.failed(e))?;
             busy.done();
-            let id: i64 = row.get(0);
+            let id: i64 = rows
+                .first()
+                .map(|row| row.get(0))
+                .ok_or_else(|| unavailable("the newest id's query returned no row"))?;
             Ok(id as MessageId)
         })
         .await
@@ -473,8 +473,7 @@ impl HistoryStore for PgStore {
             let mut conn = self.connection().await?;
             let busy = Busy::new(&mut conn);
             busy.0
-                .client
-                .execute(&busy.0.statements.upsert_room, &[&room])
+                .query(UPSERT_ROOM, &[&room])
                 .await
                 .map_err(|e| self.failed(e))?;
             busy.done();

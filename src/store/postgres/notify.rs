@@ -129,11 +129,9 @@ impl PgStore {
         self.with_timeout("reading history", async {
             let mut conn = self.connection().await?;
             let busy = Busy::new(&mut conn);
-            let PgConnection {
-                client, statements, ..
-            } = &*busy.0;
-            let rows = client
-                .query(&statements.read_ranges, &[&rooms, &firsts, &lasts, &limit])
+            let rows = busy
+                .0
+                .query(READ_RANGES, &[&rooms, &firsts, &lasts, &limit])
                 .await
                 .map_err(|e| self.failed(e))?;
             busy.done();

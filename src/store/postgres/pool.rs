@@ -1,17 +1,18 @@
 //! The pool's connections: each prepares the message statements when the pool opens it, and
-//! the others (accounts, directory) at their first use, once each; a connection is thrown
-//! away rather than reused if an operation on it was cut short.
+//! the others (accounts, directory) at their first use, once each, and prepares again any that
+//! a change of the schema made stale; a connection is thrown away rather than reused if an
+//! operation on it was cut short.
 
 use std::collections::HashMap;
 use std::sync::Weak;
 
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::errors::stale_statement;
 use crate::store::health::Health;
 
 /// Stores a batch: one statement, so one implicit transaction and one round trip. The batch
@@ -67,17 +68,19 @@ pub const READ_RANGES: &str = "SELECT q.i, m.id, m.created_at, u.name, m.body \
 pub const LATEST_ID: &str = "SELECT coalesce(max(m.id), 0) FROM messages m \
      WHERE m.room_id = (SELECT id FROM rooms WHERE name = $1)";
 /// Records users `$1` (each once, in order), or notes that they were seen.
-const UPSERT_USERS: &str = "INSERT INTO users (name) SELECT n FROM unnest($1::text[]) AS n \
+pub(super) const UPSERT_USERS: &str =
+    "INSERT INTO users (name) SELECT n FROM unnest($1::text[]) AS n \
      ON CONFLICT (name) DO UPDATE SET last_seen_at = now()";
 /// This database's history epoch (schema.sql's migration 3).
 pub const HISTORY_EPOCH: &str = "SELECT epoch FROM history_epoch";
 /// Records room `$1`; one that exists is left as it is (no new row version, nothing to
 /// commit).
-const UPSERT_ROOM: &str = "INSERT INTO rooms (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
+pub(super) const UPSERT_ROOM: &str =
+    "INSERT INTO rooms (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 /// Records users `$1` and rooms `$2`, all in one statement (one commit); names that exist are
 /// left as they are. In name order, so that servers recording the same new names at once
 /// take them in one order (users first: the SELECT reads `u` before `r`).
-const RECORD_NAMES: &str = "WITH u AS (INSERT INTO users (name) \
+pub(super) const RECORD_NAMES: &str = "WITH u AS (INSERT INTO users (name) \
          SELECT n FROM unnest($1::text[]) AS n ORDER BY n ON CONFLICT (name) DO NOTHING \
          RETURNING 1), \
      r AS (INSERT INTO rooms (name) \
@@ -104,23 +107,23 @@ const RECORD_NAMES: &str = "WITH u AS (INSERT INTO users (name) \
 pub const SESSION_SETTINGS: &str =
     "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET jit = off";
 
-/// The statements every pooled connection has prepared.
-pub(super) struct Statements {
-    pub(super) insert_messages: Statement,
-    pub(super) page_newest: Statement,
-    pub(super) page_oldest: Statement,
-    pub(super) latest_id: Statement,
-    pub(super) read_ranges: Statement,
-    pub(super) upsert_users: Statement,
-    pub(super) upsert_room: Statement,
-    pub(super) record_names: Statement,
-}
+/// The statements every pooled connection prepares when the pool opens it (the rest at their
+/// first use): what messages need, so that a database that cannot run them is found out then.
+const MESSAGE_STATEMENTS: [&str; 8] = [
+    INSERT_MESSAGES,
+    PAGE_NEWEST,
+    PAGE_OLDEST,
+    LATEST_ID,
+    READ_RANGES,
+    UPSERT_USERS,
+    UPSERT_ROOM,
+    RECORD_NAMES,
+];
 
 /// A pooled connection with its prepared statements.
 pub struct PgConnection {
     pub(super) client: Client,
-    pub(super) statements: Statements,
-    /// The rarer statements (accounts, the directory), prepared at their first use here.
+    /// Every statement prepared here, by its text.
     prepared: HashMap<&'static str, Statement>,
     /// Set while an operation runs. If the operation is cancelled (a timeout), the flag stays
     /// set and the pool discards the connection instead of handing it on mid-query: above all
@@ -167,20 +170,6 @@ impl PgConnection {
     }
 }
 
-/// Whether `e` says a statement prepared earlier on the connection no longer fits the
-/// database: a column it returns changed type (a newer server's migration, an operator), or
-/// the statement is gone. PostgreSQL refuses such a statement before running any of it, so
-/// preparing it again and running it once more is safe, a write included.
-pub(super) fn stale_statement(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
-            || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
-                && db
-                    .message()
-                    .starts_with("cached plan must not change result type"))
-    })
-}
-
 /// Marks a connection busy for the life of an operation.
 pub(super) struct Busy<'a>(pub(super) &'a mut PgConnection);
 
@@ -208,22 +197,15 @@ impl ManageConnection for PgManager {
     async fn connect(&self) -> Result<PgConnection, tokio_postgres::Error> {
         let client = self.inner.connect().await?;
         client.batch_execute(SESSION_SETTINGS).await?;
-        let statements = Statements {
-            insert_messages: client.prepare(INSERT_MESSAGES).await?,
-            page_newest: client.prepare(PAGE_NEWEST).await?,
-            page_oldest: client.prepare(PAGE_OLDEST).await?,
-            latest_id: client.prepare(LATEST_ID).await?,
-            read_ranges: client.prepare(READ_RANGES).await?,
-            upsert_users: client.prepare(UPSERT_USERS).await?,
-            upsert_room: client.prepare(UPSERT_ROOM).await?,
-            record_names: client.prepare(RECORD_NAMES).await?,
-        };
-        Ok(PgConnection {
+        let mut conn = PgConnection {
             client,
-            statements,
             prepared: HashMap::new(),
             busy: false,
-        })
+        };
+        for sql in MESSAGE_STATEMENTS {
+            conn.prepared(sql).await?;
+        }
+        Ok(conn)
     }
 
     async fn is_valid(&self, conn: &mut PgConnection) -> Result<(), tokio_postgres::Error> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bb8::Pool;
 use tokio::sync::mpsc;
 
-use super::pool::{Busy, PgManager};
+use super::pool::{Busy, PgManager, UPSERT_USERS};
 use crate::store::health::Health;
 
 /// Names waiting to be recorded. A NICK that finds the queue full is not recorded (its first
@@ -56,11 +56,10 @@ async fn run(
         let record = async {
             let mut conn = pool.get().await.map_err(|e| e.to_string())?;
             let busy = Busy::new(&mut conn);
-            let statement = &busy.0.statements.upsert_users;
-            let recorded = busy.0.client.execute(statement, &[&names]).await;
-            let recorded = recorded.map_err(|e| e.to_string())?;
+            let recorded = busy.0.query(UPSERT_USERS, &[&names]).await;
+            recorded.map_err(|e| e.to_string())?;
             busy.done();
-            Ok::<u64, String>(recorded)
+            Ok::<(), String>(())
         };
         match tokio::time::timeout(timeout, record).await {
             Ok(Ok(_)) => {}

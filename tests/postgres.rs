@@ -1715,6 +1715,7 @@ async fn statements_prepared_before_a_column_changed_type_are_prepared_again() {
         "ALTER TABLE users ALTER COLUMN password_hash TYPE varchar(400); \
          ALTER TABLE private_rooms ALTER COLUMN owner TYPE varchar(64); \
          ALTER TABLE messages ALTER COLUMN body TYPE varchar; \
+         ALTER TABLE messages ALTER COLUMN created_at TYPE timestamptz(3); \
          ALTER TABLE users ALTER COLUMN name TYPE varchar(64)",
     )
     .await
@@ -1732,6 +1733,16 @@ async fn statements_prepared_before_a_column_changed_type_are_prepared_again() {
         client.say(&format!("said late by {i}")).await;
         clients.push(client);
     }
+    // The INSERT, stale too (it returns created_at), stored each message once.
+    let mut reader = server.login("reader").await;
+    let texts: Vec<String> = reader
+        .join("before LAST 100")
+        .await
+        .iter()
+        .map(|l| parse_message(l).text)
+        .collect();
+    let late: Vec<String> = (0..8).map(|i| format!("said late by {i}")).collect();
+    assert_eq!(texts[8..], late[..], "{texts:?}");
     drop(clients);
     server.stop().await.unwrap();
 }

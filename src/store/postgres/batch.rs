@@ -47,6 +47,16 @@ impl PgStore {
             })
             .await?;
         }
+        // Prepared (if a statement before it made the connection forget it) while a failure
+        // is still a refusal: nothing is sent yet.
+        self.before(deadline, "preparing the INSERT", async {
+            busy.0
+                .prepared(INSERT_MESSAGES)
+                .await
+                .map(drop)
+                .map_err(|e| self.failed(e))
+        })
+        .await?;
         let bodies: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
         // From here on the INSERT is on its way.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
@@ -57,7 +67,9 @@ impl PgStore {
             &bodies,
         ];
         // A statement made stale by a change of the schema is refused before it runs, and
-        // prepared again and sent once more (`PgConnection::query`).
+        // prepared again and sent once more (`PgConnection::query`); a deadline or a broken
+        // connection during that second preparation is reported as an unknown outcome,
+        // though the first attempt was refused: on the safe side.
         let insert = busy.0.query(INSERT_MESSAGES, &params);
         let rows = match tokio::time::timeout_at(deadline, insert).await {
             Ok(Ok(rows)) => rows,

@@ -56,14 +56,17 @@ pub(super) fn name_vanished(e: &tokio_postgres::Error) -> bool {
 /// Whether `e` says a statement prepared earlier on the connection no longer fits the
 /// database: a column it returns changed type (a newer server's migration, an operator), or
 /// the statement is gone. PostgreSQL refuses such a statement before running any of it, so
-/// preparing it again and running it once more is safe, a write included.
+/// preparing it again and running it once more is safe, a write included. The changed
+/// result is known by the routine that refuses it, which no `lc_messages` translates, or
+/// else by its English text.
 pub(super) fn stale_statement(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
         *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
             || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
-                && db
-                    .message()
-                    .starts_with("cached plan must not change result type"))
+                && (db.routine() == Some("RevalidateCachedQuery")
+                    || db
+                        .message()
+                        .starts_with("cached plan must not change result type")))
     })
 }
 

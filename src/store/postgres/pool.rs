@@ -156,6 +156,7 @@ impl PgConnection {
         let statement = self.prepared(sql).await?;
         match self.client.query(&statement, params).await {
             Err(e) if stale_statement(&e) => {
+                tracing::debug!(error = %e, "a prepared statement no longer fits the database; preparing again");
                 self.forget_prepared();
                 let statement = self.prepared(sql).await?;
                 self.client.query(&statement, params).await

@@ -244,6 +244,25 @@ impl Client {
         }
     }
 
+    /// Asks `ROOMS` until its lines are exactly `listed`, for the same reason as
+    /// [`Client::until_members`]: a room joined on another server may reach this one's list a
+    /// few milliseconds later. Panics after [`PATIENCE`].
+    pub async fn until_rooms(&mut self, listed: &[&str]) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            self.send("ROOMS").await;
+            let (lines, _) = self.until("OK ROOMS ").await;
+            if lines == listed {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ROOMS never listed {listed:?}: {lines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends PING and checks that PONG is the very next line: proves nothing else was queued.
     pub async fn expect_nothing_pending(&mut self) {
         self.send("PING sync").await;

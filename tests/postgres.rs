@@ -1747,6 +1747,71 @@ async fn statements_prepared_before_a_column_changed_type_are_prepared_again() {
     server.stop().await.unwrap();
 }
 
+/// A column changed under the running server to a type it cannot read (here `created_at`
+/// loses its time zone, which both the INSERT and history pages return) fails what reads
+/// it, with the cause logged: the writer and the sessions live on (reading the column with
+/// `Row::get` panicked them), and all works again once the column is changed back.
+#[tokio::test]
+async fn a_column_the_server_cannot_read_fails_reads_without_stopping_anything() {
+    let logs = Logs::capture();
+    let (server, url) = pg_server().await;
+    let db = pg::connect(&url).await;
+    let mut alice = server.login("alice").await;
+    alice.join("r").await;
+    alice.say("before").await;
+    const PASSWORD: &str = "correct-horse-battery-9";
+    drop(common::accounts::registered(server.addr, "carol", PASSWORD).await);
+    db.batch_execute(
+        "ALTER TABLE messages ALTER COLUMN created_at TYPE timestamp \
+         USING created_at AT TIME ZONE 'UTC'; \
+         ALTER TABLE users ALTER COLUMN password_hash TYPE bytea \
+         USING convert_to(password_hash, 'UTF8')",
+    )
+    .await
+    .unwrap();
+    // The INSERT commits, then its rows cannot be read: the sender is told so, and is shown
+    // the message from the database's notification, as any member would be.
+    alice.send("SAY during").await;
+    let mut told = [alice.line().await, alice.line().await];
+    told.sort();
+    assert!(told[0].starts_with("ERR OUTCOME_UNKNOWN "), "{told:?}");
+    assert_eq!(parse_message(&told[1]).text, "during", "{told:?}");
+    logs.wait_for("the stored rows cannot be read", 1).await;
+    // A replay cannot read history; the connection stays usable.
+    let mut bob = server.login("bob").await;
+    bob.send("JOIN r").await;
+    bob.expect_err("STORE_UNAVAILABLE").await;
+    bob.expect_nothing_pending().await;
+    logs.wait_for("PostgreSQL returned a column the server cannot read", 1)
+        .await;
+    // Nor can a login read the account's password hash.
+    let mut carol = server.client().await;
+    carol.send(&format!("NICK carol {PASSWORD}")).await;
+    carol.expect_err("STORE_UNAVAILABLE").await;
+    carol.expect_nothing_pending().await;
+    db.batch_execute(
+        "ALTER TABLE messages ALTER COLUMN created_at TYPE timestamptz \
+         USING created_at AT TIME ZONE 'UTC'; \
+         ALTER TABLE users ALTER COLUMN password_hash TYPE text \
+         USING convert_from(password_hash, 'UTF8')",
+    )
+    .await
+    .unwrap();
+    alice.say("after").await;
+    let texts: Vec<String> = bob
+        .join("r")
+        .await
+        .iter()
+        .map(|l| parse_message(l).text)
+        .collect();
+    assert_eq!(texts, ["before", "during", "after"]);
+    alice.expect("JOINED r bob").await;
+    alice.expect_nothing_pending().await;
+    carol.send(&format!("NICK carol {PASSWORD}")).await;
+    carol.expect("OK NICK carol").await;
+    server.stop().await.unwrap();
+}
+
 /// A statement the database refuses (here: a table renamed under the running server) is
 /// logged with PostgreSQL's own message, which tokio-postgres's error text ("db error")
 /// leaves out, and only once for a burst; the client is told only that the store is

@@ -101,10 +101,16 @@ impl PgStore {
 impl AccountStore for PgStore {
     async fn find(&self, name: &str) -> Result<Option<Account>, StoreError> {
         let rows = self.rows("reading an account", FIND, &[&name]).await?;
-        Ok(rows.first().map(|row| Account {
-            name: Arc::from(row.get::<_, &str>(0)),
-            hash: row.get(1),
-        }))
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let read = || {
+            Ok(Account {
+                name: Arc::from(row.try_get::<_, &str>(0)?),
+                hash: row.try_get(1)?,
+            })
+        };
+        read().map(Some).map_err(|e| self.unreadable(e))
     }
 
     async fn register(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
@@ -141,10 +147,10 @@ impl AccountStore for PgStore {
 
     async fn list(&self) -> Result<Vec<Arc<str>>, StoreError> {
         let rows = self.rows("listing accounts", LIST, &[]).await?;
-        Ok(rows
-            .iter()
-            .map(|r| Arc::from(r.get::<_, &str>(0)))
-            .collect())
+        rows.iter()
+            .map(|r| Ok(Arc::from(r.try_get::<_, &str>(0)?)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.unreadable(e))
     }
 
     async fn registered_among(
@@ -154,7 +160,10 @@ impl AccountStore for PgStore {
         let rows = self
             .rows("checking names", REGISTERED_AMONG, &[&keys])
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.unreadable(e))
     }
 
     async fn hidden_among(
@@ -167,7 +176,10 @@ impl AccountStore for PgStore {
         let rows = self
             .rows("listing rooms", HIDDEN_AMONG, &[&rooms, &member])
             .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.unreadable(e))
     }
 
     async fn room_access(&self, room: &str, member: Option<&str>) -> Result<Access, StoreError> {
@@ -175,11 +187,14 @@ impl AccountStore for PgStore {
         let rows = self
             .rows("reading a room's members", ROOM_ACCESS, &[&room, &member])
             .await?;
-        Ok(match rows.first() {
-            None => Access::Public,
-            Some(row) if row.get::<_, &str>(0) == member => Access::Owner,
-            Some(row) if row.get::<_, bool>(1) => Access::Member,
-            Some(_) => Access::Outsider,
+        let Some(row) = rows.first() else {
+            return Ok(Access::Public);
+        };
+        let read = || Ok((row.try_get::<_, &str>(0)?, row.try_get::<_, bool>(1)?));
+        Ok(match read().map_err(|e| self.unreadable(e))? {
+            (owner, _) if owner == member => Access::Owner,
+            (_, true) => Access::Member,
+            (_, false) => Access::Outsider,
         })
     }
 

@@ -170,10 +170,16 @@ fn in_batch_order(
     rows: &[Row],
     names: &BatchNames,
 ) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+    let read = |r: &Row| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
     let mut rows: Vec<(i64, DateTime<Utc>, i64, i64)> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
+        .map(read)
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(|e| {
+            // Committed, as below: the outcome for each message is unknown.
+            tracing::error!(error = %with_causes(&e), "the stored rows cannot be read; refusing to acknowledge the batch");
+            StoreError::OutcomeUnknown(format!("the stored rows cannot be read: {e}"))
+        })?;
     rows.sort_unstable_by_key(|r| r.0);
     let room_ids = rows.iter().map(|r| r.2);
     let user_ids = rows.iter().map(|r| r.3);

@@ -121,7 +121,7 @@ async fn write_once(
     ];
     let tx = conn.client.transaction().await?;
     let beat = tx.query_one(&heartbeat, &[&me]).await?;
-    let (made, has_rooms): (bool, bool) = (beat.get(0), beat.get(1));
+    let (made, has_rooms): (bool, bool) = (beat.try_get(0)?, beat.try_get(1)?);
     let mut lost = Vec::new();
     // Each winner gives up its old name; each loser keeps it.
     let mut release: (Vec<i64>, Vec<Option<&str>>) =
@@ -131,8 +131,8 @@ async fn write_once(
             .query(&claim_names, &[&me, &b.claims.0, &b.claims.1, &b.claims.2])
             .await?
             .iter()
-            .map(|row| row.get(0))
-            .collect();
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
         for (i, conn) in b.claims.0.iter().enumerate() {
             if won.contains(conn) {
                 release.0.push(*conn);
@@ -228,7 +228,10 @@ impl Directory for PgStore {
                 .await
                 .map_err(|e| self.failed(e))?;
             busy.done();
-            Ok(rows.iter().map(|row| row.get(0)).collect())
+            rows.iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.unreadable(e))
         })
         .await
     }
@@ -244,15 +247,17 @@ impl Directory for PgStore {
                 .await
                 .map_err(|e| self.failed(e))?;
             busy.done();
-            Ok(rows
-                .iter()
-                .map(|row| RemoteMember {
-                    node: row.get::<_, &str>(0).into(),
-                    conn: row.get::<_, i64>(1) as u64,
-                    room: row.get::<_, &str>(2).into(),
-                    name: row.get::<_, &str>(3).into(),
+            rows.iter()
+                .map(|row| {
+                    Ok(RemoteMember {
+                        node: row.try_get::<_, &str>(0)?.into(),
+                        conn: row.try_get::<_, i64>(1)? as u64,
+                        room: row.try_get::<_, &str>(2)?.into(),
+                        name: row.try_get::<_, &str>(3)?.into(),
+                    })
                 })
-                .collect())
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.unreadable(e))
         })
         .await
     }

@@ -180,7 +180,7 @@ impl PgStore {
                 .query_one(pool::HISTORY_EPOCH, &[])
                 .await
                 .map_err(unavailable)?;
-            row.get::<_, i64>(0) as u64
+            row.try_get::<_, i64>(0).map_err(unavailable)? as u64
         };
         let pool = Pool::builder()
             .max_size(settings.pool_size.max(1))
@@ -285,6 +285,21 @@ impl PgStore {
         unavailable(e)
     }
 
+    /// A row with a column the server cannot read as the type it expects: its type was
+    /// changed under the running server (an operator's `ALTER`). The operation fails, and the
+    /// cause is logged as a refusal is; reading it with `Row::get` would panic the task.
+    fn unreadable(&self, e: tokio_postgres::Error) -> StoreError {
+        if let Some(unlogged) = self
+            .refusals
+            .lock()
+            .expect("refusals")
+            .log_now(Instant::now().into_std())
+        {
+            tracing::warn!(error = %with_causes(&e), unlogged, "PostgreSQL returned a column the server cannot read");
+        }
+        unavailable(e)
+    }
+
     /// A pooled connection, or a refusal as soon as the database is known to be down (a
     /// refused connection attempt is only reported to the pool's error sink, which marks it
     /// so; the wait for the connection would otherwise last the whole timeout).
@@ -315,16 +330,16 @@ impl PgStore {
     }
 }
 
-fn stored_message(row: &Row) -> StoredMessage {
-    let id: i64 = row.get(0);
-    let at: DateTime<Utc> = row.get(1);
-    let nick: &str = row.get(2);
-    StoredMessage {
+fn stored_message(row: &Row) -> Result<StoredMessage, tokio_postgres::Error> {
+    let id: i64 = row.try_get(0)?;
+    let at: DateTime<Utc> = row.try_get(1)?;
+    let nick: &str = row.try_get(2)?;
+    Ok(StoredMessage {
         id: id as MessageId,
         millis: at.timestamp_millis(),
         nick: nick.into(),
-        text: row.get(3),
-    }
+        text: row.try_get(3)?,
+    })
 }
 
 #[async_trait]
@@ -390,7 +405,10 @@ impl HistoryStore for PgStore {
                 }
             };
             busy.done();
-            Ok(rows.iter().map(stored_message).collect())
+            rows.iter()
+                .map(stored_message)
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.unreadable(e))
         })
         .await
     }
@@ -415,8 +433,9 @@ impl HistoryStore for PgStore {
             busy.done();
             let id: i64 = rows
                 .first()
-                .map(|row| row.get(0))
-                .ok_or_else(|| unavailable("the newest id's query returned no row"))?;
+                .ok_or_else(|| unavailable("the newest id's query returned no row"))?
+                .try_get(0)
+                .map_err(|e| self.unreadable(e))?;
             Ok(id as MessageId)
         })
         .await

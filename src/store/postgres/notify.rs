@@ -38,7 +38,7 @@ impl PgStore {
             // breaks or the subscriber goes.
             let listen = async {
                 let row = client.query_one(CHANNELS, &[]).await?;
-                let (messages, presence): (String, String) = (row.get(0), row.get(1));
+                let (messages, presence): (String, String) = (row.try_get(0)?, row.try_get(1)?);
                 // Names the migration made of letters, digits and `_`: anything else is not
                 // put into a statement.
                 let plain = |name: &str| {
@@ -136,15 +136,19 @@ impl PgStore {
                 .map_err(|e| self.failed(e))?;
             busy.done();
             let mut read = vec![Vec::new(); ranges.len()];
-            for row in &rows {
-                let i: i64 = row.get(0);
-                let at: DateTime<Utc> = row.get(2);
+            let mut place = |row: &Row| {
+                let i: i64 = row.try_get(0)?;
+                let at: DateTime<Utc> = row.try_get(2)?;
                 read[(i - 1) as usize].push(StoredMessage {
-                    id: row.get::<_, i64>(1) as MessageId,
+                    id: row.try_get::<_, i64>(1)? as MessageId,
                     millis: at.timestamp_millis(),
-                    nick: row.get::<_, &str>(3).into(),
-                    text: row.get(4),
+                    nick: row.try_get::<_, &str>(3)?.into(),
+                    text: row.try_get(4)?,
                 });
+                Ok(())
+            };
+            for row in &rows {
+                place(row).map_err(|e| self.unreadable(e))?;
             }
             Ok(read)
         })

@@ -34,7 +34,7 @@ pub async fn migrate(client: &Client) -> Result<(), StoreError> {
         let row = client
             .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
             .await?;
-        let current: i32 = row.get(0);
+        let current: i32 = row.try_get(0)?;
         for (version, sql) in migrations() {
             if version > current {
                 tracing::info!(version, "applying schema migration");

@@ -1775,6 +1775,7 @@ async fn a_column_the_server_cannot_read_fails_reads_without_stopping_anything()
     let mut told = [alice.line().await, alice.line().await];
     told.sort();
     assert!(told[0].starts_with("ERR OUTCOME_UNKNOWN "), "{told:?}");
+    assert!(!told[0].contains("writer stopped"), "{told:?}");
     assert_eq!(parse_message(&told[1]).text, "during", "{told:?}");
     logs.wait_for("the stored rows cannot be read", 1).await;
     // A replay cannot read history; the connection stays usable.
@@ -1809,6 +1810,38 @@ async fn a_column_the_server_cannot_read_fails_reads_without_stopping_anything()
     alice.expect_nothing_pending().await;
     carol.send(&format!("NICK carol {PASSWORD}")).await;
     carol.expect("OK NICK carol").await;
+    server.stop().await.unwrap();
+}
+
+/// The directory of names and presence reads a column the server cannot read (here the
+/// connection ids of live names, made `integer`): its write fails and is logged as such, and
+/// the database is not taken for unreachable (which would fail every store operation until
+/// a probe reached it).
+#[tokio::test]
+async fn an_unreadable_directory_column_does_not_mark_the_database_down() {
+    let logs = Logs::capture();
+    let (server, url) = pg_server().await;
+    let db = pg::connect(&url).await;
+    let mut alice = server.login("alice").await;
+    alice.join("r").await;
+    db.batch_execute("ALTER TABLE live_names ALTER COLUMN conn TYPE integer")
+        .await
+        .unwrap();
+    // Claiming bob's name reads the claimed rows' connection ids back.
+    let mut bob = server.client().await;
+    bob.send("NICK bob").await;
+    let answer = bob.line().await;
+    assert!(
+        answer == "OK NICK bob" || answer.starts_with("ERR STORE_UNAVAILABLE "),
+        "{answer}"
+    );
+    logs.wait_for("PostgreSQL returned a column the server cannot read", 1)
+        .await;
+    alice.say("still stored").await;
+    assert_eq!(logs.count("PostgreSQL is unreachable"), 0);
+    db.batch_execute("ALTER TABLE live_names ALTER COLUMN conn TYPE bigint")
+        .await
+        .unwrap();
     server.stop().await.unwrap();
 }
 

@@ -104,7 +104,14 @@ impl PgStore {
         }
         // Stored messages now reference these names: they cannot be deleted (schema.sql).
         self.remember_names(&names.users, &names.rooms);
-        let rows = in_batch_order(&rows, &names)?;
+        let rows = in_batch_order(&rows, &names).map_err(|e| match e {
+            InBatchOrder::Unreadable(e) => {
+                // Committed, as below: the outcome for each message is unknown.
+                self.log_unreadable(&e);
+                StoreError::OutcomeUnknown(format!("the stored rows cannot be read: {e}"))
+            }
+            InBatchOrder::Mismatch(e) => e,
+        })?;
         Ok(batch
             .iter()
             .zip(rows)
@@ -162,6 +169,14 @@ impl<'a> Distinct<'a> {
     }
 }
 
+/// Why the inserted rows could not be put in batch order. Either way the batch committed.
+enum InBatchOrder {
+    /// A column of them could not be read (its type changed under the server).
+    Unreadable(tokio_postgres::Error),
+    /// They do not match the batch.
+    Mismatch(StoreError),
+}
+
 /// The inserted rows as (id, time) in batch order. Identity values are drawn in insertion
 /// order, which is the order of the arrays; each row is checked against the batch anyway (one
 /// row per message, and the rows of one room or user name carry one id, different from the
@@ -169,17 +184,13 @@ impl<'a> Distinct<'a> {
 fn in_batch_order(
     rows: &[Row],
     names: &BatchNames,
-) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+) -> Result<Vec<(i64, DateTime<Utc>)>, InBatchOrder> {
     let read = |r: &Row| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
     let mut rows: Vec<(i64, DateTime<Utc>, i64, i64)> = rows
         .iter()
         .map(read)
         .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(|e| {
-            // Committed, as below: the outcome for each message is unknown.
-            tracing::error!(error = %with_causes(&e), "the stored rows cannot be read; refusing to acknowledge the batch");
-            StoreError::OutcomeUnknown(format!("the stored rows cannot be read: {e}"))
-        })?;
+        .map_err(InBatchOrder::Unreadable)?;
     rows.sort_unstable_by_key(|r| r.0);
     let room_ids = rows.iter().map(|r| r.2);
     let user_ids = rows.iter().map(|r| r.3);
@@ -191,9 +202,9 @@ fn in_batch_order(
         // loudly rather than acknowledge a message with another's id.
         // (Committed, so not a refusal: the outcome for each message is unknown.)
         tracing::error!("the stored rows do not match the batch; refusing to acknowledge it");
-        return Err(StoreError::OutcomeUnknown(
+        return Err(InBatchOrder::Mismatch(StoreError::OutcomeUnknown(
             "the stored rows do not match the batch".into(),
-        ));
+        )));
     }
     Ok(rows.into_iter().map(|r| (r.0, r.1)).collect())
 }

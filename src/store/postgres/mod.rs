@@ -41,8 +41,8 @@ mod url;
 
 use batch::Names;
 use errors::{
-    name_vanished, proves_rolled_back, refusal, shows_unreachable, unavailable, with_causes,
-    Attempt, BatchError, Refusals,
+    name_vanished, proves_rolled_back, refusal, shows_unreachable, unavailable, unreadable_column,
+    with_causes, Attempt, BatchError, Refusals,
 };
 use pool::{Busy, LogErrors, PgConnection, PgManager, RECORD_NAMES, UPSERT_ROOM};
 pub use pool::{
@@ -93,6 +93,9 @@ pub struct PgStore {
     origin: String,
     /// The statements the database refused, for logging their causes.
     refusals: Mutex<Refusals>,
+    /// The rows whose columns the server could not read, likewise (a limit of their own, so
+    /// that a client making statements fail at will cannot hide them).
+    unreadable: Mutex<Refusals>,
     /// How to open the connection that listens for stored batches.
     listen: (
         tokio_postgres::Config,
@@ -215,6 +218,7 @@ impl PgStore {
             epoch,
             origin,
             refusals: Mutex::default(),
+            unreadable: Mutex::default(),
             listen,
         })
     }
@@ -272,6 +276,9 @@ impl PgStore {
     /// unreachable. One the database refused is logged with its cause (the client is told
     /// only that the store is unavailable), at most one every [`errors::REFUSALS_LOGGED_EVERY`].
     fn failed(&self, e: tokio_postgres::Error) -> StoreError {
+        if unreadable_column(&e) {
+            return self.unreadable(e);
+        }
         if shows_unreachable(&e) {
             self.health.mark_down(&e.to_string());
         } else if let Some(unlogged) = self
@@ -289,15 +296,21 @@ impl PgStore {
     /// changed under the running server (an operator's `ALTER`). The operation fails, and the
     /// cause is logged as a refusal is; reading it with `Row::get` would panic the task.
     fn unreadable(&self, e: tokio_postgres::Error) -> StoreError {
+        self.log_unreadable(&e);
+        unavailable(e)
+    }
+
+    /// Logs an unreadable column's cause, at most one line every
+    /// [`errors::REFUSALS_LOGGED_EVERY`].
+    fn log_unreadable(&self, e: &tokio_postgres::Error) {
         if let Some(unlogged) = self
-            .refusals
+            .unreadable
             .lock()
-            .expect("refusals")
+            .expect("unreadable")
             .log_now(Instant::now().into_std())
         {
-            tracing::warn!(error = %with_causes(&e), unlogged, "PostgreSQL returned a column the server cannot read");
+            tracing::warn!(error = %with_causes(e), unlogged, "PostgreSQL returned a column the server cannot read");
         }
-        unavailable(e)
     }
 
     /// A pooled connection, or a refusal as soon as the database is known to be down (a

@@ -402,7 +402,7 @@ async fn collect(
     let mut read = if ranges.is_empty() {
         Vec::new()
     } else {
-        read(store, &ranges, stopping).await?
+        read(store, &ranges, shared, &mut parts.3, stopping).await?
     };
     for piece in pieces {
         let messages = match piece {
@@ -467,12 +467,20 @@ async fn take_own(
 
 /// Other servers' messages of each `(room, first, last)`, from the store, retried until it
 /// answers; `None` if the server stops first.
+///
+/// Every delivery after these waits for them, but no answer waits past `--db-timeout`
+/// (PROTOCOL.md: a `SAY` is answered within it) for a store that does not answer: while
+/// the reads fail, the kept batches' overdue answers go out, and `held` (the answers to our
+/// messages delivered with these) once the reads have failed that long.
 async fn read(
     store: &dyn HistoryStore,
     ranges: &[(Arc<str>, MessageId, MessageId)],
+    shared: &Shared,
+    held: &mut Vec<HeldAck>,
     stopping: &CancellationToken,
 ) -> Option<Vec<Vec<StoredMessage>>> {
     let mut retry = Retry::default();
+    let began = tokio::time::Instant::now();
     loop {
         // A server's batch holds at most the writer's batch size of messages: read no more,
         // whatever range a notification names.
@@ -482,6 +490,15 @@ async fn read(
                 if retry.failed() {
                     tracing::warn!(error = %e, "cannot read another server's messages; retrying");
                 }
+                if began.elapsed() >= shared.answer_within {
+                    send_acks(std::mem::take(held));
+                }
+                let late = shared
+                    .state
+                    .lock()
+                    .expect("bus lock")
+                    .overdue_acks(shared.answer_within);
+                send_acks(late);
                 retry.wait(stopping).await.ok()?;
             }
         }
@@ -669,5 +686,108 @@ mod tests {
         assert!(rx.try_recv().is_err());
         shared.state.lock().unwrap().own.clear();
         assert_eq!(rx.try_recv().unwrap().unwrap().id, 4);
+    }
+
+    /// A store that refuses every read of history while `refusing`.
+    struct RefusesReads(
+        crate::store::memory::MemoryStore,
+        std::sync::atomic::AtomicBool,
+    );
+
+    #[async_trait::async_trait]
+    impl HistoryStore for RefusesReads {
+        async fn append(
+            &self,
+            batch: &[NewMessage],
+        ) -> Result<Vec<StoredMessage>, crate::store::StoreError> {
+            self.0.append(batch).await
+        }
+
+        async fn page(
+            &self,
+            room: &str,
+            page: crate::store::Page,
+        ) -> Result<Vec<StoredMessage>, crate::store::StoreError> {
+            if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::store::StoreError::Unavailable("refused".into()));
+            }
+            self.0.page(room, page).await
+        }
+
+        async fn latest_id(&self, room: &str) -> Result<MessageId, crate::store::StoreError> {
+            self.0.latest_id(room).await
+        }
+    }
+
+    /// Another server's message, too long for its notification, must be read back, and the
+    /// store refuses: delivery waits for it, our messages behind it too, but their answers go
+    /// out once they have waited `--db-timeout`; then everything is delivered in order.
+    #[tokio::test(start_paused = true)]
+    async fn answers_do_not_wait_past_the_timeout_for_a_read_the_store_refuses() {
+        use crate::mailbox::{ConnHandle, Mailbox};
+        let within = Duration::from_secs(5);
+        let (mut bus, shared) = Bus::new(within);
+        shared.state.lock().unwrap().listening = true;
+        let store = RefusesReads(crate::store::memory::MemoryStore::new(100), true.into());
+        let theirs = store.0.append(&[stored("r", 0, 0).0]).await.unwrap()[0].clone();
+        let rooms = Rooms::with_max_rooms(0);
+        let member = ConnHandle {
+            id: 3,
+            mailbox: Arc::new(Mailbox::new(1 << 20)),
+        };
+        assert!(rooms.join(&"r".into(), &"m".into(), &member));
+        // Ours, stored after theirs, kept with its answer.
+        let (tx, mut answer) = tokio::sync::oneshot::channel();
+        let (m, s, t) = stored("r", theirs.id + 1, 7);
+        bus.storing();
+        bus.publish(StoredBatch::new(&[m], std::slice::from_ref(&s), &[t]));
+        bus.hold_acks(&mut vec![(
+            tx,
+            crate::store::Ack {
+                id: s.id,
+                millis: 0,
+            },
+        )]);
+        let notified = vec![
+            (
+                Stored {
+                    origin: "linechat-other".into(),
+                    rooms: vec![("r".into(), theirs.id, theirs.id)],
+                    carried: None,
+                },
+                false,
+            ),
+            (
+                Stored {
+                    origin: "linechat-us".into(),
+                    rooms: vec![("r".into(), s.id, s.id)],
+                    carried: None,
+                },
+                true,
+            ),
+        ];
+        let stopping = CancellationToken::new();
+        let store = Arc::new(store);
+        let collecting = tokio::spawn({
+            let (shared, store, stopping) = (shared.clone(), store.clone(), stopping.clone());
+            async move { collect(&shared, &*store, &rooms, notified, &stopping).await }
+        });
+        tokio::time::sleep(within / 2).await;
+        assert!(answer.try_recv().is_err(), "not before the timeout");
+        tokio::time::sleep(within).await;
+        assert_eq!(answer.try_recv().unwrap().unwrap().id, s.id);
+        assert!(
+            !collecting.is_finished(),
+            "delivery still waits for the read"
+        );
+        store.1.store(false, std::sync::atomic::Ordering::SeqCst);
+        let (messages, kept, senders, acks) = collecting.await.unwrap().unwrap();
+        assert_eq!(
+            kept.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [theirs.id, s.id]
+        );
+        assert_eq!(messages.len(), 2);
+        assert_eq!(senders, [NOBODY, 7]);
+        assert!(acks.is_empty(), "answered already");
     }
 }

@@ -135,13 +135,13 @@ pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
 /// Whether an error shows the database unreachable (rather than refusing one statement):
 /// no answer at all (a broken or closed connection), or an answer that it cannot serve.
 pub(super) fn shows_unreachable(e: &tokio_postgres::Error) -> bool {
-    !unreadable_column(e)
-        && e.as_db_error()
-            .is_none_or(|db| unreachable_code(db.code().code()))
+    e.as_db_error()
+        .is_none_or(|db| unreachable_code(db.code().code()))
 }
 
 /// Whether `e` is a column the server could not read as the type it expects (a type changed
-/// under it): not the database's refusal, nor a sign that it is unreachable. tokio-postgres
+/// under it): not the database's refusal, nor (though the database did not send it, as
+/// [`shows_unreachable`] reads such errors) a sign that it is unreachable. tokio-postgres
 /// does not expose its error's kind; its text for this one is fixed.
 pub(super) fn unreadable_column(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_none() && e.to_string().starts_with("error deserializing column")

@@ -138,13 +138,7 @@ impl PgStore {
             let mut read = vec![Vec::new(); ranges.len()];
             let mut place = |row: &Row| {
                 let i: i64 = row.try_get(0)?;
-                let at: DateTime<Utc> = row.try_get(2)?;
-                read[(i - 1) as usize].push(StoredMessage {
-                    id: row.try_get::<_, i64>(1)? as MessageId,
-                    millis: at.timestamp_millis(),
-                    nick: row.try_get::<_, &str>(3)?.into(),
-                    text: row.try_get(4)?,
-                });
+                read[(i - 1) as usize].push(history::stored_message(row, 1)?);
                 Ok(())
             };
             for row in &rows {
